@@ -1,0 +1,42 @@
+"""Domain errors. The library raises these; the CLI turns them into one clean line."""
+
+from __future__ import annotations
+
+
+class DmetaEmbedError(Exception):
+    """Base class for every error dmeta-embed raises on purpose."""
+
+
+class ModelLoadError(DmetaEmbedError):
+    """A model folder (source or exported) is missing, incomplete, corrupted or unsupported."""
+
+
+class ExportError(DmetaEmbedError):
+    """Export could not produce a valid folder."""
+
+
+class FidelityError(ExportError):
+    """A variant missed its fidelity bar against the PyTorch reference."""
+
+
+class InputError(DmetaEmbedError, ValueError):
+    """Bad input to encode(); the message names the offending index."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class ProviderError(DmetaEmbedError):
+    """An execution provider or variant that was asked for explicitly cannot be used."""
+
+
+class MissingDependencyError(DmetaEmbedError, ImportError):
+    """An optional dependency is not installed; the message gives the pip command."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; run: pip install 'dmeta-embed[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra

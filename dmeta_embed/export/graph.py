@@ -1,0 +1,143 @@
+"""Graph building: PyTorch → ONNX (TorchScript exporter), ORT transformer fusion, pooling head.
+
+Pooling and normalisation are appended *after* fusion: adding them before broke
+SkipLayerNormalization fusion (see shared/MEASURED.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..manifest import OUTPUT_NAME, Pooling
+
+if TYPE_CHECKING:
+    import onnx
+
+OPSET = 17
+INPUTS = ("input_ids", "attention_mask")
+HIDDEN = "last_hidden_state"
+FUSED_OPS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu",
+             "FastGelu", "Gelu", "LayerNormalization")
+
+
+def load_model(model_dir: Path):  # type: ignore[no-untyped-def]
+    """The bare transformer in eager attention (the sdpa graph does not fuse), no pooler head."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModel.from_pretrained(model_dir, attn_implementation="eager",
+                                         add_pooling_layer=False).eval()
+    except TypeError:  # architectures without a pooler take no add_pooling_layer
+        return AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+
+
+def export_backbone(model_dir: Path, out_path: Path, *, opset: int = OPSET) -> None:
+    """Export the transformer (no pooling) with dynamic batch and sequence axes.
+
+    Token type ids are not an input: for one-sequence embeddings they are all zeros, and the
+    model computes that itself (EmbedLayerNormalization still fuses).
+    """
+    import torch
+
+    model = load_model(model_dir).eval()
+
+    class Backbone(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    wrapper = Backbone(model).eval()  # eval(): otherwise dropout is live in the export
+    ids = torch.full((2, 16), 100, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (ids, mask), str(out_path), input_names=list(INPUTS), output_names=[HIDDEN],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, HIDDEN: axes},
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+
+
+def fuse(raw_path: Path, num_heads: int, hidden_size: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Run ONNX Runtime's BERT fusions; return the fused model and its fused-op counts."""
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(str(raw_path), model_type="bert", num_heads=num_heads,
+                         hidden_size=hidden_size, opt_level=0)
+    stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+    model = opt.model
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        # fused ops live in ORT's contrib domain; shape inference (and the quantizer) need it declared
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return model, stats
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
+
+
+def append_head(model: onnx.ModelProto, pooling: Pooling, normalize: bool, dim: int) -> onnx.ModelProto:
+    """Replace the ``last_hidden_state`` output with pooled (and L2-normalised) ``sentence_embedding``.
+
+    Pooling assumes right padding (the runtime pads right). Works on a copy.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    if [o.name for o in g.output] != [HIDDEN]:
+        raise ValueError(f"expected one output {HIDDEN!r}, got {[o.name for o in g.output]}")
+
+    def const(name: str, value: np.ndarray) -> str:
+        g.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(op: str, inputs: list[str], out: str, **attrs: object) -> str:
+        g.node.append(helper.make_node(op, inputs, [out], name=f"head/{out}", **attrs))
+        return out
+
+    h, mask = HIDDEN, "attention_mask"
+    if pooling == Pooling.CLS:
+        pooled = node("Gather", [h, const("head/zero", np.array(0, np.int64))], "head/pooled", axis=1)
+    elif pooling == Pooling.MEAN:
+        axis1 = const("head/axis1", np.array([1], np.int64))
+        m_f = node("Cast", [mask], "head/mask_f", to=TensorProto.FLOAT)
+        m_e = node("Unsqueeze", [m_f, const("head/axis2", np.array([2], np.int64))], "head/mask_e")
+        summed = node("ReduceSum", [node("Mul", [h, m_e], "head/masked"), axis1], "head/sum", keepdims=0)
+        count = node("ReduceSum", [m_e, axis1], "head/count", keepdims=0)
+        count = node("Max", [count, const("head/min_count", np.array(1e-9, np.float32))], "head/count_c")
+        pooled = node("Div", [summed, count], "head/pooled")
+    elif pooling == Pooling.LAST:
+        axis1 = const("head/axis1", np.array([1], np.int64))
+        length = node("ReduceSum", [mask, axis1], "head/length", keepdims=1)  # [B, 1]
+        last = node("Sub", [length, const("head/one", np.array(1, np.int64))], "head/last")
+        last = node("Max", [last, const("head/zero_i", np.array(0, np.int64))], "head/last_c")
+        last = node("Unsqueeze", [last, const("head/axis2", np.array([2], np.int64))], "head/last_e")
+        idx = node("Expand", [last, const("head/bcast", np.array([1, 1, dim], np.int64))], "head/idx")
+        picked = node("GatherElements", [h, idx], "head/picked", axis=1)  # [B, 1, H]
+        pooled = node("Squeeze", [picked, axis1], "head/pooled")
+    else:  # pragma: no cover - Enum is closed
+        raise ValueError(pooling)
+
+    if normalize:
+        norm = node("ReduceL2", [pooled], "head/norm", axes=[-1], keepdims=1)
+        norm = node("Max", [norm, const("head/eps", np.array(1e-12, np.float32))], "head/norm_c")
+        pooled = node("Div", [pooled, norm], "head/normalized")
+    node("Identity", [pooled], OUTPUT_NAME)
+
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", dim]))
+    return m

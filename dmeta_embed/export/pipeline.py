@@ -1,0 +1,202 @@
+"""``export_model``: a Hugging Face model → a validated folder of ONNX variants + manifest.json."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ExportError, FidelityError, ModelLoadError
+from ..manifest import (BARS, OUTPUT_NAME, VARIANT_FILES, VARIANT_PROVIDERS, Bar, Fidelity, Manifest,
+                        Pooling, Precision, TokenizerInfo, Variant, sha256_file)
+from ..runtime.embedder import embed_tokenized
+from ..runtime.session import CPU, CUDA, Runner, cuda_available
+from ..runtime.tokenize import TextTokenizer
+from ..texts import calibration_texts, probe_texts
+from . import graph, variants
+from .reference import fidelity, torch_embeddings
+from .source import DEFAULT_MODEL, Source, resolve
+
+log = logging.getLogger(__name__)
+
+
+def _tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"dmeta-embed": __version__}
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
+    """Save the fast tokenizer (converted from vocab.txt when the model has no tokenizer.json)
+    with truncation at max length and no padding (the runtime pads each batch)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path, use_fast=True)
+    except Exception as e:
+        raise ModelLoadError(f"{src.model_id}: cannot load its tokenizer ({e})") from e
+    if not tok.is_fast:
+        raise ExportError(f"{src.model_id}: no fast tokenizer could be built from its files")
+    backend = tok.backend_tokenizer
+    backend.no_padding()
+    backend.enable_truncation(src.max_length)
+    backend.save(str(folder / "tokenizer.json"))
+    if tok.padding_side != "right":
+        log.warning("tokenizer pads on the %s; the runtime pads right", tok.padding_side)
+    return TokenizerInfo(file="tokenizer.json", pad_token_id=int(tok.pad_token_id or 0))
+
+
+def _prepare_output(output: Path, force: bool) -> None:
+    if output.exists():
+        if not force:
+            raise ExportError(f"output folder {output} exists; pass --force to replace it")
+        if output.is_dir() and not (output / "manifest.json").exists() and any(output.iterdir()):
+            raise ExportError(f"{output} is a non-empty folder that is not an export; refusing to replace it")
+
+
+def export_model(
+    model: str = DEFAULT_MODEL,
+    output: str | Path = "out/dmeta",
+    *,
+    variants_: Iterable[str] = ("fp32", "fp16", "int8"),
+    pooling: str | Pooling | None = None,
+    normalize: bool | None = None,
+    max_length: int | None = None,
+    revision: str | None = None,
+    force: bool = False,
+    allow_low_fidelity: bool = False,
+    bars: dict[Precision, Bar] | None = None,
+) -> Manifest:
+    """Export ``model`` (hub id or local folder) into ``output``; return the written manifest.
+
+    Every variant is validated with ONNX Runtime against the PyTorch reference on the built-in
+    probe set; one that misses its bar raises :class:`FidelityError` (int8 only with
+    ``allow_low_fidelity``). The folder is built beside ``output`` and moved into place at the
+    end, so a failed or interrupted export leaves nothing behind.
+    """
+    t0 = time.perf_counter()
+    wanted = [Precision(v) for v in variants_]
+    if not wanted:
+        raise ExportError("no variants asked for")
+    bars = {**BARS, **(bars or {})}
+    output = Path(output)
+    _prepare_output(output, force)
+    src = resolve(model, revision=revision, pooling=Pooling(pooling) if pooling else None,
+                  normalize=normalize, max_length=max_length)
+    log.info("exporting %s (%s, pooling=%s from %s, max_length=%d)", src.model_id, src.model_type,
+             src.pooling.value, src.pooling_origin, src.max_length)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        manifest = _build(src, staging, wanted, bars, allow_low_fidelity, t0)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+        return manifest
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision, Bar],
+           allow_low_fidelity: bool, t0: float) -> Manifest:
+    import onnx
+
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - since, 2)
+        return now
+
+    t = time.perf_counter()
+    tok_info = _write_tokenizer(src, out)
+    tokenizer = TextTokenizer(out / "tokenizer.json", src.max_length)
+    hidden = int(src.config["hidden_size"])
+    heads = int(src.config["num_attention_heads"])
+
+    probes = probe_texts(src.max_length)
+    probe_tok = tokenizer.encode(probes)
+    if not probe_tok.truncated:
+        raise ExportError("internal: the probe set has no over-length text")
+    reference = torch_embeddings(src.path, probes, src.pooling, src.normalize, src.max_length)
+    t = lap("reference", t)
+
+    work = out / ".work"
+    work.mkdir()
+    graph.export_backbone(src.path, work / "raw.onnx")
+    t = lap("torch_export", t)
+    backbone, fusion = graph.fuse(work / "raw.onnx", heads, hidden)
+    if not fusion.get("Attention"):
+        log.warning("ONNX Runtime did not fuse Attention for %s: the graph will be slower", src.model_type)
+    t = lap("fuse", t)
+
+    def embed(model: onnx.ModelProto, tok=probe_tok, provider: str = CPU) -> np.ndarray:
+        runner = Runner(model.SerializeToString(), provider)
+        return embed_tokenized(runner, tok, pad_id=tok_info.pad_token_id, dim=hidden,
+                               max_batch_tokens=4096, batch_size=16)
+
+    def head(m: onnx.ModelProto) -> onnx.ModelProto:
+        return graph.append_head(m, src.pooling, src.normalize, hidden)
+
+    built: dict[str, Variant] = {}
+    max_tokens = int(probe_tok.lengths.max())
+    for precision in wanted:
+        kept: dict[str, str] = {}
+        provider = CPU
+        if precision == Precision.FP32:
+            final = head(backbone)
+        elif precision == Precision.FP16:
+            final = head(variants.to_fp16(backbone))
+            provider = CUDA if cuda_available() else CPU  # validate where it will run when we can
+        else:
+            calib_tok = tokenizer.encode(calibration_texts())
+            calib_ref = embed(head(backbone), calib_tok)
+            result = variants.search_int8(backbone, lambda m: embed(head(m), calib_tok), calib_ref,
+                                          bars[precision])
+            final, kept = head(result.model), result.kept_fp32
+        fid = fidelity(embed(final, provider=provider), reference, bars[precision], max_tokens)
+        log.info("%s: min cos %.6f, mean cos %.6f (bar %.5f / %.5f)", precision.value, fid.min_cos,
+                 fid.mean_cos, fid.bar_min_cos, fid.bar_mean_cos)
+        if not fid.passed and not (precision == Precision.INT8 and allow_low_fidelity):
+            raise FidelityError(
+                f"{precision.value} variant missed its fidelity bar vs PyTorch: min cos {fid.min_cos:.6f} "
+                f"(bar {fid.bar_min_cos}), mean cos {fid.mean_cos:.6f} (bar {fid.bar_mean_cos})"
+                + ("; pass --allow-low-fidelity to keep it anyway" if precision == Precision.INT8 else "")
+            )
+        path = out / VARIANT_FILES[precision]
+        onnx.save(final, str(path))
+        built[precision.value] = Variant(
+            precision=precision, file=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size,
+            provider=VARIANT_PROVIDERS[precision], fidelity=fid, kept_fp32=kept,
+            ops=graph.op_counts(final), validated_on=provider,
+        )
+        t = lap(precision.value, t)
+
+    shutil.rmtree(work)
+    revision = src.revision or (src.path.name if src.model_id != str(src.path.resolve()) else None)
+    manifest = Manifest(
+        source={"model": src.model_id, "revision": revision, "model_type": src.model_type,
+                "pooling_from": src.pooling_origin, "normalize_from": src.normalize_origin},
+        pooling=src.pooling, normalize=src.normalize, max_length=src.max_length, dim=hidden,
+        tokenizer=tok_info, inputs=graph.INPUTS, output=OUTPUT_NAME, variants=built,
+        export={"opset": graph.OPSET, "fusion": fusion, "tools": _tool_versions(),
+                "probe_texts": len(probes), "stage_seconds": timings,
+                "wall_seconds": round(time.perf_counter() - t0, 2),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    )
+    manifest.save(out)
+    return manifest

@@ -1,0 +1,176 @@
+"""Find the model to export (local folder or hub id) and read what its files say.
+
+Pooling comes from sentence-transformers' ``1_Pooling/config.json`` when present, else the
+caller's flag, else CLS with a warning. Max length from ``sentence_bert_config.json``, else the
+tokenizer's, capped by ``max_position_embeddings``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExportError, ModelLoadError
+from ..manifest import Pooling
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "DMetaSoul/Dmeta-embedding"
+
+#: model_types whose ONNX graph ONNX Runtime's "bert" optimizer knows how to fuse
+SUPPORTED_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
+
+#: tokenizer "model_max_length" values that mean "no limit set"
+_UNSET_MAX = 10**9
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved model folder and the facts the export needs from it."""
+
+    path: Path
+    model_id: str
+    revision: str | None
+    model_type: str
+    pooling: Pooling
+    pooling_origin: str
+    normalize: bool
+    normalize_origin: str
+    max_length: int
+    config: dict[str, Any]
+
+
+def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text("utf-8"))  # type: ignore[no-any-return]
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path}: unreadable JSON ({e})") from e
+
+
+def download(model_id: str, revision: str | None) -> Path:
+    """Fetch a hub model into the local HF cache; fail fast (one clear line) when offline."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model", "1_Pooling/*", "*.bin"]
+    try:
+        # the local cache first: no network when the model was fetched before
+        return Path(snapshot_download(model_id, revision=revision, local_files_only=True,
+                                      allow_patterns=patterns))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        pass
+    try:
+        return Path(snapshot_download(model_id, revision=revision, allow_patterns=patterns,
+                                      etag_timeout=10))
+    except (LocalEntryNotFoundError, OSError, HfHubHTTPError) as e:
+        raise ModelLoadError(
+            f"cannot download '{model_id}' from the Hugging Face hub ({type(e).__name__}); "
+            "if you are offline, pass a local model folder instead"
+        ) from e
+
+
+def _pooling_from_st(folder: Path) -> Pooling | None:
+    modules = _read_json(folder / "modules.json")
+    pool_dir = "1_Pooling"
+    if isinstance(modules, list):
+        for m in modules:
+            if str(m.get("type", "")).endswith("Pooling"):
+                pool_dir = m.get("path") or pool_dir
+    cfg = _read_json(folder / pool_dir / "config.json")
+    if not isinstance(cfg, dict):
+        return None
+    if cfg.get("pooling_mode_cls_token"):
+        return Pooling.CLS
+    if cfg.get("pooling_mode_mean_tokens"):
+        return Pooling.MEAN
+    if cfg.get("pooling_mode_lasttoken"):
+        return Pooling.LAST
+    modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
+    raise ExportError(f"{pool_dir}/config.json asks for pooling {modes}; supported: cls, mean, last")
+
+
+def _has_normalize(folder: Path) -> bool:
+    modules = _read_json(folder / "modules.json")
+    return isinstance(modules, list) and any(
+        str(m.get("type", "")).endswith("Normalize") for m in modules
+    )
+
+
+def resolve(
+    model: str,
+    *,
+    revision: str | None = None,
+    pooling: Pooling | None = None,
+    normalize: bool | None = None,
+    max_length: int | None = None,
+) -> Source:
+    """Resolve ``model`` (folder or hub id) and decide pooling, normalisation and max length."""
+    path = Path(model).expanduser()
+    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder not found: {model}")
+        model_id = str(path.resolve())
+    else:
+        model_id = model
+        path = download(model, revision)
+
+    config = _read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{model}: no config.json; not a transformers or sentence-transformers model folder")
+    model_type = str(config.get("model_type", ""))
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"{model}: unsupported architecture model_type={model_type!r}; "
+            f"supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
+        )
+    if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
+        raise ModelLoadError(f"{model}: no weights (model.safetensors or pytorch_model.bin)")
+
+    st_pooling = _pooling_from_st(path)
+    if st_pooling is not None:
+        if pooling is not None and pooling != st_pooling:
+            log.warning("model files say pooling=%s; ignoring --pooling %s",
+                        st_pooling.value, pooling.value)
+        chosen, origin = st_pooling, "1_Pooling/config.json"
+    elif pooling is not None:
+        chosen, origin = pooling, "flag"
+    else:
+        log.warning("%s has no 1_Pooling/config.json and no --pooling given: using CLS", model)
+        chosen, origin = Pooling.CLS, "default (cls)"
+
+    if normalize is not None:
+        normalize_origin = "flag"
+    else:
+        # embedding models are compared by cosine: on by default, explicit with a Normalize module
+        normalize = True
+        normalize_origin = "Normalize module" if _has_normalize(path) else "default (on)"
+
+    positions = int(config.get("max_position_embeddings", 512))
+    if model_type in {"roberta", "xlm-roberta", "camembert"}:
+        positions -= 2  # position ids start after padding_idx + 1
+    st_cfg = _read_json(path / "sentence_bert_config.json")
+    tok_cfg = _read_json(path / "tokenizer_config.json")
+    file_max = None
+    if isinstance(st_cfg, dict) and st_cfg.get("max_seq_length"):
+        file_max = int(st_cfg["max_seq_length"])
+    elif isinstance(tok_cfg, dict) and int(tok_cfg.get("model_max_length") or _UNSET_MAX) < _UNSET_MAX:
+        file_max = int(tok_cfg["model_max_length"])
+    limit = min(file_max or positions, positions)
+    if max_length is not None:
+        if max_length < 2:
+            raise ExportError(f"--max-length must be at least 2, got {max_length}")
+        if max_length > positions:
+            raise ExportError(f"--max-length {max_length} exceeds the model's {positions} positions")
+        limit = max_length
+
+    return Source(
+        path=path, model_id=model_id, revision=revision, model_type=model_type,
+        pooling=chosen, pooling_origin=origin, normalize=normalize, normalize_origin=normalize_origin, max_length=limit,
+        config=config,
+    )

@@ -1,0 +1,108 @@
+"""Random-weight BERT folders with Dmeta's config keys and a synthetic CJK WordPiece vocab.
+
+The real Dmeta weights need the hub; speed depends on shape, not on weights, and the export
+pipeline depends only on the architecture. ``tiny`` is for tests, ``dmeta`` for benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..manifest import Pooling
+
+DMETA_CONFIG: dict[str, Any] = {
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "classifier_dropout": None,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 1024,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 0,
+    "position_embedding_type": "absolute",
+    "type_vocab_size": 2,
+    "use_cache": True,
+    "vocab_size": 21128,
+}
+
+# initializer_range is raised from BERT's 0.02: at 0.02 a random BERT gives nearly the same
+# vector for every text (pairwise cosine ≈ 0.9999 in the tiny shape), and parity tests could not
+# tell texts apart. Measured pairwise cosine of different texts: tiny 0.43–0.89, dmeta 0.81–0.96.
+SHAPES: dict[str, dict[str, Any]] = {
+    "dmeta": {"initializer_range": 0.05},
+    "tiny": {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+             "intermediate_size": 128, "initializer_range": 0.4},
+}
+
+_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def synthetic_vocab(size: int = 21128) -> list[str]:
+    """A WordPiece vocab shaped like bert-base-chinese: specials, ASCII, CJK, ``##`` pieces."""
+    ascii_ = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    punct = list("，。！？、；：“”‘’（）《》【】…—·￥％")
+    latin = ["the", "of", "and", "to", "in", "is", "for", "on", "with", "as", "watch", "hong",
+             "kong", "beard", "embedding", "model", "onnx", "bert", "##s", "##ing", "##ed", "##er"]
+    cjk = [chr(c) for c in range(0x4E00, 0x9FA6)]  # the CJK Unified Ideographs block
+    vocab = _SPECIALS + ascii_ + punct + latin + cjk
+    pieces = ["##" + chr(c) for c in range(0x4E00, 0x9FA6)]
+    vocab += pieces[: max(0, size - len(vocab))]
+    vocab += [f"[unused{i}]" for i in range(size - len(vocab))]
+    return vocab[:size]
+
+
+def build_model(
+    folder: str | Path,
+    shape: str = "tiny",
+    *,
+    seed: int = 0,
+    pooling: Pooling = Pooling.CLS,
+    max_seq_length: int = 1024,
+    with_tokenizer_json: bool = False,
+    sentence_transformers_files: bool = True,
+) -> Path:
+    """Write a random-weight BERT with Dmeta's config keys into ``folder`` and return it."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = DMETA_CONFIG | SHAPES[shape]
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**cfg), add_pooling_layer=False).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+
+    (folder / "vocab.txt").write_text("\n".join(synthetic_vocab(cfg["vocab_size"])) + "\n", "utf-8")
+    tok_cfg = {"do_lower_case": True, "tokenize_chinese_chars": True, "tokenizer_class": "BertTokenizer",
+               "model_max_length": max_seq_length, "unk_token": "[UNK]", "sep_token": "[SEP]",
+               "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), "utf-8")
+    if with_tokenizer_json:
+        from transformers import BertTokenizerFast
+
+        BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).backend_tokenizer.save(
+            str(folder / "tokenizer.json"))
+    if sentence_transformers_files:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        (folder / "modules.json").write_text(json.dumps(modules, indent=2), "utf-8")
+        (folder / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}), "utf-8")
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        pool = {"word_embedding_dimension": cfg["hidden_size"],
+                "pooling_mode_cls_token": pooling == Pooling.CLS,
+                "pooling_mode_mean_tokens": pooling == Pooling.MEAN,
+                "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+                "pooling_mode_lasttoken": pooling == Pooling.LAST}
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool, indent=2), "utf-8")
+    return folder

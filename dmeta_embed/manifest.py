@@ -1,0 +1,217 @@
+"""The manifest: one JSON file beside the ONNX variants that tells the runtime everything.
+
+Shared by export (writes it) and runtime (reads it). Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+OUTPUT_NAME = "sentence_embedding"
+
+
+class Pooling(str, Enum):
+    """How token vectors become one sentence vector (applied inside the graph)."""
+
+    CLS = "cls"
+    MEAN = "mean"
+    LAST = "last"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+#: file name of each variant inside an exported folder
+VARIANT_FILES = {
+    Precision.FP32: "model.onnx",
+    Precision.FP16: "model.fp16.onnx",
+    Precision.INT8: "model.int8.onnx",
+}
+#: the execution provider each variant is built for
+VARIANT_PROVIDERS = {
+    Precision.FP32: "CPUExecutionProvider",
+    Precision.FP16: "CUDAExecutionProvider",
+    Precision.INT8: "CPUExecutionProvider",
+}
+
+
+@dataclass(frozen=True)
+class Bar:
+    """Fidelity a variant must reach against the PyTorch reference (cosine similarity)."""
+
+    min_cos: float
+    mean_cos: float
+
+
+#: the bars every export enforces (see README, "Fidelity")
+BARS = {
+    Precision.FP32: Bar(min_cos=0.99999, mean_cos=0.99999),
+    Precision.FP16: Bar(min_cos=0.9999, mean_cos=0.9999),
+    Precision.INT8: Bar(min_cos=0.99, mean_cos=0.995),
+}
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Measured agreement of a variant with the PyTorch reference on the probe set."""
+
+    min_cos: float
+    mean_cos: float
+    max_abs_diff: float
+    n_texts: int
+    max_tokens: int
+    bar_min_cos: float
+    bar_mean_cos: float
+
+    @property
+    def passed(self) -> bool:
+        return self.min_cos >= self.bar_min_cos and self.mean_cos >= self.bar_mean_cos
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fidelity:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX file of the folder."""
+
+    precision: Precision
+    file: str
+    sha256: str
+    size_bytes: int
+    provider: str
+    fidelity: Fidelity
+    #: int8 only: nodes left in fp32, each with the reason (measured sensitivity)
+    kept_fp32: dict[str, str] = field(default_factory=dict)
+    #: graph op counts of this file (e.g. MatMulInteger, QAttention for int8)
+    ops: dict[str, int] = field(default_factory=dict)
+    #: the execution provider the fidelity was measured on
+    validated_on: str = "CPUExecutionProvider"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["precision"] = self.precision.value
+        d["fidelity"] = self.fidelity.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Variant:
+        return cls(
+            precision=Precision(d["precision"]),
+            file=d["file"],
+            sha256=d["sha256"],
+            size_bytes=int(d["size_bytes"]),
+            provider=d["provider"],
+            fidelity=Fidelity.from_dict(d["fidelity"]),
+            kept_fp32=dict(d.get("kept_fp32", {})),
+            ops=dict(d.get("ops", {})),
+            validated_on=d.get("validated_on", "CPUExecutionProvider"),
+        )
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    file: str
+    pad_token_id: int
+    padding_side: str = "right"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to turn texts into embeddings with the exported folder."""
+
+    source: dict[str, Any]
+    pooling: Pooling
+    normalize: bool
+    max_length: int
+    dim: int
+    tokenizer: TokenizerInfo
+    inputs: tuple[str, ...]
+    output: str
+    variants: dict[str, Variant]
+    export: dict[str, Any]
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "source": self.source,
+            "pooling": self.pooling.value,
+            "normalize": self.normalize,
+            "max_length": self.max_length,
+            "dim": self.dim,
+            "tokenizer": asdict(self.tokenizer),
+            "inputs": list(self.inputs),
+            "output": self.output,
+            "variants": {k: v.to_dict() for k, v in self.variants.items()},
+            "export": self.export,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        version = d.get("format_version")
+        if not isinstance(version, int):
+            raise ModelLoadError("manifest has no integer 'format_version'")
+        if version > FORMAT_VERSION:
+            raise ModelLoadError(
+                f"manifest format_version {version} is newer than this dmeta-embed reads "
+                f"({FORMAT_VERSION}); upgrade dmeta-embed"
+            )
+        try:
+            return cls(
+                format_version=version,
+                source=dict(d["source"]),
+                pooling=Pooling(d["pooling"]),
+                normalize=bool(d["normalize"]),
+                max_length=int(d["max_length"]),
+                dim=int(d["dim"]),
+                tokenizer=TokenizerInfo(**d["tokenizer"]),
+                inputs=tuple(d["inputs"]),
+                output=d["output"],
+                variants={k: Variant.from_dict(v) for k, v in d["variants"].items()},
+                export=dict(d.get("export", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(f"manifest is malformed: {type(e).__name__}: {e}") from e
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", "utf-8")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Manifest:
+        path = Path(folder) / MANIFEST_NAME
+        if not path.is_file():
+            raise ModelLoadError(f"{folder}: no {MANIFEST_NAME}; is this a dmeta-embed export folder?")
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{path}: unreadable manifest ({e})") from e
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{path}: manifest is not a JSON object")
+        return cls.from_dict(data)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

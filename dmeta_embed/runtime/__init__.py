@@ -1,0 +1,5 @@
+"""Runtime: exported folder → embeddings, with only numpy, tokenizers and onnxruntime."""
+
+from .embedder import Embedder
+
+__all__ = ["Embedder"]

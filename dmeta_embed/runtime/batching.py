@@ -1,0 +1,35 @@
+"""Length-sorted batching under a padded-token budget, and per-batch padding."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def plan_batches(lengths: np.ndarray, max_batch_tokens: int, batch_size: int) -> list[np.ndarray]:
+    """Split indices into batches of similar length.
+
+    Longest first (the memory peak comes early, not after an hour), each batch at most
+    ``batch_size`` texts and at most ``max_batch_tokens`` padded tokens (a single text longer
+    than the budget still gets a batch of its own).
+    """
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start, n = 0, len(order)
+    while start < n:
+        longest = int(lengths[order[start]])
+        fit = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
+        batches.append(order[start:start + fit])
+        start += fit
+    return batches
+
+
+def pad(ids: list[list[int]], index: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad the selected sequences to their own longest length: (input_ids, attention_mask)."""
+    rows = [ids[i] for i in index]
+    width = max(len(r) for r in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, r in enumerate(rows):
+        input_ids[j, : len(r)] = r
+        mask[j, : len(r)] = 1
+    return input_ids, mask

@@ -1,0 +1,193 @@
+"""The public runtime API: ``Embedder.load(folder).encode(texts)``. Light dependencies only."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import InputError, ModelLoadError, ProviderError
+from ..manifest import BARS, Manifest, Precision, sha256_file
+from .batching import pad, plan_batches
+from .session import CPU, CUDA, Runner, cuda_available
+from .tokenize import TextTokenizer, Tokenized, check_texts
+
+log = logging.getLogger(__name__)
+
+#: texts tokenised and embedded per chunk: bounds memory for huge inputs while keeping
+#: length-sorting effective (sorting 4k texts captures nearly all of the gain)
+CHUNK = 4096
+#: padded tokens per batch by provider (measured: see README, "Batching")
+DEFAULT_BATCH_TOKENS = {CPU: 8192, CUDA: 32768}
+DEFAULT_BATCH_SIZE = 128
+
+
+def embed_tokenized(
+    runner: Runner, tok: Tokenized, *, pad_id: int, dim: int, max_batch_tokens: int, batch_size: int,
+) -> np.ndarray:
+    """Run length-sorted batches and write each row back to its input position."""
+    out = np.empty((len(tok.ids), dim), dtype=np.float32)
+    for index in plan_batches(tok.lengths, max_batch_tokens, batch_size):
+        input_ids, mask = pad(tok.ids, index, pad_id)
+        out[index] = runner.run(input_ids, mask)
+    return out
+
+
+def _choose(manifest: Manifest, variant: str, provider: str) -> tuple[Precision, str]:
+    if provider not in {"auto", "cpu", "cuda"}:
+        raise ProviderError(f"provider must be auto, cpu or cuda, got {provider!r}")
+    if variant not in {"auto", *(p.value for p in Precision)}:
+        raise ProviderError(f"variant must be auto, fp32, fp16 or int8, got {variant!r}")
+    have = manifest.variants
+    if provider == "cuda" and not cuda_available():
+        raise ProviderError("provider='cuda' asked for, but no CUDA provider is available "
+                            "(pip install 'dmeta-embed[gpu]' on a machine with an NVIDIA GPU)")
+    use_cuda = provider == "cuda" or (provider == "auto" and cuda_available() and variant != "int8")
+    if variant != "auto":
+        if variant not in have:
+            raise ProviderError(f"variant {variant!r} is not in this folder (it has: {', '.join(have)})")
+        return Precision(variant), CUDA if use_cuda else CPU
+    if use_cuda:
+        for p in ("fp16", "fp32"):
+            if p in have:
+                return Precision(p), CUDA
+    if "int8" in have and have["int8"].fidelity.passed:
+        return Precision.INT8, CPU
+    if "fp32" in have:
+        return Precision.FP32, CPU
+    if "int8" in have:
+        log.warning("only int8 is available and it missed its fidelity bar; using it anyway")
+        return Precision.INT8, CPU
+    raise ProviderError(f"no CPU variant in this folder (it has: {', '.join(have)}); pass provider='cuda'")
+
+
+class Embedder:
+    """Sentence embeddings from an exported folder; a drop-in for sentence-transformers' ``encode``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        variant: str = "auto",
+        provider: str = "auto",
+        *,
+        threads: int | None = None,
+        max_batch_tokens: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        truncate: bool = True,
+        verify: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ModelLoadError(f"model folder not found: {path}")
+        self.manifest = Manifest.load(self.path)
+        self.variant, self.provider = _choose(self.manifest, variant, provider)
+        spec = self.manifest.variants[self.variant.value]
+        model_file = self.path / spec.file
+        tok_file = self.path / self.manifest.tokenizer.file
+        for f in (model_file, tok_file):
+            if not f.is_file():
+                raise ModelLoadError(f"{self.path}: {f.name} is missing")
+        if verify:
+            digest = sha256_file(model_file)
+            if digest != spec.sha256:
+                raise ModelLoadError(f"{model_file}: checksum mismatch (file is corrupted or was "
+                                     f"changed after export): {digest[:12]} != {spec.sha256[:12]}")
+        self.tokenizer = TextTokenizer(tok_file, self.manifest.max_length)
+        try:
+            self._runner = Runner(model_file, self.provider, threads)
+        except ProviderError:
+            raise
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelLoadError(f"{model_file}: onnxruntime cannot load it ({e})") from e
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS[self.provider]
+        self.batch_size = batch_size
+        self.truncate = truncate
+        #: indices of the texts the last encode() call truncated at max_length
+        self.last_truncated: list[int] = []
+
+    @classmethod
+    def load(cls, path: str | Path, variant: str = "auto", provider: str = "auto", **kwargs: Any) -> Embedder:
+        """Load an exported folder. ``variant``: auto|fp32|fp16|int8; ``provider``: auto|cpu|cuda."""
+        return cls(path, variant, provider, **kwargs)
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.max_length
+
+    def count_tokens(self, texts: str | list[str]) -> list[int]:
+        """Tokens each text is fed as (after truncation, special tokens included)."""
+        return self.tokenizer.count_tokens(check_texts(texts))
+
+    def encode(
+        self,
+        texts: str | list[str],
+        batch_size: int | None = None,
+        normalize_embeddings: bool | None = None,
+        show_progress_bar: bool = False,
+        convert_to_numpy: bool = True,
+        *,
+        truncate: bool | None = None,
+    ) -> np.ndarray:
+        """Embed texts in input order: float32 ``(n, dim)`` for a list, ``(dim,)`` for one str.
+
+        ``normalize_embeddings``: None keeps the manifest's choice (already applied in the graph);
+        True L2-normalises; False is refused for a normalised export (the raw vectors are gone).
+        """
+        single = isinstance(texts, str)
+        items = check_texts(texts)
+        truncate = self.truncate if truncate is None else truncate
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        self.last_truncated = []
+        progress = _progress(len(items), show_progress_bar)
+        for start in range(0, len(items), CHUNK):
+            chunk = items[start:start + CHUNK]
+            tok = self.tokenizer.encode(chunk)
+            if tok.truncated:
+                first = start + tok.truncated[0]
+                if not truncate:
+                    raise InputError(f"texts[{first}] is longer than max_length={self.max_length} "
+                                     "tokens (truncate=False)", index=first)
+                self.last_truncated.extend(start + i for i in tok.truncated)
+            out[start:start + len(chunk)] = embed_tokenized(
+                self._runner, tok, pad_id=self.manifest.tokenizer.pad_token_id, dim=self.dim,
+                max_batch_tokens=self.max_batch_tokens, batch_size=batch_size or self.batch_size)
+            progress(len(chunk))
+        if self.last_truncated:
+            log.warning("%d text(s) longer than max_length=%d tokens were truncated (first: index %d)",
+                        len(self.last_truncated), self.max_length, self.last_truncated[0])
+        if normalize_embeddings and not self.manifest.normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, 1e-12)
+        elif normalize_embeddings is False and self.manifest.normalize:
+            raise InputError("this folder was exported with normalisation inside the graph; "
+                             "re-export with --no-normalize to get raw vectors")
+        if not convert_to_numpy:
+            return list(out)  # type: ignore[return-value]
+        return out[0] if single else out
+
+    def __repr__(self) -> str:
+        return (f"Embedder({str(self.path)!r}, variant={self.variant.value!r}, provider={self.provider!r}, "
+                f"dim={self.dim}, max_length={self.max_length}, cpu={platform.processor() or 'unknown'!r})")
+
+
+def _progress(total: int, show: bool):  # type: ignore[no-untyped-def]
+    if not show or total <= CHUNK:
+        return lambda n: None
+    import sys
+
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        sys.stderr.write(f"\rencoded {done[0]}/{total}")
+        if done[0] >= total:
+            sys.stderr.write("\n")
+
+    return step

@@ -1,0 +1,100 @@
+"""ONNX Runtime sessions: provider choice, thread count, and the run call (IO binding on CUDA)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import ProviderError
+from ..manifest import OUTPUT_NAME
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: affinity mask and cgroup quota, not ``os.cpu_count()``."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(n, quota) if quota else n)
+
+
+def _cgroup_quota() -> int | None:
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return math.ceil(int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        if q > 0 and p > 0:
+            return math.ceil(q / p)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def cuda_available() -> bool:
+    return CUDA in ort.get_available_providers()
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """CPU options chosen by measurement (see README, "Memory"): sequential, one inter-op thread,
+    no memory pattern (shapes change every batch, and the pattern cache grows per shape)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or available_cpus()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_mem_pattern = False
+    so.log_severity_level = 3
+    return so
+
+
+class Runner:
+    """One inference session over an embedding graph: (input_ids, attention_mask) → [B, dim]."""
+
+    def __init__(self, model: str | Path | bytes, provider: str = CPU, threads: int | None = None) -> None:
+        so = session_options(threads)
+        if provider == CUDA:
+            if not cuda_available():
+                raise ProviderError(
+                    "CUDA was asked for but this onnxruntime has no CUDAExecutionProvider; "
+                    "install onnxruntime-gpu instead of onnxruntime: pip install 'dmeta-embed[gpu]'"
+                )
+            providers: list[str | tuple[str, dict[str, str]]] = [
+                (CUDA, {"cudnn_conv_algo_search": "DEFAULT"}), CPU]
+        else:
+            providers = [CPU]
+        model_arg = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(model_arg, sess_options=so, providers=providers)
+        if provider == CUDA and self.session.get_providers()[0] != CUDA:
+            # onnxruntime-gpu silently falls back to CPU when CUDA/cuDNN libraries are missing
+            raise ProviderError(
+                "CUDAExecutionProvider failed to start (CUDA 12/13 and cuDNN 9 libraries missing?); "
+                "see onnxruntime's log above, or use provider='cpu'"
+            )
+        self.provider = provider
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self._output = OUTPUT_NAME
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self.provider == CUDA:
+            # IO binding: inputs copied to the device once, only [B, dim] copied back
+            io = self.session.io_binding()
+            io.bind_cpu_input("input_ids", input_ids)
+            io.bind_cpu_input("attention_mask", attention_mask)
+            io.bind_output(self._output, "cuda")
+            self.session.run_with_iobinding(io)
+            return io.copy_outputs_to_cpu()[0]  # type: ignore[no-any-return]
+        out = self.session.run([self._output], {"input_ids": input_ids, "attention_mask": attention_mask})
+        return out[0]  # type: ignore[no-any-return]

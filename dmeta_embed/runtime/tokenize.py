@@ -1,0 +1,81 @@
+"""Text → token ids with the exported folder's ``tokenizer.json``; input checking lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from ..errors import InputError, ModelLoadError
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Token ids of each text (unpadded), their lengths, and which texts were truncated."""
+
+    ids: list[list[int]]
+    lengths: np.ndarray  # int64 [n]
+    truncated: list[int]  # indices into the input
+
+
+def check_texts(texts: object) -> list[str]:
+    """Return ``texts`` as a list of str, or raise InputError naming the first bad item."""
+    if texts is None:
+        raise InputError("texts is None; expected a str or a list of str")
+    if isinstance(texts, (str, bytes)):
+        texts = [texts]
+    if not isinstance(texts, Iterable):
+        raise InputError(f"texts is {type(texts).__name__}; expected a str or a list of str")
+    out = texts if isinstance(texts, list) else list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            if isinstance(t, (bytes, bytearray)):
+                raise InputError(f"texts[{i}] is bytes; decode it to str first", index=i)
+            raise InputError(f"texts[{i}] is {type(t).__name__}, expected str", index=i)
+    return out
+
+
+def _find_unencodable(texts: Sequence[str]) -> InputError | None:
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return InputError(
+                f"texts[{i}] is not valid Unicode (lone surrogate {t[e.start]!r} at position {e.start})",
+                index=i,
+            )
+    return None
+
+
+class TextTokenizer:
+    """A fast tokenizer with truncation at ``max_length`` and no padding (we pad per batch)."""
+
+    def __init__(self, path: str | Path, max_length: int) -> None:
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exception on a bad file
+            raise ModelLoadError(f"{path}: cannot load tokenizer ({e})") from e
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length)
+        self.max_length = max_length
+
+    def encode(self, texts: list[str]) -> Tokenized:
+        """Tokenise checked texts (see :func:`check_texts`)."""
+        try:
+            encs = self._tok.encode_batch(texts, add_special_tokens=True)
+        except (TypeError, ValueError, UnicodeError) as e:
+            bad = _find_unencodable(texts)
+            if bad is not None:
+                raise bad from e
+            raise InputError(f"tokenizer rejected the input: {e}") from e
+        ids = [e.ids for e in encs]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        truncated = [i for i, e in enumerate(encs) if e.overflowing]
+        return Tokenized(ids=ids, lengths=lengths, truncated=truncated)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens each text becomes (after truncation, special tokens included)."""
+        return self.encode(texts).lengths.tolist()  # type: ignore[no-any-return]
