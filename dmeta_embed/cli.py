@@ -1,0 +1,209 @@
+"""Command line: export, encode, similarity, inspect (bench and serve live in their own modules).
+
+Heavy imports happen inside commands so ``dmeta-embed --help`` stays fast. Library errors
+(:class:`DmetaEmbedError`) become one clean ``Error:`` line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import DmetaEmbedError
+
+MODEL_ENV = "DMETA_EMBED_MODEL"
+model_option = click.option("--model", "-m", "model_dir", envvar=MODEL_ENV, required=True,
+                            type=click.Path(file_okay=False, path_type=Path),
+                            help=f"Exported model folder (env {MODEL_ENV}).")
+variant_option = click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+                              default="auto", show_default=True, envvar="DMETA_EMBED_VARIANT")
+provider_option = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]),
+                               default="auto", show_default=True, envvar="DMETA_EMBED_PROVIDER")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="dmeta-embed")
+def cli(verbose: int) -> None:
+    """Fast, validated ONNX sentence embeddings for Dmeta-embedding and BERT-style models."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dmeta_embed").setLevel(level)
+
+
+def _load(model_dir: Path, variant: str, provider: str, **kw: object):  # type: ignore[no-untyped-def]
+    from .runtime import Embedder
+
+    return Embedder.load(model_dir, variant=variant, provider=provider, **kw)
+
+
+@cli.command()
+@click.argument("model", default="DMetaSoul/Dmeta-embedding")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Folder to create.")
+@click.option("--variants", default="fp32,fp16,int8", show_default=True, help="Comma-separated variants.")
+@click.option("--pooling", type=click.Choice(["cls", "mean", "last"]), default=None,
+              help="Used only when the model has no 1_Pooling/config.json (default then: cls).")
+@click.option("--max-length", type=int, default=None, help="Override the model's max sequence length.")
+@click.option("--no-normalize", is_flag=True, help="Do not L2-normalise inside the graph.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--allow-low-fidelity", is_flag=True, help="Keep an int8 variant that misses its bar.")
+def export(model: str, output: Path, variants: str, pooling: str | None, max_length: int | None,
+           no_normalize: bool, revision: str | None, force: bool, allow_low_fidelity: bool) -> None:
+    """Export MODEL (hub id or local folder) to a validated folder of ONNX variants."""
+    from .export import export_model
+
+    logging.getLogger("dmeta_embed").setLevel(min(logging.getLogger("dmeta_embed").level, logging.INFO))
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    bad = [v for v in names if v not in {"fp32", "fp16", "int8"}]
+    if bad:
+        raise click.BadParameter(f"unknown variant(s) {bad}; choose from fp32, fp16, int8", param_hint="--variants")
+    manifest = export_model(model, output, variants_=names, pooling=pooling, max_length=max_length,
+                            normalize=False if no_normalize else None, revision=revision, force=force,
+                            allow_low_fidelity=allow_low_fidelity)
+    click.echo(f"exported {manifest.source['model']} → {output}")
+    click.echo(summary(output))
+
+
+def _read_inputs(texts: tuple[str, ...], input_file: str | None, input_format: str) -> list[str]:
+    if texts and input_file:
+        raise click.UsageError("give TEXT arguments or --input, not both")
+    if not input_file:
+        if not texts:
+            raise click.UsageError("nothing to encode: give TEXT arguments or --input FILE (- for stdin)")
+        return list(texts)
+    stream = sys.stdin if input_file == "-" else open(input_file, encoding="utf-8")  # noqa: SIM115
+    with stream:
+        lines = stream.read().splitlines()
+    fmt = input_format
+    if fmt == "auto":
+        fmt = "jsonl" if input_file.endswith(".jsonl") else "text"
+    if fmt == "text":
+        return lines
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            obj = json.loads(line)
+            out.append(obj["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise click.UsageError(f"{input_file}:{n}: expected a JSON object with a 'text' field ({e})") from e
+    return out
+
+
+@cli.command()
+@model_option
+@click.argument("texts", nargs=-1)
+@click.option("--input", "-i", "input_file", default=None, help="File with one text per line, or - for stdin.")
+@click.option("--input-format", type=click.Choice(["auto", "text", "jsonl"]), default="auto", show_default=True,
+              help="auto: .jsonl files are JSON lines with a 'text' field, anything else one text per line.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "npy"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (default stdout; required for npy).")
+@click.option("--batch-size", type=int, default=None)
+@variant_option
+@provider_option
+def encode(model_dir: Path, texts: tuple[str, ...], input_file: str | None, input_format: str, fmt: str,
+           output: Path | None, batch_size: int | None, variant: str, provider: str) -> None:
+    """Embed TEXTs (or --input lines) and write them as JSON lines or a .npy array."""
+    import numpy as np
+
+    items = _read_inputs(texts, input_file, input_format)
+    if fmt == "npy" and output is None:
+        raise click.UsageError("--format npy needs --output FILE")
+    model = _load(model_dir, variant, provider)
+    emb = model.encode(items, batch_size=batch_size, show_progress_bar=len(items) > 1000)
+    if fmt == "npy":
+        assert output is not None
+        np.save(output, emb)
+        click.echo(f"wrote {emb.shape[0]}×{emb.shape[1]} float32 to {output}", err=True)
+        return
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    try:
+        for i, row in enumerate(emb):
+            out.write(json.dumps({"index": i, "embedding": [round(float(x), 7) for x in row]}) + "\n")
+    finally:
+        if output:
+            out.close()
+
+
+@cli.command()
+@model_option
+@click.argument("queries", nargs=-1, required=True)
+@click.option("--docs", "-d", multiple=True, required=True, help="A document to rank (repeat the option).")
+@variant_option
+@provider_option
+def similarity(model_dir: Path, queries: tuple[str, ...], docs: tuple[str, ...], variant: str, provider: str) -> None:
+    """For each QUERY, print --docs ranked by cosine similarity (Dmeta's model-card example)."""
+    model = _load(model_dir, variant, provider)
+    q = model.encode(list(queries), normalize_embeddings=True)
+    d = model.encode(list(docs), normalize_embeddings=True)
+    click.echo(format_ranking(list(queries), list(docs), q @ d.T))
+
+
+def format_ranking(queries: list[str], docs: list[str], scores) -> str:  # type: ignore[no-untyped-def]
+    """The model card's output: 查询文本 then 相似文本/打分 lines, best first."""
+    lines = []
+    for i, query in enumerate(queries):
+        lines.append(f"查询文本：{query}")
+        for j in sorted(range(len(docs)), key=lambda j: -float(scores[i][j])):
+            lines.append(f"相似文本：{docs[j]}，打分：{float(scores[i][j])}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summary(folder: Path) -> str:
+    """A readable summary of an export folder's manifest."""
+    from .manifest import Manifest
+
+    m = Manifest.load(folder)
+    src = m.source
+    out = [f"model     {src.get('model')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
+           f"type      {src.get('model_type')}  dim {m.dim}  max_length {m.max_length}",
+           f"pooling   {m.pooling.value} (from {src.get('pooling_from')})  normalize {m.normalize}",
+           f"fusion    " + ", ".join(f"{k} {v}" for k, v in m.export.get("fusion", {}).items()),
+           f"exported  {m.export.get('created')} in {m.export.get('wall_seconds')} s, opset {m.export.get('opset')}",
+           "",
+           f"{'variant':8} {'file':18} {'size MB':>8} {'min cos':>10} {'mean cos':>10} {'bar (min/mean)':>16}  ok  fp32 kept"]
+    for name, v in m.variants.items():
+        f = v.fidelity
+        out.append(f"{name:8} {v.file:18} {v.size_bytes / 1e6:8.1f} {f.min_cos:10.6f} {f.mean_cos:10.6f} "
+                   f"{f.bar_min_cos:>7}/{f.bar_mean_cos:<8}  {'yes' if f.passed else 'NO ':3} {len(v.kept_fp32)}")
+    return "\n".join(out)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+def inspect(folder: Path, as_json: bool) -> None:
+    """Summarise an exported folder: variants, sizes, fidelity."""
+    if as_json:
+        from .manifest import Manifest
+
+        click.echo(json.dumps(Manifest.load(folder).to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(summary(folder))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except DmetaEmbedError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
