@@ -1,0 +1,169 @@
+"""Export of the tiny Chinese BERT: manifest, checksums, graph structure, parity with torch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from dmeta_embed.export.reference import cosines, torch_embeddings
+from dmeta_embed.manifest import BARS, OUTPUT_NAME, Manifest, Pooling, Precision, sha256_file
+from dmeta_embed.texts import probe_texts
+
+ZH = ["胡子长得太快怎么办？", "在香港哪里买手表好", "今天北京的天气怎么样？", "深度学习模型需要大量的数据和算力进行训练。"]
+
+
+def test_manifest_contents(tiny_export, tiny_src):
+    m = Manifest.load(tiny_export)
+    raw = json.loads((tiny_export / "manifest.json").read_text())
+    for key in ("format_version", "source", "pooling", "normalize", "max_length", "dim", "tokenizer",
+                "inputs", "output", "variants", "export"):
+        assert key in raw
+    assert m.source["model"] == str(tiny_src.resolve())
+    assert m.source["model_type"] == "bert"
+    assert m.pooling == Pooling.CLS and m.source["pooling_from"] == "1_Pooling/config.json"
+    assert m.normalize is True
+    assert m.max_length == 1024  # sentence_bert_config max_seq_length, within 1024 positions
+    assert m.dim == 64
+    assert m.inputs == ("input_ids", "attention_mask")
+    assert m.output == OUTPUT_NAME
+    assert set(m.variants) == {"fp32", "fp16", "int8"}
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(m.export["tools"])
+    assert m.export["opset"] == 17 and m.export["wall_seconds"] > 0
+
+
+def test_files_and_checksums(tiny_export):
+    m = Manifest.load(tiny_export)
+    names = {p.name for p in tiny_export.iterdir()}
+    assert names == {"manifest.json", "tokenizer.json", "model.onnx", "model.fp16.onnx", "model.int8.onnx"}
+    for v in m.variants.values():
+        path = tiny_export / v.file
+        assert sha256_file(path) == v.sha256
+        assert path.stat().st_size == v.size_bytes
+    assert m.variants["fp16"].provider == "CUDAExecutionProvider"
+    assert m.variants["int8"].provider == "CPUExecutionProvider"
+
+
+def test_fusion_recorded_and_present(tiny_export):
+    m = Manifest.load(tiny_export)
+    # tiny shape: 2 layers -> 1 EmbedLayerNorm, 2 Attention, 4 SkipLayerNorm, 2 BiasGelu
+    assert m.export["fusion"] == {"EmbedLayerNormalization": 1, "Attention": 2,
+                                  "SkipLayerNormalization": 4, "BiasGelu": 2}
+    ops = m.variants["fp32"].ops
+    assert ops["Attention"] == 2 and ops["SkipLayerNormalization"] == 4 and ops["EmbedLayerNormalization"] == 1
+    assert "LayerNormalization" not in ops and "Softmax" not in ops  # nothing left unfused
+
+
+def test_int8_is_quantized_with_embeddings_fp32(tiny_export):
+    model = onnx.load(str(tiny_export / "model.int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    m = Manifest.load(tiny_export)
+    kept = m.variants["int8"].kept_fp32
+    # per layer: one Attention (QKV) and three MatMuls (attention output, FFN in, FFN out)
+    assert ops.count("QAttention") + ops.count("Attention") == 2
+    assert ops.count("MatMulInteger") + ops.count("MatMul") == 6
+    # exactly the nodes the manifest says were kept are still fp32; all others are quantized
+    assert ops.count("Attention") + ops.count("MatMul") == len(kept)
+    assert {n.name for n in model.graph.node if n.op_type in ("Attention", "MatMul")} == set(kept)
+    assert ops.count("QAttention") + ops.count("MatMulInteger") >= 6
+    assert "DynamicQuantizeLinear" in ops
+    # the embedding tables stay fp32
+    emb = next(n for n in model.graph.node if n.op_type == "EmbedLayerNormalization")
+    inits = {i.name: i for i in model.graph.initializer}
+    assert inits[emb.input[2]].data_type == onnx.TensorProto.FLOAT
+    assert m.variants["int8"].ops["MatMulInteger"] == ops.count("MatMulInteger")
+
+
+def test_fp16_weights_with_fp32_io(tiny_export):
+    model = onnx.load(str(tiny_export / "model.fp16.onnx"))
+    big = [i for i in model.graph.initializer if np_size(i) > 1000]
+    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
+    io = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.input) + list(model.graph.output)}
+    assert io == {"input_ids": onnx.TensorProto.INT64, "attention_mask": onnx.TensorProto.INT64,
+                  OUTPUT_NAME: onnx.TensorProto.FLOAT}
+
+
+def np_size(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims)) if t.dims else 1
+
+
+def test_pooling_is_inside_the_graph(tiny_export):
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        model = onnx.load(str(tiny_export / name))
+        (out,) = model.graph.output
+        assert out.name == OUTPUT_NAME
+        dims = out.type.tensor_type.shape.dim
+        assert len(dims) == 2 and dims[1].dim_value == 64  # [batch, dim], no sequence axis
+        assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
+
+
+def test_fidelity_recorded_meets_bars(tiny_export):
+    m = Manifest.load(tiny_export)
+    for name, v in m.variants.items():
+        bar = BARS[Precision(name)]
+        assert v.fidelity.passed
+        assert v.fidelity.min_cos >= bar.min_cos and v.fidelity.mean_cos >= bar.mean_cos
+        assert v.fidelity.n_texts == len(probe_texts(1024))
+        assert v.fidelity.max_tokens == 1024  # validated at full max length (truncated probe)
+
+
+def test_parity_with_torch_through_onnxruntime(tiny_export, tiny_src):
+    """Independent check of what the manifest claims: run each file, compare with torch."""
+    from dmeta_embed import Embedder
+
+    ref = torch_embeddings(tiny_src, ZH, Pooling.CLS, True, 1024)
+    other = cosines(ref[:1].repeat(len(ZH), 0), ref)
+    assert other[1:].max() < 0.99, "the tiny model must tell texts apart for parity to mean anything"
+    for variant, bar in (("fp32", 0.99999), ("fp16", 0.9999), ("int8", 0.99)):
+        got = Embedder.load(tiny_export, variant=variant, provider="cpu").encode(ZH)
+        assert got.shape == (len(ZH), 64)
+        assert cosines(got, ref).min() >= bar, variant
+
+
+def test_tokenizer_json_built_from_vocab(tiny_export, tiny_src):
+    from tokenizers import Tokenizer
+    from transformers import BertTokenizerFast
+
+    assert not (tiny_src / "tokenizer.json").exists()
+    tok = Tokenizer.from_file(str(tiny_export / "tokenizer.json"))
+    assert tok.truncation["max_length"] == 1024
+    assert tok.padding is None
+    hf = BertTokenizerFast(vocab_file=str(tiny_src / "vocab.txt"))
+    for t in ZH:
+        assert tok.encode(t).ids == hf(t)["input_ids"]
+
+
+def test_int8_search_keeps_sensitive_nodes_when_bar_is_strict(tiny_src, tiny_export, tmp_path):
+    """Force the sensitivity search on the tiny model: a bar plain int8 cannot reach."""
+    from dmeta_embed.export import export_model
+    from dmeta_embed.manifest import Bar
+
+    m = export_model(str(tiny_src), tmp_path / "strict", variants_=["int8"],
+                     bars={Precision.INT8: Bar(min_cos=0.9995, mean_cos=0.9998)})
+    v = m.variants["int8"]
+    assert v.fidelity.passed and v.fidelity.min_cos >= 0.9995
+    assert 0 < len(v.kept_fp32) < 8  # some, not all, of the 8 quantizable nodes
+    default = Manifest.load(tiny_export).variants["int8"]
+    assert len(v.kept_fp32) > len(default.kept_fp32)  # a stricter bar keeps more in fp32
+    assert all(r.startswith("sensitivity") for r in v.kept_fp32.values())
+    model = onnx.load(str(tmp_path / "strict" / "model.int8.onnx"))
+    kept_names = {n.name for n in model.graph.node if n.op_type in ("MatMul", "Attention")}
+    assert set(v.kept_fp32) <= kept_names
+    assert set(m.variants) == {"int8"}
+
+
+def test_max_length_and_pooling_flags(tiny_src, tmp_path, caplog):
+    from dmeta_embed.export import export_model
+    from dmeta_embed.export.synthetic import build_model
+
+    m = export_model(str(tiny_src), tmp_path / "short", variants_=["fp32"], max_length=128)
+    assert m.max_length == 128 and m.variants["fp32"].fidelity.max_tokens == 128
+    # no sentence-transformers files: --pooling decides, else CLS with a warning
+    bare = build_model(tmp_path / "bare", "tiny", sentence_transformers_files=False)
+    m = export_model(str(bare), tmp_path / "mean", variants_=["fp32"], pooling="mean")
+    assert m.pooling == Pooling.MEAN and m.source["pooling_from"] == "flag"
+    with caplog.at_level("WARNING"):
+        m = export_model(str(bare), tmp_path / "cls", variants_=["fp32"])
+    assert m.pooling == Pooling.CLS and "using CLS" in caplog.text

@@ -1,0 +1,118 @@
+"""Export failures: each is a clear domain error, and nothing half-written is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dmeta_embed.errors import ExportError, FidelityError, ModelLoadError
+from dmeta_embed.export import export_model
+from dmeta_embed.manifest import Bar, Precision
+
+
+def _leftovers(parent):
+    return [p.name for p in parent.iterdir() if ".partial-" in p.name]
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="model folder not found"):
+        export_model(str(tmp_path / "nope"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "notes.txt").write_text("hello")
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        export_model(str(tmp_path / "src"), tmp_path / "out")
+
+
+def test_unsupported_architecture(tmp_path):
+    src = tmp_path / "gpt"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+    (src / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="unsupported architecture model_type='gpt2'"):
+        export_model(str(src), tmp_path / "out")
+
+
+def test_no_weights(tmp_path, tiny_src):
+    src = tmp_path / "noweights"
+    src.mkdir()
+    (src / "config.json").write_text((tiny_src / "config.json").read_text())
+    with pytest.raises(ModelLoadError, match="no weights"):
+        export_model(str(src), tmp_path / "out")
+
+
+def test_existing_output_needs_force(tiny_src, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ExportError, match="--force"):
+        export_model(str(tiny_src), out, variants_=["fp32"])
+    assert (out / "keep.txt").exists()
+    # --force replaces an earlier export, never an unrelated folder
+    with pytest.raises(ExportError, match="not an export"):
+        export_model(str(tiny_src), out, variants_=["fp32"], force=True)
+
+
+def test_force_replaces_previous_export(tiny_src, tmp_path):
+    out = tmp_path / "out"
+    export_model(str(tiny_src), out, variants_=["fp32"])
+    m = export_model(str(tiny_src), out, variants_=["fp32", "fp16"], force=True)
+    assert set(m.variants) == {"fp32", "fp16"}
+    assert (out / "model.fp16.onnx").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_interrupted_export_leaves_nothing(tiny_src, tmp_path, monkeypatch):
+    from dmeta_embed.export import graph
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(graph, "fuse", boom)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(str(tiny_src), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_missed_bar_is_an_error_not_a_file(tiny_src, tmp_path):
+    with pytest.raises(FidelityError, match="fp32 variant missed its fidelity bar"):
+        export_model(str(tiny_src), tmp_path / "out", variants_=["fp32"],
+                     bars={Precision.FP32: Bar(min_cos=1.0000001, mean_cos=1.0000001)})
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_int8_below_bar_refused_unless_allowed(tiny_src, tmp_path, monkeypatch):
+    from dmeta_embed.export import variants
+
+    impossible = {Precision.INT8: Bar(min_cos=1.0000001, mean_cos=1.0000001)}
+    # keep the search cheap: pretend no node can be kept in fp32 (search returns plain int8)
+    def plain(backbone, evaluate, reference, bar):
+        return variants.Int8Result(variants.quantize_int8(backbone, [], tmp_path), {}, {}, 1)
+
+    monkeypatch.setattr(variants, "search_int8", plain)
+    with pytest.raises(FidelityError, match="--allow-low-fidelity"):
+        export_model(str(tiny_src), tmp_path / "out", variants_=["int8"], bars=impossible)
+    m = export_model(str(tiny_src), tmp_path / "out", variants_=["int8"], bars=impossible,
+                     allow_low_fidelity=True)
+    assert not m.variants["int8"].fidelity.passed
+
+
+def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
+    env = os.environ | {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0",
+                        "HF_HOME": str(tmp_path / "hf")}
+    r = subprocess.run([sys.executable, "-m", "dmeta_embed.cli", "export", "DMetaSoul/Dmeta-embedding",
+                        "-o", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    err = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1 and "cannot download 'DMetaSoul/Dmeta-embedding'" in err[0]
+    assert "local model folder" in err[0]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()

