@@ -56,3 +56,25 @@ def test_int8_meets_bar_and_records_kept_nodes(minilm_export):
 def test_auto_picks_int8_on_cpu(minilm_export):
     emb = Embedder.load(minilm_export)
     assert emb.variant.value == "int8" and emb.provider == "CPUExecutionProvider"
+
+
+def test_tokenisation_identical_to_hf(minilm_export, minilm_src):
+    from test_runtime import assert_same_tokens_as_hf
+
+    assert_same_tokens_as_hf(minilm_export, minilm_src)
+
+
+def test_batch_invariance(minilm_export):
+    """Same text, different batch-mates. fp32 exact; int8's per-batch activation scale moves
+    vectors slightly: the measured minimum is printed for the record (run pytest -s)."""
+    from dmeta_embed.texts import workload
+
+    texts = workload("mixed", 64, seed=5) + EN
+    for variant, bar in (("fp32", 0.99999), ("int8", 0.99)):
+        emb = Embedder.load(minilm_export, variant=variant)
+        base = emb.encode(texts, batch_size=64)
+        worst = 1.0
+        for bs in (1, 7):
+            worst = min(worst, float(cosines(emb.encode(texts, batch_size=bs), base).min()))
+        print(f"\nbatch invariance {variant}: min cos {worst:.6f}")
+        assert worst >= bar

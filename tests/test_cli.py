@@ -1,0 +1,115 @@
+"""CLI: encode / similarity / inspect / export errors, through click's runner and a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dmeta_embed import Embedder
+from dmeta_embed.cli import cli
+
+QUERIES = ["胡子长得太快怎么办？", "在香港哪里买手表好"]
+DOCS = ["胡子长得快怎么办？", "怎样使胡子不浓密！", "香港买手表哪里好", "在杭州手机到哪里买"]
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+def test_encode_args_jsonl(runner, tiny_export):
+    r = runner.invoke(cli, ["encode", "-m", str(tiny_export), "--variant", "fp32", *QUERIES])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1]
+    got = np.array([row["embedding"] for row in rows], dtype=np.float32)
+    want = Embedder.load(tiny_export, variant="fp32").encode(QUERIES)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_encode_file_to_npy(runner, tiny_export, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(DOCS) + "\n", encoding="utf-8")
+    out = tmp_path / "e.npy"
+    r = runner.invoke(cli, ["encode", "-m", str(tiny_export), "-i", str(src), "--format", "npy", "-o", str(out),
+                            "--variant", "fp32"])
+    assert r.exit_code == 0, r.output
+    arr = np.load(out)
+    assert arr.shape == (4, 64)
+    np.testing.assert_allclose(arr, Embedder.load(tiny_export, variant="fp32").encode(DOCS), atol=1e-6)
+
+
+def test_encode_jsonl_input_and_env_model(runner, tiny_export, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(DOCS)), encoding="utf-8")
+    r = runner.invoke(cli, ["encode", "-i", str(src)], env={"DMETA_EMBED_MODEL": str(tiny_export)})
+    assert r.exit_code == 0, r.output
+    assert len(r.output.splitlines()) == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"txt": "no"}\n')
+    r = runner.invoke(cli, ["encode", "-m", str(tiny_export), "-i", str(bad)])
+    assert r.exit_code == 2 and "bad.jsonl:2" in r.output
+
+
+def test_encode_stdin_subprocess(tiny_export):
+    r = subprocess.run([sys.executable, "-m", "dmeta_embed.cli", "encode", "-m", str(tiny_export), "-i", "-"],
+                       input="\n".join(QUERIES), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2
+
+
+def test_encode_usage_errors(runner, tiny_export, tmp_path):
+    r = runner.invoke(cli, ["encode", "-m", str(tiny_export)])
+    assert r.exit_code == 2 and "nothing to encode" in r.output
+    r = runner.invoke(cli, ["encode", "-m", str(tiny_export), "--format", "npy", "x"])
+    assert r.exit_code == 2 and "needs --output" in r.output
+
+
+def test_similarity_reproduces_model_card_format(runner, tiny_export):
+    args = ["similarity", "-m", str(tiny_export), "--variant", "fp32", *QUERIES]
+    for d in DOCS:
+        args += ["--docs", d]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == f"查询文本：{QUERIES[0]}"
+    block = lines[1:5]
+    assert all(line.startswith("相似文本：") and "，打分：" in line for line in block)
+    scores = [float(line.rsplit("，打分：", 1)[1]) for line in block]
+    assert scores == sorted(scores, reverse=True)
+    emb = Embedder.load(tiny_export, variant="fp32")
+    want = emb.encode(QUERIES[:1]) @ emb.encode(DOCS).T
+    assert max(scores) == pytest.approx(float(want.max()), abs=1e-5)
+    assert {line.split("，打分：")[0][5:] for line in block} == set(DOCS)
+    assert lines[6] == f"查询文本：{QUERIES[1]}"
+
+
+def test_inspect(runner, tiny_export):
+    r = runner.invoke(cli, ["inspect", str(tiny_export)])
+    assert r.exit_code == 0, r.output
+    for needle in ("pooling   cls", "dim 64", "model.int8.onnx", "Attention 2", "yes"):
+        assert needle in r.output
+    r = runner.invoke(cli, ["inspect", "--json", str(tiny_export)])
+    assert json.loads(r.output)["dim"] == 64
+
+
+def test_domain_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "dmeta_embed.cli", "inspect", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("Error:") and "manifest.json" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_export_command(runner, tiny_src, tmp_path):
+    out = tmp_path / "exp"
+    r = runner.invoke(cli, ["export", str(tiny_src), "-o", str(out), "--variants", "fp32"])
+    assert r.exit_code == 0, r.output
+    assert "model.onnx" in r.output and (out / "model.onnx").exists() and not (out / "model.int8.onnx").exists()
+    r = runner.invoke(cli, ["export", str(tiny_src), "-o", str(out), "--variants", "fp64"])
+    assert r.exit_code == 2 and "fp64" in r.output
