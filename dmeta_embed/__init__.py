@@ -2,8 +2,15 @@
 
 __version__ = "0.1.0"
 
-from .errors import (DmetaEmbedError, ExportError, FidelityError, InputError, MissingDependencyError,
-                     ModelLoadError, ProviderError)
+from .errors import (
+                     DmetaEmbedError,
+                     ExportError,
+                     FidelityError,
+                     InputError,
+                     MissingDependencyError,
+                     ModelLoadError,
+                     ProviderError,
+)
 from .manifest import Manifest, Pooling, Precision
 from .runtime import Embedder
 

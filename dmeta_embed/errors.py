@@ -34,9 +34,9 @@ class ProviderError(DmetaEmbedError):
 class MissingDependencyError(DmetaEmbedError, ImportError):
     """An optional dependency is not installed; the message gives the pip command."""
 
-    def __init__(self, package: str, extra: str) -> None:
+    def __init__(self, package: str, extra: str, note: str = "") -> None:
         super().__init__(
-            f"{package} is not installed; run: pip install 'dmeta-embed[{extra}]'"
+            f"{package} is not installed; run: pip install 'dmeta-embed[{extra}]'" + (f" ({note})" if note else "")
         )
         self.package = package
         self.extra = extra

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import onnx
-import pytest
 
 from dmeta_embed.export.reference import cosines, torch_embeddings
 from dmeta_embed.manifest import BARS, OUTPUT_NAME, Manifest, Pooling, Precision, sha256_file

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from dmeta_embed.errors import ModelLoadError
-from dmeta_embed.manifest import (BARS, FORMAT_VERSION, Fidelity, Manifest, Pooling, Precision, TokenizerInfo,
-                                  Variant, sha256_file)
+from dmeta_embed.manifest import (
+    BARS,
+    FORMAT_VERSION,
+    Fidelity,
+    Manifest,
+    Pooling,
+    Precision,
+    TokenizerInfo,
+    Variant,
+    sha256_file,
+)
 from dmeta_embed.runtime.batching import pad, plan_batches
 
 

@@ -91,9 +91,9 @@ def append_head(model: onnx.ModelProto, pooling: Pooling, normalize: bool, dim: 
 
     Pooling assumes right padding (the runtime pads right). Works on a copy.
     """
+    import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    import numpy as np
 
     m = onnx.ModelProto()
     m.CopyFrom(model)

@@ -12,9 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import ExportError, FidelityError, ModelLoadError
-from ..manifest import (BARS, OUTPUT_NAME, VARIANT_FILES, VARIANT_PROVIDERS, Bar, Fidelity, Manifest,
-                        Pooling, Precision, TokenizerInfo, Variant, sha256_file)
+from ..errors import ExportError, FidelityError, MissingDependencyError, ModelLoadError
+from ..manifest import (
+    BARS,
+    OUTPUT_NAME,
+    VARIANT_FILES,
+    VARIANT_PROVIDERS,
+    Bar,
+    Manifest,
+    Pooling,
+    Precision,
+    TokenizerInfo,
+    Variant,
+    sha256_file,
+)
 from ..runtime.embedder import embed_tokenized
 from ..runtime.session import CPU, CUDA, Runner, cuda_available
 from ..runtime.tokenize import TextTokenizer
@@ -24,6 +35,14 @@ from .reference import fidelity, torch_embeddings
 from .source import DEFAULT_MODEL, Source, resolve
 
 log = logging.getLogger(__name__)
+
+
+def _require_export_deps() -> None:
+    import importlib.util
+
+    for module in ("torch", "transformers", "onnx", "huggingface_hub"):
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(module, "export")
 
 
 def _tool_versions() -> dict[str, str]:
@@ -87,6 +106,7 @@ def export_model(
     end, so a failed or interrupted export leaves nothing behind.
     """
     t0 = time.perf_counter()
+    _require_export_deps()
     wanted = [Precision(v) for v in variants_]
     if not wanted:
         raise ExportError("no variants asked for")
@@ -165,7 +185,7 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
         else:
             calib_tok = tokenizer.encode(calibration_texts())
             calib_ref = embed(head(backbone), calib_tok)
-            result = variants.search_int8(backbone, lambda m: embed(head(m), calib_tok), calib_ref,
+            result = variants.search_int8(backbone, lambda m, t=calib_tok: embed(head(m), t), calib_ref,
                                           bars[precision])
             final, kept = head(result.model), result.kept_fp32
         fid = fidelity(embed(final, provider=provider), reference, bars[precision], max_tokens)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import platform
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, ModelLoadError, ProviderError
-from ..manifest import BARS, Manifest, Precision, sha256_file
+from ..manifest import Manifest, Precision, sha256_file
 from .batching import pad, plan_batches
 from .session import CPU, CUDA, Runner, cuda_available
 from .tokenize import TextTokenizer, Tokenized, check_texts

@@ -7,9 +7,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from ..errors import ProviderError
+from ..errors import MissingDependencyError, ProviderError
+
+try:
+    import onnxruntime as ort
+except ImportError as e:  # the base install leaves the flavour (cpu / gpu) to the user
+    raise MissingDependencyError("onnxruntime", "cpu", "or [gpu] on an NVIDIA machine; never both") from e
 from ..manifest import OUTPUT_NAME
 
 CPU = "CPUExecutionProvider"
