@@ -23,20 +23,21 @@ FUSED_OPS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "
              "FastGelu", "Gelu", "LayerNormalization")
 
 
-def load_model(model_dir: Path):  # type: ignore[no-untyped-def]
+def load_model(model_dir: Path, trust_remote_code: bool = False):  # type: ignore[no-untyped-def]
     """The bare transformer in eager attention (the sdpa graph does not fuse), no pooler head."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     try:
-        return AutoModel.from_pretrained(model_dir, attn_implementation="eager",
-                                         add_pooling_layer=False).eval()
+        return AutoModel.from_pretrained(model_dir, attn_implementation="eager", add_pooling_layer=False,
+                                         trust_remote_code=trust_remote_code).eval()
     except TypeError:  # architectures without a pooler take no add_pooling_layer
-        return AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+        return AutoModel.from_pretrained(model_dir, attn_implementation="eager",
+                                         trust_remote_code=trust_remote_code).eval()
 
 
-def export_backbone(model_dir: Path, out_path: Path, *, opset: int = OPSET) -> None:
+def export_backbone(model_dir: Path, out_path: Path, *, opset: int = OPSET, trust_remote_code: bool = False) -> None:
     """Export the transformer (no pooling) with dynamic batch and sequence axes.
 
     Token type ids are not an input: for one-sequence embeddings they are all zeros, and the
@@ -44,7 +45,7 @@ def export_backbone(model_dir: Path, out_path: Path, *, opset: int = OPSET) -> N
     """
     import torch
 
-    model = load_model(model_dir).eval()
+    model = load_model(model_dir, trust_remote_code).eval()
 
     class Backbone(torch.nn.Module):
         def __init__(self, m: torch.nn.Module) -> None:

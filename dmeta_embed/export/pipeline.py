@@ -63,7 +63,7 @@ def _write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(src.path, use_fast=True)
+        tok = AutoTokenizer.from_pretrained(src.path, use_fast=True, trust_remote_code=src.trust_remote_code)
     except Exception as e:
         raise ModelLoadError(f"{src.model_id}: cannot load its tokenizer ({e})") from e
     if not tok.is_fast:
@@ -96,6 +96,7 @@ def export_model(
     revision: str | None = None,
     force: bool = False,
     allow_low_fidelity: bool = False,
+    trust_remote_code: bool = False,
     bars: dict[Precision, Bar] | None = None,
 ) -> Manifest:
     """Export ``model`` (hub id or local folder) into ``output``; return the written manifest.
@@ -114,7 +115,7 @@ def export_model(
     output = Path(output)
     _prepare_output(output, force)
     src = resolve(model, revision=revision, pooling=Pooling(pooling) if pooling else None,
-                  normalize=normalize, max_length=max_length)
+                  normalize=normalize, max_length=max_length, trust_remote_code=trust_remote_code)
     log.info("exporting %s (%s, pooling=%s from %s, max_length=%d)", src.model_id, src.model_type,
              src.pooling.value, src.pooling_origin, src.max_length)
 
@@ -152,12 +153,13 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     probe_tok = tokenizer.encode(probes)
     if not probe_tok.truncated:
         raise ExportError("internal: the probe set has no over-length text")
-    reference = torch_embeddings(src.path, probes, src.pooling, src.normalize, src.max_length)
+    reference = torch_embeddings(src.path, probes, src.pooling, src.normalize, src.max_length,
+                                 trust_remote_code=src.trust_remote_code)
     t = lap("reference", t)
 
     work = out / ".work"
     work.mkdir()
-    graph.export_backbone(src.path, work / "raw.onnx")
+    graph.export_backbone(src.path, work / "raw.onnx", trust_remote_code=src.trust_remote_code)
     t = lap("torch_export", t)
     backbone, fusion = graph.fuse(work / "raw.onnx", heads, hidden)
     if not fusion.get("Attention"):

@@ -10,15 +10,15 @@ from ..manifest import Bar, Fidelity, Pooling
 
 
 def torch_embeddings(model_dir: Path, texts: list[str], pooling: Pooling, normalize: bool,
-                     max_length: int, batch_size: int = 8) -> np.ndarray:
+                     max_length: int, batch_size: int = 8, trust_remote_code: bool = False) -> np.ndarray:
     """transformers + torch fp32 with the same pooling and normalisation as the graph head."""
     import torch
     from transformers import AutoTokenizer
 
     from .graph import load_model
 
-    tok = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
-    model = load_model(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, use_fast=True, trust_remote_code=trust_remote_code)
+    model = load_model(model_dir, trust_remote_code)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
     with torch.no_grad():

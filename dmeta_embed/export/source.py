@@ -41,6 +41,7 @@ class Source:
     normalize_origin: str
     max_length: int
     config: dict[str, Any]
+    trust_remote_code: bool = False
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
@@ -108,6 +109,7 @@ def resolve(
     pooling: Pooling | None = None,
     normalize: bool | None = None,
     max_length: int | None = None,
+    trust_remote_code: bool = False,
 ) -> Source:
     """Resolve ``model`` (folder or hub id) and decide pooling, normalisation and max length."""
     path = Path(model).expanduser()
@@ -124,7 +126,10 @@ def resolve(
     if not isinstance(config, dict):
         raise ModelLoadError(f"{model}: no config.json; not a transformers or sentence-transformers model folder")
     model_type = str(config.get("model_type", ""))
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in SUPPORTED_MODEL_TYPES and trust_remote_code:
+        log.warning("model_type %r is not a known BERT-style type: exporting with its remote code; "
+                    "ONNX Runtime's fusions may not apply", model_type)
+    elif model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(
             f"{model}: unsupported architecture model_type={model_type!r}; "
             f"supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
@@ -172,5 +177,5 @@ def resolve(
     return Source(
         path=path, model_id=model_id, revision=revision, model_type=model_type,
         pooling=chosen, pooling_origin=origin, normalize=normalize, normalize_origin=normalize_origin, max_length=limit,
-        config=config,
+        config=config, trust_remote_code=trust_remote_code,
     )
