@@ -55,6 +55,15 @@ def test_fusion_recorded_and_present(tiny_export):
     assert "LayerNormalization" not in ops and "Softmax" not in ops  # nothing left unfused
 
 
+def test_cls_pooling_computes_last_layer_for_token_zero_only(tiny_export):
+    m = Manifest.load(tiny_export)
+    assert m.export["graph_passes"] == ["cls_only_last_layer"]
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    sliced = [n for n in model.graph.node if n.name.startswith("cls_only/")]
+    assert len(sliced) == 2 and all(n.op_type == "Gather" for n in sliced)
+    # parity with torch (test_parity_with_torch_through_onnxruntime) shows the slice is exact
+
+
 def test_int8_is_quantized_with_embeddings_fp32(tiny_export):
     model = onnx.load(str(tiny_export / "model.int8.onnx"))
     ops = [n.op_type for n in model.graph.node]

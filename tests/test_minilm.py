@@ -27,6 +27,7 @@ def test_pooling_and_lengths_from_files(minilm_export):
     assert m.pooling == Pooling.MEAN and m.source["pooling_from"] == "1_Pooling/config.json"
     assert m.normalize and m.source["normalize_from"] == "Normalize module"
     assert m.max_length == 256  # sentence_bert_config.json, below the 512 positions
+    assert m.export["graph_passes"] == []  # mean pooling needs every token of the last layer
     assert m.dim == 384
     assert m.export["fusion"] == {"EmbedLayerNormalization": 1, "Attention": 6,
                                   "SkipLayerNormalization": 12, "BiasGelu": 6}

@@ -164,6 +164,9 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     backbone, fusion = graph.fuse(work / "raw.onnx", heads, hidden)
     if not fusion.get("Attention"):
         log.warning("ONNX Runtime did not fuse Attention for %s: the graph will be slower", src.model_type)
+    passes = []
+    if src.pooling == Pooling.CLS and graph.cls_only_last_layer(backbone):
+        passes.append("cls_only_last_layer")
     t = lap("fuse", t)
 
     def embed(model: onnx.ModelProto, tok=probe_tok, provider: str = CPU) -> np.ndarray:
@@ -215,7 +218,7 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
                 "pooling_from": src.pooling_origin, "normalize_from": src.normalize_origin},
         pooling=src.pooling, normalize=src.normalize, max_length=src.max_length, dim=hidden,
         tokenizer=tok_info, inputs=graph.INPUTS, output=OUTPUT_NAME, variants=built,
-        export={"opset": graph.OPSET, "fusion": fusion, "tools": _tool_versions(),
+        export={"opset": graph.OPSET, "fusion": fusion, "graph_passes": passes, "tools": _tool_versions(),
                 "probe_texts": len(probes), "stage_seconds": timings,
                 "wall_seconds": round(time.perf_counter() - t0, 2),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
