@@ -48,7 +48,7 @@ def child(folder: str, variant: str, batches: int, mem_pattern: bool, arena: boo
     vocab = 1000
     samples, t0 = [], time.perf_counter()
     for i in range(batches):
-        b = int(rng.integers(1, 33))
+        b = int(rng.integers(1, 9))
         s = int(rng.integers(4, m.max_length + 1))
         ids = rng.integers(100, 100 + vocab, size=(b, s)).astype(np.int64)
         mask = np.ones((b, s), dtype=np.int64)
