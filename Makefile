@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned
 	# torch (or one pulled in by another package) would download a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[cpu,export,dev]'
+	$(BIN)/python -m pip install -q -e '.[cpu,export,dev,server]'
 	touch $(STAMP)
 
 install: $(STAMP)

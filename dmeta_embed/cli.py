@@ -52,8 +52,10 @@ def _load(model_dir: Path, variant: str, provider: str, **kw: object):  # type: 
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--allow-low-fidelity", is_flag=True, help="Keep an int8 variant that misses its bar.")
+@click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own Python code (off by default).")
 def export(model: str, output: Path, variants: str, pooling: str | None, max_length: int | None,
-           no_normalize: bool, revision: str | None, force: bool, allow_low_fidelity: bool) -> None:
+           no_normalize: bool, revision: str | None, force: bool, allow_low_fidelity: bool,
+           trust_remote_code: bool) -> None:
     """Export MODEL (hub id or local folder) to a validated folder of ONNX variants."""
     from .export import export_model
 
@@ -64,7 +66,7 @@ def export(model: str, output: Path, variants: str, pooling: str | None, max_len
         raise click.BadParameter(f"unknown variant(s) {bad}; choose from fp32, fp16, int8", param_hint="--variants")
     manifest = export_model(model, output, variants_=names, pooling=pooling, max_length=max_length,
                             normalize=False if no_normalize else None, revision=revision, force=force,
-                            allow_low_fidelity=allow_low_fidelity)
+                            allow_low_fidelity=allow_low_fidelity, trust_remote_code=trust_remote_code)
     click.echo(f"exported {manifest.source['model']} → {output}")
     click.echo(summary(output))
 
@@ -164,7 +166,7 @@ def summary(folder: Path) -> str:
     out = [f"model     {src.get('model')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
            f"type      {src.get('model_type')}  dim {m.dim}  max_length {m.max_length}",
            f"pooling   {m.pooling.value} (from {src.get('pooling_from')})  normalize {m.normalize}",
-           f"fusion    " + ", ".join(f"{k} {v}" for k, v in m.export.get("fusion", {}).items()),
+           "fusion    " + ", ".join(f"{k} {v}" for k, v in m.export.get("fusion", {}).items()),
            f"exported  {m.export.get('created')} in {m.export.get('wall_seconds')} s, opset {m.export.get('opset')}",
            "",
            f"{'variant':8} {'file':18} {'size MB':>8} {'min cos':>10} {'mean cos':>10} {'bar (min/mean)':>16}  ok  fp32 kept"]
@@ -186,6 +188,131 @@ def inspect(folder: Path, as_json: bool) -> None:
         click.echo(json.dumps(Manifest.load(folder).to_dict(), indent=2, ensure_ascii=False))
     else:
         click.echo(summary(folder))
+
+
+@cli.command()
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="DMETA_EMBED_HOST",
+              help="Address to bind; 0.0.0.0 exposes the server to the network.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), envvar="DMETA_EMBED_PORT")
+@variant_option
+@provider_option
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads (default: CPUs available).")
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
+              help="Padded tokens per inference batch (default: the runtime's for the provider).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Inputs per inference batch; 1 turns dynamic batching off.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="How long a request may wait for others to share its batch.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Inputs allowed to wait; beyond it requests get 503 with Retry-After.")
+@click.option("--max-inputs", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Inputs allowed in one request.")
+@click.option("--max-chars", type=click.IntRange(min=1), default=16384, show_default=True,
+              help="Characters allowed in one input.")
+@click.option("--request-timeout", type=click.FloatRange(min=0.001), default=30.0, show_default=True,
+              help="Seconds a request may wait in the queue and inference before it gets 503.")
+@click.option("--api-key-env", default=None, metavar="NAME",
+              help="Require 'Authorization: Bearer <key>', the key read from environment variable NAME.")
+@click.option("--model-name", default=None, help="Name reported as 'model' (default: the export's source model).")
+def serve(model_dir: Path, host: str, port: int, variant: str, provider: str, threads: int | None,
+          max_batch_tokens: int | None, batch_size: int, max_wait_ms: float, max_queue: int, max_inputs: int,
+          max_chars: int, request_timeout: float, api_key_env: str | None, model_name: str | None) -> None:
+    """Serve the model over HTTP: OpenAI /v1/embeddings, TEI /embed, /health, /ready, /info, /metrics."""
+    import os
+
+    from .serve import ServerConfig
+    from .serve import serve as run_server
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key:
+            raise click.UsageError(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
+    config = ServerConfig(max_wait_ms=max_wait_ms, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                          max_queue=max_queue, max_inputs=max_inputs, max_chars=max_chars,
+                          request_timeout_s=request_timeout, api_key=api_key, model_name=model_name)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        click.echo(f"warning: serving on {host} without an API key (see --api-key-env)", err=True)
+    run_server(model_dir, config, host=host, port=port, variant=variant, provider=provider, threads=threads)
+
+
+@cli.command()
+@click.option("--model", "-m", "model", envvar=MODEL_ENV, default=None,
+              help="Exported folder, or a Hugging Face folder / hub id (exported first, once, into the cache).")
+@click.option("--variants", default=None, help="Comma-separated variants of ours (default: all in the folder).")
+@click.option("--workload", "workloads", multiple=True, default=("mixed", "query"), show_default=True,
+              type=click.Choice(["query", "passage", "long", "mixed", "all"]), help="Repeat for several.")
+@click.option("--peers/--no-peers", default=False, show_default=True,
+              help="Also measure the peers (transformers, sentence-transformers, optimum, OpenVINO, fastembed).")
+@click.option("--systems", default=None,
+              help="Comma-separated key patterns to run, e.g. 'dmeta-embed:int8,st:*' (see --list-systems).")
+@click.option("--list-systems", is_flag=True, help="Print the system keys and exit.")
+@click.option("--output", "-o", default="bench-results", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for bench.json, bench.md and bench.png.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed passes per workload (median reported), after one warm-up pass.")
+@click.option("--latency-calls", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Single-text calls per workload for p50/p95/p99.")
+@click.option("--texts", "n_texts", type=click.IntRange(min=2), default=None,
+              help="Texts per workload (default: built-in sizes, see benchmarks/run.py).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for every system (default: CPUs available).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Batch size for peers where the user picks one.")
+@click.option("--source", default=None, help="HF folder the peers and the reference load (default: the manifest's source).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where exports of the model and of the peers are kept (default: out/bench-cache/<model>).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True, help="Seconds per system.")
+def bench(model: str, variants: str | None, workloads: tuple[str, ...], peers: bool, systems: str | None,
+          list_systems: bool, output: Path, repeats: int, latency_calls: int, n_texts: int | None,
+          threads: int | None, batch_size: int, source: str | None, cache_dir: Path | None, timeout: float) -> None:
+    """Benchmark our variants (and with --peers the tools users would otherwise pick) in one run."""
+    try:
+        from benchmarks.peers import our_systems, peer_systems
+        from benchmarks.run import DEFAULT_SIZES, WORKLOADS, Settings, run_benchmark
+    except ImportError as e:
+        raise click.ClickException(
+            "bench needs the repository's 'benchmarks' package: run it from a source checkout installed with "
+            f"pip install -e '.[bench]' ({e})") from e
+    if list_systems:
+        for s in our_systems(["fp32", "fp16", "int8"]) + peer_systems():
+            click.echo(f"{s.key:22} {s.name} · {s.variant} · {s.engine}")
+        return
+    if not model:
+        raise click.UsageError("Missing option '--model' / '-m' (or set DMETA_EMBED_MODEL).")
+    names = list(WORKLOADS) if "all" in workloads else list(dict.fromkeys(workloads))
+    sizes = {w: n_texts for w in WORKLOADS} if n_texts else dict(DEFAULT_SIZES)
+    settings = Settings(repeats=repeats, latency_calls=latency_calls, batch_size=batch_size, threads=threads,
+                        sizes=sizes, timeout_s=timeout)
+    result = run_benchmark(
+        model, output, variants=[v.strip() for v in variants.split(",")] if variants else None, workloads=names,
+        peers=peers, patterns=[p.strip() for p in systems.split(",")] if systems else None, settings=settings,
+        source=source, cache_dir=cache_dir, command=_bench_command(click.get_current_context()),
+        log=lambda m: click.echo(m, err=True))
+    for w, s in result["summary"].items():
+        if "throughput_ratio" in s:
+            click.echo(f"{w}: {s['best_ours']} vs {s['best_peer']}: {s['throughput_ratio']:.2f}× tokens/s"
+                       + (f", p50 {s['p50_ratio']:.2f}× ({s['fastest_ours']} vs {s['fastest_peer']})"
+                          if "p50_ratio" in s else ""))
+    click.echo(f"wrote {output}/bench.json, bench.md, bench.png")
+
+
+def _bench_command(ctx: click.Context) -> str:
+    """The command line that reproduces this run (options that differ from their defaults)."""
+    import shlex
+
+    parts = ["dmeta-embed", "bench"]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name or "")
+        if value == p.default or value in (None, False) or not isinstance(p, click.Option):
+            continue
+        flag = p.opts[-1] if p.opts[-1].startswith("--") else p.opts[0]
+        if p.is_flag:
+            parts.append(flag)
+        else:
+            for v in value if isinstance(value, tuple) else (value,):
+                parts += [flag, str(v)]
+    return shlex.join(parts)
 
 
 def main() -> None:

@@ -92,9 +92,19 @@ def test_plan_batches_covers_everything_once_within_budget():
     assert maxes == sorted(maxes, reverse=True)
 
 
+def test_plan_batches_keeps_padding_bounded():
+    lengths = np.array([256, 10, 12, 9, 11, 130, 64, 8, 200, 10])
+    batches = plan_batches(lengths, max_batch_tokens=100_000, batch_size=64)
+    for b in batches:
+        assert lengths[b].min() * 2 >= lengths[b].max()  # nobody padded to over twice their length
+    assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+    assert [lengths[b].max() for b in batches] == [256, 64, 12]
+
+
 def test_plan_batches_oversized_text_gets_own_batch():
     batches = plan_batches(np.array([5000, 3, 4]), max_batch_tokens=100, batch_size=8)
     assert [b.tolist() for b in batches] == [[0], [2, 1]]
+    assert [b.tolist() for b in plan_batches(np.array([7]), 1, 1)] == [[0]]
 
 
 def test_pad_right():

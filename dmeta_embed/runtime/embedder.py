@@ -78,6 +78,7 @@ class Embedder:
         batch_size: int = DEFAULT_BATCH_SIZE,
         truncate: bool = True,
         verify: bool = True,
+        spin: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
@@ -97,7 +98,7 @@ class Embedder:
                                      f"changed after export): {digest[:12]} != {spec.sha256[:12]}")
         self.tokenizer = TextTokenizer(tok_file, self.manifest.max_length)
         try:
-            self._runner = Runner(model_file, self.provider, threads)
+            self._runner = Runner(model_file, self.provider, threads, spin)
         except ProviderError:
             raise
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -155,9 +156,7 @@ class Embedder:
                     raise InputError(f"texts[{first}] is longer than max_length={self.max_length} "
                                      "tokens (truncate=False)", index=first)
                 self.last_truncated.extend(start + i for i in tok.truncated)
-            out[start:start + len(chunk)] = embed_tokenized(
-                self._runner, tok, pad_id=self.manifest.tokenizer.pad_token_id, dim=self.dim,
-                max_batch_tokens=self.max_batch_tokens, batch_size=batch_size or self.batch_size)
+            out[start:start + len(chunk)] = self.encode_tokenized(tok, batch_size=batch_size)
             progress(len(chunk))
         if self.last_truncated:
             log.warning("%d text(s) longer than max_length=%d tokens were truncated (first: index %d)",
@@ -171,6 +170,14 @@ class Embedder:
         if not convert_to_numpy:
             return list(out)  # type: ignore[return-value]
         return out[0] if single else out
+
+    def encode_tokenized(self, tok: Tokenized, *, batch_size: int | None = None,
+                         max_batch_tokens: int | None = None) -> np.ndarray:
+        """Embed already-tokenised texts (``self.tokenizer.encode``), rows in their order, pooled as
+        the manifest says; for callers that tokenise once and batch themselves (the server)."""
+        return embed_tokenized(
+            self._runner, tok, pad_id=self.manifest.tokenizer.pad_token_id, dim=self.dim,
+            max_batch_tokens=max_batch_tokens or self.max_batch_tokens, batch_size=batch_size or self.batch_size)
 
     def __repr__(self) -> str:
         return (f"Embedder({str(self.path)!r}, variant={self.variant.value!r}, provider={self.provider!r}, "

@@ -51,10 +51,15 @@ def cuda_available() -> bool:
     return CUDA in ort.get_available_providers()
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
     """CPU options chosen by measurement (see README, "Memory"): sequential, one inter-op thread,
-    no memory pattern (shapes change every batch, and the pattern cache grows per shape)."""
+    no memory pattern (shapes change every batch, and the pattern cache grows per shape).
+
+    ``spin=False`` stops idle worker threads from busy-waiting between ops: on a machine shared
+    with other work (a server's event loop, the client) that busy-waiting steals the CPU the
+    request needs."""
     so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.intra_op_num_threads = threads or available_cpus()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -67,8 +72,9 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 class Runner:
     """One inference session over an embedding graph: (input_ids, attention_mask) → [B, dim]."""
 
-    def __init__(self, model: str | Path | bytes, provider: str = CPU, threads: int | None = None) -> None:
-        so = session_options(threads)
+    def __init__(self, model: str | Path | bytes, provider: str = CPU, threads: int | None = None,
+                 spin: bool = True) -> None:
+        so = session_options(threads, spin)
         if provider == CUDA:
             if not cuda_available():
                 raise ProviderError(

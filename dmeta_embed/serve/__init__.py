@@ -1,0 +1,73 @@
+"""The embeddings server: ``dmeta-embed serve`` (needs ``pip install 'dmeta-embed[server]'``).
+
+Router (``app``) → dynamic batcher (``batcher``) → the runtime's ``Embedder``; like the runtime,
+nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MissingDependencyError
+from .config import ServerConfig
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from ..runtime import Embedder
+
+__all__ = ["ServerConfig", "create_app", "serve"]
+
+
+def _require() -> None:
+    for module in ("starlette", "uvicorn", "prometheus_client"):
+        try:
+            __import__(module)
+        except ImportError as e:
+            raise MissingDependencyError(module, "server") from e
+
+
+def create_app(embedder: Embedder, config: ServerConfig | None = None, **kwargs: Any) -> Starlette:
+    """The ASGI app serving ``embedder`` (run it with any ASGI server; :func:`serve` uses uvicorn)."""
+    _require()
+    from .app import create_app as _create
+
+    return _create(embedder, config, **kwargs)
+
+
+def serve(model_dir: str | Path, config: ServerConfig | None = None, *, host: str = "127.0.0.1",
+          port: int = 8080, variant: str = "auto", provider: str = "auto", threads: int | None = None,
+          log_level: str = "info") -> None:
+    """Load the model (errors surface here, before any port is bound), then serve until SIGTERM/SIGINT.
+
+    SIGTERM: stop accepting connections, finish the requests in flight and the queue, return.
+    """
+    _require()
+    import uvicorn
+
+    from ..runtime import Embedder
+
+    cfg = config or ServerConfig()
+    embedder = Embedder.load(model_dir, variant=variant, provider=provider, threads=threads,
+                             max_batch_tokens=cfg.max_batch_tokens, batch_size=cfg.batch_size,
+                             # no busy-waiting onnxruntime threads: the event loop shares these CPUs
+                             # (measured on an int8 query: 6.7 → 2.1 ms wall on a busy 2-core machine)
+                             spin=False)
+    app = create_app(embedder, cfg)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+        server_header=False, timeout_graceful_shutdown=int(cfg.request_timeout_s) + 5))
+    # uvicorn's own logger: configured by uvicorn.Config, so this line appears beside its start-up lines
+    logging.getLogger("uvicorn.error").info("serving %r (%s, %s) on http://%s:%d", app.state.service.name, embedder.variant.value,
+             embedder.provider, host, port)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so the process dies
+    # "by signal" (status 143); a handler installed here receives that second delivery, so a
+    # graceful stop exits 0 as service managers expect
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,256 @@
+"""HTTP routes: OpenAI's ``/v1/embeddings``, TEI's ``/embed``, health, readiness, info, metrics.
+
+Nothing a request sends names a file or a model to load: ``model`` is checked to be a string and
+otherwise ignored (the server serves the one model it was started with).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import InputError
+from ..runtime import Embedder
+from .batcher import Batcher, Overloaded, warm_up
+from .config import ServerConfig
+from .errors import ApiError
+from .metrics import Metrics
+from .schemas import EmbedRequest, parse_openai, parse_tei
+
+log = logging.getLogger(__name__)
+
+#: requests with at most this many characters are tokenised on the event loop (tens of µs);
+#: larger ones go to a thread so one big request does not stall everyone else's I/O
+INLINE_TOKENIZE_CHARS = 4096
+#: responses with more floats than this, and request bodies larger than this, are (de)serialised
+#: on a thread, for the same reason
+INLINE_JSON_FLOATS = 100_000
+INLINE_JSON_BYTES = 1 << 20
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    content = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return Response(content, status, headers=headers, media_type="application/json")
+
+
+def served_name(embedder: Embedder, cfg: ServerConfig) -> str:
+    """``--model-name``, else the export's source hub id, else the folder name (never a local path)."""
+    if cfg.model_name:
+        return cfg.model_name
+    source = str(embedder.manifest.source.get("model") or "")
+    if source and not Path(source).is_absolute() and not source.startswith(".") and source.count("/") <= 1:
+        return source
+    return embedder.path.resolve().name
+
+
+class Service:
+    """The model, its batcher and the settings: what every route needs."""
+
+    def __init__(self, embedder: Embedder, cfg: ServerConfig, metrics: Metrics) -> None:
+        self.embedder = embedder
+        self.cfg = cfg
+        self.metrics = metrics
+        self.batcher = Batcher(embedder, cfg, metrics)
+        self.name = served_name(embedder, cfg)
+        self._key = cfg.api_key.encode() if cfg.api_key else None
+
+    def check_auth(self, request: Request) -> None:
+        if self._key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken does not tell an attacker how much of the key matched
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._key):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+    async def read_json(self, request: Request) -> Any:
+        limit = self.cfg.max_body_bytes
+        too_big = ApiError(413, f"the request body is larger than max_body_bytes={limit}", code="max_body_bytes")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                chunks.append(chunk)
+        except ClientDisconnect as e:  # nobody will read the answer; no traceback in the log
+            raise ApiError(400, "the client disconnected before sending the whole body") from e
+        raw = b"".join(chunks)
+        if not raw.strip():
+            raise ApiError(400, "the request body is empty; send a JSON object")
+        try:
+            if len(raw) <= INLINE_JSON_BYTES:
+                return json.loads(raw)
+            return await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ApiError(400, f"the request body is not valid JSON: {e}") from e
+
+    async def embed(self, req: EmbedRequest, field: str, bad: int) -> tuple[np.ndarray, int]:
+        """Tokenise, queue, wait: the request's vectors (input order) and its token count."""
+        texts = req.texts
+        tokenizer = self.embedder.tokenizer
+        try:
+            if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+                tok = tokenizer.encode(texts)
+            else:
+                tok = await asyncio.get_running_loop().run_in_executor(None, tokenizer.encode, texts)
+        except InputError as e:
+            where = f"'{field}[{e.index}]'" if e.index is not None else f"'{field}'"
+            raise ApiError(bad, f"{where} cannot be tokenised: {e}", param=field) from e
+        if tok.truncated and not req.truncate:
+            i = tok.truncated[0]
+            raise ApiError(413, f"'{field}[{i}]' is longer than max_length={self.embedder.max_length} tokens; "
+                           "send \"truncate\": true to cut it", param=f"{field}[{i}]", code="max_length")
+        try:
+            future = self.batcher.submit(tok)
+        except Overloaded as e:
+            raise ApiError(503, f"{e}; retry later", retry_after=1, code="overloaded") from e
+        try:
+            vectors = await asyncio.wait_for(future, self.cfg.request_timeout_s)
+        except asyncio.TimeoutError as e:
+            raise ApiError(503, f"the request was not served within request_timeout_s="
+                           f"{self.cfg.request_timeout_s}", retry_after=1, code="timeout") from e
+        except Overloaded as e:
+            raise ApiError(503, f"{e}; retry later", retry_after=1, code="overloaded") from e
+        return vectors, int(tok.lengths.sum())
+
+    # -- routes -------------------------------------------------------------------------------------
+
+    async def openai_embeddings(self, request: Request) -> Response:
+        req = parse_openai(await self.read_json(request), self.cfg, self.embedder.dim)
+        vectors, tokens = await self.embed(req, "input", 400)
+        if req.encoding_format == "base64":
+            rows: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            rows = vectors.tolist()
+        body = {"object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)],
+                "model": self.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return await self._big_json(body, vectors.size if req.encoding_format == "float" else 0)
+
+    async def tei_embed(self, request: Request) -> Response:
+        req = parse_tei(await self.read_json(request), self.cfg)
+        normalized_export = self.embedder.manifest.normalize
+        if req.normalize is False and normalized_export:
+            raise ApiError(422, "'normalize': false is not available: this model was exported with "
+                           "normalisation inside the graph (re-export with --no-normalize)", param="normalize")
+        vectors, _ = await self.embed(req, "inputs", 422)
+        if req.normalize and not normalized_export:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return await self._big_json(vectors.tolist(), vectors.size)
+
+    async def _big_json(self, body: object, floats: int) -> Response:
+        if floats <= INLINE_JSON_FLOATS:
+            return json_response(body)
+        return await asyncio.get_running_loop().run_in_executor(None, json_response, body)
+
+    async def models(self, request: Request) -> Response:
+        return json_response({"object": "list", "data": [
+            {"id": self.name, "object": "model", "created": 0, "owned_by": "dmeta-embed"}]})
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        if self.batcher.ready:
+            return json_response({"status": "ready"})
+        return json_response({"status": "warming up"}, 503, {"Retry-After": "1"})
+
+    async def info(self, request: Request) -> Response:
+        e, c = self.embedder, self.cfg
+        return json_response({
+            "model": self.name, "variant": e.variant.value, "provider": e.provider, "dim": e.dim,
+            "max_length": e.max_length, "pooling": e.manifest.pooling.value, "normalize": e.manifest.normalize,
+            "version": __version__, "ready": self.batcher.ready,
+            "batching": {"max_wait_ms": c.max_wait_ms, "batch_size": c.batch_size,
+                         "max_batch_tokens": c.max_batch_tokens or e.max_batch_tokens},
+            "limits": {"max_inputs": c.max_inputs, "max_chars": c.max_chars, "max_queue": c.max_queue,
+                       "max_body_bytes": c.max_body_bytes, "request_timeout_s": c.request_timeout_s},
+            "auth": self._key is not None})
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+
+def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei: bool = False) -> Handler:
+    """Wrap a route: API key, error rendering (OpenAI or TEI shape), latency and status metrics."""
+    m = svc.metrics
+
+    async def endpoint(request: Request) -> Response:
+        start = time.perf_counter()
+        m.in_progress.inc()
+        try:
+            if protected:
+                svc.check_auth(request)
+            response = await handler(request)
+        except ApiError as e:
+            response = json_response(e.tei_body() if tei else e.openai_body(), e.status, e.headers())
+        except Exception:  # a bug must cost one request a 500, never the process
+            log.exception("unhandled error in %s", name)
+            err = ApiError(500, "internal server error (see the server log)")
+            response = json_response(err.tei_body() if tei else err.openai_body(), 500)
+        finally:
+            m.in_progress.dec()
+        m.requests.labels(name, str(response.status_code)).inc()
+        m.latency.labels(name).observe(time.perf_counter() - start)
+        return response
+
+    return endpoint
+
+
+def create_app(embedder: Embedder, config: ServerConfig | None = None, *,
+               warmup: Callable[[Embedder], None] = warm_up) -> Starlette:
+    """The ASGI app serving ``embedder``. The batcher starts (and warms up) with the app's lifespan."""
+    cfg = config or ServerConfig()
+    svc = Service(embedder, cfg, Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+        svc.batcher.start(warmup)
+        yield
+        await svc.batcher.close(cfg.request_timeout_s)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        svc.metrics.requests.labels("other", str(exc.status_code)).inc()
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return json_response(ApiError(exc.status_code, message).openai_body(), exc.status_code, exc.headers)
+
+    def route(path: str, name: str, handler: Handler, method: str, protected: bool = True,
+              tei: bool = False) -> Route:
+        return Route(path, _endpoint(svc, name, handler, protected=protected, tei=tei), methods=[method])
+
+    routes = [
+        route("/v1/embeddings", "openai", svc.openai_embeddings, "POST"),
+        route("/embeddings", "openai", svc.openai_embeddings, "POST"),
+        route("/v1/models", "models", svc.models, "GET"),
+        route("/embed", "tei", svc.tei_embed, "POST", tei=True),
+        route("/health", "health", svc.health, "GET", protected=False),
+        route("/ready", "ready", svc.ready, "GET", protected=False),
+        route("/info", "info", svc.info, "GET"),
+        route("/metrics", "metrics", svc.prometheus, "GET"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.service = svc
+    return app

@@ -1,0 +1,224 @@
+"""Dynamic batching: requests from many clients → token-budget batches on one inference thread.
+
+Each request is tokenised once (before it is queued, so its size is known and usage can be
+counted); the worker merges queued requests into one batch, runs the runtime's length-sorted
+batching over it on a dedicated thread (the event loop never runs inference), and hands each
+request the rows of its own slice, in its own order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DmetaEmbedError
+from ..runtime import Embedder
+from ..runtime.tokenize import Tokenized
+from .config import ServerConfig
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(DmetaEmbedError):
+    """The queue is full or the server is stopping: the client should retry later."""
+
+
+@dataclass(eq=False)
+class _Job:
+    tok: Tokenized
+    longest: int
+    future: asyncio.Future[np.ndarray]
+    enqueued: float  # loop time
+
+    @property
+    def size(self) -> int:
+        return len(self.tok.ids)
+
+
+def warm_up(embedder: Embedder) -> None:
+    """Run a few shapes once: onnxruntime allocates and picks kernels on first use, which would
+    otherwise land on the first clients' latency."""
+    long = "warm up the model " * 120
+    while embedder.count_tokens([long])[0] >= embedder.max_length:
+        long = long[: len(long) // 2]  # stay under max_length: truncation would log a warning
+    for n, text in ((1, "warm up"), (32, "warm up the model " * 3), (4, long)):
+        embedder.encode([text] * n)
+
+
+def merge(toks: list[Tokenized]) -> Tokenized:
+    """Concatenate tokenised requests; request k owns rows [offset_k, offset_k + len_k)."""
+    ids = [row for t in toks for row in t.ids]
+    return Tokenized(ids=ids, lengths=np.concatenate([t.lengths for t in toks]), truncated=[])
+
+
+class Batcher:
+    """One queue and one inference worker per model. Use from the event loop only."""
+
+    def __init__(self, embedder: Embedder, cfg: ServerConfig, metrics: Metrics) -> None:
+        self._embedder = embedder
+        self._budget = cfg.max_batch_tokens or embedder.max_batch_tokens
+        self._batch_size = cfg.batch_size
+        self._max_wait = cfg.max_wait_ms / 1000
+        self._max_queue = cfg.max_queue
+        self._metrics = metrics
+        self._pending: deque[_Job] = deque()
+        self._queued = 0  # inputs in _pending
+        self._busy = False
+        self._closing = False
+        #: requests merged into the last batch: >1 means clients are concurrent, and waiting for
+        #: company pays; a lone client's request is never held back
+        self._last_merged = 1
+        # one thread: onnxruntime already uses every core for one batch, and a single worker
+        # keeps batches whole instead of splitting the cores between two half-full ones
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dmeta-embed-infer")
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.ready = False
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def start(self, warmup: Callable[[Embedder], None] = warm_up) -> None:
+        """Warm up on the worker thread, then take jobs; jobs submitted meanwhile wait in the queue."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._work(warmup), name="dmeta-embed-batcher")
+
+    def submit(self, tok: Tokenized) -> asyncio.Future[np.ndarray]:
+        """Queue one request's tokens; the future gets its ``(n, dim)`` rows in input order."""
+        assert self._wake is not None, "Batcher.start() was not called"
+        if self._closing:
+            raise Overloaded("the server is shutting down")
+        n = len(tok.ids)
+        # an empty queue always admits one request, so one larger than max_queue is not refused forever
+        if self._queued and self._queued + n > self._max_queue:
+            raise Overloaded(f"the queue is full ({self._queued} inputs waiting, max_queue={self._max_queue})")
+        loop = asyncio.get_running_loop()
+        job = _Job(tok, int(tok.lengths.max()), loop.create_future(), loop.time())
+        self._pending.append(job)
+        self._queued += n
+        self._metrics.queue_depth.set(self._queued)
+        job.future.add_done_callback(lambda f: self._forget(job) if f.cancelled() else None)
+        self._wake.set()
+        return job.future
+
+    def _forget(self, job: _Job) -> None:
+        """A request that gave up (timeout) frees its place in the queue at once."""
+        try:
+            self._pending.remove(job)
+        except ValueError:  # already taken by the worker
+            return
+        self._queued -= job.size
+        self._metrics.queue_depth.set(self._queued)
+
+    async def close(self, timeout: float) -> None:
+        """Refuse new work, finish what is queued (at most ``timeout`` s), stop the worker thread."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while (self._pending or self._busy) and loop.time() < end:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(Overloaded("the server stopped before this request ran"))
+        await loop.run_in_executor(None, self._executor.shutdown)
+
+    async def _work(self, warmup: Callable[[Embedder], None]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, warmup, self._embedder)
+            self.ready = True
+            self._metrics.ready.set(1)
+        except Exception:  # a model that fails warm-up stays "not ready"; requests still get an answer
+            log.exception("warm-up failed; /ready will keep answering 503")
+        while True:
+            try:
+                jobs = await self._collect()
+                if jobs:
+                    self._busy = True
+                    await self._run(jobs)
+            except Exception:  # a bug here must not stop the worker: later requests still get served
+                log.exception("batcher step failed")
+            finally:
+                self._busy = False
+
+    def _pop(self) -> _Job:
+        job = self._pending.popleft()
+        self._queued -= job.size
+        self._metrics.queue_depth.set(self._queued)
+        return job
+
+    async def _collect(self) -> list[_Job]:
+        """Take queued jobs up to the batch limits. While the last batch merged several requests,
+        wait for more until the first job has waited ``max_wait`` (counted from when it was queued,
+        so a request that already queued behind a busy worker waits no longer)."""
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while not self._pending:
+            self._wake.clear()
+            await self._wake.wait()
+        jobs: list[_Job] = []
+        n = longest = 0
+        wait = self._max_wait if self._last_merged > 1 else 0.0
+        deadline = self._pending[0].enqueued + wait
+        while n < self._batch_size and n * longest < self._budget:
+            if not self._pending:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                continue
+            job = self._pending[0]
+            if job.future.done():  # its request timed out: drop the work
+                self._pop()
+                continue
+            wide = max(longest, job.longest)
+            if jobs and (n + job.size > self._batch_size or (n + job.size) * wide > self._budget):
+                break
+            jobs.append(self._pop())
+            n, longest = n + job.size, wide
+        if jobs:
+            self._last_merged = len(jobs)
+        return jobs
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(self._executor, self._embed, [j.tok for j in jobs])
+        except Exception as e:
+            log.exception("inference failed for a batch of %d request(s)", len(jobs))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        offset = tokens = 0
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_result(out[offset:offset + job.size])
+            offset += job.size
+            tokens += int(job.tok.lengths.sum())
+        m = self._metrics
+        m.batch_size.observe(offset)
+        m.batch_requests.observe(len(jobs))
+        m.batch_tokens.observe(tokens)
+        m.inputs.inc(offset)
+        m.tokens.inc(tokens)
+
+    def _embed(self, toks: list[Tokenized]) -> np.ndarray:
+        # the runtime's batching sorts by length and keeps each batch's padding under 2×
+        return self._embedder.encode_tokenized(merge(toks), batch_size=self._batch_size,
+                                               max_batch_tokens=self._budget)

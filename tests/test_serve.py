@@ -1,0 +1,408 @@
+"""The embeddings server over real HTTP on a loopback port: OpenAI and TEI endpoints, the openai
+client, limits and every 4xx path, API key, readiness, backpressure, routing of merged batches,
+and a graceful SIGTERM stop of the real ``dmeta-embed serve`` process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from dmeta_embed.runtime import Embedder  # noqa: E402
+from dmeta_embed.serve import ServerConfig, create_app  # noqa: E402
+
+TEXTS = ["维生素C可以预防感冒吗", "今天天气很好", "如何更换花呗绑定银行卡", "a short English query", "",
+         "长文本" * 40, "维生素C"]
+#: routing is checked on fp32: there batch composition changes a vector only by float rounding
+MIN_COS = 0.99999
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_export: Path) -> Embedder:
+    return Embedder.load(tiny_export, variant="fp32")
+
+
+@contextmanager
+def running(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """Serve ``app`` with uvicorn on a thread, on a port the OS picks; always stopped on exit."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        end = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < end, "server did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def gate() -> tuple[threading.Event, Callable[[Embedder], None]]:
+    """A warm-up that waits for the test: the worker takes no job until the event is set."""
+    opened = threading.Event()
+
+    def warmup(embedder: Embedder) -> None:
+        assert opened.wait(30)
+
+    return opened, warmup
+
+
+LIMITS = ServerConfig(max_inputs=32, max_chars=5000, max_body_bytes=200_000, max_wait_ms=5)
+
+
+@pytest.fixture(scope="module")
+def url(embedder: Embedder) -> Iterator[str]:
+    with running(create_app(embedder, LIMITS)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.get("/ready")
+        end = time.monotonic() + 30
+        while r.status_code != 200 and time.monotonic() < end:
+            time.sleep(0.02)
+            r = c.get("/ready")
+        assert r.status_code == 200
+        yield c
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    """The value of one sample line of /metrics (0 if absent)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+# -- endpoints ----------------------------------------------------------------------------------------
+
+
+def test_health_ready_info(client: httpx.Client, embedder: Embedder) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready"}
+    info = client.get("/info").json()
+    assert info["dim"] == embedder.dim and info["max_length"] == embedder.max_length
+    assert info["variant"] == "fp32" and info["provider"] == embedder.provider
+    assert info["limits"]["max_inputs"] == 32 and info["model"] == "model"  # the folder name, never a path
+
+
+def test_openai_float_matches_encode_and_counts_tokens(client: httpx.Client, embedder: Embedder) -> None:
+    r = client.post("/v1/embeddings", json={"input": TEXTS, "model": "anything"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "model"
+    assert [d["index"] for d in body["data"]] == list(range(len(TEXTS)))
+    got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+    assert got.shape == (len(TEXTS), embedder.dim)
+    assert cos(got, embedder.encode(TEXTS)).min() >= MIN_COS
+    tokens = sum(embedder.count_tokens(TEXTS))
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    one = client.post("/v1/embeddings", json={"input": TEXTS[0], "model": "m"}).json()
+    assert len(one["data"]) == 1 and one["usage"]["prompt_tokens"] == embedder.count_tokens([TEXTS[0]])[0]
+
+
+def test_openai_base64_and_dimensions(client: httpx.Client, embedder: Embedder) -> None:
+    r = client.post("/v1/embeddings", json={"input": TEXTS[:3], "model": "m", "encoding_format": "base64",
+                                            "dimensions": embedder.dim})
+    assert r.status_code == 200, r.text
+    got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]])
+    assert cos(got, embedder.encode(TEXTS[:3])).min() >= MIN_COS
+    r = client.post("/v1/embeddings", json={"input": "x", "model": "m", "dimensions": 8})
+    assert r.status_code == 400 and f"{embedder.dim}-dimensional" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "dimensions"
+
+
+def test_official_openai_client(url: str, embedder: Embedder) -> None:
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    res = oa.embeddings.create(input=TEXTS, model="dmeta-embedding")  # the client asks for base64
+    got = np.array([d.embedding for d in res.data], dtype=np.float32)
+    assert cos(got, embedder.encode(TEXTS)).min() >= MIN_COS
+    assert res.usage.prompt_tokens == sum(embedder.count_tokens(TEXTS))
+    res = oa.embeddings.create(input="维生素C", model="x", encoding_format="float")
+    assert cos(np.array(res.data[0].embedding), embedder.encode("维生素C")) >= MIN_COS
+    with pytest.raises(openai.BadRequestError, match="empty array"):
+        oa.embeddings.create(input=[], model="x")
+    assert [m.id for m in oa.models.list()] == ["model"]
+
+
+def test_tei_embed(client: httpx.Client, embedder: Embedder) -> None:
+    r = client.post("/embed", json={"inputs": TEXTS[0]})
+    assert r.status_code == 200 and len(r.json()) == 1  # TEI answers a list of vectors even for one str
+    r = client.post("/embed", json={"inputs": TEXTS, "normalize": True, "truncate": False})
+    got = np.array(r.json(), dtype=np.float32)
+    assert cos(got, embedder.encode(TEXTS)).min() >= MIN_COS
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
+    long = "维" * (embedder.max_length + 10)
+    r = client.post("/embed", json={"inputs": ["ok", long]})  # TEI's default: no truncation
+    assert r.status_code == 413 and "inputs[1]" in r.json()["error"] and "max_length" in r.json()["error"]
+    assert r.json()["error_type"] == "Validation"
+    r = client.post("/embed", json={"inputs": [long], "truncate": True})
+    assert r.status_code == 200
+    if embedder.manifest.normalize:
+        r = client.post("/embed", json={"inputs": "x", "normalize": False})
+        assert r.status_code == 422 and "normalize" in r.json()["error"]
+
+
+# -- every 4xx path ------------------------------------------------------------------------------------
+
+BAD = [
+    ("/v1/embeddings", b'{"input": ', 400, "not valid JSON"),
+    ("/v1/embeddings", b"", 400, "body is empty"),
+    ("/v1/embeddings", b"\xff\xfe{", 400, "not valid JSON"),
+    ("/v1/embeddings", b"[" * 50_000 + b"]" * 50_000, 400, "not valid JSON"),
+    ("/v1/embeddings", b"[1, 2]", 400, "must be a JSON object"),
+    ("/v1/embeddings", b'{"model": "m"}', 400, "'input' is required"),
+    ("/v1/embeddings", b'{"input": []}', 400, "empty array"),
+    ("/v1/embeddings", b'{"input": 5}', 400, "string or an array of strings, got number"),
+    ("/v1/embeddings", b'{"input": ["a", null]}', 400, "'input[1]' is null"),
+    ("/v1/embeddings", b'{"input": [[101, 102]]}', 400, "token-id input is not supported"),
+    ("/v1/embeddings", b'{"input": "a", "model": 3}', 400, "'model' must be a string"),
+    ("/v1/embeddings", b'{"input": "a", "encoding_format": "hex"}', 400, "encoding_format"),
+    ("/v1/embeddings", b'{"input": "a", "dimensions": "8"}', 400, "'dimensions' must be an integer"),
+    ("/v1/embeddings", b'{"input": ["ok", "\\ud800"]}', 400, "'input[1]' cannot be tokenised"),
+    ("/v1/embeddings", json.dumps({"input": ["x"] * 33}).encode(), 413, "max_inputs=32"),
+    ("/v1/embeddings", json.dumps({"input": ["ok", "x" * 5001]}).encode(), 413, "max_chars=5000"),
+    ("/v1/embeddings", json.dumps({"input": "x" * 250_000}).encode(), 413, "max_body_bytes=200000"),
+    ("/embed", b'{"input": "wrong field"}', 422, "'inputs' is required"),
+    ("/embed", b'{"inputs": "a", "normalize": "yes"}', 422, "'normalize' must be true or false"),
+    ("/embed", b'{"inputs": "a", "truncation_direction": "left"}', 422, "truncation_direction"),
+    ("/embed", b'{"inputs": "a", "prompt_name": "query"}', 422, "prompt_name"),
+    ("/embed", b'{"inputs": [{"text": "a"}]}', 422, "'inputs[0]' is object"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "words"), BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_requests_get_clear_4xx(client: httpx.Client, path: str, body: bytes, status: int, words: str) -> None:
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    message = err if path == "/embed" else err["message"]
+    assert words in message
+
+
+def test_wrong_method_and_path(client: httpx.Client) -> None:
+    r = client.get("/v1/embeddings")
+    assert r.status_code == 405 and "Method Not Allowed" in r.json()["error"]["message"]
+    r = client.post("/v1/files", json={"file": "/etc/passwd"})
+    assert r.status_code == 404
+    assert client.get("/health").status_code == 200  # still up after every bad request
+
+
+def test_metrics(client: httpx.Client) -> None:
+    client.post("/v1/embeddings", json={"input": ["m1", "m2"]})
+    text = client.get("/metrics").text
+    for name in ("dmeta_embed_requests_total{endpoint=\"openai\",status=\"200\"}",
+                 "dmeta_embed_request_duration_seconds_bucket", "dmeta_embed_batch_size_bucket",
+                 "dmeta_embed_batch_tokens_bucket", "dmeta_embed_queue_depth", "dmeta_embed_tokens_embedded_total",
+                 "dmeta_embed_requests_total{endpoint=\"openai\",status=\"413\"}", "dmeta_embed_ready 1.0"):
+        assert name in text, name
+
+
+def test_concurrent_requests_get_their_own_vectors(client: httpx.Client, embedder: Embedder) -> None:
+    rng = np.random.default_rng(0)
+    words = ["维生素", "感冒", "天气", "银行卡", "embedding", "模型", "香港", "手表", "query"]
+    requests = [["".join(rng.choice(words, rng.integers(1, 30))) for _ in range(rng.integers(1, 6))]
+                for _ in range(48)]
+
+    def call(texts: list[str]) -> np.ndarray:
+        r = client.post("/v1/embeddings", json={"input": texts, "encoding_format": "base64"})
+        assert r.status_code == 200, r.text
+        return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, requests))
+    for texts, got in zip(requests, results, strict=True):
+        assert cos(got, embedder.encode(texts)).min() >= MIN_COS
+
+
+# -- readiness, merging, backpressure, auth ----------------------------------------------------------------
+
+
+def test_ready_after_warmup_and_queued_requests_merge_and_route(embedder: Embedder) -> None:
+    opened, warmup = gate()
+    with running(create_app(embedder, ServerConfig(max_wait_ms=1), warmup=warmup)) as base, \
+            httpx.Client(base_url=base, timeout=30) as c:
+        assert c.get("/health").status_code == 200
+        r = c.get("/ready")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        requests = [[f"第{i}个请求", "共享的文本"][: 1 + i % 2] + ["短"] * (i % 3) for i in range(12)]
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(c.post, "/v1/embeddings", json={"input": t}) for t in requests]
+            n_inputs = sum(map(len, requests))
+            end = time.monotonic() + 30
+            while metric(c, "dmeta_embed_queue_depth") < n_inputs:  # all queued behind the warm-up
+                assert time.monotonic() < end
+                time.sleep(0.02)
+            opened.set()
+            responses = [f.result() for f in futures]
+        assert c.get("/ready").status_code == 200
+        for texts, r in zip(requests, responses, strict=True):
+            got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+            assert got.shape[0] == len(texts)
+            assert cos(got, embedder.encode(texts)).min() >= MIN_COS
+        # all 12 requests waited together, so they were merged into one inference step
+        assert metric(c, "dmeta_embed_batch_requests_count") == 1
+        assert metric(c, "dmeta_embed_batch_requests_sum") == 12
+
+
+def test_full_queue_gets_503_and_slow_request_times_out(embedder: Embedder) -> None:
+    opened, warmup = gate()
+    cfg = ServerConfig(max_queue=4, request_timeout_s=1.0)
+    try:
+        with running(create_app(embedder, cfg, warmup=warmup)) as base, \
+                httpx.Client(base_url=base, timeout=30) as c, ThreadPoolExecutor(1) as pool:
+            first = pool.submit(c.post, "/v1/embeddings", json={"input": ["a", "b", "c"]})
+            end = time.monotonic() + 30
+            while metric(c, "dmeta_embed_queue_depth") < 3:
+                assert time.monotonic() < end
+                time.sleep(0.02)
+            r = c.post("/embed", json={"inputs": ["d", "e"]})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert "max_queue=4" in r.json()["error"] and r.json()["error_type"] == "Overloaded"
+            r = first.result()
+            assert r.status_code == 503 and r.json()["error"]["code"] == "timeout"
+            assert "request_timeout_s=1.0" in r.json()["error"]["message"]
+            opened.set()
+            assert c.post("/embed", json={"inputs": ["d", "e"]}).status_code == 200  # served again
+    finally:
+        opened.set()
+
+
+def test_api_key(embedder: Embedder) -> None:
+    with running(create_app(embedder, ServerConfig(api_key="s3cret"))) as base, \
+            httpx.Client(base_url=base, timeout=30) as c:
+        body = {"input": "hi", "model": "m"}
+        assert c.post("/v1/embeddings", json=body).status_code == 401
+        r = c.post("/v1/embeddings", json=body, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert "API key" in r.json()["error"]["message"]
+        assert c.post("/embed", json={"inputs": "hi"}, headers={"Authorization": "Basic s3cret"}).status_code == 401
+        for path in ("/info", "/metrics", "/v1/models"):
+            assert c.get(path).status_code == 401
+        assert c.get("/health").status_code == 200  # probes need no key
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.post("/v1/embeddings", json=body, headers=ok).status_code == 200
+        assert c.post("/embed", json={"inputs": "hi"}, headers=ok).status_code == 200
+        assert c.get("/metrics", headers=ok).status_code == 200
+        openai = pytest.importorskip("openai")
+        good = openai.OpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0)
+        assert len(good.embeddings.create(input=["a", "b"], model="m").data) == 2
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base + "/v1", api_key="nope", max_retries=0).embeddings.create(input="a", model="m")
+
+
+# -- the real command ------------------------------------------------------------------------------------
+
+
+def test_server_stays_torch_free() -> None:
+    code = "import sys, dmeta_embed.serve.app; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_api_key_env_must_be_set(tiny_export: Path) -> None:
+    from click.testing import CliRunner
+
+    from dmeta_embed.cli import cli
+
+    env = {k: v for k, v in os.environ.items() if k != "DMETA_TEST_NO_SUCH_KEY"}
+    res = CliRunner(env=env).invoke(cli, ["serve", "-m", str(tiny_export), "--api-key-env", "DMETA_TEST_NO_SUCH_KEY"])
+    assert res.exit_code == 2 and "DMETA_TEST_NO_SUCH_KEY" in res.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_cli_serve_sigterm_finishes_queued_work_and_exits_0(tiny_export: Path, embedder: Embedder) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    # --batch-size 1 runs each input on its own, so six 1024-input requests keep the worker busy
+    # long enough for SIGTERM to arrive while some of them still wait in the queue
+    cmd = [sys.executable, "-m", "dmeta_embed.cli", "serve", "-m", str(tiny_export), "--port", str(port),
+           "--variant", "fp32", "--batch-size", "1", "--threads", "1", "--max-queue", "8192"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            end = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < end, "server did not become ready"
+                try:
+                    if c.get("/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+            requests = [[f"关机前的第{i}个请求，第{j}句" for j in range(1024)] for i in range(6)]
+
+            def call(texts: list[str]) -> tuple[httpx.Response, float]:
+                r = c.post("/v1/embeddings", json={"input": texts, "encoding_format": "base64"})
+                return r, time.monotonic()
+
+            with ThreadPoolExecutor(6) as pool:
+                futures = [pool.submit(call, t) for t in requests]
+                end = time.monotonic() + 60
+                while metric(c, "dmeta_embed_requests_in_progress") < 3:  # >= 2 embeddings + this scrape
+                    assert time.monotonic() < end
+                    time.sleep(0.01)
+                proc.send_signal(signal.SIGTERM)
+                stopped = time.monotonic()
+                results = [f.result() for f in futures]
+            assert proc.wait(60) == 0
+            out = proc.stdout.read() if proc.stdout else ""
+            assert max(t for _, t in results) > stopped  # some work was still queued at SIGTERM
+            for texts, (r, _) in zip(requests, results, strict=True):
+                assert r.status_code == 200, r.text
+                got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]])
+                assert cos(got, embedder.encode(texts)).min() >= MIN_COS
+            with pytest.raises(httpx.TransportError):
+                c.get("/health")
+            assert "Traceback" not in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_runtime_batches_keep_padding_bounded() -> None:
+    """The server relies on the runtime's batch planning to keep merged requests' padding < 2×."""
+    from dmeta_embed.runtime.batching import plan_batches
+
+    lengths = np.random.default_rng(1).integers(3, 300, 500)
+    groups = plan_batches(lengths, max_batch_tokens=8192, batch_size=128)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(500))
+    for g in groups:
+        assert lengths[g].min() * 2 >= lengths[g].max()
