@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,13 @@ test: install
 lint: install
 	$(BIN)/ruff check dmeta_embed tests benchmarks scripts
 	$(BIN)/mypy dmeta_embed/runtime dmeta_embed/manifest.py dmeta_embed/errors.py
+
+# the recorded benchmark (README, "Performance"): installs the peers, builds and exports the
+# Dmeta-shaped model once, then measures every system (~35 minutes on 2 cores)
+bench: install
+	$(BIN)/python -m pip install -q -e '.[cpu,export,dev,server,bench]'
+	test -f out/dmeta-shaped/manifest.json || $(BIN)/python benchmarks/build_dmeta_shaped.py
+	$(BIN)/dmeta-embed bench --model out/dmeta-shaped --peers --passes 2 --output benchmarks/results/dmeta-shaped
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

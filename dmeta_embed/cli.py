@@ -200,7 +200,7 @@ def inspect(folder: Path, as_json: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads (default: CPUs available).")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
               help="Padded tokens per inference batch (default: the runtime's for the provider).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Inputs per inference batch; 1 turns dynamic batching off.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="How long a request may wait for others to share its batch.")
@@ -262,14 +262,18 @@ def serve(model_dir: Path, host: str, port: int, variant: str, provider: str, th
 @click.option("--source", default=None, help="HF folder the peers and the reference load (default: the manifest's source).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where exports of the model and of the peers are kept (default: out/bench-cache/<model>).")
+@click.option("--passes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Measure each system this many times, alternating order (A…Z, Z…A), repeats and latency calls "
+                   "split between passes: evens out drifting load on a shared machine.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True, help="Seconds per system.")
 def bench(model: str, variants: str | None, workloads: tuple[str, ...], peers: bool, systems: str | None,
           list_systems: bool, output: Path, repeats: int, latency_calls: int, n_texts: int | None,
-          threads: int | None, batch_size: int, source: str | None, cache_dir: Path | None, timeout: float) -> None:
+          threads: int | None, batch_size: int, source: str | None, cache_dir: Path | None, passes: int,
+          timeout: float) -> None:
     """Benchmark our variants (and with --peers the tools users would otherwise pick) in one run."""
     try:
-        from benchmarks.peers import our_systems, peer_systems
         from benchmarks.run import DEFAULT_SIZES, WORKLOADS, Settings, run_benchmark
+        from benchmarks.systems import our_systems, peer_systems
     except ImportError as e:
         raise click.ClickException(
             "bench needs the repository's 'benchmarks' package: run it from a source checkout installed with "
@@ -283,7 +287,7 @@ def bench(model: str, variants: str | None, workloads: tuple[str, ...], peers: b
     names = list(WORKLOADS) if "all" in workloads else list(dict.fromkeys(workloads))
     sizes = {w: n_texts for w in WORKLOADS} if n_texts else dict(DEFAULT_SIZES)
     settings = Settings(repeats=repeats, latency_calls=latency_calls, batch_size=batch_size, threads=threads,
-                        sizes=sizes, timeout_s=timeout)
+                        sizes=sizes, timeout_s=timeout, passes=passes)
     result = run_benchmark(
         model, output, variants=[v.strip() for v in variants.split(",")] if variants else None, workloads=names,
         peers=peers, patterns=[p.strip() for p in systems.split(",")] if systems else None, settings=settings,

@@ -152,8 +152,8 @@ def cls_only_last_layer(model: onnx.ModelProto) -> bool:
     attention-output MatMul. Exact (same math on the rows that matter); saves ~9/12 of one layer.
     Works in place on a fused graph; returns False (graph untouched) if the pattern is not found.
     """
-    from onnx import helper, numpy_helper
     import numpy as np
+    from onnx import helper, numpy_helper
 
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}

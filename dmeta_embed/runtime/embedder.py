@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 CHUNK = 4096
 #: padded tokens per batch by provider (measured: see README, "Batching")
 DEFAULT_BATCH_TOKENS = {CPU: 8192, CUDA: 32768}
-DEFAULT_BATCH_SIZE = 128
+#: measured on the Dmeta shape, int8, mixed workload: 32 → 3,394 tok/s, 128 → 3,234 (query: 5,446 vs 3,960)
+DEFAULT_BATCH_SIZE = 32
 
 
 def embed_tokenized(

@@ -13,7 +13,7 @@ class ServerConfig:
     #: arriving concurrently: a lone client never waits)
     max_wait_ms: float = 2.0
     #: most inputs in one inference batch; 1 turns dynamic batching off
-    batch_size: int = 128
+    batch_size: int = 32
     #: most padded tokens in one inference batch (None: the runtime's default for the provider)
     max_batch_tokens: int | None = None
     #: most inputs waiting for the worker; beyond it requests get 503 + Retry-After

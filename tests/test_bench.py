@@ -1,0 +1,210 @@
+"""The benchmark harness: metric functions on known vectors, and an end-to-end run on the tiny model
+(one repeat, tiny workloads). No timing assertions: only that every number is there and sane."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import metrics
+from benchmarks.systems import System
+
+
+def _unit(deg: list[float]) -> np.ndarray:
+    r = np.radians(deg)
+    return np.stack([np.cos(r), np.sin(r)], axis=1)
+
+
+# --- metrics on known vectors ----------------------------------------------------------------------
+
+def test_cosines_known_values() -> None:
+    a = np.array([[1, 0], [1, 0], [1, 0], [3, 4]], dtype=np.float32)
+    b = np.array([[2, 0], [0, 5], [-1, 0], [4, 3]], dtype=np.float32)
+    np.testing.assert_allclose(metrics.cosines(a, b), [1.0, 0.0, -1.0, 24 / 25], atol=1e-12)
+    with pytest.raises(ValueError):
+        metrics.cosines(a, b[:2])
+
+
+def test_fidelity_min_mean_and_identity() -> None:
+    ref = _unit([0, 10, 20, 30])
+    cand = _unit([0, 10, 20, 90])  # the last row is rotated by 60°: cos 0.5
+    f = metrics.fidelity(cand, ref, k=2)
+    assert f["min_cos"] == pytest.approx(0.5)
+    assert f["mean_cos"] == pytest.approx((3 + 0.5) / 4)
+    same = metrics.fidelity(ref * 7.0, ref, k=2)  # scale does not matter
+    assert same["min_cos"] == pytest.approx(1.0) and same["top2_agreement"] == 1.0
+
+
+def test_top_k_neighbours_and_agreement() -> None:
+    ref = _unit([0, 10, 50, 60])  # nearest: 0↔1, 2↔3
+    assert metrics.top_k_neighbours(ref, 1)[:, 0].tolist() == [1, 0, 3, 2]
+    cand = _unit([0, 10, 25, 60])  # nearest: 0→1, 1→0, 2→1, 3→2: three of four agree
+    assert metrics.top_k_neighbours(cand, 1)[:, 0].tolist() == [1, 0, 1, 2]
+    assert metrics.neighbour_agreement(cand, ref, k=1) == pytest.approx(0.75)
+    # k is capped at n - 1: with 4 rows, "top 10" is every other row, so sets always agree
+    assert metrics.neighbour_agreement(cand, ref, k=10) == 1.0
+    with pytest.raises(ValueError):
+        metrics.top_k_neighbours(ref, 4)
+
+
+def test_flops_model_bert_base() -> None:
+    # BERT-base per token: 12 layers × 2 × (4·768² + 2·768·3072) = 169.9 MFLOP, plus 4·L·768 per layer
+    one = metrics.flops_per_sequence(1, 12, 768, 3072)
+    assert one == pytest.approx(12 * (2 * (4 * 768**2 + 2 * 768 * 3072) + 4 * 768))
+    assert 169e6 < one < 171e6
+    # attention grows with length: at 1024 tokens, ~22 % more per token than the dense part
+    long = metrics.flops_per_sequence(1024, 12, 768, 3072) / 1024
+    assert long == pytest.approx(one - 12 * 4 * 768 + 12 * 4 * 1024 * 768)
+    cfg = {"num_hidden_layers": 12, "hidden_size": 768, "intermediate_size": 3072}
+    assert metrics.workload_flops([1, 1024], cfg) == pytest.approx(one + long * 1024)
+
+
+def test_peaks_from_flags() -> None:
+    spr = ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"]
+    p = metrics.peak_gops(spr, ghz=2.0, cores=2)
+    assert p["fp32"]["gops"] == 256.0 and p["int8"]["gops"] == 1024.0
+    assert p["int8_amx"]["gops"] == 8192.0 and p["bf16_amx"]["gops"] == 4096.0
+    assert metrics.peak_for("int8", p) == ("int8_amx", 8192.0)
+    avx2_only = metrics.peak_gops(["avx2", "fma"], ghz=3.0, cores=4)
+    assert avx2_only == {"fp32": {"gops": 384.0, "ops_per_cycle_per_core": 32, "unit": avx2_only["fp32"]["unit"]}}
+    assert metrics.peak_for("int8", avx2_only) == ("fp32", 384.0)
+
+
+# --- a missing peer is a row, not a crash ------------------------------------------------------------
+
+MISSING = System(key="fake:missing", name="not-a-real-peer", variant="fp32", engine="nothing", precision="fp32",
+                 adapter="benchmarks.peers:TorchHF", requires=("no_such_peer_module_xyz",))
+
+
+def test_missing_peer_is_skipped_by_the_requires_check() -> None:
+    assert MISSING.missing() == ["no_such_peer_module_xyz"]
+    assert System.from_dict(MISSING.to_dict()) == MISSING
+
+
+def test_worker_reports_an_import_failure_as_skipped(tmp_path: Path) -> None:
+    """A peer whose library fails to import inside the worker (requires looked fine) is skipped."""
+    from benchmarks import worker
+    from benchmarks.systems import Context
+
+    ctx = Context(export_dir=tmp_path, source_dir=tmp_path, cache_dir=tmp_path, threads=1, batch_size=4,
+                  max_length=1024, pooling="cls", normalize=True, dim=64)
+    broken = System(key="fake:broken", name="x", variant="fp32", engine="x", precision="fp32",
+                    adapter="no_such_adapter_module_xyz:Adapter")
+    out = worker.run({"mode": "measure", "system": broken.to_dict(), "context": ctx.to_dict()})
+    assert out["status"] == "skipped" and "no_such_adapter_module_xyz" in out["reason"]
+
+
+# --- end to end on the tiny model ----------------------------------------------------------------------
+
+RESULT_FIELDS = {"system", "name", "variant", "engine", "precision", "ours", "workload", "sentences_per_s",
+                 "tokens_per_s", "bulk_median_s", "bulk_s", "bulk_warmup_s", "latency_ms", "load_s", "peak_rss_mb",
+                 "fidelity", "gflop_per_s", "share", "vs_best_peer"}
+TOP_FIELDS = {"schema_version", "created", "command", "wall_seconds", "machine", "load", "model", "settings",
+              "workloads", "physical", "systems", "results", "summary"}
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    from benchmarks.run import Settings, run_benchmark
+
+    out = tmp_path_factory.mktemp("bench-out")
+    # two alternating passes: one repeat and two latency calls each, pooled by the parent
+    settings = Settings(repeats=2, latency_calls=4, sizes={"mixed": 14, "query": 12}, timeout_s=300, passes=2)
+    result = run_benchmark(str(tiny_export), out, variants=["fp32", "int8"], workloads=("mixed", "query"),
+                           patterns=["dmeta-embed:*", "torch:fp32", "fake:*"], extra_systems=[MISSING],
+                           settings=settings, cache_dir=out / "cache", command="pytest", log=lambda m: None)
+    return result, out
+
+
+def test_run_writes_json_markdown_and_plot(tiny_result: tuple[dict, Path]) -> None:
+    result, out = tiny_result
+    on_disk = json.loads((out / "bench.json").read_text("utf-8"))
+    assert set(on_disk) >= TOP_FIELDS
+    md = (out / "bench.md").read_text("utf-8")
+    assert "## mixed" in md and "## query" in md and "## Not measured" in md and "not-a-real-peer" in md
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (out / "bench.png").stat().st_size > 10_000
+
+
+def test_every_field_is_there(tiny_result: tuple[dict, Path]) -> None:
+    result, _ = tiny_result
+    m = result["machine"]
+    assert m["cpu_model"] and m["usable_cpus"] >= 1 and m["clock_ghz"] > 0 and "onnxruntime" in m["versions"]
+    assert result["load"]["before"]["loadavg"] and result["settings"]["passes"] == 2
+    for w in ("mixed", "query"):
+        s = result["workloads"][w]
+        assert s["tokens_total"] >= s["n_texts"] * s["tokens_min"] > 0 and s["gflop"] > 0
+    assert result["workloads"]["mixed"]["n_truncated"] >= 0
+    assert 8 <= result["workloads"]["query"]["tokens_min"] and result["workloads"]["query"]["tokens_max"] <= 32
+
+    ok = {r["system"] for r in result["results"]}
+    assert ok == {"dmeta-embed:fp32", "dmeta-embed:int8", "torch:fp32"}
+    assert len(result["results"]) == 6
+    for r in result["results"]:
+        assert set(r) >= RESULT_FIELDS, RESULT_FIELDS - set(r)
+        assert r["tokens_per_s"] > 0 and r["sentences_per_s"] > 0
+        assert len(r["bulk_s"]) == 2 and len(r["bulk_warmup_s"]) == 2 and r["cpu_per_wall_median"] > 0
+        assert r["latency_ms"]["calls"] == 4 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        assert len(r["loadavg_1m_at_start"]) == 2
+        assert r["load_s"] > 0 and r["peak_rss_mb"] > 0 and r["gflop_per_s"] > 0
+        assert 0 < r["share"]["of_fp32_peak"] and r["share"]["own_peak"]
+        f = r["fidelity"]
+        assert -1 <= f["min_cos"] <= f["mean_cos"] <= 1 + 1e-9 and 0 <= f["top10_agreement"] <= 1
+        assert f["k"] == 10 and not math.isnan(f["mean_cos"])
+    fid = {(r["system"], r["workload"]): r["fidelity"] for r in result["results"]}
+    # the torch peer is the reference computation (other batching): identical up to float noise
+    assert fid[("torch:fp32", "mixed")]["min_cos"] > 0.99999
+    assert fid[("dmeta-embed:fp32", "mixed")]["min_cos"] > 0.9999
+    assert fid[("dmeta-embed:int8", "query")]["mean_cos"] > 0.99
+
+    assert all(s["passes"] == 2 and len(s["load_s_passes"]) == 2 for s in result["systems"] if s["status"] == "ok")
+    skipped = {s["key"]: s for s in result["systems"] if s["status"] != "ok"}
+    assert set(skipped) == {"fake:missing"}
+    assert skipped["fake:missing"]["status"] == "skipped" and "no_such_peer_module_xyz" in skipped["fake:missing"]["reason"]
+
+    for w in ("mixed", "query"):
+        s = result["summary"][w]
+        assert s["best_peer"] == "torch:fp32" and s["best_ours"].startswith("dmeta-embed:")
+        assert s["throughput_ratio"] > 0 and s["p50_ratio"] > 0
+
+
+def test_cli_bench(tiny_export: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dmeta_embed.cli import cli
+
+    res = CliRunner().invoke(cli, ["bench", "-m", str(tiny_export), "--variants", "int8", "--workload", "query",
+                                   "--texts", "12", "--repeats", "1", "--latency-calls", "2",
+                                   "-o", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "r" / "bench.json").read_text("utf-8"))
+    assert [r["system"] for r in data["results"]] == ["dmeta-embed:int8"]
+    assert data["command"].startswith("dmeta-embed bench --model") and "--texts 12" in data["command"]
+    listed = CliRunner().invoke(cli, ["bench", "--list-systems"])
+    assert listed.exit_code == 0 and "st:openvino-qint8" in listed.output
+
+
+def test_workloads_keep_their_token_ranges(tiny_export: Path) -> None:
+    from benchmarks.run import DEFAULT_SIZES, build_workloads
+    from dmeta_embed.runtime.tokenize import TextTokenizer
+
+    tok = TextTokenizer(tiny_export / "tokenizer.json", 1024)
+    w = build_workloads(["query", "passage", "long", "mixed"], DEFAULT_SIZES, 0, tok.count_tokens, 1024)
+    ranges = {"query": (8, 32), "passage": (100, 500), "long": (1024, 1024)}
+    for name, (lo, hi) in ranges.items():
+        counts = tok.count_tokens(w[name])
+        assert len(counts) == DEFAULT_SIZES[name] and lo <= min(counts) and max(counts) <= hi, name
+    mixed = tok.count_tokens(w["mixed"])
+    n = DEFAULT_SIZES["mixed"]
+    assert len(mixed) == n and sum(c == 1024 for c in mixed) == max(1, int(n * 0.05))
+    assert sum(c <= 32 for c in mixed) == int(n * 0.7)
+    # seeded: the same call gives the same texts, another seed others
+    assert build_workloads(["mixed"], DEFAULT_SIZES, 0, tok.count_tokens, 1024)["mixed"] == w["mixed"]
+    assert build_workloads(["mixed"], DEFAULT_SIZES, 1, tok.count_tokens, 1024)["mixed"] != w["mixed"]
