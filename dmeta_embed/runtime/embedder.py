@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +181,7 @@ class Embedder:
 
     def __repr__(self) -> str:
         return (f"Embedder({str(self.path)!r}, variant={self.variant.value!r}, provider={self.provider!r}, "
-                f"dim={self.dim}, max_length={self.max_length}, cpu={platform.processor() or 'unknown'!r})")
+                f"dim={self.dim}, max_length={self.max_length})")
 
 
 def _progress(total: int, show: bool):  # type: ignore[no-untyped-def]
