@@ -141,6 +141,10 @@ class Embedder:
         ``normalize_embeddings``: None keeps the manifest's choice (already applied in the graph);
         True L2-normalises; False is refused for a normalised export (the raw vectors are gone).
         """
+        if normalize_embeddings is False and self.manifest.normalize:
+            # refuse before embedding anything: the raw vectors are not in this graph
+            raise InputError("this folder was exported with normalisation inside the graph; "
+                             "re-export with --no-normalize to get raw vectors")
         single = isinstance(texts, str)
         items = check_texts(texts)
         truncate = self.truncate if truncate is None else truncate
@@ -164,9 +168,6 @@ class Embedder:
         if normalize_embeddings and not self.manifest.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out /= np.maximum(norms, 1e-12)
-        elif normalize_embeddings is False and self.manifest.normalize:
-            raise InputError("this folder was exported with normalisation inside the graph; "
-                             "re-export with --no-normalize to get raw vectors")
         if not convert_to_numpy:
             return list(out)  # type: ignore[return-value]
         return out[0] if single else out
