@@ -160,6 +160,7 @@ def format_ranking(queries: list[str], docs: list[str], scores) -> str:  # type:
 def summary(folder: Path) -> str:
     """A readable summary of an export folder's manifest."""
     from .manifest import Manifest
+    from .runtime.cpu import int8_units
 
     m = Manifest.load(folder)
     src = m.source
@@ -174,6 +175,8 @@ def summary(folder: Path) -> str:
         f = v.fidelity
         out.append(f"{name:8} {v.file:18} {v.size_bytes / 1e6:8.1f} {f.min_cos:10.6f} {f.mean_cos:10.6f} "
                    f"{f.bar_min_cos:>7}/{f.bar_mean_cos:<8}  {'yes' if f.passed else 'NO ':3} {len(v.kept_fp32)}")
+    # this machine, not the folder: auto picks int8 on CPU only where these units make it exact
+    out += ["", f"cpu int8 units: {int8_units()}"]
     return "\n".join(out)
 
 

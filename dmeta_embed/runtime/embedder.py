@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InputError, ModelLoadError, ProviderError
 from ..manifest import Manifest, Precision, sha256_file
 from .batching import pad, plan_batches
+from .cpu import int8_is_fast, int8_units, why_not_int8
 from .session import CPU, CUDA, Runner, cuda_available
 from .tokenize import TextTokenizer, Tokenized, check_texts
 
@@ -36,7 +37,8 @@ def embed_tokenized(
     return out
 
 
-def _choose(manifest: Manifest, variant: str, provider: str) -> tuple[Precision, str]:
+def _choose(manifest: Manifest, variant: str, provider: str, units: str) -> tuple[Precision, str]:
+    """(variant, provider) to load; ``units`` is ``int8_units()`` of this CPU."""
     if provider not in {"auto", "cpu", "cuda"}:
         raise ProviderError(f"provider must be auto, cpu or cuda, got {provider!r}")
     if variant not in {"auto", *(p.value for p in Precision)}:
@@ -46,20 +48,32 @@ def _choose(manifest: Manifest, variant: str, provider: str) -> tuple[Precision,
         raise ProviderError("provider='cuda' asked for, but no CUDA provider is available "
                             "(pip install 'dmeta-embed[gpu]' on a machine with an NVIDIA GPU)")
     use_cuda = provider == "cuda" or (provider == "auto" and cuda_available() and variant != "int8")
+    fast = int8_is_fast(units)
     if variant != "auto":
         if variant not in have:
             raise ProviderError(f"variant {variant!r} is not in this folder (it has: {', '.join(have)})")
+        if variant == "int8" and not use_cuda and not fast:
+            log.warning("int8 asked for, but %s: its fidelity and speed were not validated for this CPU",
+                        why_not_int8(units))
         return Precision(variant), CUDA if use_cuda else CPU
     if use_cuda:
         for p in ("fp16", "fp32"):
             if p in have:
                 return Precision(p), CUDA
-    if "int8" in have and have["int8"].fidelity.passed:
+    # the fidelity bar was measured on an int8-exact CPU; elsewhere int8 may saturate, so fp32
+    int8_passed = "int8" in have and have["int8"].fidelity.passed
+    if int8_passed and fast:
         return Precision.INT8, CPU
     if "fp32" in have:
+        if int8_passed:
+            log.info("int8 skipped: %s; using fp32", why_not_int8(units))
         return Precision.FP32, CPU
     if "int8" in have:
-        log.warning("only int8 is available and it missed its fidelity bar; using it anyway")
+        if not int8_passed:
+            log.warning("only int8 is available and it missed its fidelity bar; using it anyway")
+        else:
+            log.warning("only int8 is available, but %s: its fidelity and speed were not validated "
+                        "for this CPU; using it anyway", why_not_int8(units))
         return Precision.INT8, CPU
     raise ProviderError(f"no CPU variant in this folder (it has: {', '.join(have)}); pass provider='cuda'")
 
@@ -84,7 +98,9 @@ class Embedder:
         if not self.path.is_dir():
             raise ModelLoadError(f"model folder not found: {path}")
         self.manifest = Manifest.load(self.path)
-        self.variant, self.provider = _choose(self.manifest, variant, provider)
+        #: this CPU's int8 units (``runtime.cpu.int8_units``): decides whether ``auto`` may pick int8
+        self.int8_units = int8_units()
+        self.variant, self.provider = _choose(self.manifest, variant, provider, self.int8_units)
         spec = self.manifest.variants[self.variant.value]
         model_file = self.path / spec.file
         tok_file = self.path / self.manifest.tokenizer.file
@@ -182,7 +198,7 @@ class Embedder:
 
     def __repr__(self) -> str:
         return (f"Embedder({str(self.path)!r}, variant={self.variant.value!r}, provider={self.provider!r}, "
-                f"dim={self.dim}, max_length={self.max_length})")
+                f"dim={self.dim}, max_length={self.max_length}, int8_units={self.int8_units!r})")
 
 
 def _progress(total: int, show: bool):  # type: ignore[no-untyped-def]
