@@ -27,7 +27,8 @@ def test_pooling_and_lengths_from_files(minilm_export):
     assert m.pooling == Pooling.MEAN and m.source["pooling_from"] == "1_Pooling/config.json"
     assert m.normalize and m.source["normalize_from"] == "Normalize module"
     assert m.max_length == 256  # sentence_bert_config.json, below the 512 positions
-    assert m.export["graph_passes"] == []  # mean pooling needs every token of the last layer
+    # mean pooling needs every token of the last layer: no cls_only pass; CPU variants unfused
+    assert m.export["graph_passes"] == ["unfuse_skip_layernorm"]
     assert m.dim == 384
     assert m.export["fusion"] == {"EmbedLayerNormalization": 1, "Attention": 6,
                                   "SkipLayerNormalization": 12, "BiasGelu": 6}
@@ -54,8 +55,10 @@ def test_int8_meets_bar_and_records_kept_nodes(minilm_export):
     assert v.ops.get("MatMulInteger", 0) + v.ops.get("QAttention", 0) + len(v.kept_fp32) == 24
 
 
-def test_auto_picks_int8_on_cpu(minilm_export):
-    emb = Embedder.load(minilm_export)
+def test_auto_picks_int8_on_cpu(minilm_export, monkeypatch):
+    # int8 passed its bar on the real weights; auto uses it where the CPU has int8 units (AMX here)
+    monkeypatch.setattr("dmeta_embed.runtime.embedder.int8_units", lambda: "amx")
+    emb = Embedder.load(minilm_export, provider="cpu")
     assert emb.variant.value == "int8" and emb.provider == "CPUExecutionProvider"
 
 

@@ -204,3 +204,41 @@ def cls_only_last_layer(model: onnx.ModelProto) -> bool:
     for k, n in enumerate(new_nodes):
         g.node.insert(pos + k, n)
     return True
+
+
+def unfuse_skip_layernorm(model: onnx.ModelProto) -> int:
+    """Replace ORT's fused SkipLayerNormalization by Add (+ bias Add) + standard LayerNormalization.
+
+    For the CPU variants only. Measured with onnxruntime 1.32 on this CPU: the contrib
+    SkipLayerNormalization kernel ran at 0.45 G elements/s on [32, 64, 768] with 2 threads, the
+    standard LayerNormalization at 3.9 and Add at 6.4, so the pair is ~4x faster than the fused op
+    and the int8 model 8-25 % faster end to end (fp32 ~5 %). Same math (fp32 cos 0.999999).
+    onnxruntime 1.24 re-fuses the pair at load, so older versions lose nothing.
+    The fp16 (CUDA) variant keeps the fused op. Returns the number of nodes replaced.
+    """
+    from onnx import helper
+
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    new_nodes = []
+    replaced = 0
+    for n in g.node:
+        if not (n.op_type == "SkipLayerNormalization" and n.domain == "com.microsoft"
+                and all(o == "" or o not in used for o in n.output[1:])):
+            new_nodes.append(n)
+            continue
+        x, skip, gamma = n.input[0], n.input[1], n.input[2]
+        beta = n.input[3] if len(n.input) > 3 else ""
+        bias = n.input[4] if len(n.input) > 4 else ""
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+        total = f"{n.name}/sum"
+        new_nodes.append(helper.make_node("Add", [x, skip], [total], name=f"{n.name}/add"))
+        if bias:
+            new_nodes.append(helper.make_node("Add", [total, bias], [f"{total}_bias"], name=f"{n.name}/add_bias"))
+            total = f"{total}_bias"
+        new_nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []),
+                                          [n.output[0]], name=f"{n.name}/layernorm", axis=-1, epsilon=eps))
+        replaced += 1
+    del g.node[:]
+    g.node.extend(new_nodes)
+    return replaced

@@ -167,6 +167,11 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     passes = []
     if src.pooling == Pooling.CLS and graph.cls_only_last_layer(backbone):
         passes.append("cls_only_last_layer")
+    # the CPU variants (fp32, int8) get SkipLayerNormalization unfused; fp16 (CUDA) keeps it
+    cpu_backbone = onnx.ModelProto()
+    cpu_backbone.CopyFrom(backbone)
+    if graph.unfuse_skip_layernorm(cpu_backbone):
+        passes.append("unfuse_skip_layernorm")
     t = lap("fuse", t)
 
     def embed(model: onnx.ModelProto, tok=probe_tok, provider: str = CPU) -> np.ndarray:
@@ -183,14 +188,14 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
         kept: dict[str, str] = {}
         provider = CPU
         if precision == Precision.FP32:
-            final = head(backbone)
+            final = head(cpu_backbone)
         elif precision == Precision.FP16:
             final = head(variants.to_fp16(backbone))
             provider = CUDA if cuda_available() else CPU  # validate where it will run when we can
         else:
             calib_tok = tokenizer.encode(calibration_texts())
-            calib_ref = embed(head(backbone), calib_tok)
-            result = variants.search_int8(backbone, lambda m, t=calib_tok: embed(head(m), t), calib_ref,
+            calib_ref = embed(head(cpu_backbone), calib_tok)
+            result = variants.search_int8(cpu_backbone, lambda m, t=calib_tok: embed(head(m), t), calib_ref,
                                           bars[precision])
             final, kept = head(result.model), result.kept_fp32
         fid = fidelity(embed(final, provider=provider), reference, bars[precision], max_tokens)
