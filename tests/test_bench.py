@@ -208,3 +208,35 @@ def test_workloads_keep_their_token_ranges(tiny_export: Path) -> None:
     # seeded: the same call gives the same texts, another seed others
     assert build_workloads(["mixed"], DEFAULT_SIZES, 0, tok.count_tokens, 1024)["mixed"] == w["mixed"]
     assert build_workloads(["mixed"], DEFAULT_SIZES, 1, tok.count_tokens, 1024)["mixed"] != w["mixed"]
+
+
+# --- the ceiling analysis (benchmarks/ceiling.py) ----------------------------------------------------
+
+def test_ceiling_model_shape_counts_every_gemm_weight(tiny_export) -> None:
+    from benchmarks.ceiling import model_shape
+
+    for variant in ("fp32", "int8"):  # int8: quantized and kept-fp32 weights alike
+        s = model_shape(tiny_export / f"model{'' if variant == 'fp32' else '.int8'}.onnx")
+        # tiny: 2 layers, hidden 64, 4 heads, FFN 128 → per layer QKV 64×192 + out 64×64 + FFN 2×64×128
+        assert s == {"heads": 4, "hidden": 64, "ffn": 128, "layers": 2, "weight_elems": 2 * 32768}, variant
+
+
+def test_ceiling_bound_arithmetic() -> None:
+    from benchmarks.ceiling import bound
+
+    shape = {"hidden": 768, "ffn": 3072, "layers": 12, "heads": 12, "weight_elems": 84_934_656}
+    rates = {"int8_gemm_tops": 2.0, "attention_gflops": {64: 100.0, 300: 200.0, 1024: 250.0}}
+    prof = {"tokens": 2048 + 1000, "tokens_per_s": 1000, "cls_only_last_layer": False,
+            "_shapes": [(2, 1024), (10, 100)]}
+    b = bound(prof, shape, rates)
+    gemm = 2.0 * 84_934_656 * (2048 + 1000)
+    assert b["t_gemm_s"] == round(gemm / 2e12, 3)
+    # 2×1024 at the 1024 rate; 10×100 at the nearest measured length (64)
+    attn = 4.0 * 2 * 1024**2 * 768 * 12 / 250e9 + 4.0 * 10 * 100**2 * 768 * 12 / 100e9
+    assert b["t_attention_s"] == round(attn, 3)
+    assert b["ceiling_tokens_per_s"] == round(3048 / (gemm / 2e12 + attn))
+    # CLS-only last layer: its attention-output and FFN weights run once per sequence
+    cls = bound({**prof, "cls_only_last_layer": True}, shape, rates)
+    tail = 768 * 768 + 2 * 768 * 3072
+    assert cls["gemm_tera_ops"] == round(2.0 * ((84_934_656 - tail) * 3048 + tail * 12) / 1e12, 3)
+    assert cls["ceiling_tokens_per_s"] > b["ceiling_tokens_per_s"]
