@@ -218,9 +218,13 @@ def inspect(folder: Path, as_json: bool) -> None:
 @click.option("--api-key-env", default=None, metavar="NAME",
               help="Require 'Authorization: Bearer <key>', the key read from environment variable NAME.")
 @click.option("--model-name", default=None, help="Name reported as 'model' (default: the export's source model).")
+@click.option("--spin/--no-spin", default=True, show_default=True,
+              help="Let onnxruntime threads busy-wait between ops: faster on cores the server has to itself; "
+                   "use --no-spin when other busy processes share them.")
 def serve(model_dir: Path, host: str, port: int, variant: str, provider: str, threads: int | None,
           max_batch_tokens: int | None, batch_size: int, max_wait_ms: float, max_queue: int, max_inputs: int,
-          max_chars: int, request_timeout: float, api_key_env: str | None, model_name: str | None) -> None:
+          max_chars: int, request_timeout: float, api_key_env: str | None, model_name: str | None,
+          spin: bool) -> None:
     """Serve the model over HTTP: OpenAI /v1/embeddings, TEI /embed, /health, /ready, /info, /metrics."""
     import os
 
@@ -234,7 +238,7 @@ def serve(model_dir: Path, host: str, port: int, variant: str, provider: str, th
             raise click.UsageError(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
     config = ServerConfig(max_wait_ms=max_wait_ms, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                           max_queue=max_queue, max_inputs=max_inputs, max_chars=max_chars,
-                          request_timeout_s=request_timeout, api_key=api_key, model_name=model_name)
+                          request_timeout_s=request_timeout, api_key=api_key, model_name=model_name, spin=spin)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         click.echo(f"warning: serving on {host} without an API key (see --api-key-env)", err=True)
     run_server(model_dir, config, host=host, port=port, variant=variant, provider=provider, threads=threads)

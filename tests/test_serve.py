@@ -114,6 +114,7 @@ def test_health_ready_info(client: httpx.Client, embedder: Embedder) -> None:
     assert info["dim"] == embedder.dim and info["max_length"] == embedder.max_length
     assert info["variant"] == "fp32" and info["provider"] == embedder.provider
     assert info["limits"]["max_inputs"] == 32 and info["model"] == "model"  # the folder name, never a path
+    assert info["batching"]["spin"] is True  # the default
 
 
 def test_openai_float_matches_encode_and_counts_tokens(client: httpx.Client, embedder: Embedder) -> None:
@@ -352,7 +353,7 @@ def test_cli_serve_sigterm_finishes_queued_work_and_exits_0(tiny_export: Path, e
     # --batch-size 1 runs each input on its own, so six 1024-input requests keep the worker busy
     # long enough for SIGTERM to arrive while some of them still wait in the queue
     cmd = [sys.executable, "-m", "dmeta_embed.cli", "serve", "-m", str(tiny_export), "--port", str(port),
-           "--variant", "fp32", "--batch-size", "1", "--threads", "1", "--max-queue", "8192"]
+           "--variant", "fp32", "--batch-size", "1", "--threads", "1", "--max-queue", "8192", "--no-spin"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=base, timeout=60) as c:
@@ -366,6 +367,7 @@ def test_cli_serve_sigterm_finishes_queued_work_and_exits_0(tiny_export: Path, e
                 except httpx.TransportError:
                     pass
                 time.sleep(0.05)
+            assert c.get("/info").json()["batching"]["spin"] is False  # --no-spin reached the server
             requests = [[f"关机前的第{i}个请求，第{j}句" for j in range(1024)] for i in range(6)]
 
             def call(texts: list[str]) -> tuple[httpx.Response, float]:

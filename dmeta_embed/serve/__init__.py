@@ -53,9 +53,7 @@ def serve(model_dir: str | Path, config: ServerConfig | None = None, *, host: st
     cfg = config or ServerConfig()
     embedder = Embedder.load(model_dir, variant=variant, provider=provider, threads=threads,
                              max_batch_tokens=cfg.max_batch_tokens, batch_size=cfg.batch_size,
-                             # no busy-waiting onnxruntime threads: the event loop shares these CPUs
-                             # (measured on an int8 query: 6.7 → 2.1 ms wall on a busy 2-core machine)
-                             spin=False)
+                             spin=cfg.spin)  # see ServerConfig.spin
     app = create_app(embedder, cfg)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
