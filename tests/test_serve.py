@@ -300,6 +300,35 @@ def test_full_queue_gets_503_and_slow_request_times_out(embedder: Embedder) -> N
         opened.set()
 
 
+def test_disconnected_client_work_is_dropped(embedder: Embedder) -> None:
+    opened, warmup = gate()
+    try:
+        with running(create_app(embedder, ServerConfig(), warmup=warmup)) as base, \
+                httpx.Client(base_url=base, timeout=30) as c, ThreadPoolExecutor(1) as pool:
+            kept = ["留下的请求", "second kept"]
+            first = pool.submit(c.post, "/v1/embeddings", json={"input": kept, "encoding_format": "base64"})
+            end = time.monotonic() + 30
+            while metric(c, "dmeta_embed_queue_depth") < 2:
+                assert time.monotonic() < end
+                time.sleep(0.02)
+            # this client gives up after 0.3 s and closes its connection while its request is queued
+            with httpx.Client(base_url=base, timeout=0.3) as impatient, pytest.raises(httpx.TimeoutException):
+                impatient.post("/embed", json={"inputs": ["放弃的请求", "gone", "gone too"]})
+            while metric(c, "dmeta_embed_requests_abandoned_total") < 1:
+                assert time.monotonic() < end, "the disconnect was not noticed"
+                time.sleep(0.02)
+            assert metric(c, "dmeta_embed_queue_depth") == 2  # its 3 inputs left the queue, the 2 kept stay
+            assert metric(c, 'dmeta_embed_requests_total{endpoint="tei",status="499"}') == 1
+            opened.set()
+            r = first.result()
+            assert r.status_code == 200, r.text
+            got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]])
+            assert cos(got, embedder.encode(kept)).min() >= MIN_COS
+            assert metric(c, "dmeta_embed_inputs_embedded_total") == 2  # the abandoned inputs never ran
+    finally:
+        opened.set()
+
+
 def test_api_key(embedder: Embedder) -> None:
     with running(create_app(embedder, ServerConfig(api_key="s3cret"))) as base, \
             httpx.Client(base_url=base, timeout=30) as c:

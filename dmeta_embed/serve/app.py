@@ -105,8 +105,12 @@ class Service:
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ApiError(400, f"the request body is not valid JSON: {e}") from e
 
-    async def embed(self, req: EmbedRequest, field: str, bad: int) -> tuple[np.ndarray, int]:
-        """Tokenise, queue, wait: the request's vectors (input order) and its token count."""
+    async def embed(self, request: Request, req: EmbedRequest, field: str, bad: int) -> tuple[np.ndarray, int]:
+        """Tokenise, queue, wait: the request's vectors (input order) and its token count.
+
+        A client that disconnects while its request waits gets its work dropped from the queue:
+        under overload, clients time out and retry, and serving the abandoned copies first is
+        how a busy server tips into serving nobody."""
         texts = req.texts
         tokenizer = self.embedder.tokenizer
         try:
@@ -125,11 +129,22 @@ class Service:
             future = self.batcher.submit(tok)
         except Overloaded as e:
             raise ApiError(503, f"{e}; retry later", retry_after=1, code="overloaded") from e
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            vectors = await asyncio.wait_for(future, self.cfg.request_timeout_s)
-        except asyncio.TimeoutError as e:
+            done, _ = await asyncio.wait({future, gone}, timeout=self.cfg.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if future not in done:
+            future.cancel()  # frees its place in the queue; a batch already running just discards it
+            if gone in done:
+                self.metrics.abandoned.inc()
+                raise ApiError(499, "the client closed the connection before its vectors were ready",
+                               code="client_closed")
             raise ApiError(503, f"the request was not served within request_timeout_s="
-                           f"{self.cfg.request_timeout_s}", retry_after=1, code="timeout") from e
+                           f"{self.cfg.request_timeout_s}", retry_after=1, code="timeout")
+        try:
+            vectors = future.result()
         except Overloaded as e:
             raise ApiError(503, f"{e}; retry later", retry_after=1, code="overloaded") from e
         return vectors, int(tok.lengths.sum())
@@ -138,7 +153,7 @@ class Service:
 
     async def openai_embeddings(self, request: Request) -> Response:
         req = parse_openai(await self.read_json(request), self.cfg, self.embedder.dim)
-        vectors, tokens = await self.embed(req, "input", 400)
+        vectors, tokens = await self.embed(request, req, "input", 400)
         if req.encoding_format == "base64":
             rows: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:
@@ -155,7 +170,7 @@ class Service:
         if req.normalize is False and normalized_export:
             raise ApiError(422, "'normalize': false is not available: this model was exported with "
                            "normalisation inside the graph (re-export with --no-normalize)", param="normalize")
-        vectors, _ = await self.embed(req, "inputs", 422)
+        vectors, _ = await self.embed(request, req, "inputs", 422)
         if req.normalize and not normalized_export:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return await self._big_json(vectors.tolist(), vectors.size)
@@ -191,6 +206,17 @@ class Service:
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the client has disconnected. The body is already read, so the server's next
+    ASGI message for this request can only be ``http.disconnect``."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        if not message.get("more_body"):  # an ASGI server that repeats empty bodies: do not spin
+            await asyncio.sleep(0.05)
 
 
 def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei: bool = False) -> Handler:

@@ -31,6 +31,9 @@ class Metrics:
         self.queue_depth = Gauge("dmeta_embed_queue_depth", "Inputs waiting for the inference worker", registry=r)
         self.tokens = Counter("dmeta_embed_tokens_embedded", "Tokens embedded (after truncation)", registry=r)
         self.inputs = Counter("dmeta_embed_inputs_embedded", "Texts embedded", registry=r)
+        self.abandoned = Counter("dmeta_embed_requests_abandoned",
+                                 "Requests whose client went away before their vectors were ready "
+                                 "(their queued work is dropped)", registry=r)
         self.ready = Gauge("dmeta_embed_ready", "1 once the model is loaded and warmed up", registry=r)
 
     def render(self) -> bytes:
