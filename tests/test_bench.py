@@ -218,7 +218,9 @@ def test_ceiling_model_shape_counts_every_gemm_weight(tiny_export) -> None:
     for variant in ("fp32", "int8"):  # int8: quantized and kept-fp32 weights alike
         s = model_shape(tiny_export / f"model{'' if variant == 'fp32' else '.int8'}.onnx")
         # tiny: 2 layers, hidden 64, 4 heads, FFN 128 → per layer QKV 64×192 + out 64×64 + FFN 2×64×128
-        assert s == {"heads": 4, "hidden": 64, "ffn": 128, "layers": 2, "weight_elems": 2 * 32768}, variant
+        assert {k: s[k] for k in ("heads", "hidden", "ffn", "layers", "weight_elems")} == \
+            {"heads": 4, "hidden": 64, "ffn": 128, "layers": 2, "weight_elems": 2 * 32768}, variant
+        assert s["gelu"] == 2 and s["layernorm"] == 4 and s["kernels"] > 20, variant
 
 
 def test_ceiling_bound_arithmetic() -> None:
@@ -240,3 +242,11 @@ def test_ceiling_bound_arithmetic() -> None:
     tail = 768 * 768 + 2 * 768 * 3072
     assert cls["gemm_tera_ops"] == round(2.0 * ((84_934_656 - tail) * 3048 + tail * 12) / 1e12, 3)
     assert cls["ceiling_tokens_per_s"] > b["ceiling_tokens_per_s"]
+    # element-wise work at its kernel rates: 12 GELUs over 3072, 24 LayerNorms and 48 Adds over 768
+    full = {**shape, "gelu": 12, "layernorm": 24, "add": 48, "kernels": 300}
+    rates_e = {**rates, "elementwise_gelem_per_s": {"BiasGelu": 2.0, "LayerNormalization": 4.0, "Add": 8.0}}
+    e = bound(prof, full, rates_e)
+    elem = 3048 * (12 * 3072 / 2e9 + 24 * 768 / 4e9 + 48 * 768 / 8e9)
+    assert e["t_elementwise_s"] == round(elem, 3)
+    assert e["ceiling_with_elementwise_tokens_per_s"] == round(3048 / (gemm / 2e12 + attn + elem))
+    assert "t_elementwise_s" not in b  # only when the shape and the rates carry the counts
