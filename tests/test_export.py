@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 
 from dmeta_embed.export.reference import cosines, torch_embeddings
 from dmeta_embed.manifest import BARS, OUTPUT_NAME, Manifest, Pooling, Precision, sha256_file
@@ -66,6 +67,27 @@ def test_cpu_variants_have_skip_layernorm_unfused(tiny_export):
         assert "Softmax" not in ops, name  # attention stays fused
     assert m.variants["fp32"].ops["Attention"] == 2
     # parity of these files with torch is asserted by test_parity_with_torch_through_onnxruntime
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_runtime_keeps_skip_layernorm_unfused(tiny_export, tmp_path, variant):
+    """onnxruntime must not fuse the slow SkipLayerNormalization back at load (graph as it runs)."""
+    import collections
+
+    import onnxruntime as ort
+
+    from dmeta_embed.runtime.session import CPU_DISABLED_OPTIMIZERS, session_options
+
+    def optimized_ops(disabled):
+        so = session_options(1)
+        so.optimized_model_filepath = str(tmp_path / f"{variant}-{bool(disabled)}.onnx")
+        ort.InferenceSession(str(tiny_export / Manifest.load(tiny_export).variants[variant].file), so,
+                             providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+    for disabled in (CPU_DISABLED_OPTIMIZERS, None):  # the runtime's sessions, and plain ones
+        ops = optimized_ops(disabled)
+        assert "SkipLayerNormalization" not in ops and ops["LayerNormalization"] == 4, disabled
 
 
 def test_cls_pooling_computes_last_layer_for_token_zero_only(tiny_export):

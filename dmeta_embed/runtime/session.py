@@ -69,6 +69,11 @@ def session_options(threads: int | None, spin: bool = True) -> ort.SessionOption
     return so
 
 
+#: onnxruntime 1.32's SkipLayerNormalization CPU kernel is ~9x slower than Add + LayerNormalization;
+#: the export unfuses it for the CPU variants, and this keeps onnxruntime from fusing it back
+CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
 class Runner:
     """One inference session over an embedding graph: (input_ids, attention_mask) → [B, dim]."""
 
@@ -86,7 +91,8 @@ class Runner:
         else:
             providers = [CPU]
         model_arg = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(model_arg, sess_options=so, providers=providers)
+        self.session = ort.InferenceSession(model_arg, sess_options=so, providers=providers,
+                                            disabled_optimizers=CPU_DISABLED_OPTIMIZERS if provider == CPU else None)
         if provider == CUDA and self.session.get_providers()[0] != CUDA:
             # onnxruntime-gpu silently falls back to CPU when CUDA/cuDNN libraries are missing
             raise ProviderError(
