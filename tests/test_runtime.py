@@ -65,6 +65,9 @@ def test_order_and_batch_size_invariance(fp32, int8):
         # the same text alone equals the same text inside a padded batch
         alone = np.stack([model.encode([texts[i]])[0] for i in range(5)])
         assert cosines(alone, base[:5]).min() >= bar
+    # batch_size=1 makes int8 independent of batch-mates: bit-identical to each text alone
+    np.testing.assert_array_equal(int8.encode(texts[:5], batch_size=1),
+                                  np.stack([int8.encode([t])[0] for t in texts[:5]]))
 
 
 def test_outputs_are_distinct_per_text(fp32):
