@@ -168,6 +168,7 @@ def summary(folder: Path) -> str:
            f"type      {src.get('model_type')}  dim {m.dim}  max_length {m.max_length}",
            f"pooling   {m.pooling.value} (from {src.get('pooling_from')})  normalize {m.normalize}",
            "fusion    " + ", ".join(f"{k} {v}" for k, v in m.export.get("fusion", {}).items()),
+           "passes    " + (", ".join(m.export.get("graph_passes") or []) or "none"),
            f"exported  {m.export.get('created')} in {m.export.get('wall_seconds')} s, opset {m.export.get('opset')}",
            "",
            f"{'variant':8} {'file':18} {'size MB':>8} {'min cos':>10} {'mean cos':>10} {'bar (min/mean)':>16}  ok  fp32 kept"]
