@@ -1,4 +1,5 @@
-"""Command line: export, encode, similarity, inspect (bench and serve live in their own modules).
+"""Command line: export, encode, similarity, inspect, serve, bench (the last two are thin wrappers:
+the server lives in ``dmeta_embed.serve``, the benchmark in the repository's ``benchmarks``).
 
 Heavy imports happen inside commands so ``dmeta-embed --help`` stays fast. Library errors
 (:class:`DmetaEmbedError`) become one clean ``Error:`` line and exit status 1.
@@ -14,6 +15,7 @@ from pathlib import Path
 import click
 
 from .errors import DmetaEmbedError
+from .serve.config import ServerConfig  # a plain dataclass: imports nothing of the server stack
 
 MODEL_ENV = "DMETA_EMBED_MODEL"
 model_option = click.option("--model", "-m", "model_dir", envvar=MODEL_ENV, required=True,
@@ -194,6 +196,12 @@ def inspect(folder: Path, as_json: bool) -> None:
         click.echo(summary(folder))
 
 
+def server_option(flag: str, field: str, text: str, kind: click.ParamType | None = None):  # type: ignore[no-untyped-def]
+    """An option for one ``ServerConfig`` field, with the dataclass's default (one source of truth)."""
+    return click.option(flag, field, type=kind or click.IntRange(min=1), default=getattr(ServerConfig(), field),
+                        show_default=True, help=text)
+
+
 @cli.command()
 @model_option
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="DMETA_EMBED_HOST",
@@ -204,18 +212,14 @@ def inspect(folder: Path, as_json: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads (default: CPUs available).")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
               help="Padded tokens per inference batch (default: the runtime's for the provider).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Inputs per inference batch; 1 turns dynamic batching off.")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="How long a request may wait for others to share its batch.")
-@click.option("--max-queue", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Inputs allowed to wait; beyond it requests get 503 with Retry-After.")
-@click.option("--max-inputs", type=click.IntRange(min=1), default=2048, show_default=True,
-              help="Inputs allowed in one request.")
-@click.option("--max-chars", type=click.IntRange(min=1), default=16384, show_default=True,
-              help="Characters allowed in one input.")
-@click.option("--request-timeout", type=click.FloatRange(min=0.001), default=30.0, show_default=True,
-              help="Seconds a request may wait in the queue and inference before it gets 503.")
+@server_option("--batch-size", "batch_size", "Inputs per inference batch; 1 turns dynamic batching off.")
+@server_option("--max-wait-ms", "max_wait_ms", "How long a request may wait for others to share its batch.",
+               click.FloatRange(min=0))
+@server_option("--max-queue", "max_queue", "Inputs allowed to wait; beyond it requests get 503 with Retry-After.")
+@server_option("--max-inputs", "max_inputs", "Inputs allowed in one request.")
+@server_option("--max-chars", "max_chars", "Characters allowed in one input.")
+@server_option("--request-timeout", "request_timeout_s",
+               "Seconds a request may wait in the queue and inference before it gets 503.", click.FloatRange(min=0.001))
 @click.option("--api-key-env", default=None, metavar="NAME",
               help="Require 'Authorization: Bearer <key>', the key read from environment variable NAME.")
 @click.option("--model-name", default=None, help="Name reported as 'model' (default: the export's source model).")
@@ -224,12 +228,11 @@ def inspect(folder: Path, as_json: bool) -> None:
                    "use --no-spin when other busy processes share them.")
 def serve(model_dir: Path, host: str, port: int, variant: str, provider: str, threads: int | None,
           max_batch_tokens: int | None, batch_size: int, max_wait_ms: float, max_queue: int, max_inputs: int,
-          max_chars: int, request_timeout: float, api_key_env: str | None, model_name: str | None,
+          max_chars: int, request_timeout_s: float, api_key_env: str | None, model_name: str | None,
           spin: bool) -> None:
     """Serve the model over HTTP: OpenAI /v1/embeddings, TEI /embed, /health, /ready, /info, /metrics."""
     import os
 
-    from .serve import ServerConfig
     from .serve import serve as run_server
 
     api_key = None
@@ -239,7 +242,7 @@ def serve(model_dir: Path, host: str, port: int, variant: str, provider: str, th
             raise click.UsageError(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
     config = ServerConfig(max_wait_ms=max_wait_ms, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                           max_queue=max_queue, max_inputs=max_inputs, max_chars=max_chars,
-                          request_timeout_s=request_timeout, api_key=api_key, model_name=model_name, spin=spin)
+                          request_timeout_s=request_timeout_s, api_key=api_key, model_name=model_name, spin=spin)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         click.echo(f"warning: serving on {host} without an API key (see --api-key-env)", err=True)
     run_server(model_dir, config, host=host, port=port, variant=variant, provider=provider, threads=threads)
