@@ -82,10 +82,6 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self.ready = False
 
-    @property
-    def queued(self) -> int:
-        return self._queued
-
     def start(self, warmup: Callable[[Embedder], None] = warm_up) -> None:
         """Warm up on the worker thread, then take jobs; jobs submitted meanwhile wait in the queue."""
         self._wake = asyncio.Event()
