@@ -30,22 +30,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _session(model: Any, threads: int, profile: str | None = None):  # type: ignore[no-untyped-def]
+def _session(model: Any, threads: int, *, profile: str | None = None, save_optimized: str | None = None):  # type: ignore[no-untyped-def]
+    """A CPU session with the runtime's options (``session_options``, SkipLayerNormFusion off: a
+    kernel microbench may test that op itself); ``profile``: a profile file prefix,
+    ``save_optimized``: where to write the graph as onnxruntime runs it."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.enable_mem_pattern = False
+    from dmeta_embed.runtime.session import CPU, CPU_DISABLED_OPTIMIZERS, session_options
+
+    so = session_options(threads)
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile
-    from dmeta_embed.runtime.session import CPU_DISABLED_OPTIMIZERS
-
+    if save_optimized:
+        so.optimized_model_filepath = save_optimized
     data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
-    # as the runtime's sessions: SkipLayerNormFusion off (a kernel microbench may test that op itself)
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
+    return ort.InferenceSession(data, so, providers=[CPU], disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
 
 
 def _time(sess, feeds: dict[str, np.ndarray], budget_s: float = 0.6) -> float:  # type: ignore[no-untyped-def]
@@ -171,7 +171,7 @@ def model_shape(path: Path) -> dict[str, int]:
             "layernorm": ops["LayerNormalization"] + ops["SkipLayerNormalization"], "add": ops["Add"]}
 
 
-def profile(export_dir: Path, variant: str, workload: str, threads: int, n: int | None) -> dict[str, Any]:
+def profile(export_dir: Path, variant: str, workload: str, threads: int) -> dict[str, Any]:
     """Per-op-type time of ``variant`` over ``workload``, batched as the runtime batches it."""
     from dmeta_embed.manifest import Manifest
     from dmeta_embed.runtime.batching import pad, plan_batches
@@ -182,7 +182,7 @@ def profile(export_dir: Path, variant: str, workload: str, threads: int, n: int 
 
     manifest = Manifest.load(export_dir)
     path = export_dir / manifest.variants[variant].file
-    tok = TextTokenizer(export_dir / "tokenizer.json", manifest.max_length).encode(make_workload(workload, n))
+    tok = TextTokenizer(export_dir / manifest.tokenizer.file, manifest.max_length).encode(make_workload(workload))
     budget = DEFAULT_BATCH_TOKENS[CPU]
     batches = [pad(tok.ids, idx, manifest.tokenizer.pad_token_id)
                for idx in plan_batches(tok.lengths, budget, DEFAULT_BATCH_SIZE)]
@@ -252,22 +252,14 @@ def bound(prof: dict[str, Any], shape: dict[str, int], rates: dict[str, Any]) ->
     return out
 
 
-def query_floor(path: Path, shape: dict[str, int], rates: dict[str, Any], threads: int) -> dict[str, Any]:
+def query_floor(path: Path, rates: dict[str, Any], threads: int) -> dict[str, Any]:
     """A 16-token query must stream every weight once and make every kernel call."""
     import onnx
 
-    from dmeta_embed.runtime.session import CPU_DISABLED_OPTIMIZERS
-
     with tempfile.TemporaryDirectory() as tmp:  # count the kernels of the graph as onnxruntime runs it
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        so.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
-        kernels = len(onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node)
+        optimized = os.path.join(tmp, "opt.onnx")
+        _session(str(path), threads, save_optimized=optimized)
+        kernels = len(onnx.load(optimized, load_external_data=False).graph.node)
     sess = _session(str(path), threads)
     ids = np.full((1, 16), 1000, np.int64)
     ids[0, 0] = 101
@@ -327,15 +319,16 @@ def main(argv: list[str] | None = None) -> None:
 
     threads = available_cpus()
     manifest = Manifest.load(args.model)
-    shape = model_shape(args.model / manifest.variants[args.variant].file)
+    path = args.model / manifest.variants[args.variant].file
+    shape = model_shape(path)
     rates = kernel_rates(threads, shape["hidden"], shape["heads"], shape["ffn"], shape["weight_elems"])
     profiles, bounds = {}, {}
     for w in args.workloads.split(","):
-        prof = profile(args.model, args.variant, w, threads, None)
+        prof = profile(args.model, args.variant, w, threads)
         bounds[w] = bound(prof, shape, rates)
         prof.pop("_shapes")
         profiles[w] = prof
-    res_query = query_floor(args.model / manifest.variants[args.variant].file, shape, rates, threads)
+    res_query = query_floor(path, rates, threads)
     info = machine_info()
     res = {"model": str(args.model), "variant": args.variant, "shape": shape,
            "machine": f"{info['cpu_model']} ({', '.join(info['flags'])}) · {threads} threads · "
