@@ -129,9 +129,13 @@ class Service:
             raise ApiError(413, f"'{field}[{i}]' is longer than max_length={self.embedder.max_length} tokens; "
                            "send \"truncate\": true to cut it", param=f"{field}[{i}]", code="max_length")
         try:
-            future = self.batcher.submit(tok)
-        except Overloaded as e:
+            vectors = await self._wait(request, self.batcher.submit(tok))
+        except Overloaded as e:  # refused at submit, or the server stopped before the request ran
             raise ApiError(503, f"{e}; retry later", retry_after=1, code="overloaded") from e
+        return vectors, int(tok.lengths.sum())
+
+    async def _wait(self, request: Request, future: asyncio.Future[np.ndarray]) -> np.ndarray:
+        """The future's vectors, or 503 after request_timeout_s, or 499 once the client has left."""
         timeout = self.cfg.request_timeout_s
         done, _ = await asyncio.wait({future}, timeout=min(WATCH_AFTER_S, timeout))
         gone: asyncio.Future[None] | None = None
@@ -148,13 +152,9 @@ class Service:
                 self.metrics.abandoned.inc()
                 raise ApiError(499, "the client closed the connection before its vectors were ready",
                                code="client_closed")
-            raise ApiError(503, f"the request was not served within request_timeout_s="
-                           f"{self.cfg.request_timeout_s}", retry_after=1, code="timeout")
-        try:
-            vectors = future.result()
-        except Overloaded as e:
-            raise ApiError(503, f"{e}; retry later", retry_after=1, code="overloaded") from e
-        return vectors, int(tok.lengths.sum())
+            raise ApiError(503, f"the request was not served within request_timeout_s={timeout}",
+                           retry_after=1, code="timeout")
+        return future.result()
 
     # -- routes -------------------------------------------------------------------------------------
 
