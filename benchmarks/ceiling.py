@@ -70,6 +70,18 @@ def _graph(nodes, inputs, inits):  # type: ignore[no-untyped-def]
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
 
+def _int8_matmul(rng: np.random.Generator, k: int, n: int):  # type: ignore[no-untyped-def]
+    """``x [M, k]`` times random int8 weights ``[k, n]``, ``x`` quantized on the fly (as our int8 files)."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    w = rng.integers(-127, 127, size=(k, n)).astype(np.int8)
+    return _graph([helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s", "z"], ["y"], domain="com.microsoft")],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+                  [nh.from_array(w, "w"), nh.from_array(np.full(n, 0.01, np.float32), "s"),
+                   nh.from_array(np.zeros(n, np.int8), "z")])
+
+
 def kernel_rates(threads: int, hidden: int, heads: int, ffn: int, weight_elems: int) -> dict[str, Any]:
     """Measured rates of the kernels the int8 variant is made of, at its shapes."""
     from onnx import TensorProto as T
@@ -81,11 +93,7 @@ def kernel_rates(threads: int, hidden: int, heads: int, ffn: int, weight_elems: 
     out: dict[str, Any] = {"threads": threads}
     m_rows = 1024
 
-    w8 = rng.integers(-127, 127, size=(hidden, ffn)).astype(np.int8)
-    dq = _graph([helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s", "z"], ["y"], domain="com.microsoft")],
-                [vi("x", T.FLOAT, ["M", hidden])],
-                [nh.from_array(w8, "w"), nh.from_array(np.full(ffn, 0.01, np.float32), "s"),
-                 nh.from_array(np.zeros(ffn, np.int8), "z")])
+    dq = _int8_matmul(rng, hidden, ffn)
     x = rng.normal(size=(m_rows, hidden)).astype(np.float32)
     dt = _time(_session(dq, threads), {"x": x})
     out["int8_gemm_tops"] = round(2 * m_rows * hidden * ffn / dt / 1e12, 3)
@@ -97,10 +105,7 @@ def kernel_rates(threads: int, hidden: int, heads: int, ffn: int, weight_elems: 
 
     # every int8 weight of the model streamed once with 16 rows: the floor of a 16-token query
     n = max(1, weight_elems // hidden)
-    ws = _graph([helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s", "z"], ["y"], domain="com.microsoft")],
-                [vi("x", T.FLOAT, ["M", hidden])],
-                [nh.from_array(rng.integers(-127, 127, size=(hidden, n)).astype(np.int8), "w"),
-                 nh.from_array(np.full(n, 0.01, np.float32), "s"), nh.from_array(np.zeros(n, np.int8), "z")])
+    ws = _int8_matmul(rng, hidden, n)
     dt = _time(_session(ws, threads), {"x": rng.normal(size=(16, hidden)).astype(np.float32)})
     out["weight_stream_16_rows"] = {"ms": round(dt * 1e3, 3), "weight_mb": round(hidden * n / 1e6, 1),
                                     "gb_per_s": round(hidden * n / dt / 1e9, 1)}
