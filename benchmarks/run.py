@@ -196,11 +196,6 @@ def _git_state() -> dict[str, Any]:
     return {"git_commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-def _stem(key: str) -> str:
-    """A system key as a file name stem (the worker names embedding files the same way)."""
-    return key.replace(":", "_").replace("/", "_")
-
-
 def _share(gops: float, precision: str, peaks: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "fp32" in peaks:
@@ -288,7 +283,7 @@ def run_benchmark(
                 continue
             raw = row.pop("_workloads")
             for w in workloads:
-                emb = np.load(emb_dir / f"{_stem(system.key)}.{w}.npy")
+                emb = np.load(emb_dir / f"{system.stem}.{w}.npy")
                 results.append(_result_row(system, w, raw[w], row, stats[w], emb, reference[w], peaks))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -366,7 +361,7 @@ def _run_system(system: System, ctx: Context, base_job: dict[str, Any], spawn: R
         log(f"{system.key}: skipped (not installed: {', '.join(missing)})")
         return {**row, "status": "skipped",
                 "reason": f"not installed: {', '.join(missing)} (pip install 'dmeta-embed[bench]')"}
-    stem = _stem(system.key)
+    stem = system.stem
     job = {**base_job, "system": system.to_dict()}
     try:
         cls = type(make_adapter(system, ctx))

@@ -46,6 +46,11 @@ class System:
     def from_dict(cls, d: dict[str, Any]) -> System:
         return cls(**{**d, "requires": tuple(d.get("requires", ()))})
 
+    @property
+    def stem(self) -> str:
+        """The key as a file name stem: the worker saves embeddings under it, the parent reads them."""
+        return self.key.replace(":", "_").replace("/", "_")
+
     def missing(self) -> list[str]:
         """Required modules that cannot be imported here."""
         out = []

@@ -35,7 +35,7 @@ def _reference(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _measure(job: dict[str, Any], adapter: Any) -> dict[str, Any]:
+def _measure(job: dict[str, Any], stem: str, adapter: Any) -> dict[str, Any]:
     from .harness import measure_workload, peak_rss_mb, rss_mb
 
     t = time.perf_counter()
@@ -47,7 +47,6 @@ def _measure(job: dict[str, Any], adapter: Any) -> dict[str, Any]:
                            "rss_after_load_mb": rss_mb(), "dim": int(first.shape[-1]), "info": adapter.info,
                            "workloads": {}}
     for name, texts in job["workloads"].items():
-        stem = job["system"]["key"].replace(":", "_").replace("/", "_")  # = run._stem
         out["workloads"][name] = measure_workload(
             adapter.encode, texts, int(job["context"]["dim"]), job["repeats"], job["latency_calls"],
             save_to=Path(job["emb_dir"]) / f"{stem}.{name}.npy", latency_offset=job.get("latency_offset", 0))
@@ -68,7 +67,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             t = time.perf_counter()
             info = adapter.prepare()
             return {"status": "ok", "prepare_s": round(time.perf_counter() - t, 2), "info": info}
-        return {"status": "ok", **_measure(job, adapter)}
+        return {"status": "ok", **_measure(job, system.stem, adapter)}
     except Unavailable as e:
         return {"status": "skipped", "reason": str(e)}
     except ImportError as e:
