@@ -26,7 +26,7 @@ import numpy as np
 from . import metrics
 from .harness import percentiles
 from .machine import load_snapshot, machine_info
-from .systems import Context, System, make_adapter, our_systems, peer_systems
+from .systems import INSTALL_HINT, Context, System, adapter_class, our_systems, peer_systems
 
 SCHEMA_VERSION = 1
 WORKLOADS = ("query", "passage", "long", "mixed")
@@ -360,12 +360,11 @@ def _run_system(system: System, ctx: Context, base_job: dict[str, Any], spawn: R
     if missing:
         log(f"{system.key}: skipped (not installed: {', '.join(missing)})")
         return {**row, "status": "skipped",
-                "reason": f"not installed: {', '.join(missing)} (pip install 'dmeta-embed[bench]')"}
+                "reason": f"not installed: {', '.join(missing)} ({INSTALL_HINT})"}
     stem = system.stem
     job = {**base_job, "system": system.to_dict()}
     try:
-        cls = type(make_adapter(system, ctx))
-        prepared = cls.is_prepared(ctx, **system.options)
+        prepared = adapter_class(system).is_prepared(ctx, **system.options)
     except Exception as e:  # an adapter that cannot even be built: report, do not crash
         return {**row, "status": "failed", "error": f"{type(e).__name__}: {e}"}
     record = ctx.cache_dir / "prepared.json"
@@ -423,14 +422,14 @@ def summarize(results: list[dict[str, Any]], workloads: Sequence[str]) -> dict[s
         rows = [r for r in results if r["workload"] == w]
         ours = [r for r in rows if r["ours"]]
         peers = [r for r in rows if not r["ours"]]
+        bo = max(ours, key=lambda r: r["tokens_per_s"]) if ours else None
+        bp = max(peers, key=lambda r: r["tokens_per_s"]) if peers else None
         s: dict[str, Any] = {}
-        if ours:
-            s["best_ours"] = max(ours, key=lambda r: r["tokens_per_s"])["system"]
-        if peers:
-            s["best_peer"] = max(peers, key=lambda r: r["tokens_per_s"])["system"]
-        if ours and peers:
-            bo = max(ours, key=lambda r: r["tokens_per_s"])
-            bp = max(peers, key=lambda r: r["tokens_per_s"])
+        if bo:
+            s["best_ours"] = bo["system"]
+        if bp:
+            s["best_peer"] = bp["system"]
+        if bo and bp:
             s["throughput_ratio"] = round(bo["tokens_per_s"] / bp["tokens_per_s"], 3)
             lo = [r for r in ours if r["latency_ms"]]
             lp = [r for r in peers if r["latency_ms"]]

@@ -109,10 +109,14 @@ class Adapter:
         raise NotImplementedError
 
 
-def make_adapter(system: System, ctx: Context) -> Adapter:
+def adapter_class(system: System) -> type[Adapter]:
+    """The class ``system.adapter`` ("module:Class") names, its module imported."""
     module, _, cls_name = system.adapter.partition(":")
-    cls = getattr(importlib.import_module(module), cls_name)
-    return cls(ctx, **system.options)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), cls_name)  # type: ignore[no-any-return]
+
+
+def make_adapter(system: System, ctx: Context) -> Adapter:
+    return adapter_class(system)(ctx, **system.options)
 
 
 # --- the catalogue ----------------------------------------------------------------------------------
