@@ -162,7 +162,9 @@ class Service:
         req = parse_openai(await self.read_json(request), self.cfg, self.embedder.dim)
         vectors, tokens = await self.embed(request, req, "input", 400)
         if req.encoding_format == "base64":
-            rows: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+            # float32 already; astype only byte-swaps on a big-endian host (once, not per row)
+            little = vectors.astype("<f4", copy=False)
+            rows: list[Any] = [base64.b64encode(v.tobytes()).decode("ascii") for v in little]
         else:
             rows = vectors.tolist()
         body = {"object": "list",
