@@ -17,9 +17,14 @@ from .systems import Adapter, Context, Unavailable
 
 # --- helpers shared by the hand-written peer loops ------------------------------------------------
 
+def longest_first(texts: list[str]) -> list[int]:
+    """Indices of ``texts`` by character length, longest first (ties keep input order)."""
+    return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+
+
 def length_sorted_batches(texts: list[str], batch_size: int) -> list[list[int]]:
     """Indices in batches of similar length, longest first (what sentence-transformers does)."""
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    order = longest_first(texts)
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
@@ -93,6 +98,8 @@ class TorchHF(Adapter):
 ST_ONNX_DIR, ST_OV_DIR = "st-onnx", "st-openvino"
 ST_ONNX_FILES = {"O3": "onnx/model_O3.onnx", "qint8": "onnx/model_qint8_avx512_vnni.onnx"}
 ST_OV_QINT8 = "openvino/openvino_model_qint8_quantized.xml"
+#: what loading an HF folder with backend=onnx/openvino exports (and save_pretrained keeps)
+ST_BASE_FILES = {"onnx": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
 
 
 class SentenceTransformers(Adapter):
@@ -120,7 +127,7 @@ class SentenceTransformers(Adapter):
         backend = options.get("backend", "torch")
         if backend == "torch":
             return True
-        base = "onnx/model.onnx" if backend == "onnx" else "openvino/openvino_model.xml"
+        base = ST_BASE_FILES[backend]
         return all((a._folder() / f).is_file() for f in (base, a._file() or base))
 
     def _st(self, folder: Path, **kw: Any):  # type: ignore[no-untyped-def]
@@ -136,8 +143,7 @@ class SentenceTransformers(Adapter):
             return {}
         folder = self._folder()
         done: dict[str, Any] = {}
-        if not (folder / ("onnx/model.onnx" if backend == "onnx" else "openvino/openvino_model.xml")).is_file():
-            # loading an HF folder with backend=onnx/openvino exports it; save_pretrained keeps it
+        if not (folder / ST_BASE_FILES[backend]).is_file():
             self._st(self.ctx.source_dir, backend=backend).save_pretrained(str(folder))
             done["exported"] = backend
         if export is None or (folder / self._file()).is_file():  # type: ignore[operator]
@@ -273,8 +279,12 @@ class FastEmbed(Adapter):
 
     FOLDER = "fastembed"
 
+    @property
+    def variant(self) -> str:
+        return str(self.options.get("variant", "fp32"))
+
     def _folder(self) -> Path:
-        return self.ctx.cache_dir / f"{self.FOLDER}-{self.options.get('variant', 'fp32')}"
+        return self.ctx.cache_dir / f"{self.FOLDER}-{self.variant}"
 
     @classmethod
     def is_prepared(cls, ctx: Context, **options: Any) -> bool:
@@ -285,9 +295,9 @@ class FastEmbed(Adapter):
 
         folder = self._folder()
         folder.mkdir(parents=True, exist_ok=True)
-        spec = Manifest.load(self.ctx.export_dir).variants[self.options.get("variant", "fp32")]
-        for name, src in (("model.onnx", self.ctx.export_dir / spec.file),
-                          ("tokenizer.json", self.ctx.export_dir / "tokenizer.json")):
+        manifest = Manifest.load(self.ctx.export_dir)
+        for name, src in (("model.onnx", self.ctx.export_dir / manifest.variants[self.variant].file),
+                          ("tokenizer.json", self.ctx.export_dir / manifest.tokenizer.file)):
             link = folder / name
             if link.is_symlink() or link.exists():
                 link.unlink()
@@ -306,7 +316,7 @@ class FastEmbed(Adapter):
         from fastembed import TextEmbedding
         from fastembed.common.model_description import ModelSource, PoolingType
 
-        name = f"local/dmeta-embed-{self.options.get('variant', 'fp32')}"
+        name = f"local/dmeta-embed-{self.variant}"
         try:
             TextEmbedding.add_custom_model(model=name, pooling=PoolingType.DISABLED, normalization=False,
                                            sources=ModelSource(hf=name), dim=self.ctx.dim, model_file="model.onnx")
@@ -317,7 +327,7 @@ class FastEmbed(Adapter):
         self.info = {"presorted_by_harness": True}
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        order = longest_first(texts)
         emb = np.stack(list(self.model.embed([texts[i] for i in order], batch_size=self.ctx.batch_size)))
         out = np.empty_like(emb, dtype=np.float32)
         out[order] = emb
