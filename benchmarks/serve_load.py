@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import cosines
 from .serve_client import Connection, cpu_seconds, rss_bytes
 
 RESULTS = Path(__file__).parent / "results"
@@ -297,7 +298,7 @@ def check_soak(args: argparse.Namespace, plan: list[dict[str, Any]], replies: li
         if got.shape != want.shape:
             wrong += 1
             continue
-        c = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+        c = cosines(got, want)
         worst = min(worst, float(c.min()))
         wrong += bool(c.min() < args.min_cos)
     warm_at = len(plan) // 10
