@@ -232,6 +232,9 @@ def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei
     """Wrap a route: API key, error rendering (OpenAI or TEI shape), latency and status metrics."""
     m = svc.metrics
 
+    def render(e: ApiError) -> Response:
+        return json_response(e.tei_body() if tei else e.openai_body(), e.status, e.headers())
+
     async def endpoint(request: Request) -> Response:
         start = time.perf_counter()
         m.in_progress.inc()
@@ -240,11 +243,10 @@ def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei
                 svc.check_auth(request)
             response = await handler(request)
         except ApiError as e:
-            response = json_response(e.tei_body() if tei else e.openai_body(), e.status, e.headers())
+            response = render(e)
         except Exception:  # a bug must cost one request a 500, never the process
             log.exception("unhandled error in %s", name)
-            err = ApiError(500, "internal server error (see the server log)")
-            response = json_response(err.tei_body() if tei else err.openai_body(), 500)
+            response = render(ApiError(500, "internal server error (see the server log)"))
         finally:
             m.in_progress.dec()
         m.requests.labels(name, str(response.status_code)).inc()
