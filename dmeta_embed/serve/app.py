@@ -85,16 +85,15 @@ class Service:
 
     async def read_json(self, request: Request) -> Any:
         limit = self.cfg.max_body_bytes
-        too_big = ApiError(413, f"the request body is larger than max_body_bytes={limit}", code="max_body_bytes")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise too_big
+            raise _too_big(limit)
         chunks, size = [], 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise too_big
+                    raise _too_big(limit)
                 chunks.append(chunk)
         except ClientDisconnect as e:  # nobody will read the answer; no traceback in the log
             raise ApiError(400, "the client disconnected before sending the whole body") from e
@@ -215,6 +214,11 @@ class Service:
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+
+def _too_big(limit: int) -> ApiError:
+    """Built only when raised: most requests are within the limit."""
+    return ApiError(413, f"the request body is larger than max_body_bytes={limit}", code="max_body_bytes")
 
 
 async def _client_gone(request: Request) -> None:
