@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import cosines
-from .serve_client import Connection, cpu_seconds, rss_bytes
+from .serve_client import Connection, cpu_seconds, json_body, rss_bytes
 
 RESULTS = Path(__file__).parent / "results"
 HOST = "127.0.0.1"
@@ -102,11 +102,11 @@ def percentile(values: list[float], q: float) -> float:
 async def run_level(server: Server, concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
     """Closed loop: ``concurrency`` clients, each sends its next query when the last one returns."""
     rng = random.Random(concurrency)
-    queries = [short_query(rng) for _ in range(1000)]
+    bodies = [json_body({"input": short_query(rng), "model": "m", "encoding_format": "base64"}) for _ in range(1000)]
     conns = [Connection(HOST, server.port) for _ in range(concurrency)]
     for c in conns:  # connect and warm each connection outside the measurement
         for _ in range(2):
-            await c.post_json("/v1/embeddings", {"input": queries[0], "model": "m", "encoding_format": "base64"})
+            await c.request("POST", "/v1/embeddings", bodies[0])
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
@@ -117,10 +117,10 @@ async def run_level(server: Server, concurrency: int, seconds: float, max_reques
         nonlocal errors
         k = i
         while time.perf_counter() < end and len(latencies) < max_requests:
-            body = {"input": queries[k % len(queries)], "model": "m", "encoding_format": "base64"}
+            body = bodies[k % len(bodies)]
             k += concurrency
             t = time.perf_counter()
-            reply = await conn.post_json("/v1/embeddings", body)
+            reply = await conn.request("POST", "/v1/embeddings", body)
             latencies.append(time.perf_counter() - t)
             errors += reply.status != 200
 
@@ -198,13 +198,13 @@ def soak_plan(n: int, malformed_share: float, seed: int) -> list[dict[str, Any]]
         r = rng.random()
         if r < 0.4:
             plan.append({"kind": "float", "path": "/v1/embeddings", "texts": texts,
-                         "body": {"input": texts, "model": "m"}})
+                         "raw": json_body({"input": texts, "model": "m"})})
         elif r < 0.8:
             plan.append({"kind": "base64", "path": "/v1/embeddings", "texts": texts,
-                         "body": {"input": texts, "model": "m", "encoding_format": "base64"}})
+                         "raw": json_body({"input": texts, "model": "m", "encoding_format": "base64"})})
         else:
             plan.append({"kind": "tei", "path": "/embed", "texts": texts,
-                         "body": {"inputs": texts, "truncate": True}})
+                         "raw": json_body({"inputs": texts, "truncate": True})})
     return plan
 
 
@@ -240,10 +240,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 i = queue.get_nowait()
                 item = plan[i]
                 try:
-                    if item["kind"] == "malformed":
-                        reply = await conn.request("POST", item["path"], item["raw"])
-                    else:
-                        reply = await conn.post_json(item["path"], item["body"])
+                    reply = await conn.request("POST", item["path"], item["raw"])
                 except (OSError, asyncio.IncompleteReadError):
                     transport_errors += 1
                     await conn.close()
