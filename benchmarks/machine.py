@@ -20,7 +20,8 @@ PACKAGES = ("dmeta-embed", "onnxruntime", "onnxruntime-gpu", "onnxruntime-openvi
             "nncf", "fastembed", "numpy", "onnx")
 
 
-def _cpuinfo() -> dict[str, str]:
+def cpuinfo() -> dict[str, str]:
+    """The first CPU's fields of /proc/cpuinfo (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -77,7 +78,7 @@ def load_snapshot() -> dict[str, Any]:
 def machine_info() -> dict[str, Any]:
     from dmeta_embed.runtime.session import available_cpus
 
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = info.get("flags", "").split()
     ghz, clock_from = _clock_ghz(info)
     mem_gb = None

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .machine import cpuinfo
 from .metrics import cosines
 from .serve_client import Connection, cpu_seconds, json_body, rss_bytes
 
@@ -373,16 +374,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def default_model(workdir: Path) -> Path:
     bundled = Path(__file__).resolve().parent.parent / "out" / "minilm"
     if (bundled / "manifest.json").is_file():
@@ -434,7 +425,7 @@ def main() -> None:
         result: dict[str, Any] = {
             "tag": tag, "model": args.model.resolve().name, "variant": args.variant,
             "date": time.strftime("%Y-%m-%d %H:%M"),
-            "environment": {"cpus": available_cpus(), "cpu": cpu_name(),
+            "environment": {"cpus": available_cpus(), "cpu": cpuinfo().get("model name") or platform.processor() or platform.machine(),
                             "loadavg": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version()},
         }
         if not args.skip_load:
