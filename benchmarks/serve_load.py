@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import json
 import os
 import platform
@@ -58,7 +59,6 @@ class Server:
                "--port", str(self.port), "--variant", variant, *extra]
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-        self.args = extra
 
     async def ready(self, timeout: float = 120) -> None:
         end = time.monotonic() + timeout
@@ -302,9 +302,7 @@ def check_soak(args: argparse.Namespace, plan: list[dict[str, Any]], replies: li
     warm_at = len(plan) // 10
     after_warm = next((r for d, r in rss if d >= warm_at), rss[-1][1])
     final = rss[-1][1]
-    status_counts: dict[str, int] = {}
-    for s in statuses:
-        status_counts[str(s)] = status_counts.get(str(s), 0) + 1
+    status_counts = dict(collections.Counter(str(s) for s in statuses))
     return {
         "requests": len(plan), "malformed": sum(i["kind"] == "malformed" for i in plan),
         "inputs": sum(len(i.get("texts", [])) for i in plan), "concurrency": args.soak_concurrency,
