@@ -16,13 +16,12 @@ def write_report(result: dict[str, Any], output: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / JSON_NAME, "md": out / MD_NAME}
     paths["json"].write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", "utf-8")
-    png: Path | None = out / PNG_NAME
     try:
         plot(result, out / PNG_NAME)
         paths["png"] = out / PNG_NAME
     except ImportError:
-        png = None
-    paths["md"].write_text(markdown(result, png_name=png.name if png else None), "utf-8")
+        pass
+    paths["md"].write_text(markdown(result, png_name=PNG_NAME if "png" in paths else None), "utf-8")
     return paths
 
 
