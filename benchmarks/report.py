@@ -150,6 +150,14 @@ def markdown(result: dict[str, Any], png_name: str | None = PNG_NAME) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['name']} · {r['variant']}"
+
+
+def _color(r: dict[str, Any]) -> str:
+    return "#d62728" if r["ours"] else "#7f7f7f"  # ours red, peers grey
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """Per workload: tokens/s bars (left) and single-text p50 with p95 whiskers (right)."""
     import matplotlib
@@ -162,10 +170,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(len(workloads), 2, figsize=(13, 0.42 * n_sys * len(workloads) + 1.6), squeeze=False)
     for i, w in enumerate(workloads):
         rows = sorted((r for r in result["results"] if r["workload"] == w), key=lambda r: r["tokens_per_s"])
-        labels = [f"{r['name']} · {r['variant']}" for r in rows]
-        colors = ["#d62728" if r["ours"] else "#7f7f7f" for r in rows]
         ax = axes[i][0]
-        ax.barh(labels, [r["tokens_per_s"] for r in rows], color=colors)
+        ax.barh([_label(r) for r in rows], [r["tokens_per_s"] for r in rows], color=[_color(r) for r in rows])
         for y, r in enumerate(rows):
             ax.text(r["tokens_per_s"], y, f" {r['tokens_per_s']:,.0f}", va="center", fontsize=7)
         ax.set_title(f"{w}: throughput (tokens/s, higher is better)", fontsize=9)
@@ -174,8 +180,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         lat = [r for r in rows if r["latency_ms"]]
         p50 = [r["latency_ms"]["p50"] for r in lat]
         p95 = [r["latency_ms"]["p95"] - r["latency_ms"]["p50"] for r in lat]
-        ax.barh([f"{r['name']} · {r['variant']}" for r in lat], p50, xerr=[[0] * len(lat), p95],
-                color=["#d62728" if r["ours"] else "#7f7f7f" for r in lat], error_kw={"elinewidth": 0.8})
+        ax.barh([_label(r) for r in lat], p50, xerr=[[0] * len(lat), p95],
+                color=[_color(r) for r in lat], error_kw={"elinewidth": 0.8})
         ax.set_title(f"{w}: one-text latency, ms (p50 bar, p95 whisker; lower is better)", fontsize=9)
         ax.tick_params(labelsize=7)
         if len(lat) == len(rows):  # same rows, same order: the left panel's labels serve both
