@@ -70,6 +70,7 @@ class Batcher:
         self._metrics = metrics
         self._pending: deque[_Job] = deque()
         self._queued = 0  # inputs in _pending
+        metrics.queue_depth.set_function(lambda: self._queued)  # read at scrape time
         self._busy = False
         self._closing = False
         #: requests merged into the last batch: >1 means clients are concurrent, and waiting for
@@ -100,7 +101,6 @@ class Batcher:
         job = _Job(tok, int(tok.lengths.max()), loop.create_future(), loop.time())
         self._pending.append(job)
         self._queued += n
-        self._metrics.queue_depth.set(self._queued)
         job.future.add_done_callback(lambda f: self._forget(job) if f.cancelled() else None)
         self._wake.set()
         return job.future
@@ -112,7 +112,6 @@ class Batcher:
         except ValueError:  # already taken by the worker
             return
         self._queued -= job.size
-        self._metrics.queue_depth.set(self._queued)
 
     async def close(self, timeout: float) -> None:
         """Refuse new work, finish what is queued (at most ``timeout`` s), stop the worker thread."""
@@ -151,7 +150,6 @@ class Batcher:
     def _pop(self) -> _Job:
         job = self._pending.popleft()
         self._queued -= job.size
-        self._metrics.queue_depth.set(self._queued)
         return job
 
     async def _collect(self) -> list[_Job]:
