@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import MissingDependencyError
 from .config import ServerConfig
@@ -30,12 +31,15 @@ def _require() -> None:
             raise MissingDependencyError(module, "server") from e
 
 
-def create_app(embedder: Embedder, config: ServerConfig | None = None, **kwargs: Any) -> Starlette:
-    """The ASGI app serving ``embedder`` (run it with any ASGI server; :func:`serve` uses uvicorn)."""
+def create_app(embedder: Embedder, config: ServerConfig | None = None, *,
+               warmup: Callable[[Embedder], None] | None = None) -> Starlette:
+    """The ASGI app serving ``embedder`` (run it with any ASGI server; :func:`serve` uses uvicorn).
+
+    ``warmup`` runs on the inference thread before the first job (None: a few shapes through the model)."""
     _require()
     from .app import create_app as _create
 
-    return _create(embedder, config, **kwargs)
+    return _create(embedder, config, warmup=warmup)
 
 
 def serve(model_dir: str | Path, config: ServerConfig | None = None, *, host: str = "127.0.0.1",

@@ -261,14 +261,14 @@ def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei
 
 
 def create_app(embedder: Embedder, config: ServerConfig | None = None, *,
-               warmup: Callable[[Embedder], None] = warm_up) -> Starlette:
+               warmup: Callable[[Embedder], None] | None = None) -> Starlette:
     """The ASGI app serving ``embedder``. The batcher starts (and warms up) with the app's lifespan."""
     cfg = config or ServerConfig()
     svc = Service(embedder, cfg, Metrics())
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
-        svc.batcher.start(warmup)
+        svc.batcher.start(warmup or warm_up)
         yield
         await svc.batcher.close(cfg.request_timeout_s)
 

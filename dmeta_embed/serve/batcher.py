@@ -83,7 +83,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self.ready = False
 
-    def start(self, warmup: Callable[[Embedder], None] = warm_up) -> None:
+    def start(self, warmup: Callable[[Embedder], None]) -> None:
         """Warm up on the worker thread, then take jobs; jobs submitted meanwhile wait in the queue."""
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._work(warmup), name="dmeta-embed-batcher")
