@@ -207,7 +207,7 @@ class Service:
             "max_length": e.max_length, "pooling": e.manifest.pooling.value, "normalize": e.manifest.normalize,
             "version": __version__, "ready": self.batcher.ready,
             "batching": {"max_wait_ms": c.max_wait_ms, "batch_size": c.batch_size,
-                         "max_batch_tokens": c.max_batch_tokens or e.max_batch_tokens, "spin": c.spin},
+                         "max_batch_tokens": self.batcher.max_batch_tokens, "spin": c.spin},
             "limits": {"max_inputs": c.max_inputs, "max_chars": c.max_chars, "max_queue": c.max_queue,
                        "max_body_bytes": c.max_body_bytes, "request_timeout_s": c.request_timeout_s},
             "auth": self._key is not None})

@@ -63,7 +63,8 @@ class Batcher:
 
     def __init__(self, embedder: Embedder, cfg: ServerConfig, metrics: Metrics) -> None:
         self._embedder = embedder
-        self._budget = cfg.max_batch_tokens or embedder.max_batch_tokens
+        #: padded tokens per inference batch (the runtime's default for the provider unless configured)
+        self.max_batch_tokens = cfg.max_batch_tokens or embedder.max_batch_tokens
         self._batch_size = cfg.batch_size
         self._max_wait = cfg.max_wait_ms / 1000
         self._max_queue = cfg.max_queue
@@ -165,7 +166,7 @@ class Batcher:
         n = longest = 0
         wait = self._max_wait if self._last_merged > 1 else 0.0
         deadline = self._pending[0].enqueued + wait
-        while n < self._batch_size and n * longest < self._budget:
+        while n < self._batch_size and n * longest < self.max_batch_tokens:
             if not self._pending:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -181,7 +182,7 @@ class Batcher:
                 self._pop()
                 continue
             wide = max(longest, job.longest)
-            if jobs and (n + job.size > self._batch_size or (n + job.size) * wide > self._budget):
+            if jobs and (n + job.size > self._batch_size or (n + job.size) * wide > self.max_batch_tokens):
                 break
             jobs.append(self._pop())
             n, longest = n + job.size, wide
@@ -215,4 +216,4 @@ class Batcher:
     def _embed(self, toks: list[Tokenized]) -> np.ndarray:
         # the runtime's batching sorts by length and keeps each batch's padding under 2×
         return self._embedder.encode_tokenized(merge(toks), batch_size=self._batch_size,
-                                               max_batch_tokens=self._budget)
+                                               max_batch_tokens=self.max_batch_tokens)
