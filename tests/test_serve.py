@@ -96,6 +96,11 @@ def client(url: str) -> Iterator[httpx.Client]:
         yield c
 
 
+def base64_rows(r: httpx.Response) -> np.ndarray:
+    """The vectors of an ``encoding_format: base64`` answer, as a float32 matrix."""
+    return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]])
+
+
 def metric(client: httpx.Client, name: str) -> float:
     """The value of one sample line of /metrics (0 if absent)."""
     for line in client.get("/metrics").text.splitlines():
@@ -136,7 +141,7 @@ def test_openai_base64_and_dimensions(client: httpx.Client, embedder: Embedder) 
     r = client.post("/v1/embeddings", json={"input": TEXTS[:3], "model": "m", "encoding_format": "base64",
                                             "dimensions": embedder.dim})
     assert r.status_code == 200, r.text
-    got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]])
+    got = base64_rows(r)
     assert cos(got, embedder.encode(TEXTS[:3])).min() >= MIN_COS
     r = client.post("/v1/embeddings", json={"input": "x", "model": "m", "dimensions": 8})
     assert r.status_code == 400 and f"{embedder.dim}-dimensional" in r.json()["error"]["message"]
@@ -239,7 +244,7 @@ def test_concurrent_requests_get_their_own_vectors(client: httpx.Client, embedde
     def call(texts: list[str]) -> np.ndarray:
         r = client.post("/v1/embeddings", json={"input": texts, "encoding_format": "base64"})
         assert r.status_code == 200, r.text
-        return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]])
+        return base64_rows(r)
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, requests))
@@ -322,7 +327,7 @@ def test_disconnected_client_work_is_dropped(embedder: Embedder) -> None:
             opened.set()
             r = first.result()
             assert r.status_code == 200, r.text
-            got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]])
+            got = base64_rows(r)
             assert cos(got, embedder.encode(kept)).min() >= MIN_COS
             assert metric(c, "dmeta_embed_inputs_embedded_total") == 2  # the abandoned inputs never ran
     finally:
@@ -417,7 +422,7 @@ def test_cli_serve_sigterm_finishes_queued_work_and_exits_0(tiny_export: Path, e
             assert max(t for _, t in results) > stopped  # some work was still queued at SIGTERM
             for texts, (r, _) in zip(requests, results, strict=True):
                 assert r.status_code == 200, r.text
-                got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]])
+                got = base64_rows(r)
                 assert cos(got, embedder.encode(texts)).min() >= MIN_COS
             with pytest.raises(httpx.TransportError):
                 c.get("/health")
