@@ -101,6 +101,15 @@ def test_plan_batches_keeps_padding_bounded():
     assert [lengths[b].max() for b in batches] == [256, 64, 12]
 
 
+def test_plan_batches_keeps_padding_bounded_on_random_lengths() -> None:
+    """The server relies on the runtime's batch planning to keep merged requests' padding < 2×."""
+    lengths = np.random.default_rng(1).integers(3, 300, 500)
+    groups = plan_batches(lengths, max_batch_tokens=8192, batch_size=128)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(500))
+    for g in groups:
+        assert lengths[g].min() * 2 >= lengths[g].max()
+
+
 def test_plan_batches_oversized_text_gets_own_batch():
     batches = plan_batches(np.array([5000, 3, 4]), max_batch_tokens=100, batch_size=8)
     assert [b.tolist() for b in batches] == [[0], [2, 1]]

@@ -431,14 +431,3 @@ def test_cli_serve_sigterm_finishes_queued_work_and_exits_0(tiny_export: Path, e
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def test_runtime_batches_keep_padding_bounded() -> None:
-    """The server relies on the runtime's batch planning to keep merged requests' padding < 2×."""
-    from dmeta_embed.runtime.batching import plan_batches
-
-    lengths = np.random.default_rng(1).integers(3, 300, 500)
-    groups = plan_batches(lengths, max_batch_tokens=8192, batch_size=128)
-    assert sorted(np.concatenate(groups).tolist()) == list(range(500))
-    for g in groups:
-        assert lengths[g].min() * 2 >= lengths[g].max()

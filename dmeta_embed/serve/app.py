@@ -140,8 +140,9 @@ class Service:
         gone: asyncio.Future[None] | None = None
         if not done:  # queued a while: from now on also watch for the client leaving
             gone = asyncio.ensure_future(_client_gone(request))
+            either: set[asyncio.Future[Any]] = {future, gone}
             try:
-                done, _ = await asyncio.wait({future, gone}, timeout=max(0.0, timeout - WATCH_AFTER_S),
+                done, _ = await asyncio.wait(either, timeout=max(0.0, timeout - WATCH_AFTER_S),
                                              return_when=asyncio.FIRST_COMPLETED)
             finally:
                 gone.cancel()
