@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=2000)
     ap.add_argument("--child", default=None)
     a = ap.parse_args()
+    if a.batches < 250:
+        ap.error("--batches must be at least 250: growth is measured from batch 200 to the last sample")
     if a.child:
         print(json.dumps(child(a.folder, a.variant, a.batches, **CONFIGS[a.child])))
         return
