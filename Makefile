@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-openvino clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,20 @@ bench: install
 	$(BIN)/python -m pip install -q -e '.[cpu,export,dev,server,bench]'
 	test -f out/dmeta-shaped/manifest.json || $(BIN)/python benchmarks/build_dmeta_shaped.py
 	$(BIN)/dmeta-embed bench --model out/dmeta-shaped --peers --passes 2 --output benchmarks/results/dmeta-shaped
+
+# OpenVINO execution provider on our graphs (issue 6, benchmarks/openvino_ep.py): onnxruntime-openvino
+# provides the same module as onnxruntime, so it gets its own environment (~10 minutes here)
+OV_VENV := .venv-openvino
+$(OV_VENV)/.installed-stamp: pyproject.toml Makefile
+	test -x $(OV_VENV)/bin/python || $(PY) -m venv $(OV_VENV)
+	$(OV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OV_VENV)/bin/python -m pip install -q onnxruntime-openvino==1.24.1 'numpy>=1.24' 'tokenizers>=0.19'
+	touch $@
+
+bench-openvino: install $(OV_VENV)/.installed-stamp
+	$(BIN)/python -m pip install -q -e '.[cpu,export,dev,server,bench]'
+	test -f out/dmeta-shaped/manifest.json || $(BIN)/python benchmarks/build_dmeta_shaped.py
+	$(BIN)/python -m benchmarks.openvino_ep --ov-python $(OV_VENV)/bin/python --output benchmarks/results/dmeta-shaped
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
