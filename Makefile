@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned
 	# torch (or one pulled in by another package) would download a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[cpu,export,dev,server]'
+	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,7 +41,7 @@ OV_VENV := .venv-openvino
 $(OV_VENV)/.installed-stamp: pyproject.toml Makefile
 	test -x $(OV_VENV)/bin/python || $(PY) -m venv $(OV_VENV)
 	$(OV_VENV)/bin/python -m pip install -q --upgrade pip
-	$(OV_VENV)/bin/python -m pip install -q onnxruntime-openvino==1.24.1 'numpy>=1.24' 'tokenizers>=0.19'
+	$(OV_VENV)/bin/python -m pip install -q -e '.[openvino]' pytest
 	touch $@
 
 bench-openvino: install $(OV_VENV)/.installed-stamp

@@ -15,15 +15,17 @@ from pathlib import Path
 import click
 
 from .errors import DmetaEmbedError
+from .manifest import Precision
 from .serve.config import ServerConfig  # a plain dataclass: imports nothing of the server stack
 
 MODEL_ENV = "DMETA_EMBED_MODEL"
 model_option = click.option("--model", "-m", "model_dir", envvar=MODEL_ENV, required=True,
                             type=click.Path(file_okay=False, path_type=Path),
                             help=f"Exported model folder (env {MODEL_ENV}).")
-variant_option = click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+VARIANTS = [p.value for p in Precision]
+variant_option = click.option("--variant", type=click.Choice(["auto", *VARIANTS]),
                               default="auto", show_default=True, envvar="DMETA_EMBED_VARIANT")
-provider_option = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]),
+provider_option = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "openvino"]),
                                default="auto", show_default=True, envvar="DMETA_EMBED_PROVIDER")
 
 
@@ -46,7 +48,8 @@ def _load(model_dir: Path, variant: str, provider: str, **kw: object):  # type: 
 @cli.command()
 @click.argument("model", default="DMetaSoul/Dmeta-embedding")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Folder to create.")
-@click.option("--variants", default="fp32,fp16,int8", show_default=True, help="Comma-separated variants.")
+@click.option("--variants", default="fp32,fp16,int8", show_default=True,
+              help="Comma-separated: fp32, fp16, int8, int8-ov (needs the export-openvino extra).")
 @click.option("--pooling", type=click.Choice(["cls", "mean", "last"]), default=None,
               help="Used only when the model has no 1_Pooling/config.json (default then: cls).")
 @click.option("--max-length", type=int, default=None, help="Override the model's max sequence length.")
@@ -63,9 +66,9 @@ def export(model: str, output: Path, variants: str, pooling: str | None, max_len
 
     logging.getLogger("dmeta_embed").setLevel(min(logging.getLogger("dmeta_embed").level, logging.INFO))
     names = [v.strip() for v in variants.split(",") if v.strip()]
-    bad = [v for v in names if v not in {"fp32", "fp16", "int8"}]
+    bad = [v for v in names if v not in VARIANTS]
     if bad:
-        raise click.BadParameter(f"unknown variant(s) {bad}; choose from fp32, fp16, int8", param_hint="--variants")
+        raise click.BadParameter(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}", param_hint="--variants")
     manifest = export_model(model, output, variants_=names, pooling=pooling, max_length=max_length,
                             normalize=False if no_normalize else None, revision=revision, force=force,
                             allow_low_fidelity=allow_low_fidelity, trust_remote_code=trust_remote_code)

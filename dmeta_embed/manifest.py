@@ -30,7 +30,11 @@ class Pooling(str, Enum):
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
+    #: dynamic int8 (weights per channel, activations per batch at run time): onnxruntime's CPU kernels
     INT8 = "int8"
+    #: static int8 QDQ (NNCF-calibrated activation scales) for onnxruntime's OpenVINO execution
+    #: provider; the export moves layers whose static scales miss the bar to int8 weights only
+    INT8_OV = "int8-ov"
 
 
 #: file name of each variant inside an exported folder
@@ -38,12 +42,14 @@ VARIANT_FILES = {
     Precision.FP32: "model.onnx",
     Precision.FP16: "model.fp16.onnx",
     Precision.INT8: "model.int8.onnx",
+    Precision.INT8_OV: "model.int8-ov.onnx",
 }
 #: the execution provider each variant is built for
 VARIANT_PROVIDERS = {
     Precision.FP32: "CPUExecutionProvider",
     Precision.FP16: "CUDAExecutionProvider",
     Precision.INT8: "CPUExecutionProvider",
+    Precision.INT8_OV: "OpenVINOExecutionProvider",
 }
 
 
@@ -60,6 +66,7 @@ BARS = {
     Precision.FP32: Bar(min_cos=0.99999, mean_cos=0.99999),
     Precision.FP16: Bar(min_cos=0.9999, mean_cos=0.9999),
     Precision.INT8: Bar(min_cos=0.99, mean_cos=0.995),
+    Precision.INT8_OV: Bar(min_cos=0.99, mean_cos=0.995),
 }
 
 
@@ -97,12 +104,15 @@ class Variant:
     size_bytes: int
     provider: str
     fidelity: Fidelity
-    #: int8 only: nodes left in fp32, each with the reason (measured sensitivity)
+    #: int8: nodes left in fp32; int8-ov: activations left unquantized (their weights stay int8);
+    #: each with the reason (measured)
     kept_fp32: dict[str, str] = field(default_factory=dict)
     #: graph op counts of this file (e.g. MatMulInteger, QAttention for int8)
     ops: dict[str, int] = field(default_factory=dict)
     #: the execution provider the fidelity was measured on
     validated_on: str = "CPUExecutionProvider"
+    #: int8-ov: the OpenVINO CPU properties the fidelity was measured with (the runtime uses them)
+    engine_properties: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -122,6 +132,7 @@ class Variant:
             kept_fp32=dict(d.get("kept_fp32", {})),
             ops=dict(d.get("ops", {})),
             validated_on=d.get("validated_on", "CPUExecutionProvider"),
+            engine_properties=dict(d.get("engine_properties", {})),
         )
 
 

@@ -30,7 +30,7 @@ from ..runtime.embedder import embed_tokenized
 from ..runtime.session import CPU, CUDA, Runner, cuda_available
 from ..runtime.tokenize import TextTokenizer
 from ..texts import calibration_texts, probe_texts
-from . import graph, variants
+from . import graph, openvino, variants
 from .reference import fidelity, torch_embeddings
 from .source import DEFAULT_MODEL, Source, resolve
 
@@ -49,7 +49,8 @@ def _tool_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"dmeta-embed": __version__}
-    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers"):
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers", "nncf",
+                "openvino"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -111,6 +112,8 @@ def export_model(
     wanted = [Precision(v) for v in variants_]
     if not wanted:
         raise ExportError("no variants asked for")
+    if Precision.INT8_OV in wanted:
+        openvino.require()
     bars = {**BARS, **(bars or {})}
     output = Path(output)
     _prepare_output(output, force)
@@ -186,33 +189,42 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     max_tokens = int(probe_tok.lengths.max())
     for precision in wanted:
         kept: dict[str, str] = {}
-        provider = CPU
+        properties: dict[str, str] = {}
+        validated_on = provider = CPU
         if precision == Precision.FP32:
             final = head(cpu_backbone)
         elif precision == Precision.FP16:
             final = head(variants.to_fp16(backbone))
-            provider = CUDA if cuda_available() else CPU  # validate where it will run when we can
-        else:
+            validated_on = provider = CUDA if cuda_available() else CPU  # validate where it will run when we can
+        elif precision == Precision.INT8:
             calib_tok = tokenizer.encode(calibration_texts())
             calib_ref = embed(head(cpu_backbone), calib_tok)
             result = variants.search_int8(cpu_backbone, lambda m, t=calib_tok: embed(head(m), t), calib_ref,
                                           bars[precision])
             final, kept = head(result.model), result.kept_fp32
-        fid = fidelity(embed(final, provider=provider), reference, bars[precision], max_tokens)
+        else:  # INT8_OV: from the raw export (OpenVINO fuses on its own and cannot run ORT's contrib ops)
+            properties = openvino.cpu_properties()
+            ov_embed = openvino.openvino_embedder(work, properties)
+            found = openvino.search(head(onnx.load(str(work / "raw.onnx"))), tokenizer.encode(calibration_texts()),
+                                    ov_embed, variants.target(bars[precision]))
+            final, kept, validated_on = found.model, found.unquantized, openvino.engine_version()
+        vectors = ov_embed(final, probe_tok) if precision == Precision.INT8_OV else embed(final, provider=provider)
+        fid = fidelity(vectors, reference, bars[precision], max_tokens)
         log.info("%s: min cos %.6f, mean cos %.6f (bar %.5f / %.5f)", precision.value, fid.min_cos,
                  fid.mean_cos, fid.bar_min_cos, fid.bar_mean_cos)
-        if not fid.passed and not (precision == Precision.INT8 and allow_low_fidelity):
+        int8 = precision in (Precision.INT8, Precision.INT8_OV)
+        if not fid.passed and not (int8 and allow_low_fidelity):
             raise FidelityError(
                 f"{precision.value} variant missed its fidelity bar vs PyTorch: min cos {fid.min_cos:.6f} "
                 f"(bar {fid.bar_min_cos}), mean cos {fid.mean_cos:.6f} (bar {fid.bar_mean_cos})"
-                + ("; pass --allow-low-fidelity to keep it anyway" if precision == Precision.INT8 else "")
+                + ("; pass --allow-low-fidelity to keep it anyway" if int8 else "")
             )
         path = out / VARIANT_FILES[precision]
         onnx.save(final, str(path))
         built[precision.value] = Variant(
             precision=precision, file=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size,
             provider=VARIANT_PROVIDERS[precision], fidelity=fid, kept_fp32=kept,
-            ops=graph.op_counts(final), validated_on=provider,
+            ops=graph.op_counts(final), validated_on=validated_on, engine_properties=properties,
         )
         t = lap(precision.value, t)
 

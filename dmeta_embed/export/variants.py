@@ -72,7 +72,7 @@ class Int8Result:
     trials: int = 0
 
 
-def _target(bar: Bar) -> Bar:
+def target(bar: Bar) -> Bar:
     """A stricter bar for the calibration texts, so the probe set (the real test) passes."""
     return Bar(min_cos=1 - (1 - bar.min_cos) * 0.7, mean_cos=1 - (1 - bar.mean_cos) * 0.7)
 
@@ -85,7 +85,7 @@ def search_int8(
 ) -> Int8Result:
     """Quantize, keeping the fewest most-sensitive nodes in fp32 that reach ``bar`` (with margin)
     on the calibration texts ``evaluate`` embeds. ``reference``: fp32 embeddings of those texts."""
-    target = _target(bar)
+    goal = target(bar)
     nodes = quantizable_nodes(backbone)
     trials = 0
 
@@ -95,7 +95,7 @@ def search_int8(
         return cosines(evaluate(m), reference)
 
     def ok(c: np.ndarray) -> bool:
-        return float(c.min()) >= target.min_cos and float(c.mean()) >= target.mean_cos
+        return float(c.min()) >= goal.min_cos and float(c.mean()) >= goal.mean_cos
 
     with tempfile.TemporaryDirectory(prefix="dmeta-int8-") as tmp:
         work = Path(tmp)

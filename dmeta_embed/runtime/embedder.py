@@ -12,7 +12,7 @@ from ..errors import InputError, ModelLoadError, ProviderError
 from ..manifest import Manifest, Precision, sha256_file
 from .batching import pad, plan_batches
 from .cpu import int8_is_fast, int8_units, why_not_int8
-from .session import CPU, CUDA, Runner, cuda_available
+from .session import CPU, CUDA, OPENVINO, Runner, cuda_available, openvino_available
 from .tokenize import TextTokenizer, Tokenized, check_texts
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ CHUNK = 4096
 #: padded tokens per batch by provider. CPU: small batches keep activations in cache; measured on
 #: the mixed workload (int8, 2 cores): Dmeta shape 8,192 → 3,686 tok/s, 2,048 → 4,802, 1,024 → 5,092
 #: (512: 5,183; bulk queries unchanged, 7,875 → 8,016); fp32 1,469 → 1,738; MiniLM int8 12,405 → 15,497
-DEFAULT_BATCH_TOKENS = {CPU: 1024, CUDA: 32768}
+DEFAULT_BATCH_TOKENS = {CPU: 1024, CUDA: 32768, OPENVINO: 1024}
 #: measured on the Dmeta shape, int8, mixed workload: 32 → 3,394 tok/s, 128 → 3,234 (query: 5,446 vs 3,960)
 DEFAULT_BATCH_SIZE = 32
 
@@ -41,16 +41,32 @@ def embed_tokenized(
 
 def _choose(manifest: Manifest, variant: str, provider: str, units: str) -> tuple[Precision, str]:
     """(variant, provider) to load; ``units`` is ``int8_units()`` of this CPU."""
-    if provider not in {"auto", "cpu", "cuda"}:
-        raise ProviderError(f"provider must be auto, cpu or cuda, got {provider!r}")
+    if provider not in {"auto", "cpu", "cuda", "openvino"}:
+        raise ProviderError(f"provider must be auto, cpu, cuda or openvino, got {provider!r}")
     if variant not in {"auto", *(p.value for p in Precision)}:
-        raise ProviderError(f"variant must be auto, fp32, fp16 or int8, got {variant!r}")
+        raise ProviderError(f"variant must be auto, {', '.join(p.value for p in Precision)}, got {variant!r}")
     have = manifest.variants
     if provider == "cuda" and not cuda_available():
         raise ProviderError("provider='cuda' asked for, but no CUDA provider is available "
                             "(pip install 'dmeta-embed[gpu]' on a machine with an NVIDIA GPU)")
-    use_cuda = provider == "cuda" or (provider == "auto" and cuda_available() and variant != "int8")
     fast = int8_is_fast(units)
+    ov = Precision.INT8_OV.value
+    if provider == "openvino" or variant == ov:
+        # int8-ov is the only graph built for OpenVINO (the others use onnxruntime's contrib ops)
+        if provider not in {"auto", "openvino"} or variant not in {"auto", ov}:
+            raise ProviderError(f"variant {ov!r} runs on provider 'openvino' only, and provider 'openvino' runs "
+                                f"only variant {ov!r} (asked: variant={variant!r}, provider={provider!r})")
+        if not openvino_available():
+            raise ProviderError(f"variant {ov!r} needs onnxruntime's OpenVINO provider: pip install "
+                                "'dmeta-embed[openvino]' (instead of [cpu]; both provide the onnxruntime module)")
+        if ov not in have:
+            raise ProviderError(f"variant {ov!r} is not in this folder (it has: {', '.join(have)}); "
+                                "export it with --variants ...,int8-ov")
+        if not fast:
+            log.warning("int8-ov asked for, but %s: its fidelity and speed were not validated for this CPU",
+                        why_not_int8(units))
+        return Precision.INT8_OV, OPENVINO
+    use_cuda = provider == "cuda" or (provider == "auto" and cuda_available() and variant != "int8")
     if variant != "auto":
         if variant not in have:
             raise ProviderError(f"variant {variant!r} is not in this folder (it has: {', '.join(have)})")
@@ -62,6 +78,9 @@ def _choose(manifest: Manifest, variant: str, provider: str, units: str) -> tupl
         for p in ("fp16", "fp32"):
             if p in have:
                 return Precision(p), CUDA
+    # OpenVINO's static int8 where it is installed (measured 1.4-1.7x onnxruntime's dynamic int8)
+    if provider == "auto" and fast and openvino_available() and ov in have and have[ov].fidelity.passed:
+        return Precision.INT8_OV, OPENVINO
     # the fidelity bar was measured on an int8-exact CPU; elsewhere int8 may saturate, so fp32
     int8_passed = "int8" in have and have["int8"].fidelity.passed
     if int8_passed and fast:
@@ -116,7 +135,7 @@ class Embedder:
                                      f"changed after export): {digest[:12]} != {spec.sha256[:12]}")
         self.tokenizer = TextTokenizer(tok_file, self.manifest.max_length)
         try:
-            self._runner = Runner(model_file, self.provider, threads, spin)
+            self._runner = Runner(model_file, self.provider, threads, spin, spec.engine_properties)
         except ProviderError:
             raise
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -129,7 +148,8 @@ class Embedder:
 
     @classmethod
     def load(cls, path: str | Path, variant: str = "auto", provider: str = "auto", **kwargs: Any) -> Embedder:
-        """Load an exported folder. ``variant``: auto|fp32|fp16|int8; ``provider``: auto|cpu|cuda."""
+        """Load an exported folder. ``variant``: auto|fp32|fp16|int8|int8-ov; ``provider``:
+        auto|cpu|cuda|openvino (int8-ov runs on openvino, with onnxruntime-openvino installed)."""
         return cls(path, variant, provider, **kwargs)
 
     @property

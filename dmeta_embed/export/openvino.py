@@ -1,0 +1,210 @@
+"""The ``int8-ov`` variant: static int8 QDQ for onnxruntime's OpenVINO execution provider.
+
+Measured on this machine's Sapphire Rapids (benchmarks/results/dmeta-shaped/openvino_ep.md):
+OpenVINO's fused int8 kernels with static activation scales run the Dmeta shape 1.4× (queries)
+to 1.7× (mixed) faster than onnxruntime's dynamic int8, but static scales cost fidelity on real
+weights (all-MiniLM-L6-v2: min cos 0.983 with every MatMul quantized). So the export searches:
+
+1. NNCF quantizes the raw export (``ModelType.TRANSFORMER``; SmoothQuant off: on real MiniLM it
+   took min cos from 0.983 down to 0.954), calibrated on the calibration texts;
+2. each candidate is run through OpenVINO's CPU plugin (the engine the EP wraps) on the
+   calibration texts against the fp32 graph; while it misses the tightened bar, the activation
+   quantizers of the next role in ``ROLE_ORDER`` are removed (those MatMuls keep int8 weights and
+   run in the float precision below). On real MiniLM the FFN output projection is the role that
+   matters (min cos 0.983 → 0.992 without it; 0.995 without both FFN projections).
+
+Heavy dependencies (nncf, openvino): the ``export-openvino`` extra.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import MissingDependencyError
+from ..manifest import Bar
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ..runtime.tokenize import Tokenized
+
+log = logging.getLogger(__name__)
+
+#: roles removed from static quantization in this order until the bar is met (most sensitive first,
+#: measured on real all-MiniLM-L6-v2); "other" is anything the name patterns do not place
+ROLE_ORDER = ("ffn_output", "ffn_intermediate", "attention_output", "qkv", "other")
+_ROLES = (
+    ("ffn_intermediate", re.compile(r"intermediate/dense/MatMul$")),
+    ("attention_output", re.compile(r"attention/output/dense/MatMul$")),
+    ("ffn_output", re.compile(r"output/dense/MatMul$")),
+    ("qkv", re.compile(r"attention/self/(query|key|value)/MatMul$")),
+)
+
+
+def require() -> None:
+    import importlib.util
+
+    for module in ("nncf", "openvino"):
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(module, "export-openvino")
+
+
+def cpu_properties() -> dict[str, str]:
+    """OpenVINO CPU properties the variant is validated (and later run) with: bf16 for the float
+    parts where the CPU has bf16 units (AMX / AVX512-BF16), measured +11 % on mixed texts with
+    unchanged fidelity; f32 elsewhere."""
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return {"INFERENCE_PRECISION_HINT": "bf16"} if "BF16" in caps else {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def engine_version() -> str:
+    import openvino as ov
+
+    return f"openvino {ov.get_version().split('-')[0]} CPU"
+
+
+def role_of(matmul: str) -> str:
+    for role, pattern in _ROLES:
+        if pattern.search(matmul):
+            return role
+    return "other"
+
+
+@dataclass
+class Quantizer:
+    """One activation QuantizeLinear and the MatMuls its DequantizeLinear feeds."""
+
+    name: str
+    consumers: list[str]
+
+    @property
+    def role(self) -> str:
+        roles = {role_of(c) for c in self.consumers}
+        return next((r for r in ROLE_ORDER if r in roles), "other")
+
+
+def activation_quantizers(model: onnx.ModelProto) -> list[Quantizer]:
+    g = model.graph
+    consts = {i.name for i in g.initializer}
+    users = collections.defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            users[i].append(n)
+    out = []
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] not in consts:
+            dqs = [u for u in users[n.output[0]] if u.op_type == "DequantizeLinear"]
+            out.append(Quantizer(n.name, [u.name for dq in dqs for u in users[dq.output[0]]]))
+    return out
+
+
+def unquantize(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """A copy without the activation Q→DQ pairs named: their consumers read the float tensor."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    users = collections.defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            users[i].append(n)
+    drop = set()
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and n.name in names:
+            for dq in users[n.output[0]]:
+                for u in users[dq.output[0]]:
+                    u.input[:] = [n.input[0] if i == dq.output[0] else i for i in u.input]
+                drop.add(dq.name)
+            drop.add(n.name)
+    keep = [n for n in g.node if n.name not in drop]
+    del g.node[:]
+    g.node.extend(keep)
+    return m
+
+
+def quantize_static(model: onnx.ModelProto, calib: Tokenized) -> onnx.ModelProto:
+    """NNCF static int8 QDQ, one calibration text per sample (no padding in the statistics)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    items = [{"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+             for ids in calib.ids]
+    no_smooth_quant = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+    return nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(items), advanced_parameters=no_smooth_quant)
+
+
+def openvino_embedder(workdir: Path, properties: dict[str, str], threads: int | None = None
+                      ) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
+    """``embed(model, tokenized)`` through OpenVINO's CPU plugin, batched as the runtime batches."""
+    import onnx
+    import openvino as ov
+
+    from ..runtime.batching import pad, plan_batches
+
+    core = ov.Core()
+    config: dict[str, object] = dict(properties)
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+
+    def embed(model: onnx.ModelProto, tok: Tokenized) -> np.ndarray:
+        path = workdir / "openvino-candidate.onnx"
+        onnx.save(model, str(path))
+        compiled = core.compile_model(str(path), "CPU", config)
+        out = None
+        for idx in plan_batches(tok.lengths, 1024, 32):
+            ids, mask = pad(tok.ids, idx, 0)
+            y = compiled({"input_ids": ids, "attention_mask": mask})[0]
+            out = np.empty((len(tok.ids), y.shape[1]), np.float32) if out is None else out
+            out[idx] = y
+        assert out is not None
+        return out
+
+    return embed
+
+
+@dataclass
+class OpenVinoInt8:
+    model: onnx.ModelProto
+    #: activation quantizers removed, with the measured reason
+    unquantized: dict[str, str]
+    trials: int
+
+
+def search(model: onnx.ModelProto, calib: Tokenized, embed: Callable[[onnx.ModelProto, Tokenized], np.ndarray],
+           target: Bar) -> OpenVinoInt8:
+    """Static int8 of ``model`` (fp32 with the pooling head), with roles unquantized in
+    ``ROLE_ORDER`` until OpenVINO's output on the calibration texts meets ``target`` vs fp32."""
+    from .reference import cosines
+
+    reference = embed(model, calib)
+    static = quantize_static(model, calib)
+    quantizers = activation_quantizers(static)
+    removed: dict[str, str] = {}
+    candidate = static
+    roles = [r for r in ROLE_ORDER if any(q.role == r for q in quantizers)]
+    for trials in range(1, len(roles) + 2):
+        c = cosines(embed(candidate, calib), reference)
+        log.info("int8-ov: %d/%d activation quantizers static: calibration min cos %.5f, mean %.5f",
+                 len(quantizers) - len(removed), len(quantizers), c.min(), c.mean())
+        if (c.min() >= target.min_cos and c.mean() >= target.mean_cos) or trials > len(roles):
+            break
+        role = roles[trials - 1]
+        why = f"role {role}: static scales missed the bar (calibration min cos {c.min():.5f}, mean {c.mean():.5f})"
+        removed |= {q.name: why for q in quantizers if q.role == role}
+        candidate = unquantize(static, set(removed))
+    return OpenVinoInt8(candidate, removed, trials)
