@@ -18,11 +18,21 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# the int8-ov variant's runtime: onnxruntime-openvino provides the same module as onnxruntime, so it
+# gets its own environment (runtime only: no torch)
+OV_VENV := .venv-openvino
+$(OV_VENV)/.installed-stamp: pyproject.toml Makefile
+	test -x $(OV_VENV)/bin/python || $(PY) -m venv $(OV_VENV)
+	$(OV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OV_VENV)/bin/python -m pip install -q -e '.[openvino]' pytest
+	touch $@
+
 demo: install
 	HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python scripts/demo.py
 
-test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# tests/test_openvino.py runs the int8-ov variant in .venv-openvino (onnxruntime-openvino)
+test: install $(OV_VENV)/.installed-stamp
+	DMETA_EMBED_OV_PYTHON=$(OV_VENV)/bin/python $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check dmeta_embed tests benchmarks scripts
@@ -35,15 +45,7 @@ bench: install
 	test -f out/dmeta-shaped/manifest.json || $(BIN)/python benchmarks/build_dmeta_shaped.py
 	$(BIN)/dmeta-embed bench --model out/dmeta-shaped --peers --passes 2 --output benchmarks/results/dmeta-shaped
 
-# OpenVINO execution provider on our graphs (issue 6, benchmarks/openvino_ep.py): onnxruntime-openvino
-# provides the same module as onnxruntime, so it gets its own environment (~10 minutes here)
-OV_VENV := .venv-openvino
-$(OV_VENV)/.installed-stamp: pyproject.toml Makefile
-	test -x $(OV_VENV)/bin/python || $(PY) -m venv $(OV_VENV)
-	$(OV_VENV)/bin/python -m pip install -q --upgrade pip
-	$(OV_VENV)/bin/python -m pip install -q -e '.[openvino]' pytest
-	touch $@
-
+# the OpenVINO execution provider on our graphs beside our int8 (benchmarks/openvino_ep.py, ~10 min)
 bench-openvino: install $(OV_VENV)/.installed-stamp
 	$(BIN)/python -m pip install -q -e '.[cpu,export,dev,server,bench]'
 	test -f out/dmeta-shaped/manifest.json || $(BIN)/python benchmarks/build_dmeta_shaped.py

@@ -1,0 +1,202 @@
+"""The int8-ov variant: export search (nncf + openvino here), runtime choice, and the runtime on
+onnxruntime's OpenVINO provider, which lives in its own environment (``make test`` builds
+``.venv-openvino`` and names its python in ``DMETA_EMBED_OV_PYTHON``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmeta_embed.errors import ProviderError
+from dmeta_embed.manifest import BARS, Bar, Manifest, Precision
+from dmeta_embed.runtime import embedder as embedder_module
+from dmeta_embed.runtime.embedder import _choose
+from dmeta_embed.texts import probe_texts
+
+pytest.importorskip("nncf")
+pytest.importorskip("openvino")
+from dmeta_embed.export import openvino as ovx  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OV = "OpenVINOExecutionProvider"
+
+
+@pytest.fixture(scope="session")
+def ov_export(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dmeta_embed.export import export_model
+
+    out = tmp_path_factory.mktemp("tiny-ov") / "model"
+    export_model(str(tiny_src), out, variants_=("fp32", "int8", "int8-ov"))
+    return out
+
+
+def test_roles_of_bert_matmuls() -> None:
+    base = "/encoder/layer.3/"
+    assert ovx.role_of(base + "intermediate/dense/MatMul") == "ffn_intermediate"
+    assert ovx.role_of(base + "output/dense/MatMul") == "ffn_output"
+    assert ovx.role_of(base + "attention/output/dense/MatMul") == "attention_output"
+    assert ovx.role_of(base + "attention/self/key/MatMul") == "qkv"
+    assert ovx.role_of(base + "attention/self/MatMul_1") == "other"
+    shared = ovx.Quantizer("q", [base + "attention/self/query/MatMul", base + "output/dense/MatMul"])
+    assert shared.role == "ffn_output"  # the earliest role in ROLE_ORDER wins
+
+
+def test_manifest_records_the_engine_and_what_stayed_float(ov_export: Path) -> None:
+    import onnx
+
+    v = Manifest.load(ov_export).variants["int8-ov"]
+    assert v.file == "model.int8-ov.onnx" and v.provider == OV
+    assert v.validated_on.startswith("openvino ") and v.validated_on.endswith(" CPU")
+    assert v.engine_properties == {"INFERENCE_PRECISION_HINT": "f32"}  # bf16 is wrong on the EP's OpenVINO
+    assert v.fidelity.passed and v.fidelity.n_texts == len(probe_texts(1024))
+    model = onnx.load(str(ov_export / v.file))
+    left = {q.name for q in ovx.activation_quantizers(model)}
+    assert not left & set(v.kept_fp32), "a quantizer recorded as removed is still in the graph"
+    assert v.ops.get("DequantizeLinear", 0) >= 12  # int8 weights of every MatMul (2 layers x 6)
+    assert all(why.startswith("role ") for why in v.kept_fp32.values())
+
+
+def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from dmeta_embed.export import graph
+    from dmeta_embed.export.source import resolve
+    from dmeta_embed.runtime.tokenize import TextTokenizer
+    from dmeta_embed.texts import calibration_texts
+
+    src = resolve(str(tiny_src))
+    graph.export_backbone(src.path, tmp_path / "raw.onnx")
+    model = graph.append_head(onnx.load(str(tmp_path / "raw.onnx")), src.pooling, src.normalize,
+                              int(src.config["hidden_size"]))
+    tok = TextTokenizer(ov_tokenizer(tiny_src, tmp_path), src.max_length).encode(calibration_texts())
+    embed = ovx.openvino_embedder(tmp_path, {"INFERENCE_PRECISION_HINT": "f32"})
+
+    loose = ovx.search(model, tok, embed, Bar(min_cos=0.0, mean_cos=0.0))
+    assert loose.unquantized == {} and loose.trials == 1
+    n_static = len(ovx.activation_quantizers(loose.model))
+    assert n_static > 0
+
+    strict = ovx.search(model, tok, embed, Bar(min_cos=1.0, mean_cos=1.0))  # unreachable: every role goes
+    assert len(strict.unquantized) == n_static and ovx.activation_quantizers(strict.model) == []
+    order = list(dict.fromkeys(why.split(":")[0].removeprefix("role ") for why in strict.unquantized.values()))
+    assert order == [r for r in ovx.ROLE_ORDER if r in order]
+    assert strict.trials == len(order) + 1
+
+
+def ov_tokenizer(tiny_src: Path, folder: Path) -> Path:
+    from dmeta_embed.export.pipeline import _write_tokenizer
+    from dmeta_embed.export.source import resolve
+
+    _write_tokenizer(resolve(str(tiny_src)), folder)
+    return folder / "tokenizer.json"
+
+
+# --- runtime choice (no OpenVINO provider needed) ------------------------------------------------
+
+def test_auto_picks_int8_ov_only_where_the_openvino_provider_is(ov_export: Path, monkeypatch) -> None:
+    m = Manifest.load(ov_export)
+    monkeypatch.setattr(embedder_module, "openvino_available", lambda: False)
+    assert _choose(m, "auto", "auto", "amx") == (Precision.INT8, "CPUExecutionProvider")
+    monkeypatch.setattr(embedder_module, "openvino_available", lambda: True)
+    assert _choose(m, "auto", "auto", "amx") == (Precision.INT8_OV, OV)
+    assert _choose(m, "auto", "openvino", "amx") == (Precision.INT8_OV, OV)
+    assert _choose(m, "auto", "cpu", "amx") == (Precision.INT8, "CPUExecutionProvider")  # cpu = onnxruntime's own
+    assert _choose(m, "auto", "auto", "none") == (Precision.FP32, "CPUExecutionProvider")  # no int8 units
+    failed = dataclasses.replace(m.variants["int8-ov"], fidelity=dataclasses.replace(
+        m.variants["int8-ov"].fidelity, min_cos=0.5))
+    below_bar = dataclasses.replace(m, variants={**m.variants, "int8-ov": failed})
+    assert _choose(below_bar, "auto", "auto", "amx") == (Precision.INT8, "CPUExecutionProvider")
+
+
+def test_int8_ov_requests_that_cannot_be_met(ov_export: Path, tiny_export: Path, monkeypatch) -> None:
+    m = Manifest.load(ov_export)
+    monkeypatch.setattr(embedder_module, "openvino_available", lambda: False)
+    with pytest.raises(ProviderError, match=r"pip install 'dmeta-embed\[openvino\]'"):
+        _choose(m, "int8-ov", "auto", "amx")
+    monkeypatch.setattr(embedder_module, "openvino_available", lambda: True)
+    with pytest.raises(ProviderError, match="runs on provider 'openvino' only"):
+        _choose(m, "int8-ov", "cpu", "amx")
+    with pytest.raises(ProviderError, match="runs on provider 'openvino' only"):
+        _choose(m, "int8", "openvino", "amx")
+    with pytest.raises(ProviderError, match="not in this folder"):
+        _choose(Manifest.load(tiny_export), "auto", "openvino", "amx")
+
+
+def test_loading_int8_ov_without_the_provider_names_the_install(ov_export: Path) -> None:
+    import onnxruntime as ort
+
+    if OV in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the OpenVINO provider")
+    from dmeta_embed import Embedder
+
+    with pytest.raises(ProviderError, match=r"OpenVINO provider: pip install 'dmeta-embed\[openvino\]'"):
+        Embedder.load(ov_export, variant="int8-ov")
+
+
+# --- the runtime on onnxruntime-openvino (its own environment) ----------------------------------
+
+RUN_IN_OV = """
+import json, sys, numpy as np
+from dmeta_embed import Embedder
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+e = Embedder.load(folder)
+batched = e.encode(texts)
+alone = np.stack([e.encode(t) for t in texts])
+print(json.dumps({"variant": e.variant.value, "provider": e.provider, "batched": batched.tolist(),
+                  "alone": alone.tolist(), "empty": list(e.encode([]).shape)}))
+"""
+
+
+def ov_python() -> str:
+    exe = os.environ.get("DMETA_EMBED_OV_PYTHON")
+    if exe:
+        assert Path(exe).is_file(), f"DMETA_EMBED_OV_PYTHON={exe} does not exist (make test builds it)"
+        return exe
+    default = ROOT / ".venv-openvino/bin/python"
+    if not default.is_file():
+        pytest.skip("no onnxruntime-openvino environment (make test builds .venv-openvino)")
+    return str(default)
+
+
+def test_int8_ov_on_the_openvino_provider_matches_torch(ov_export: Path, tiny_src: Path) -> None:
+    """auto picks int8-ov there; vectors meet the bar vs torch, keep input order across lengths,
+    and match OpenVINO's own run of the file (what the export validated)."""
+    from dmeta_embed.export.reference import cosines, torch_embeddings
+    from dmeta_embed.export.source import resolve
+
+    texts = probe_texts(1024)
+    texts = texts[::-1] + texts[:3]  # longest first: the runtime sorts, the answer must not be
+    out = subprocess.run([ov_python(), "-c", RUN_IN_OV, str(ov_export), json.dumps(texts)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (got["variant"], got["provider"]) == ("int8-ov", OV)
+    assert got["empty"] == [0, Manifest.load(ov_export).dim]
+    batched, alone = np.asarray(got["batched"], np.float32), np.asarray(got["alone"], np.float32)
+
+    src = resolve(str(tiny_src))
+    ref = torch_embeddings(src.path, texts, src.pooling, src.normalize, src.max_length)
+    c = cosines(batched, ref)
+    bar = BARS[Precision.INT8_OV]
+    assert c.min() >= bar.min_cos and c.mean() >= bar.mean_cos, (c.min(), c.mean())
+    assert cosines(alone, batched).min() > 0.999  # static scales: a text's vector barely depends on its batch
+
+    import onnx
+
+    from dmeta_embed.runtime.tokenize import TextTokenizer
+
+    v = Manifest.load(ov_export).variants["int8-ov"]
+    engine = ovx.openvino_embedder(ov_export.parent, v.engine_properties)
+    direct = engine(onnx.load(str(ov_export / v.file)), TextTokenizer(ov_export / "tokenizer.json", 1024).encode(texts))
+    assert cosines(direct, batched).min() > 0.999, "the EP's run differs from OpenVINO's own"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
