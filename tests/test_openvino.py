@@ -165,6 +165,13 @@ def ov_python() -> str:
     return str(default)
 
 
+def run_in_ov(folder: Path, texts: list[str]) -> dict:
+    out = subprocess.run([ov_python(), "-c", RUN_IN_OV, str(folder), json.dumps(texts)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def test_int8_ov_on_the_openvino_provider_matches_torch(ov_export: Path, tiny_src: Path) -> None:
     """auto picks int8-ov there; vectors meet the bar vs torch, keep input order across lengths,
     and match OpenVINO's own run of the file (what the export validated)."""
@@ -173,10 +180,7 @@ def test_int8_ov_on_the_openvino_provider_matches_torch(ov_export: Path, tiny_sr
 
     texts = probe_texts(1024)
     texts = texts[::-1] + texts[:3]  # longest first: the runtime sorts, the answer must not be
-    out = subprocess.run([ov_python(), "-c", RUN_IN_OV, str(ov_export), json.dumps(texts)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = run_in_ov(ov_export, texts)
     assert (got["variant"], got["provider"]) == ("int8-ov", OV)
     assert got["empty"] == [0, Manifest.load(ov_export).dim]
     batched, alone = np.asarray(got["batched"], np.float32), np.asarray(got["alone"], np.float32)
@@ -196,6 +200,31 @@ def test_int8_ov_on_the_openvino_provider_matches_torch(ov_export: Path, tiny_sr
     engine = ovx.openvino_embedder(ov_export.parent, v.engine_properties)
     direct = engine(onnx.load(str(ov_export / v.file)), TextTokenizer(ov_export / "tokenizer.json", 1024).encode(texts))
     assert cosines(direct, batched).min() > 0.999, "the EP's run differs from OpenVINO's own"
+
+
+@pytest.mark.slow
+def test_real_minilm_int8_ov_meets_the_bar_vs_sentence_transformers(minilm_src: Path, tmp_path: Path) -> None:
+    """The bar on real weights: static scales miss it on the FFN projections of all-MiniLM-L6-v2
+    (min cos 0.983 with every MatMul static), so the search must move those roles to weights-only."""
+    st = pytest.importorskip("sentence_transformers")
+    from dmeta_embed.export import export_model
+    from dmeta_embed.export.reference import cosines
+    from dmeta_embed.texts import EN, MIXED, ZH, calibration_texts
+
+    m = export_model(str(minilm_src), tmp_path / "minilm", variants_=("int8-ov",))
+    v = m.variants["int8-ov"]
+    assert v.fidelity.passed
+    roles = {why.split(":")[0] for why in v.kept_fp32.values()}
+    assert "role ffn_output" in roles and "role qkv" not in roles, roles  # only what the bar needs
+    degenerate = "a " * 400  # one word repeated past max_length
+    texts = EN + ZH[:6] + MIXED + ["", "   "] + calibration_texts(24, seed=99) + [degenerate]
+    ref = st.SentenceTransformer(str(minilm_src), device="cpu").encode(texts, convert_to_numpy=True)
+    got = run_in_ov(tmp_path / "minilm", texts)
+    assert got["variant"] == "int8-ov"
+    c = cosines(np.asarray(got["batched"], np.float32), ref)
+    assert c[:-1].min() >= 0.99 and c[:-1].mean() >= 0.995, (c[:-1].min(), c[:-1].mean())
+    # the known weak spot of static scales (README, "int8-ov"): measured 0.981; dynamic int8 stays >= 0.99
+    assert c[-1] >= 0.97, c[-1]
 
 
 if __name__ == "__main__":  # pragma: no cover
