@@ -51,8 +51,9 @@ class Ours(Adapter):
     def load(self) -> None:
         from dmeta_embed.runtime import Embedder
 
-        self.model = Embedder.load(self.ctx.export_dir, variant=self.options["variant"], provider="cpu",
-                                   threads=self.ctx.threads)
+        variant = self.options["variant"]
+        self.model = Embedder.load(self.ctx.export_dir, variant=variant,
+                                   provider="openvino" if variant == "int8-ov" else "cpu", threads=self.ctx.threads)
         self.info = {"batching": f"token budget {self.model.max_batch_tokens}, batch ≤ {self.model.batch_size}"}
 
     def encode(self, texts: list[str]) -> np.ndarray:

@@ -293,7 +293,7 @@ def bench(model: str, variants: str | None, workloads: tuple[str, ...], peers: b
             "bench needs the repository's 'benchmarks' package: run it from a source checkout installed with "
             f"pip install -e '.[bench]' ({e})") from e
     if list_systems:
-        for s in our_systems(["fp32", "fp16", "int8"]) + peer_systems():
+        for s in our_systems(VARIANTS) + peer_systems():
             click.echo(f"{s.key:22} {s.name} · {s.variant} · {s.engine}")
         return
     if not model:
