@@ -176,11 +176,13 @@ def summary(folder: Path) -> str:
            "passes    " + (", ".join(m.export.get("graph_passes") or []) or "none"),
            f"exported  {m.export.get('created')} in {m.export.get('wall_seconds')} s, opset {m.export.get('opset')}",
            "",
-           f"{'variant':8} {'file':18} {'size MB':>8} {'min cos':>10} {'mean cos':>10} {'bar (min/mean)':>16}  ok  fp32 kept"]
+           f"{'variant':8} {'file':19} {'size MB':>8} {'min cos':>10} {'mean cos':>10} {'bar (min/mean)':>16}  ok  "
+           "kept float  validated on"]
     for name, v in m.variants.items():
         f = v.fidelity
-        out.append(f"{name:8} {v.file:18} {v.size_bytes / 1e6:8.1f} {f.min_cos:10.6f} {f.mean_cos:10.6f} "
-                   f"{f.bar_min_cos:>7}/{f.bar_mean_cos:<8}  {'yes' if f.passed else 'NO ':3} {len(v.kept_fp32)}")
+        out.append(f"{name:8} {v.file:19} {v.size_bytes / 1e6:8.1f} {f.min_cos:10.6f} {f.mean_cos:10.6f} "
+                   f"{f.bar_min_cos:>7}/{f.bar_mean_cos:<8}  {'yes' if f.passed else 'NO ':3} {len(v.kept_fp32):10}  "
+                   f"{v.validated_on}")
     # this machine, not the folder: auto picks int8 on CPU only where these units make it exact
     out += ["", f"cpu int8 units: {int8_units()}"]
     return "\n".join(out)

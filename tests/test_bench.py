@@ -293,3 +293,17 @@ def test_openvino_ep_options_and_table() -> None:
     md = openvino_ep.table(rows, ["minilm"]).splitlines()
     assert md[2] == "| a | 10,583 | 7,004 | 3.83 | 47 | 0.9535 / 0.9901 |"
     assert md[3] == "| b | — | — | — | — | 0.9965 / 0.9988 |"
+
+
+def test_int8_ov_system_runs_in_the_openvino_environment(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks.systems import our_systems
+
+    exe = tmp_path / "python"
+    monkeypatch.setenv("DMETA_EMBED_OV_PYTHON", str(exe))
+    fp32, ov = our_systems(["fp32", "int8-ov"])
+    assert fp32.python == "" and fp32.engine == "ONNX Runtime CPU"
+    assert ov.python == str(exe) and ov.engine == "ONNX Runtime + OpenVINO EP" and ov.precision == "int8"
+    assert ov.missing() == [f"{exe} (make bench-openvino builds it)"]  # absent: skipped with the hint
+    exe.write_text("")
+    assert ov.missing() == []
+    assert System.from_dict(ov.to_dict()) == ov
