@@ -78,7 +78,7 @@ def _choose(manifest: Manifest, variant: str, provider: str, units: str) -> tupl
         for p in ("fp16", "fp32"):
             if p in have:
                 return Precision(p), CUDA
-    # OpenVINO's static int8 where it is installed (measured 1.4-1.7x onnxruntime's dynamic int8)
+    # OpenVINO's static int8 where it is installed (measured 1.4-1.5x onnxruntime's dynamic int8 on batches)
     if provider == "auto" and fast and openvino_available() and ov in have and have[ov].fidelity.passed:
         return Precision.INT8_OV, OPENVINO
     # the fidelity bar was measured on an int8-exact CPU; elsewhere int8 may saturate, so fp32
