@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from dmeta_embed.runtime.session import OPENVINO as OV  # onnxruntime is in both environments
+
 ROOT = Path(__file__).resolve().parent.parent
-OV = "OpenVINOExecutionProvider"
 
 #: (name, graph file, provider, OpenVINO CPU properties)
 CONFIGS: list[tuple[str, str, str, dict[str, str]]] = [
@@ -51,14 +52,6 @@ CONFIGS: list[tuple[str, str, str, dict[str, str]]] = [
     ("weights-only int8, dynamic group 32", "wonly.onnx", OV, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "32"}),
     ("weights-only int8, dynamic group 128", "wonly.onnx", OV, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "128"}),
 ]
-
-
-def provider_options(threads: int, properties: dict[str, str]) -> dict[str, str]:
-    """OpenVINO EP options: CPU device, our thread count, CPU plugin properties via load_config."""
-    opts = {"device_type": "CPU", "num_of_threads": str(threads)}
-    if properties:
-        opts["load_config"] = json.dumps({"CPU": properties})
-    return opts
 
 
 # --- building the candidates (main environment: torch, transformers, nncf) --------------------------
@@ -118,34 +111,20 @@ def build(src_dir: str, work: Path) -> dict[str, Any]:
 
 # --- measuring (either environment: onnxruntime, tokenizers, numpy only) ---------------------------
 
-def _session(path: Path, provider: str, properties: dict[str, str], threads: int):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
+def _runner(path: Path, provider: str, properties: dict[str, str], threads: int):  # type: ignore[no-untyped-def]
+    """The runtime's own session for ``path`` (OpenVINO: the whole graph, onnxruntime's passes off)."""
+    from dmeta_embed.runtime.session import Runner
 
-    from dmeta_embed.runtime.session import CPU, CPU_DISABLED_OPTIMIZERS, session_options
-
-    so = session_options(threads)
-    if provider == CPU:
-        return ort.InferenceSession(str(path), so, providers=[CPU], disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
-    # OpenVINO takes the whole graph and optimises it itself; onnxruntime's own passes only got in
-    # its way (16-token query 4.26 → 3.83 ms with them off)
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), so, providers=[(provider, provider_options(threads, properties))])
-    if sess.get_providers()[0] != provider:
-        raise RuntimeError(f"{provider} is not available in this onnxruntime ({sess.get_providers()})")
-    return sess
+    return Runner(path, provider, threads, properties=properties)
 
 
-def _embed(sess, tok, budget: int = 1024, batch_size: int = 32) -> np.ndarray:  # type: ignore[no-untyped-def]
-    from dmeta_embed.runtime.batching import pad, plan_batches
+def _embed(runner, tok) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Embed as the runtime does on CPU (1,024-token budget, batches of ≤ 32)."""
+    from dmeta_embed.runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
 
-    out = None
-    for idx in plan_batches(tok.lengths, budget, batch_size):
-        ids, mask = pad(tok.ids, idx, 0)
-        y = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        out = np.zeros((len(tok.ids), y.shape[1]), np.float32) if out is None else out
-        out[idx] = y
-    assert out is not None
-    return out
+    dim = runner.session.get_outputs()[0].shape[-1]
+    return embed_tokenized(runner, tok, pad_id=0, dim=dim, max_batch_tokens=DEFAULT_BATCH_TOKENS[runner.provider],
+                           batch_size=DEFAULT_BATCH_SIZE)
 
 
 def fidelity_of(work: Path, file: str, provider: str, properties: dict[str, str], threads: int) -> dict[str, float]:
@@ -154,7 +133,7 @@ def fidelity_of(work: Path, file: str, provider: str, properties: dict[str, str]
 
     info = json.loads((work / "info.json").read_text())
     tok = TextTokenizer(work / "tokenizer.json", info["max_length"]).encode(info["probe_texts"])
-    c = cosines(_embed(_session(work / file, provider, properties, threads), tok), np.load(work / "reference.npy"))
+    c = cosines(_embed(_runner(work / file, provider, properties, threads), tok), np.load(work / "reference.npy"))
     return {"min_cos": round(float(c.min()), 5), "mean_cos": round(float(c.mean()), 5)}
 
 
@@ -167,7 +146,7 @@ def speed_of(path: Path, tokenizer: Path, provider: str, properties: dict[str, s
     from dmeta_embed.texts import workload
 
     t = time.perf_counter()
-    sess = _session(path, provider, properties, threads)
+    runner = _runner(path, provider, properties, threads)
     res: dict[str, float] = {"load_s": round(time.perf_counter() - t, 2)}
     tk = TextTokenizer(tokenizer, 1024)
     for name, n in (("query", n_query), ("mixed", n_mixed)):
@@ -177,18 +156,18 @@ def speed_of(path: Path, tokenizer: Path, provider: str, properties: dict[str, s
         for _ in range(3):
             t = time.perf_counter()
             for ids, mask in batches:
-                sess.run(None, {"input_ids": ids, "attention_mask": mask})
+                runner.run(ids, mask)
             passes.append(time.perf_counter() - t)
         res[f"{name}_tok_s"] = round(float(tok.lengths.sum() / min(passes[1:])))
         res[f"{name}_first_pass_extra_ms_per_batch"] = round((passes[0] - min(passes[1:])) / len(batches) * 1e3, 1)
     ids = np.array([[101] + [1000 + i for i in range(14)] + [102]], np.int64)
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    mask = np.ones_like(ids)
     for _ in range(20):
-        sess.run(None, feed)
+        runner.run(ids, mask)
     lat = []
     for _ in range(200):
         t = time.perf_counter()
-        sess.run(None, feed)
+        runner.run(ids, mask)
         lat.append(time.perf_counter() - t)
     res["query16_p50_ms"] = round(float(np.median(lat)) * 1e3, 2)
     return res

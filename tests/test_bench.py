@@ -282,9 +282,10 @@ def test_openvino_ep_candidates_are_built_and_measured_against_torch(tiny_src, t
 
 def test_openvino_ep_options_and_table() -> None:
     from benchmarks import openvino_ep
+    from dmeta_embed.runtime.session import openvino_options
 
-    assert openvino_ep.provider_options(2, {}) == {"device_type": "CPU", "num_of_threads": "2"}
-    opts = openvino_ep.provider_options(4, {"INFERENCE_PRECISION_HINT": "bf16"})
+    assert openvino_options(2, {}) == {"device_type": "CPU", "num_of_threads": "2"}
+    opts = openvino_options(4, {"INFERENCE_PRECISION_HINT": "bf16"})
     assert json.loads(opts["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}
     rows = [{"system": "a", "speed": {"query_tok_s": 10583.4, "mixed_tok_s": 7004, "query16_p50_ms": 3.834,
                                       "query_first_pass_extra_ms_per_batch": 46.9},
