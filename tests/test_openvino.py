@@ -76,7 +76,7 @@ def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path
     model = graph.append_head(onnx.load(str(tmp_path / "raw.onnx")), src.pooling, src.normalize,
                               int(src.config["hidden_size"]))
     tok = TextTokenizer(ov_tokenizer(tiny_src, tmp_path), src.max_length).encode(calibration_texts())
-    embed = ovx.openvino_embedder(tmp_path, {"INFERENCE_PRECISION_HINT": "f32"})
+    embed = ovx.openvino_embedder(tmp_path, {"INFERENCE_PRECISION_HINT": "f32"}, pad_id=0)
 
     loose = ovx.search(model, tok, embed, Bar(min_cos=0.0, mean_cos=0.0))
     assert loose.unquantized == {} and loose.trials == 1
@@ -215,7 +215,7 @@ def test_int8_ov_on_the_openvino_provider_matches_torch(ov_export: Path, tiny_sr
     from dmeta_embed.runtime.tokenize import TextTokenizer
 
     v = Manifest.load(ov_export).variants["int8-ov"]
-    engine = ovx.openvino_embedder(ov_export.parent, v.engine_properties)
+    engine = ovx.openvino_embedder(ov_export.parent, v.engine_properties, Manifest.load(ov_export).tokenizer.pad_token_id)
     direct = engine(onnx.load(str(ov_export / v.file)), TextTokenizer(ov_export / "tokenizer.json", 1024).encode(texts))
     assert cosines(direct, batched).min() > 0.999, "the EP's run differs from OpenVINO's own"
 

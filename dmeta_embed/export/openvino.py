@@ -1,8 +1,8 @@
 """The ``int8-ov`` variant: static int8 QDQ for onnxruntime's OpenVINO execution provider.
 
 Measured on this machine's Sapphire Rapids (benchmarks/results/dmeta-shaped/openvino_ep.md):
-OpenVINO's fused int8 kernels with static activation scales run the Dmeta shape 1.4× (queries)
-to 1.7× (mixed) faster than onnxruntime's dynamic int8, but static scales cost fidelity on real
+OpenVINO's fused int8 kernels with static activation scales run batches of the Dmeta shape 1.4–1.5×
+faster than onnxruntime's dynamic int8 (queries and mixed texts), but static scales cost fidelity on real
 weights (all-MiniLM-L6-v2: min cos 0.983 with every MatMul quantized). So the export searches:
 
 1. NNCF quantizes the raw export (``ModelType.TRANSFORMER``; SmoothQuant off: on real MiniLM it
@@ -95,13 +95,19 @@ class Quantizer:
         return next((r for r in ROLE_ORDER if r in roles), "other")
 
 
+def _users(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """tensor name → the nodes that read it"""
+    users = collections.defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            users[i].append(n)
+    return users
+
+
 def activation_quantizers(model: onnx.ModelProto) -> list[Quantizer]:
     g = model.graph
     consts = {i.name for i in g.initializer}
-    users = collections.defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            users[i].append(n)
+    users = _users(g)
     out = []
     for n in g.node:
         if n.op_type == "QuantizeLinear" and n.input[0] not in consts:
@@ -117,10 +123,7 @@ def unquantize(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    users = collections.defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            users[i].append(n)
+    users = _users(g)
     drop = set()
     for n in g.node:
         if n.op_type == "QuantizeLinear" and n.name in names:
@@ -150,13 +153,24 @@ def quantize_static(model: onnx.ModelProto, calib: Tokenized) -> onnx.ModelProto
                          subset_size=len(items), advanced_parameters=no_smooth_quant)
 
 
-def openvino_embedder(workdir: Path, properties: dict[str, str], threads: int | None = None
+class _Compiled:
+    """A compiled OpenVINO model with the runtime ``Runner``'s ``run`` call."""
+
+    def __init__(self, compiled) -> None:  # type: ignore[no-untyped-def]
+        self.compiled = compiled
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.compiled({"input_ids": input_ids, "attention_mask": attention_mask})[0]  # type: ignore[no-any-return]
+
+
+def openvino_embedder(workdir: Path, properties: dict[str, str], pad_id: int, threads: int | None = None
                       ) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
     """``embed(model, tokenized)`` through OpenVINO's CPU plugin, batched as the runtime batches."""
     import onnx
     import openvino as ov
 
-    from ..runtime.batching import pad, plan_batches
+    from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
+    from ..runtime.session import OPENVINO
 
     core = ov.Core()
     config: dict[str, object] = dict(properties)
@@ -166,15 +180,10 @@ def openvino_embedder(workdir: Path, properties: dict[str, str], threads: int | 
     def embed(model: onnx.ModelProto, tok: Tokenized) -> np.ndarray:
         path = workdir / "openvino-candidate.onnx"
         onnx.save(model, str(path))
-        compiled = core.compile_model(str(path), "CPU", config)
-        out = None
-        for idx in plan_batches(tok.lengths, 1024, 32):
-            ids, mask = pad(tok.ids, idx, 0)
-            y = compiled({"input_ids": ids, "attention_mask": mask})[0]
-            out = np.empty((len(tok.ids), y.shape[1]), np.float32) if out is None else out
-            out[idx] = y
-        assert out is not None
-        return out
+        runner = _Compiled(core.compile_model(str(path), "CPU", config))
+        dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value  # [batch, dim] from append_head
+        return embed_tokenized(runner, tok, pad_id=pad_id, dim=dim,  # type: ignore[arg-type]
+                               max_batch_tokens=DEFAULT_BATCH_TOKENS[OPENVINO], batch_size=DEFAULT_BATCH_SIZE)
 
     return embed
 

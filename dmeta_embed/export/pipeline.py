@@ -191,6 +191,7 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
         kept: dict[str, str] = {}
         properties: dict[str, str] = {}
         validated_on = provider = CPU
+        validate = embed  # the final graph's probe vectors, on the engine it is built for
         if precision == Precision.FP32:
             final = head(cpu_backbone)
         elif precision == Precision.FP16:
@@ -204,7 +205,7 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
             final, kept = head(result.model), result.kept_fp32
         else:  # INT8_OV: from the raw export (OpenVINO fuses on its own and cannot run ORT's contrib ops)
             properties = openvino.cpu_properties()
-            ov_embed = openvino.openvino_embedder(work, properties)
+            ov_embed = openvino.openvino_embedder(work, properties, tok_info.pad_token_id)
             found = openvino.search(head(onnx.load(str(work / "raw.onnx"))), tokenizer.encode(calibration_texts()),
                                     ov_embed, variants.target(bars[precision]))
             final, kept, validated_on = found.model, found.unquantized, openvino.engine_version()
