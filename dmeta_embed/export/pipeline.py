@@ -191,7 +191,6 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
         kept: dict[str, str] = {}
         properties: dict[str, str] = {}
         validated_on = provider = CPU
-        validate = embed  # the final graph's probe vectors, on the engine it is built for
         if precision == Precision.FP32:
             final = head(cpu_backbone)
         elif precision == Precision.FP16:
