@@ -115,22 +115,18 @@ def test_auto_picks_int8_ov_only_where_the_openvino_provider_is(ov_export: Path,
     assert _choose(below_bar, "auto", "auto", "amx") == (Precision.INT8, "CPUExecutionProvider")
 
 
-def test_a_server_prefers_onnxruntime_int8_to_int8_ov(ov_export: Path, tmp_path: Path, monkeypatch) -> None:
-    pytest.importorskip("starlette")
-    from dmeta_embed.runtime import session
-    from dmeta_embed.serve import serving_provider
-
-    monkeypatch.setattr(session, "openvino_available", lambda: True)
-    monkeypatch.setattr(session, "cuda_available", lambda: False)
-    assert serving_provider(ov_export, "auto", "auto") == "cpu"  # measured: more req/s, lower p50
-    assert serving_provider(ov_export, "int8-ov", "auto") == "auto"  # asked for: kept
-    assert serving_provider(ov_export, "auto", "openvino") == "openvino"
+def test_a_server_prefers_onnxruntime_int8_to_int8_ov(ov_export: Path, monkeypatch) -> None:
+    """``single_requests`` (what ``serve`` passes): auto keeps onnxruntime's int8 where it passed."""
     m = Manifest.load(ov_export)
-    m = dataclasses.replace(m, variants={"int8-ov": m.variants["int8-ov"]})  # no int8 to fall back on
-    m.save(tmp_path)
-    assert serving_provider(tmp_path, "auto", "auto") == "auto"
-    monkeypatch.setattr(session, "openvino_available", lambda: False)
-    assert serving_provider(ov_export, "auto", "auto") == "auto"
+    cpu = (Precision.INT8, "CPUExecutionProvider")
+    monkeypatch.setattr(embedder_module, "openvino_available", lambda: True)
+    assert _choose(m, "auto", "auto", "amx", single_requests=True) == cpu  # measured: more req/s, lower p50
+    assert _choose(m, "int8-ov", "auto", "amx", single_requests=True) == (Precision.INT8_OV, OV)  # asked for: kept
+    assert _choose(m, "auto", "openvino", "amx", single_requests=True) == (Precision.INT8_OV, OV)
+    no_int8 = dataclasses.replace(m, variants={"int8-ov": m.variants["int8-ov"]})  # nothing to fall back on
+    assert _choose(no_int8, "auto", "auto", "amx", single_requests=True) == (Precision.INT8_OV, OV)
+    monkeypatch.setattr(embedder_module, "openvino_available", lambda: False)
+    assert _choose(m, "auto", "auto", "amx", single_requests=True) == cpu
 
 
 def test_int8_ov_requests_that_cannot_be_met(ov_export: Path, tiny_export: Path, monkeypatch) -> None:

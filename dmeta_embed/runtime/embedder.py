@@ -39,8 +39,11 @@ def embed_tokenized(
     return out
 
 
-def _choose(manifest: Manifest, variant: str, provider: str, units: str) -> tuple[Precision, str]:
-    """(variant, provider) to load; ``units`` is ``int8_units()`` of this CPU."""
+def _choose(manifest: Manifest, variant: str, provider: str, units: str,
+            single_requests: bool = False) -> tuple[Precision, str]:
+    """(variant, provider) to load; ``units`` is ``int8_units()`` of this CPU; ``single_requests``:
+    the caller embeds mostly one short text per call (a server), where ``auto`` ranks onnxruntime's
+    int8 above int8-ov."""
     if provider not in {"auto", "cpu", "cuda", "openvino"}:
         raise ProviderError(f"provider must be auto, cpu, cuda or openvino, got {provider!r}")
     if variant not in {"auto", *(p.value for p in Precision)}:
@@ -78,11 +81,15 @@ def _choose(manifest: Manifest, variant: str, provider: str, units: str) -> tupl
         for p in ("fp16", "fp32"):
             if p in have:
                 return Precision(p), CUDA
-    # OpenVINO's static int8 where it is installed (measured 1.4-1.5x onnxruntime's dynamic int8 on batches)
-    if provider == "auto" and fast and openvino_available() and ov in have and have[ov].fidelity.passed:
-        return Precision.INT8_OV, OPENVINO
     # the fidelity bar was measured on an int8-exact CPU; elsewhere int8 may saturate, so fp32
     int8_passed = "int8" in have and have["int8"].fidelity.passed
+    # OpenVINO's static int8 where it is installed: 1.4-1.5x onnxruntime's dynamic int8 on batches.
+    # Not for single requests when int8 can run: they change the input shape at every call and
+    # OpenVINO pays ~1 ms per change (Dmeta shape, served over loopback: int8 391 req/s at
+    # concurrency 32 and 209 at 1, int8-ov 370 and 151; benchmarks/results/serve_dmeta-shaped_*)
+    ov_passed = ov in have and have[ov].fidelity.passed
+    if provider == "auto" and fast and ov_passed and openvino_available() and not (single_requests and int8_passed):
+        return Precision.INT8_OV, OPENVINO
     if int8_passed and fast:
         return Precision.INT8, CPU
     if "fp32" in have:
@@ -114,6 +121,7 @@ class Embedder:
         truncate: bool = True,
         verify: bool = True,
         spin: bool = True,
+        single_requests: bool = False,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
@@ -121,7 +129,7 @@ class Embedder:
         self.manifest = Manifest.load(self.path)
         #: this CPU's int8 units (``runtime.cpu.int8_units``): decides whether ``auto`` may pick int8
         self.int8_units = int8_units()
-        self.variant, self.provider = _choose(self.manifest, variant, provider, self.int8_units)
+        self.variant, self.provider = _choose(self.manifest, variant, provider, self.int8_units, single_requests)
         spec = self.manifest.variants[self.variant.value]
         model_file = self.path / spec.file
         tok_file = self.path / self.manifest.tokenizer.file

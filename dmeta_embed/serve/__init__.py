@@ -42,25 +42,6 @@ def create_app(embedder: Embedder, config: ServerConfig | None = None, *,
     return _create(embedder, config, warmup=warmup)
 
 
-def serving_provider(model_dir: str | Path, variant: str, provider: str) -> str:
-    """``auto`` in a server prefers onnxruntime's own int8 to int8-ov where both can run.
-
-    Measured on the Dmeta shape, short queries over loopback (benchmarks/results/serve_dmeta-shaped_*):
-    int8 391 req/s at concurrency 32 and 209 at 1; int8-ov 370 and 151. Single requests of varied
-    length change the input shape at every call, and OpenVINO pays ~1 ms per change; it also spends
-    more CPU per request (12.9 vs 9.4 ms at concurrency 1) on cores the server shares with its
-    clients. Bulk ``encode`` keeps preferring int8-ov (1.4x on batches)."""
-    if variant != "auto" or provider != "auto":
-        return provider
-    from ..manifest import Manifest
-    from ..runtime.session import cuda_available, openvino_available
-
-    if cuda_available() or not openvino_available():
-        return provider
-    int8 = Manifest.load(model_dir).variants.get("int8")
-    return "cpu" if int8 is not None and int8.fidelity.passed else provider
-
-
 def serve(model_dir: str | Path, config: ServerConfig | None = None, *, host: str = "127.0.0.1",
           port: int = 8080, variant: str = "auto", provider: str = "auto", threads: int | None = None,
           log_level: str = "info") -> None:
@@ -74,10 +55,10 @@ def serve(model_dir: str | Path, config: ServerConfig | None = None, *, host: st
     from ..runtime import Embedder
 
     cfg = config or ServerConfig()
-    provider = serving_provider(model_dir, variant, provider)
     embedder = Embedder.load(model_dir, variant=variant, provider=provider, threads=threads,
                              max_batch_tokens=cfg.max_batch_tokens, batch_size=cfg.batch_size,
-                             spin=cfg.spin)  # see ServerConfig.spin
+                             spin=cfg.spin,  # see ServerConfig.spin
+                             single_requests=True)  # auto: int8 before int8-ov (see runtime.embedder._choose)
     app = create_app(embedder, cfg)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
