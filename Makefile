@@ -42,13 +42,13 @@ lint: install
 # Dmeta-shaped model once, then measures every system (~35 minutes on 2 cores)
 bench: install $(OV_VENV)/.installed-stamp
 	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,bench]'
-	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python benchmarks/build_dmeta_shaped.py --force
-	$(BIN)/dmeta-embed bench --model out/dmeta-shaped --peers --passes 2 --output benchmarks/results/dmeta-shaped
+	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python -m benchmarks.build_dmeta_shaped --force
+	$(BIN)/python -m benchmarks --model out/dmeta-shaped --peers --passes 2 --output benchmarks/results/dmeta-shaped
 
 # the OpenVINO execution provider on our graphs beside our int8 (benchmarks/openvino_ep.py, ~10 min)
 bench-openvino: install $(OV_VENV)/.installed-stamp
 	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,bench]'
-	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python benchmarks/build_dmeta_shaped.py --force
+	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python -m benchmarks.build_dmeta_shaped --force
 	$(BIN)/python -m benchmarks.openvino_ep --ov-python $(OV_VENV)/bin/python --output benchmarks/results/dmeta-shaped
 
 clean:

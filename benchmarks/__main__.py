@@ -1,6 +1,6 @@
-"""``python -m benchmarks ...`` is ``dmeta-embed bench ...``."""
+"""``python -m benchmarks ...``: the benchmark, from a source checkout (see benchmarks/cli.py)."""
 
-from dmeta_embed.cli import bench
+from .cli import main
 
 if __name__ == "__main__":
-    bench(prog_name="python -m benchmarks")
+    main()

@@ -5,9 +5,9 @@ for the real model offline. Fidelity on random weights says little about real on
 particular quantizes far better here): measure real fidelity with the real model.
 
     python -m benchmarks.build_dmeta_shaped [--out out/dmeta-shaped] [--force]
-    dmeta-embed bench -m out/dmeta-shaped --peers
+    python -m benchmarks -m out/dmeta-shaped --peers
 
-With network, skip this and run ``dmeta-embed bench -m DMetaSoul/Dmeta-embedding --peers``.
+With network, skip this and run ``python -m benchmarks -m DMetaSoul/Dmeta-embedding --peers``.
 """
 
 from __future__ import annotations

@@ -176,19 +176,34 @@ def test_every_field_is_there(tiny_result: tuple[dict, Path]) -> None:
 
 
 def test_cli_bench(tiny_export: Path, tmp_path: Path) -> None:
+    """``python -m benchmarks``: the run, the command line recorded to reproduce it, the catalogue."""
     from click.testing import CliRunner
 
-    from dmeta_embed.cli import cli
+    from benchmarks.cli import bench
 
-    res = CliRunner().invoke(cli, ["bench", "-m", str(tiny_export), "--variants", "int8", "--workload", "query",
-                                   "--texts", "12", "--repeats", "1", "--latency-calls", "2",
-                                   "-o", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")])
+    res = CliRunner().invoke(bench, ["-m", str(tiny_export), "--variants", "int8", "--workload", "query",
+                                     "--texts", "12", "--repeats", "1", "--latency-calls", "2",
+                                     "-o", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "r" / "bench.json").read_text("utf-8"))
     assert [r["system"] for r in data["results"]] == ["dmeta-embed:int8"]
-    assert data["command"].startswith("dmeta-embed bench --model") and "--texts 12" in data["command"]
-    listed = CliRunner().invoke(cli, ["bench", "--list-systems"])
+    assert data["command"].startswith("python -m benchmarks --model") and "--texts 12" in data["command"]
+    listed = CliRunner().invoke(bench, ["--list-systems"])
     assert listed.exit_code == 0 and "st:openvino-qint8" in listed.output
+
+
+def test_installed_cli_points_to_the_checkout_harness() -> None:
+    """The installed ``dmeta-embed bench`` imports nothing of benchmarks/: one line saying where it runs."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "import sys; from dmeta_embed.cli import main; "
+                        "sys.argv = ['dmeta-embed', 'bench', '-m', 'x', '--peers']; main()"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "Error: the benchmark runs from a source checkout of dmeta-embed: "
+        "python -m benchmarks --help (see docs/performance.md)"]
 
 
 def test_workloads_keep_their_token_ranges(tiny_export: Path) -> None:

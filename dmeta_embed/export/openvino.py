@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import MissingDependencyError
+from .._optional import require as _require
 from ..manifest import Bar
 
 if TYPE_CHECKING:
@@ -52,11 +52,9 @@ _ROLES = (
 
 
 def require() -> None:
-    import importlib.util
-
+    """Fail early, with the pip line, when the ``export-openvino`` extra is missing."""
     for module in ("nncf", "openvino"):
-        if importlib.util.find_spec(module) is None:
-            raise MissingDependencyError(module, "export-openvino")
+        _require(module, "export-openvino")
 
 
 def cpu_properties() -> dict[str, str]:

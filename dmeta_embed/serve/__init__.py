@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import MissingDependencyError
+from .._optional import require
 from .config import ServerConfig
 
 if TYPE_CHECKING:
@@ -25,10 +25,7 @@ __all__ = ["ServerConfig", "create_app", "serve"]
 
 def _require() -> None:
     for module in ("starlette", "uvicorn", "prometheus_client"):
-        try:
-            __import__(module)
-        except ImportError as e:
-            raise MissingDependencyError(module, "server") from e
+        require(module, "server")
 
 
 def create_app(embedder: Embedder, config: ServerConfig | None = None, *,
