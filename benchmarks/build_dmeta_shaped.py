@@ -22,8 +22,8 @@ def build(out: Path, force: bool = False, seed: int = 0) -> Path:
     """``out``: the exported folder; the source (HF format, for the peers) goes to ``out``-src."""
     from dmeta_embed.errors import ModelLoadError
     from dmeta_embed.export import export_model
-    from dmeta_embed.export.synthetic import build_model
     from dmeta_embed.manifest import Manifest
+    from dmeta_embed.testing import build_model
 
     src = out.with_name(out.name + "-src")
     if force or not (src / "config.json").is_file():

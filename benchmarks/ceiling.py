@@ -183,7 +183,8 @@ def profile(export_dir: Path, variant: str, workload: str, threads: int) -> dict
     from dmeta_embed.runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
     from dmeta_embed.runtime.session import CPU
     from dmeta_embed.runtime.tokenize import TextTokenizer
-    from dmeta_embed.texts import workload as make_workload
+
+    from .workloads import workload as make_workload
 
     manifest = Manifest.load(export_dir)
     path = export_dir / manifest.variants[variant].file

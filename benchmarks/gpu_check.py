@@ -24,11 +24,11 @@ def main() -> int:
 
     import onnxruntime as ort
 
+    from benchmarks.workloads import workload
     from dmeta_embed import Embedder
     from dmeta_embed.export import export_model
     from dmeta_embed.export.reference import cosines
-    from dmeta_embed.export.synthetic import build_model
-    from dmeta_embed.texts import workload
+    from dmeta_embed.testing import build_model
 
     report: dict = {"onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
     work = Path(a.work)

@@ -24,4 +24,4 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   PY="$VENV/bin/python"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PY" benchmarks/gpu_check.py --work "$OUT_DIR/gpu-check" --report "$OUT_DIR/gpu_check.json"
+"$PY" -m benchmarks.gpu_check --work "$OUT_DIR/gpu-check" --report "$OUT_DIR/gpu_check.json"

@@ -143,7 +143,8 @@ def speed_of(path: Path, tokenizer: Path, provider: str, properties: dict[str, s
     shape), the first pass's extra ms per batch (compiles), and one 16-token query's p50."""
     from dmeta_embed.runtime.batching import pad, plan_batches
     from dmeta_embed.runtime.tokenize import TextTokenizer
-    from dmeta_embed.texts import workload
+
+    from .workloads import workload
 
     t = time.perf_counter()
     runner = _runner(path, provider, properties, threads)

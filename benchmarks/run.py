@@ -113,12 +113,12 @@ MIX = {"query": 0.70, "passage": 0.25, "long": 0.05}
 def build_workloads(names: Sequence[str], sizes: dict[str, int], seed: int, count: Callable[[list[str]], list[int]],
                     max_length: int) -> dict[str, list[str]]:
     """Seeded texts whose token counts (with this model's tokenizer) are inside each workload's
-    range: drawn in order from a larger seeded pool of ``dmeta_embed.texts.workload`` texts, so
+    range: drawn in order from a larger seeded pool of ``benchmarks.workloads.workload`` texts, so
     the same seed and tokenizer give the same texts. ``mixed`` = 70 % query, 25 % passage, 5 %
     long, shuffled with the seed."""
     import random
 
-    from dmeta_embed.texts import workload
+    from .workloads import workload
 
     def pick(name: str, n: int) -> list[str]:
         lo, hi = TOKEN_RANGES[name]

@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Chinese BERT with Dmeta's config keys, CLS pooling, only vocab.txt."""
-    from dmeta_embed.export.synthetic import build_model
+    from dmeta_embed.testing import build_model
 
     return build_model(tmp_path_factory.mktemp("tiny-src"), "tiny")
 

@@ -71,7 +71,7 @@ def test_tokenisation_identical_to_hf(minilm_export, minilm_src):
 def test_batch_invariance(minilm_export):
     """Same text, different batch-mates. fp32 exact; int8's per-batch activation scale moves
     vectors slightly: the measured minimum is printed for the record (run pytest -s)."""
-    from dmeta_embed.texts import workload
+    from benchmarks.workloads import workload
 
     texts = workload("mixed", 64, seed=5) + EN
     for variant, bar in (("fp32", 0.99999), ("int8", 0.99)):

@@ -12,13 +12,14 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks.workloads import workload
 from dmeta_embed import Embedder, InputError, ModelLoadError, ProviderError
 from dmeta_embed.export.reference import cosines, torch_embeddings
 from dmeta_embed.manifest import Manifest, Pooling, Precision
 from dmeta_embed.runtime import cpu
 from dmeta_embed.runtime import embedder as embedder_module
 from dmeta_embed.runtime.embedder import _choose
-from dmeta_embed.texts import EN, MIXED, ZH, workload
+from dmeta_embed.texts import EN, MIXED, ZH
 
 TOKENIZE_CASES = ZH[:4] + EN[:3] + MIXED + ["😀🚀 emoji 表情", "ＡＢＣ１２３　全角", "Ünïcödé café", "tab\tand\nnewline"]
 

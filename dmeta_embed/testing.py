@@ -1,7 +1,8 @@
-"""Random-weight BERT folders with Dmeta's config keys and a synthetic CJK WordPiece vocab.
+"""Test fixtures: random-weight BERT folders with Dmeta's config keys and a synthetic CJK vocab.
 
 The real Dmeta weights need the hub; speed depends on shape, not on weights, and the export
 pipeline depends only on the architecture. ``tiny`` is for tests, ``dmeta`` for benchmarks.
+``build_model`` needs the ``export`` extra (torch, transformers).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..manifest import Pooling
+from .manifest import Pooling
 
 DMETA_CONFIG: dict[str, Any] = {
     "architectures": ["BertModel"],
