@@ -40,7 +40,7 @@ def build(out: Path, force: bool = False, seed: int = 0) -> Path:
     variants = ["fp32", "fp16", "int8"]
     if all(importlib.util.find_spec(m) for m in ("nncf", "openvino")):  # the export-openvino extra
         variants.append("int8-ov")
-    export_model(str(src), out, variants_=variants, force=True)
+    export_model(str(src), out, variants=variants, force=True)
     print(f"exported {src} → {out} in {time.perf_counter() - t:.0f} s")
     return out
 

@@ -35,7 +35,7 @@ def main() -> int:
     src = build_model(work / "src", a.shape)
     t = time.perf_counter()
     # fp16 is validated on CUDA by the exporter itself when CUDA is available
-    m = export_model(str(src), work / "export", variants_=["fp32", "fp16"], force=True)
+    m = export_model(str(src), work / "export", variants=["fp32", "fp16"], force=True)
     report["export_seconds"] = round(time.perf_counter() - t, 1)
     report["fp16_fidelity_in_manifest"] = m.variants["fp16"].fidelity.to_dict()
     report["fp16_validated_on"] = m.variants["fp16"].validated_on

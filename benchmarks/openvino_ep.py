@@ -98,7 +98,7 @@ def build(src_dir: str, work: Path) -> dict[str, Any]:
     t = time.perf_counter()
     from dmeta_embed.export import export_model
 
-    ours = export_model(src_dir, work / "export", variants_=("int8-ov",), force=True).variants["int8-ov"]
+    ours = export_model(src_dir, work / "export", variants=("int8-ov",), force=True).variants["int8-ov"]
     (work / "export" / ours.file).rename(work / "int8-ov.onnx")
     seconds["int8-ov export"] = time.perf_counter() - t
     info = {"model": src.model_id, "max_length": src.max_length, "dim": dim, "probe_texts": probes,

@@ -69,7 +69,7 @@ def export(model: str, output: Path, variants: str, pooling: str | None, max_len
     bad = [v for v in names if v not in VARIANTS]
     if bad:
         raise click.BadParameter(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}", param_hint="--variants")
-    manifest = export_model(model, output, variants_=names, pooling=pooling, max_length=max_length,
+    manifest = export_model(model, output, variants=names, pooling=pooling, max_length=max_length,
                             normalize=False if no_normalize else None, revision=revision, force=force,
                             allow_low_fidelity=allow_low_fidelity, trust_remote_code=trust_remote_code)
     click.echo(f"exported {manifest.source['model']} → {output}")

@@ -183,7 +183,7 @@ def test_int8_search_keeps_sensitive_nodes_when_bar_is_strict(tiny_src, tiny_exp
     from dmeta_embed.export import export_model
     from dmeta_embed.manifest import Bar
 
-    m = export_model(str(tiny_src), tmp_path / "strict", variants_=["int8"],
+    m = export_model(str(tiny_src), tmp_path / "strict", variants=["int8"],
                      bars={Precision.INT8: Bar(min_cos=0.9995, mean_cos=0.9998)})
     v = m.variants["int8"]
     assert v.fidelity.passed and v.fidelity.min_cos >= 0.9995
@@ -201,12 +201,12 @@ def test_max_length_and_pooling_flags(tiny_src, tmp_path, caplog):
     from dmeta_embed.export import export_model
     from dmeta_embed.testing import build_model
 
-    m = export_model(str(tiny_src), tmp_path / "short", variants_=["fp32"], max_length=128)
+    m = export_model(str(tiny_src), tmp_path / "short", variants=["fp32"], max_length=128)
     assert m.max_length == 128 and m.variants["fp32"].fidelity.max_tokens == 128
     # no sentence-transformers files: --pooling decides, else CLS with a warning
     bare = build_model(tmp_path / "bare", "tiny", sentence_transformers_files=False)
-    m = export_model(str(bare), tmp_path / "mean", variants_=["fp32"], pooling="mean")
+    m = export_model(str(bare), tmp_path / "mean", variants=["fp32"], pooling="mean")
     assert m.pooling == Pooling.MEAN and m.source["pooling_from"] == "flag"
     with caplog.at_level("WARNING"):
-        m = export_model(str(bare), tmp_path / "cls", variants_=["fp32"])
+        m = export_model(str(bare), tmp_path / "cls", variants=["fp32"])
     assert m.pooling == Pooling.CLS and "using CLS" in caplog.text

@@ -53,17 +53,17 @@ def test_existing_output_needs_force(tiny_src, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(ExportError, match="--force"):
-        export_model(str(tiny_src), out, variants_=["fp32"])
+        export_model(str(tiny_src), out, variants=["fp32"])
     assert (out / "keep.txt").exists()
     # --force replaces an earlier export, never an unrelated folder
     with pytest.raises(ExportError, match="not an export"):
-        export_model(str(tiny_src), out, variants_=["fp32"], force=True)
+        export_model(str(tiny_src), out, variants=["fp32"], force=True)
 
 
 def test_force_replaces_previous_export(tiny_src, tmp_path):
     out = tmp_path / "out"
-    export_model(str(tiny_src), out, variants_=["fp32"])
-    m = export_model(str(tiny_src), out, variants_=["fp32", "fp16"], force=True)
+    export_model(str(tiny_src), out, variants=["fp32"])
+    m = export_model(str(tiny_src), out, variants=["fp32", "fp16"], force=True)
     assert set(m.variants) == {"fp32", "fp16"}
     assert (out / "model.fp16.onnx").exists()
     assert _leftovers(tmp_path) == []
@@ -84,7 +84,7 @@ def test_interrupted_export_leaves_nothing(tiny_src, tmp_path, monkeypatch):
 
 def test_missed_bar_is_an_error_not_a_file(tiny_src, tmp_path):
     with pytest.raises(FidelityError, match="fp32 variant missed its fidelity bar"):
-        export_model(str(tiny_src), tmp_path / "out", variants_=["fp32"],
+        export_model(str(tiny_src), tmp_path / "out", variants=["fp32"],
                      bars={Precision.FP32: Bar(min_cos=1.0000001, mean_cos=1.0000001)})
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
@@ -99,8 +99,8 @@ def test_int8_below_bar_refused_unless_allowed(tiny_src, tmp_path, monkeypatch):
 
     monkeypatch.setattr(variants, "search_int8", plain)
     with pytest.raises(FidelityError, match="--allow-low-fidelity"):
-        export_model(str(tiny_src), tmp_path / "out", variants_=["int8"], bars=impossible)
-    m = export_model(str(tiny_src), tmp_path / "out", variants_=["int8"], bars=impossible,
+        export_model(str(tiny_src), tmp_path / "out", variants=["int8"], bars=impossible)
+    m = export_model(str(tiny_src), tmp_path / "out", variants=["int8"], bars=impossible,
                      allow_low_fidelity=True)
     assert not m.variants["int8"].fidelity.passed
 

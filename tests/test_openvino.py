@@ -33,7 +33,7 @@ def ov_export(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dmeta_embed.export import export_model
 
     out = tmp_path_factory.mktemp("tiny-ov") / "model"
-    export_model(str(tiny_src), out, variants_=("fp32", "int8", "int8-ov"))
+    export_model(str(tiny_src), out, variants=("fp32", "int8", "int8-ov"))
     return out
 
 
@@ -226,7 +226,7 @@ def test_real_minilm_int8_ov_meets_the_bar_vs_sentence_transformers(minilm_src: 
     from dmeta_embed.export.reference import cosines
     from dmeta_embed.texts import EN, MIXED, ZH, calibration_texts
 
-    m = export_model(str(minilm_src), tmp_path / "minilm", variants_=("int8-ov",))
+    m = export_model(str(minilm_src), tmp_path / "minilm", variants=("int8-ov",))
     v = m.variants["int8-ov"]
     assert v.fidelity.passed
     roles = {why.split(":")[0] for why in v.kept_fp32.values()}

@@ -30,7 +30,8 @@ from ..runtime.embedder import embed_tokenized
 from ..runtime.session import CPU, CUDA, Runner, cuda_available
 from ..runtime.tokenize import TextTokenizer
 from ..texts import calibration_texts, probe_texts
-from . import graph, openvino, variants
+from . import graph, openvino
+from . import variants as derive
 from .reference import fidelity, torch_embeddings
 from .source import DEFAULT_MODEL, Source, resolve
 
@@ -90,7 +91,7 @@ def export_model(
     model: str = DEFAULT_MODEL,
     output: str | Path = "out/dmeta",
     *,
-    variants_: Iterable[str] = ("fp32", "fp16", "int8"),
+    variants: Iterable[str] = ("fp32", "fp16", "int8"),
     pooling: str | Pooling | None = None,
     normalize: bool | None = None,
     max_length: int | None = None,
@@ -109,7 +110,7 @@ def export_model(
     """
     t0 = time.perf_counter()
     _require_export_deps()
-    wanted = [Precision(v) for v in variants_]
+    wanted = [Precision(v) for v in variants]
     if not wanted:
         raise ExportError("no variants asked for")
     if Precision.INT8_OV in wanted:
@@ -194,19 +195,19 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
         if precision == Precision.FP32:
             final = head(cpu_backbone)
         elif precision == Precision.FP16:
-            final = head(variants.to_fp16(backbone))
+            final = head(derive.to_fp16(backbone))
             validated_on = provider = CUDA if cuda_available() else CPU  # validate where it will run when we can
         elif precision == Precision.INT8:
             calib_tok = tokenizer.encode(calibration_texts())
             calib_ref = embed(head(cpu_backbone), calib_tok)
-            result = variants.search_int8(cpu_backbone, lambda m, t=calib_tok: embed(head(m), t), calib_ref,
+            result = derive.search_int8(cpu_backbone, lambda m, t=calib_tok: embed(head(m), t), calib_ref,
                                           bars[precision])
             final, kept = head(result.model), result.kept_fp32
         else:  # INT8_OV: from the raw export (OpenVINO fuses on its own and cannot run ORT's contrib ops)
             properties = openvino.cpu_properties()
             ov_embed = openvino.openvino_embedder(work, properties, tok_info.pad_token_id)
             found = openvino.search(head(onnx.load(str(work / "raw.onnx"))), tokenizer.encode(calibration_texts()),
-                                    ov_embed, variants.target(bars[precision]))
+                                    ov_embed, derive.target(bars[precision]))
             final, kept, validated_on = found.model, found.unquantized, openvino.engine_version()
         vectors = ov_embed(final, probe_tok) if precision == Precision.INT8_OV else embed(final, provider=provider)
         fid = fidelity(vectors, reference, bars[precision], max_tokens)
