@@ -14,6 +14,7 @@ from .batching import pad, plan_batches
 from .cpu import int8_is_fast, int8_units, why_not_int8
 from .session import CPU, CUDA, OPENVINO, Runner, cuda_available, openvino_available
 from .tokenize import TextTokenizer, Tokenized, check_texts
+from .vectors import normalize
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +213,7 @@ class Embedder:
             log.warning("%d text(s) longer than max_length=%d tokens were truncated (first: index %d)",
                         len(self.last_truncated), self.max_length, self.last_truncated[0])
         if normalize_embeddings and not self.manifest.normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.maximum(norms, 1e-12)
+            out = normalize(out)
         if not convert_to_numpy:
             return list(out)  # type: ignore[return-value]
         return out[0] if single else out

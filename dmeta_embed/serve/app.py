@@ -27,6 +27,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import InputError
 from ..runtime import Embedder
+from ..runtime.vectors import normalize
 from .batcher import Batcher, Overloaded, warm_up
 from .config import ServerConfig
 from .errors import ApiError
@@ -181,7 +182,7 @@ class Service:
                            "normalisation inside the graph (re-export with --no-normalize)", param="normalize")
         vectors, _ = await self.embed(request, req, "inputs", 422)
         if req.normalize and not normalized_export:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            vectors = normalize(vectors)
         return await self._big_json(vectors.tolist(), vectors.size)
 
     async def _big_json(self, body: object, floats: int) -> Response:
