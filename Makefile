@@ -36,6 +36,7 @@ test: install $(OV_VENV)/.installed-stamp
 
 lint: install
 	$(BIN)/ruff check dmeta_embed tests benchmarks scripts
+	$(BIN)/ruff format --check dmeta_embed tests benchmarks scripts
 	$(BIN)/mypy dmeta_embed/runtime dmeta_embed/manifest.py dmeta_embed/errors.py
 
 # the recorded benchmark (README, "Performance"): installs the peers, builds and exports the
