@@ -1,0 +1,105 @@
+"""``embed-corpus --ray``: the corpus job's parts as a Ray Data ``map_batches`` over an actor pool.
+
+Each actor holds one :class:`~dmeta_embed.corpus.job.PartWorker` (one ``Embedder``, onnxruntime
+threads = the actor's CPUs) and turns one part spec into one finished part file, exactly as the
+in-process loop does; the driver plans, resumes and writes ``_SUCCESS``. Actors read their own rows,
+so input, output and model folder must be paths every node sees (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+from .._optional import require
+from ..corpus import CorpusError
+from ..corpus.job import JobSpec, PartWorker
+from ..corpus.progress import Progress
+from ..corpus.source import Part
+from ..errors import DmetaEmbedError
+
+ray = require("ray", "ray")
+require("ray.data", "ray")
+
+log = logging.getLogger(__name__)
+_STATS = ("part", "rows", "tokens", "truncated", "seconds")
+
+
+class PartActor:
+    """A Ray Data actor: one Embedder for its lifetime, one part per call."""
+
+    def __init__(self, spec: dict[str, Any], threads: int) -> None:
+        self.worker = PartWorker(JobSpec.from_dict(spec), threads=threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        stats = [self.worker.run(Part.from_dict(json.loads(str(s)))) for s in batch["part"]]
+        return {k: np.array([s[k] for s in stats]) for k in _STATS}
+
+
+def actor_plan(total_cpus: float, worker_cpus: int, workers: int | None, parts: int) -> tuple[int, int]:
+    """(actors, CPUs each): actors take at most ``total - 1`` CPUs, because a Ray Data pipeline
+    whose actors hold every CPU leaves none for its other tasks and stalls; never more actors than
+    parts."""
+    spare = max(int(total_cpus) - 1, 1)
+    cpus = max(1, min(worker_cpus, spare))
+    fit = max(1, spare // cpus)
+    if workers is not None and workers > fit:
+        log.warning("--workers %d: only %d actor(s) of %d CPU(s) fit in %g CPUs (one left for reading)",
+                    workers, fit, cpus, total_cpus)
+    n = min(workers or fit, fit, max(parts, 1))
+    return n, cpus
+
+
+def _domain_error(e: BaseException) -> DmetaEmbedError | None:
+    """The DmetaEmbedError a Ray failure wraps (RayTaskError.cause, __cause__, __context__)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [e]
+    found = None
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, DmetaEmbedError) and "Traceback" not in str(x):
+            found = x
+        for nxt in (getattr(x, "cause", None), x.__cause__, x.__context__):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    return found
+
+
+def run_parts(spec: JobSpec, parts: list[Part], *, address: str | bool = True, workers: int | None = None,
+              worker_cpus: int = 1, progress: Progress | None = None) -> str:
+    """Embed ``parts`` on Ray Data actors; returns a description of the pool. ``address``: True for
+    ``ray.init()`` (RAY_ADDRESS, a running local cluster, else a new local one), or an address
+    (``"auto"``, ``"ray://head:10001"``, ``"local"``). An already initialised Ray is used as is and
+    left running."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)
+    try:
+        total = ray.cluster_resources().get("CPU", 1)
+        n, cpus = actor_plan(total, worker_cpus, workers, len(parts))
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # ours counts rows; Ray's would count parts on a second line
+        ds = ray.data.from_items([{"part": json.dumps(p.to_dict())} for p in parts],
+                                 override_num_blocks=len(parts))
+        ds = ds.map_batches(PartActor, batch_size=1, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpus,
+                            fn_constructor_kwargs={"spec": spec.to_dict(), "threads": cpus})
+        try:
+            for row in ds.iter_rows():
+                if progress is not None:
+                    progress.add(int(row["rows"]), parts=1)
+        except Exception as e:
+            cause = _domain_error(e)
+            if cause is None:
+                raise
+            raise CorpusError(str(cause)) from None
+        return f"ray {ray.__version__}: {n} actor(s) x {cpus} CPU of {total:g}"
+    finally:
+        if started:
+            ray.shutdown()
