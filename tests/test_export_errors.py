@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -46,6 +47,73 @@ def test_no_weights(tmp_path, tiny_src):
     (src / "config.json").write_text((tiny_src / "config.json").read_text())
     with pytest.raises(ModelLoadError, match="no weights"):
         export_model(str(src), tmp_path / "out")
+
+
+# --- bad source folders: each answered in one line naming the file that is wrong ----------------------
+
+def _broken_copy(tiny_src, tmp_path, breaker):
+    """A copy of the tiny model with one thing broken (the session fixture itself stays intact)."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny_src, src)
+    breaker(src)
+    return src
+
+
+def _damage_header(src):
+    with (src / "model.safetensors").open("r+b") as f:
+        f.write(b"\xff" * 8)  # a header length far beyond the file
+
+
+def _truncate_weights(src):
+    w = src / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+
+
+def _drop_tokenizer(src):
+    (src / "vocab.txt").unlink()
+
+
+def _drop_config(src):
+    (src / "config.json").unlink()
+
+
+def _wrong_architecture(src):
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+
+
+BAD_SOURCES = [
+    (_damage_header, "model.safetensors: damaged safetensors file (header length"),
+    (_truncate_weights, "model.safetensors: truncated safetensors file (tensors need"),
+    (_drop_tokenizer, "src: no tokenizer file (looked for tokenizer.json, vocab.txt"),
+    (_drop_config, "src: no config.json; not a transformers or sentence-transformers model folder"),
+    (_wrong_architecture, "src: unsupported architecture model_type='gpt2'; supported: bert, camembert"),
+]
+BAD_IDS = ["damaged-header", "truncated-weights", "no-tokenizer", "no-config", "wrong-architecture"]
+
+
+@pytest.mark.parametrize("breaker, message", BAD_SOURCES, ids=BAD_IDS)
+def test_bad_source_folder_is_a_model_load_error(tiny_src, tmp_path, breaker, message):
+    src = _broken_copy(tiny_src, tmp_path, breaker)
+    with pytest.raises(ModelLoadError) as e:
+        export_model(str(src), tmp_path / "out", variants=["fp32"])
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+    assert (tiny_src / "vocab.txt").is_file() and (tiny_src / "config.json").is_file()
+
+
+@pytest.mark.parametrize("breaker, message", BAD_SOURCES, ids=BAD_IDS)
+def test_bad_source_folder_is_one_cli_line(tiny_src, tmp_path, breaker, message, monkeypatch, capsys):
+    from dmeta_embed.cli import main
+
+    src = _broken_copy(tiny_src, tmp_path, breaker)
+    monkeypatch.setattr(sys, "argv", ["dmeta-embed", "export", str(src), "-o", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and message in lines[0], err
 
 
 def test_existing_output_needs_force(tiny_src, tmp_path):

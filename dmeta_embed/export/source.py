@@ -53,6 +53,40 @@ def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
         raise ModelLoadError(f"{path}: unreadable JSON ({e})") from e
 
 
+#: files a fast tokenizer can be built from (tokenizer.json, or a slow tokenizer's vocabulary)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
+                   "vocab.json")
+
+
+def check_safetensors(path: Path) -> None:
+    """Read ``path``'s header (8-byte length, JSON table of tensors) and check that the data it
+    describes fits the file: a damaged or truncated file fails here, in one line naming it, not
+    deep inside transformers."""
+    if not path.is_file():
+        return
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ModelLoadError(f"{path}: damaged safetensors file ({e}); download or save the model again") from e
+    if ends and max(ends) > size - 8 - n:
+        raise ModelLoadError(f"{path}: truncated safetensors file (tensors need {max(ends) + 8 + n} bytes, "
+                             f"the file has {size}); download or save the model again")
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """A folder without any tokenizer file cannot be exported: say so, naming the files looked for."""
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"{folder}: no tokenizer file (looked for {', '.join(TOKENIZER_FILES)})")
+
+
 def download(model_id: str, revision: str | None) -> Path:
     """Fetch a hub model into the local HF cache; fail fast (one clear line) when offline."""
     from huggingface_hub import snapshot_download
@@ -136,6 +170,8 @@ def resolve(
         )
     if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
         raise ModelLoadError(f"{model}: no weights (model.safetensors or pytorch_model.bin)")
+    check_safetensors(path / "model.safetensors")
+    check_tokenizer_files(path)
 
     st_pooling = _pooling_from_st(path)
     if st_pooling is not None:
