@@ -10,8 +10,8 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned
-	# torch (or one pulled in by another package) would download a multi-GB CUDA build
+	# torch first and pinned to its CPU build: an unpinned torch (or one pulled in by another
+	# package) would download a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server]'
 	touch $(STAMP)

@@ -1,4 +1,4 @@
-"""Where the CPU time goes, and how fast this engine could go on this machine (issue 6).
+"""Where the CPU time goes, and how fast this engine could go on this machine.
 
 Three measurements, all with onnxruntime on the machine's CPU threads:
 

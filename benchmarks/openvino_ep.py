@@ -1,4 +1,4 @@
-"""The OpenVINO execution provider as a CPU engine for our graphs (issue 6): speed and fidelity.
+"""The OpenVINO execution provider as a CPU engine for our graphs: speed and fidelity.
 
 onnxruntime-openvino provides the same ``onnxruntime`` module as the CPU package, so it lives in
 its own virtual environment (``make bench-openvino`` builds ``.venv-openvino``). This script runs

@@ -1,7 +1,7 @@
 """Graph building: PyTorch → ONNX (TorchScript exporter), ORT transformer fusion, pooling head.
 
 Pooling and normalisation are appended *after* fusion: adding them before broke
-SkipLayerNormalization fusion (see shared/MEASURED.md).
+SkipLayerNormalization fusion.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
 HIDDEN = "last_hidden_state"
-FUSED_OPS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu",
-             "FastGelu", "Gelu", "LayerNormalization")
 
 
 def load_model(model_dir: Path, trust_remote_code: bool = False):  # type: ignore[no-untyped-def]
@@ -209,15 +207,14 @@ def cls_only_last_layer(model: onnx.ModelProto) -> bool:
 def unfuse_skip_layernorm(model: onnx.ModelProto) -> int:
     """Replace ORT's fused SkipLayerNormalization by Add (+ bias Add) + standard LayerNormalization.
 
-    For the CPU variants only. Measured with onnxruntime 1.32 on this CPU: the contrib
-    SkipLayerNormalization kernel ran at 0.45 G elements/s on [32, 64, 768] with 2 threads, the
-    standard LayerNormalization at 3.9 and Add at 6.4, so the pair is ~4x faster than the fused op
-    and the int8 model 8-25 % faster end to end (fp32 ~5 %). Same math (fp32 cos 0.999999).
+    For the CPU variants only: onnxruntime 1.32's contrib SkipLayerNormalization CPU kernel is
+    several times slower than the standard LayerNormalization + Add pair, which makes the whole
+    model faster for the same math (fp32 cos 0.999999); figures in docs/performance.md.
     onnxruntime 1.24 re-fuses the pair at load, so older versions lose nothing.
     The fp16 (CUDA) variant keeps the fused op. Returns the number of nodes replaced.
 
     The sum is built as ``(x + skip) + bias``, which onnxruntime 1.32 does not fuse back.
-    ``(branch + bias) + residual`` would let it fold the bias into the MatMul (measured 1-3 %
+    ``(branch + bias) + residual`` would let it fold the bias into the MatMul (a little faster
     per batch, nothing through ``encode``) but is exactly what its SkipLayerNormFusion matches;
     CPU sessions disable that fusion anyway (``runtime.session.CPU_DISABLED_OPTIMIZERS``).
     """

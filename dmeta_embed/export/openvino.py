@@ -1,9 +1,8 @@
 """The ``int8-ov`` variant: static int8 QDQ for onnxruntime's OpenVINO execution provider.
 
-Measured on this machine's Sapphire Rapids (benchmarks/results/dmeta-shaped/openvino_ep.md):
-OpenVINO's fused int8 kernels with static activation scales run batches of the Dmeta shape 1.4–1.5×
-faster than onnxruntime's dynamic int8 (queries and mixed texts), but static scales cost fidelity on real
-weights (all-MiniLM-L6-v2: min cos 0.983 with every MatMul quantized). So the export searches:
+OpenVINO's fused int8 kernels with static activation scales run batches faster than onnxruntime's
+dynamic int8 on CPUs with int8 units (figures: docs/performance.md), but static scales cost fidelity
+on real weights (all-MiniLM-L6-v2: min cos 0.983 with every MatMul quantized). So the export searches:
 
 1. NNCF quantizes the raw export (``ModelType.TRANSFORMER``; SmoothQuant off: on real MiniLM it
    took min cos from 0.983 down to 0.954), calibrated on the calibration texts;
@@ -60,7 +59,7 @@ def require() -> None:
 def cpu_properties() -> dict[str, str]:
     """OpenVINO CPU properties the variant is validated (and later run) with.
 
-    f32 for the float parts, not bf16: bf16 ran mixed texts 11 % faster on AMX here, but
+    f32 for the float parts, not bf16: bf16 is faster on AMX (docs/performance.md), but
     onnxruntime-openvino 1.24.1 (it bundles OpenVINO 2025.4.1) computes float-heavy graphs wrongly
     in bf16 (tiny model with every activation float: min cos 0.69; plain fp32 MiniLM: 0.17) while
     OpenVINO 2026.4.1, which validates the export, gets them right. In f32 the two agree."""

@@ -21,11 +21,10 @@ log = logging.getLogger(__name__)
 #: texts tokenised and embedded per chunk: bounds memory for huge inputs while keeping
 #: length-sorting effective (sorting 4k texts captures nearly all of the gain)
 CHUNK = 4096
-#: padded tokens per batch by provider. CPU: small batches keep activations in cache; measured on
-#: the mixed workload (int8, 2 cores): Dmeta shape 8,192 → 3,686 tok/s, 2,048 → 4,802, 1,024 → 5,092
-#: (512: 5,183; bulk queries unchanged, 7,875 → 8,016); fp32 1,469 → 1,738; MiniLM int8 12,405 → 15,497
+#: padded tokens per batch by provider. CPU: small batches keep activations in cache, which is
+#: faster on mixed lengths and no slower on queries (figures: docs/performance.md)
 DEFAULT_BATCH_TOKENS = {CPU: 1024, CUDA: 32768, OPENVINO: 1024}
-#: measured on the Dmeta shape, int8, mixed workload: 32 → 3,394 tok/s, 128 → 3,234 (query: 5,446 vs 3,960)
+#: texts per batch: 32 ran faster than 128 on both mixed texts and queries (docs/performance.md)
 DEFAULT_BATCH_SIZE = 32
 
 

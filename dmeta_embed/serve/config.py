@@ -32,9 +32,8 @@ class ServerConfig:
     #: the name reported as ``model``; None: the export's source model (or folder name)
     model_name: str | None = None
     #: onnxruntime worker threads busy-wait between ops. On cores the server has to itself this is
-    #: faster (Dmeta-shaped int8 on 2 quiet cores, loopback client: c=32 388 vs 312 req/s, single
-    #: request p50 4.9 vs 7.4 ms); on cores shared with other busy processes it steals their CPU
-    #: (an int8 query went 2.1 → 6.7 ms wall at load 3-4), so turn it off there (--no-spin)
+    #: faster; on cores shared with other busy processes it steals their CPU and single queries get
+    #: slower, so turn it off there (--no-spin). Figures: docs/performance.md
     spin: bool = True
 
     def __post_init__(self) -> None:
