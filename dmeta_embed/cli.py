@@ -58,9 +58,11 @@ def _load(model_dir: Path, variant: str, provider: str, **kw: object):  # type: 
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--allow-low-fidelity", is_flag=True, help="Keep an int8 variant that misses its bar.")
 @click.option("--trust-remote-code", is_flag=True, help="Run the model repository's own Python code (off by default).")
+@click.option("--truncate-dims", default="", metavar="D1,D2,...",
+              help="Matryoshka dims the model was trained for: encode(truncate_dim=...) accepts only these.")
 def export(model: str, output: Path, variants: str, pooling: str | None, max_length: int | None,
            no_normalize: bool, revision: str | None, force: bool, allow_low_fidelity: bool,
-           trust_remote_code: bool) -> None:
+           trust_remote_code: bool, truncate_dims: str) -> None:
     """Export MODEL (hub id or local folder) to a validated folder of ONNX variants."""
     from .export import export_model
 
@@ -71,9 +73,17 @@ def export(model: str, output: Path, variants: str, pooling: str | None, max_len
         raise click.BadParameter(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}", param_hint="--variants")
     manifest = export_model(model, output, variants=names, pooling=pooling, max_length=max_length,
                             normalize=False if no_normalize else None, revision=revision, force=force,
-                            allow_low_fidelity=allow_low_fidelity, trust_remote_code=trust_remote_code)
+                            allow_low_fidelity=allow_low_fidelity, trust_remote_code=trust_remote_code,
+                            truncate_dims=_int_list(truncate_dims, "--truncate-dims"))
     click.echo(f"exported {manifest.source['model']} → {output}")
     click.echo(summary(output))
+
+
+def _int_list(value: str, hint: str) -> list[int]:
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=hint) from e
 
 
 def _read_inputs(texts: tuple[str, ...], input_file: str | None, input_format: str) -> list[str]:

@@ -158,6 +158,14 @@ class Manifest:
     variants: dict[str, Variant]
     export: dict[str, Any]
     format_version: int = FORMAT_VERSION
+    #: sentence-transformers' prompts (``config_sentence_transformers.json``): name → text put
+    #: before each input; ``default_prompt_name`` applies when a call names none
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    #: the score sentence-transformers' ``similarity`` computes for this model
+    similarity_fn_name: str = "cosine"
+    #: Matryoshka dims the model was trained to be cut to (``export --truncate-dims``); empty: none
+    truncate_dims: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +180,10 @@ class Manifest:
             "output": self.output,
             "variants": {k: v.to_dict() for k, v in self.variants.items()},
             "export": self.export,
+            "prompts": self.prompts,
+            "default_prompt_name": self.default_prompt_name,
+            "similarity_fn_name": self.similarity_fn_name,
+            "truncate_dims": list(self.truncate_dims),
         }
 
     @classmethod
@@ -197,6 +209,11 @@ class Manifest:
                 output=d["output"],
                 variants={k: Variant.from_dict(v) for k, v in d["variants"].items()},
                 export=dict(d.get("export", {})),
+                # absent in manifests written before prompts were recorded
+                prompts={str(k): str(v) for k, v in d.get("prompts", {}).items()},
+                default_prompt_name=d.get("default_prompt_name"),
+                similarity_fn_name=str(d.get("similarity_fn_name", "cosine")),
+                truncate_dims=tuple(int(x) for x in d.get("truncate_dims", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"manifest is malformed: {type(e).__name__}: {e}") from e

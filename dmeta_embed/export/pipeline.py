@@ -100,6 +100,7 @@ def export_model(
     allow_low_fidelity: bool = False,
     trust_remote_code: bool = False,
     bars: dict[Precision, Bar] | None = None,
+    truncate_dims: Iterable[int] = (),
 ) -> Manifest:
     """Export ``model`` (hub id or local folder) into ``output``; return the written manifest.
 
@@ -119,7 +120,8 @@ def export_model(
     output = Path(output)
     _prepare_output(output, force)
     src = resolve(model, revision=revision, pooling=Pooling(pooling) if pooling else None,
-                  normalize=normalize, max_length=max_length, trust_remote_code=trust_remote_code)
+                  normalize=normalize, max_length=max_length, trust_remote_code=trust_remote_code,
+                  truncate_dims=tuple(truncate_dims))
     log.info("exporting %s (%s, pooling=%s from %s, max_length=%d)", src.model_id, src.model_type,
              src.pooling.value, src.pooling_origin, src.max_length)
 
@@ -240,6 +242,8 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
                 "probe_texts": len(probes), "stage_seconds": timings,
                 "wall_seconds": round(time.perf_counter() - t0, 2),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        prompts=src.prompts, default_prompt_name=src.default_prompt_name,
+        similarity_fn_name=src.similarity_fn_name, truncate_dims=src.truncate_dims,
     )
     manifest.save(out)
     return manifest

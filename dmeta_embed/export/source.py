@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,12 @@ class Source:
     max_length: int
     config: dict[str, Any]
     trust_remote_code: bool = False
+    #: from ``config_sentence_transformers.json`` (see :func:`st_prompts`)
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str = "cosine"
+    #: Matryoshka dims the caller says the model was trained for (``export --truncate-dims``)
+    truncate_dims: tuple[int, ...] = ()
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
@@ -136,6 +142,32 @@ def _has_normalize(folder: Path) -> bool:
     )
 
 
+def st_prompts(folder: Path) -> tuple[dict[str, str], str | None, str]:
+    """(prompts, default_prompt_name, similarity_fn_name) as sentence-transformers reads them from
+    ``config_sentence_transformers.json``: a None prompt means "", a default must name a prompt."""
+    cfg = _read_json(folder / "config_sentence_transformers.json")
+    if not isinstance(cfg, dict):
+        return {}, None, "cosine"
+    raw = cfg.get("prompts") or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, (str, type(None))) for v in raw.values()):
+        raise ModelLoadError(f"{folder}/config_sentence_transformers.json: 'prompts' is not a name → text map")
+    prompts = {str(k): v or "" for k, v in raw.items()}
+    default = cfg.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise ModelLoadError(f"{folder}/config_sentence_transformers.json: default_prompt_name {default!r} "
+                             f"is not one of its prompts ({', '.join(prompts) or 'none'})")
+    if any(prompts.values()) and _pooling_excludes_prompt(folder):
+        # our graph pools every token it is given; sentence-transformers would skip the prompt's
+        log.warning("%s pools without its prompt tokens (include_prompt=false); prompted embeddings "
+                    "will differ from sentence-transformers'", folder)
+    return prompts, default, str(cfg.get("similarity_fn_name") or "cosine")
+
+
+def _pooling_excludes_prompt(folder: Path) -> bool:
+    cfg = _read_json(folder / "1_Pooling" / "config.json")
+    return isinstance(cfg, dict) and cfg.get("include_prompt") is False
+
+
 def resolve(
     model: str,
     *,
@@ -144,6 +176,7 @@ def resolve(
     normalize: bool | None = None,
     max_length: int | None = None,
     trust_remote_code: bool = False,
+    truncate_dims: tuple[int, ...] = (),
 ) -> Source:
     """Resolve ``model`` (folder or hub id) and decide pooling, normalisation and max length."""
     path = Path(model).expanduser()
@@ -210,8 +243,15 @@ def resolve(
             raise ExportError(f"--max-length {max_length} exceeds the model's {positions} positions")
         limit = max_length
 
+    prompts, default_prompt, similarity = st_prompts(path)
+    hidden = int(config.get("hidden_size", 0))
+    bad = [d for d in truncate_dims if not 0 < d <= hidden]
+    if bad:
+        raise ExportError(f"--truncate-dims {bad} outside 1..{hidden} (the model's hidden size)")
     return Source(
         path=path, model_id=model_id, revision=revision, model_type=model_type,
         pooling=chosen, pooling_origin=origin, normalize=normalize, normalize_origin=normalize_origin, max_length=limit,
         config=config, trust_remote_code=trust_remote_code,
+        prompts=prompts, default_prompt_name=default_prompt, similarity_fn_name=similarity,
+        truncate_dims=tuple(sorted(set(truncate_dims), reverse=True)),
     )

@@ -13,6 +13,7 @@ from ..manifest import Manifest, Precision, sha256_file
 from .batching import pad, plan_batches
 from .cpu import int8_is_fast, int8_units, why_not_int8
 from .session import CPU, CUDA, OPENVINO, Runner, cuda_available, openvino_available
+from .st_compat import SentenceTransformerAPI
 from .tokenize import TextTokenizer, Tokenized, check_texts
 from .vectors import normalize
 
@@ -106,7 +107,7 @@ def _choose(manifest: Manifest, variant: str, provider: str, units: str,
     raise ProviderError(f"no CPU variant in this folder (it has: {', '.join(have)}); pass provider='cuda'")
 
 
-class Embedder:
+class Embedder(SentenceTransformerAPI):
     """Sentence embeddings from an exported folder; a drop-in for sentence-transformers' ``encode``."""
 
     def __init__(
@@ -122,6 +123,7 @@ class Embedder:
         verify: bool = True,
         spin: bool = True,
         single_requests: bool = False,
+        truncate_dim: int | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
@@ -153,6 +155,8 @@ class Embedder:
         self.truncate = truncate
         #: indices of the texts the last encode() call truncated at max_length
         self.last_truncated: list[int] = []
+        #: Matryoshka dims every encode keeps (st_compat: only the dims the manifest lists)
+        self.truncate_dim = truncate_dim
 
     @classmethod
     def load(cls, path: str | Path, variant: str = "auto", provider: str = "auto", **kwargs: Any) -> Embedder:
@@ -181,6 +185,9 @@ class Embedder:
         convert_to_numpy: bool = True,
         *,
         truncate: bool | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
     ) -> np.ndarray:
         """Embed texts in input order: float32 ``(n, dim)`` for a list, ``(dim,)`` for one str.
 
@@ -192,7 +199,7 @@ class Embedder:
             raise InputError("this folder was exported with normalisation inside the graph; "
                              "re-export with --no-normalize to get raw vectors")
         single = isinstance(texts, str)
-        items = check_texts(texts)
+        items = self._prompted(check_texts(texts), prompt_name, prompt)
         truncate = self.truncate if truncate is None else truncate
         out = np.empty((len(items), self.dim), dtype=np.float32)
         self.last_truncated = []
@@ -211,7 +218,9 @@ class Embedder:
         if self.last_truncated:
             log.warning("%d text(s) longer than max_length=%d tokens were truncated (first: index %d)",
                         len(self.last_truncated), self.max_length, self.last_truncated[0])
-        if normalize_embeddings and not self.manifest.normalize:
+        # sentence-transformers cuts after the model's Normalize and renormalises only when asked
+        out, cut = self._truncated(out, truncate_dim)
+        if normalize_embeddings and (cut or not self.manifest.normalize):
             out = normalize(out)
         if not convert_to_numpy:
             return list(out)  # type: ignore[return-value]
