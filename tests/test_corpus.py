@@ -287,3 +287,22 @@ def test_cli_bad_input_is_one_line(tiny_export, tmp_path):
     assert r.stderr.strip().splitlines() == [f"Error: {src}: column 'body' is null or missing in row 1 "
                                              "(pass --on-null skip to leave such rows out)"]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("flag", "want"), [([], False), (["--ray"], True), (["--ray=auto"], "auto"),
+                                            (["--ray", "ray://head:10001"], "ray://head:10001")])
+def test_cli_ray_flag(flag, want, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dmeta_embed.cli import cli
+
+    seen = {}
+
+    def fake(*args, **kw):
+        seen.update(kw)
+        return {"rows_written": 1, "parts": 1, "model": {"variant": "fp32"}, "skipped_null": 0}
+
+    monkeypatch.setattr(job_mod, "embed_corpus", fake)
+    r = CliRunner().invoke(cli, ["embed-corpus", "in.parquet", str(tmp_path / "o"), "-m", str(tmp_path), *flag])
+    assert r.exit_code == 0, r.output
+    assert seen["ray"] == want and seen["worker_cpus"] == 1

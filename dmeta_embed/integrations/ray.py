@@ -26,6 +26,7 @@ require("ray.data", "ray")
 
 log = logging.getLogger(__name__)
 _STATS = ("part", "rows", "tokens", "truncated", "seconds")
+_FAILED = {"part": -1, "rows": 0, "tokens": 0, "truncated": 0, "seconds": 0.0}
 
 
 class PartActor:
@@ -35,8 +36,14 @@ class PartActor:
         self.worker = PartWorker(JobSpec.from_dict(spec), threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        stats = [self.worker.run(Part.from_dict(json.loads(str(s)))) for s in batch["part"]]
-        return {k: np.array([s[k] for s in stats]) for k in _STATS}
+        rows = []
+        for s in batch["part"]:
+            try:
+                rows.append({**self.worker.run(Part.from_dict(json.loads(str(s)))), "error": ""})
+            except DmetaEmbedError as e:
+                # returned as data: an exception crosses back to the driver only as traceback text
+                rows.append({**_FAILED, "error": str(e)})
+        return {k: np.array([r[k] for r in rows]) for k in (*_STATS, "error")}
 
 
 def actor_plan(total_cpus: float, worker_cpus: int, workers: int | None, parts: int) -> tuple[int, int]:
@@ -53,24 +60,6 @@ def actor_plan(total_cpus: float, worker_cpus: int, workers: int | None, parts: 
     return n, cpus
 
 
-def _domain_error(e: BaseException) -> DmetaEmbedError | None:
-    """The DmetaEmbedError a Ray failure wraps (RayTaskError.cause, __cause__, __context__)."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [e]
-    found = None
-    while stack:
-        x = stack.pop()
-        if id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, DmetaEmbedError) and "Traceback" not in str(x):
-            found = x
-        for nxt in (getattr(x, "cause", None), x.__cause__, x.__context__):
-            if isinstance(nxt, BaseException):
-                stack.append(nxt)
-    return found
-
-
 def run_parts(spec: JobSpec, parts: list[Part], *, address: str | bool = True, workers: int | None = None,
               worker_cpus: int = 1, progress: Progress | None = None) -> str:
     """Embed ``parts`` on Ray Data actors; returns a description of the pool. ``address``: True for
@@ -85,20 +74,17 @@ def run_parts(spec: JobSpec, parts: list[Part], *, address: str | bool = True, w
         n, cpus = actor_plan(total, worker_cpus, workers, len(parts))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts rows; Ray's would count parts on a second line
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # keep stderr to our progress line
         ds = ray.data.from_items([{"part": json.dumps(p.to_dict())} for p in parts],
                                  override_num_blocks=len(parts))
         ds = ds.map_batches(PartActor, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpus,
                             fn_constructor_kwargs={"spec": spec.to_dict(), "threads": cpus})
-        try:
-            for row in ds.iter_rows():
-                if progress is not None:
-                    progress.add(int(row["rows"]), parts=1)
-        except Exception as e:
-            cause = _domain_error(e)
-            if cause is None:
-                raise
-            raise CorpusError(str(cause)) from None
+        for row in ds.iter_rows():
+            if row["error"]:
+                raise CorpusError(str(row["error"]))
+            if progress is not None:
+                progress.add(int(row["rows"]), parts=1)
         return f"ray {ray.__version__}: {n} actor(s) x {cpus} CPU of {total:g}"
     finally:
         if started:
