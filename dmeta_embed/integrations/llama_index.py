@@ -1,0 +1,74 @@
+"""LlamaIndex: :class:`DmetaEmbedding`, a ``BaseEmbedding`` over ``Embedder``.
+
+    from llama_index.core import Settings
+    from dmeta_embed.integrations.llama_index import DmetaEmbedding
+    Settings.embed_model = DmetaEmbedding(model_path="out/dmeta", variant="int8")
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from .._optional import require
+from ..runtime import Embedder
+
+_base = require("llama_index.core.base.embeddings.base", "llama-index")
+_bridge = require("llama_index.core.bridge.pydantic", "llama-index")
+BaseEmbedding = _base.BaseEmbedding
+
+#: texts per call LlamaIndex hands us: the Embedder sorts each call's texts by length into its own
+#: token-bounded batches, so a large call pads less; bounded so one call's vectors stay small
+DEFAULT_EMBED_BATCH_SIZE = 512
+
+
+class DmetaEmbedding(BaseEmbedding):  # type: ignore[misc,valid-type]
+    """Nodes and queries embedded by one ``Embedder`` (``Embedder.load(model_path, **load_options)``).
+
+    ``get_text_embedding_batch`` hands each ``embed_batch_size`` slice to one ``encode_document``
+    call (the base class would embed one text at a time); queries use ``encode_query``, so the
+    model's recorded prompts apply. The async methods run in a worker thread.
+    """
+
+    model_path: str = _bridge.Field(default="", description="The exported dmeta-embed folder.")
+    _embedder: Embedder = _bridge.PrivateAttr()
+
+    def __init__(self, model_path: str | Path | None = None, *, embedder: Embedder | None = None,
+                 embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE, **options: Any) -> None:
+        if (model_path is None) == (embedder is None):
+            raise TypeError("pass exactly one of model_path= (an exported folder) or embedder=")
+        # BaseEmbedding's own fields (callback_manager, num_workers, ...) go to it, the rest to load
+        base = {k: options.pop(k) for k in list(options) if k in BaseEmbedding.model_fields}
+        emb = embedder if embedder is not None else Embedder.load(model_path, **options)
+        base.setdefault("model_name", str(emb.manifest.source.get("model", emb.path)))
+        super().__init__(model_path=str(emb.path), embed_batch_size=embed_batch_size, **base)
+        self._embedder = emb
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DmetaEmbedding"
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._embedder.encode_query([query])[0].tolist()  # type: ignore[no-any-return]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return self._embedder.encode_document(list(texts)).tolist()  # type: ignore[no-any-return]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return await asyncio.get_running_loop().run_in_executor(None, self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return (await self._aget_text_embeddings([text]))[0]
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.get_running_loop().run_in_executor(None, self._get_text_embeddings, texts)
