@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench bench-openvino clean
+.PHONY: install qemu demo test lint bench bench-openvino clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,15 @@ demo: install
 	HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python scripts/demo.py
 
 # tests/test_openvino.py runs the int8-ov variant in .venv-openvino (onnxruntime-openvino)
-test: install $(OV_VENV)/.installed-stamp
+# tests/test_int8_shift.py runs onnxruntime's AVX2 int8 kernels under qemu-x86_64 -cpu Haswell,
+# whatever CPU this is; qemu-user comes from the system's packages (skipped, with a reason, where
+# it cannot be installed: not root, no apt, not x86_64)
+qemu:
+	@command -v qemu-x86_64 >/dev/null || { [ "$$(uname -m)" = x86_64 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user) >/dev/null 2>&1; } \
+		|| echo "qemu-user not installed: the AVX2 emulation tests will be skipped"
+
+test: install qemu $(OV_VENV)/.installed-stamp
 	DMETA_EMBED_OV_PYTHON=$(OV_VENV)/bin/python $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install

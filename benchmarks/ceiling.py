@@ -181,7 +181,7 @@ def profile(export_dir: Path, variant: str, workload: str, threads: int) -> dict
     from dmeta_embed.manifest import Manifest
     from dmeta_embed.runtime.batching import pad, plan_batches
     from dmeta_embed.runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
-    from dmeta_embed.runtime.session import CPU
+    from dmeta_embed.manifest import Provider
     from dmeta_embed.runtime.tokenize import TextTokenizer
 
     from .workloads import workload as make_workload
@@ -189,7 +189,7 @@ def profile(export_dir: Path, variant: str, workload: str, threads: int) -> dict
     manifest = Manifest.load(export_dir)
     path = export_dir / manifest.variants[variant].file
     tok = TextTokenizer(export_dir / manifest.tokenizer.file, manifest.max_length).encode(make_workload(workload))
-    budget = DEFAULT_BATCH_TOKENS[CPU]
+    budget = DEFAULT_BATCH_TOKENS[Provider.CPU]
     batches = [pad(tok.ids, idx, manifest.tokenizer.pad_token_id)
                for idx in plan_batches(tok.lengths, budget, DEFAULT_BATCH_SIZE)]
     with tempfile.TemporaryDirectory() as tmp:

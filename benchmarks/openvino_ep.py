@@ -103,7 +103,7 @@ def build(src_dir: str, work: Path) -> dict[str, Any]:
     seconds["int8-ov export"] = time.perf_counter() - t
     info = {"model": src.model_id, "max_length": src.max_length, "dim": dim, "probe_texts": probes,
             "calibration_texts": len(tok.ids), "build_seconds": {k: round(v, 1) for k, v in seconds.items()},
-            "int8-ov": {"unquantized": sorted(set(ours.kept_fp32.values())), "fidelity": ours.fidelity.to_dict(),
+            "int8-ov": {"unquantized": sorted(set(ours.kept_float.values())), "fidelity": ours.fidelity.to_dict(),
                         "validated_on": ours.validated_on}}
     (work / "info.json").write_text(json.dumps(info, ensure_ascii=False))
     return info

@@ -303,7 +303,7 @@ def run_benchmark(
                   "intermediate": config.get("intermediate_size"),
                   "export_created": manifest.export.get("created"), "fusion": manifest.export.get("fusion"),
                   "variants": {k: {"file": v.file, "size_mb": round(v.size_bytes / 1e6, 1),
-                                   "sha256": v.sha256, "kept_fp32": len(v.kept_fp32)}
+                                   "sha256": v.sha256, "kept_float": len(v.kept_float)}
                                for k, v in manifest.variants.items()}},
         "code": _git_state(),
         "settings": {**asdict(settings), "threads": threads, "warmup_passes": 1,

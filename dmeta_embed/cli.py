@@ -175,7 +175,7 @@ def format_ranking(queries: list[str], docs: list[str], scores) -> str:  # type:
 def summary(folder: Path) -> str:
     """A readable summary of an export folder's manifest."""
     from .manifest import Manifest
-    from .runtime.cpu import int8_units
+    from .runtime.cpu import detect
 
     m = Manifest.load(folder)
     src = m.source
@@ -187,15 +187,39 @@ def summary(folder: Path) -> str:
            f"exported  {m.export.get('created')} in {m.export.get('wall_seconds')} s, opset {m.export.get('opset')}",
            "",
            f"{'variant':8} {'file':19} {'size MB':>8} {'min cos':>10} {'mean cos':>10} {'bar (min/mean)':>16}  ok  "
-           "kept float  validated on"]
+           "kept float  validated on          speed vs fp32"]
     for name, v in m.variants.items():
         f = v.fidelity
         out.append(f"{name:8} {v.file:19} {v.size_bytes / 1e6:8.1f} {f.min_cos:10.6f} {f.mean_cos:10.6f} "
-                   f"{f.bar_min_cos:>7}/{f.bar_mean_cos:<8}  {'yes' if f.passed else 'NO ':3} {len(v.kept_fp32):10}  "
-                   f"{v.validated_on}")
-    # this machine, not the folder: auto picks int8 on CPU only where these units make it exact
-    out += ["", f"cpu int8 units: {int8_units()}"]
+                   f"{f.bar_min_cos:>7}/{f.bar_mean_cos:<8}  {'yes' if f.passed else 'NO ':3} {len(v.kept_float):10}  "
+                   f"{_validated(v):24}  {_speed(v)}")
+    # this machine, not the folder: the choice depends on its CPU class and installed providers
+    cpu = detect()
+    out += ["", f"this cpu  {cpu.describe()}"]
+    try:
+        from .runtime.choice import choose
+        from .runtime.embedder import installed
+
+        choice = choose(m, cpu=cpu, installed=installed())
+        out.append(f"auto      {choice.variant.value} on {choice.provider.value}: {choice.reason}")
+    except DmetaEmbedError as e:  # no onnxruntime here, or no variant this machine can run
+        out.append(f"auto      cannot load here: {e}")
     return "\n".join(out)
+
+
+def _validated(v) -> str:  # type: ignore[no-untyped-def]
+    """``int8 on avx2 (u8)``-style: the engine, the CPU class and the int8 weight format."""
+    cpu = v.validated_cpu
+    engine = v.validated_on.replace("ExecutionProvider", "")
+    if not cpu:
+        return engine
+    weights = f", {cpu['int8_weights']}" if v.precision.value == "int8" and cpu.get("int8_weights") else ""
+    return f"{engine} on {cpu.get('cpu_class')}{weights}"
+
+
+def _speed(v) -> str:  # type: ignore[no-untyped-def]
+    sp = v.speed
+    return f"{sp['vs_fp32']:.2f}x on {sp['cpu_class']}" if sp.get("vs_fp32") else "-"
 
 
 @cli.command()

@@ -17,6 +17,8 @@ from .errors import ModelLoadError
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 OUTPUT_NAME = "sentence_embedding"
+#: the graph's inputs, in the order the runtime feeds them (token types are all zero: not an input)
+INPUT_NAMES = ("input_ids", "attention_mask")
 
 
 class Pooling(str, Enum):
@@ -37,6 +39,36 @@ class Precision(str, Enum):
     INT8_OV = "int8-ov"
 
 
+class Provider(str, Enum):
+    """Where a variant runs: one vocabulary for the CLI, the runtime and the manifest."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    #: OpenVINO (the int8-ov variant)
+    OPENVINO = "openvino"
+
+    @property
+    def ort_name(self) -> str:
+        """onnxruntime's name for this execution provider (what the manifest records)."""
+        return ORT_NAMES[self]
+
+    @classmethod
+    def parse(cls, name: str | Provider) -> Provider:
+        """``cpu``/``cuda``/``openvino`` or onnxruntime's ``CPUExecutionProvider``-style name."""
+        if isinstance(name, Provider):
+            return name
+        for p in cls:
+            if name in (p.value, p.ort_name):
+                return p
+        raise ValueError(f"unknown provider {name!r} (cpu, cuda or openvino)")
+
+
+ORT_NAMES = {
+    Provider.CPU: "CPUExecutionProvider",
+    Provider.CUDA: "CUDAExecutionProvider",
+    Provider.OPENVINO: "OpenVINOExecutionProvider",
+}
+
 #: file name of each variant inside an exported folder
 VARIANT_FILES = {
     Precision.FP32: "model.onnx",
@@ -46,10 +78,10 @@ VARIANT_FILES = {
 }
 #: the execution provider each variant is built for
 VARIANT_PROVIDERS = {
-    Precision.FP32: "CPUExecutionProvider",
-    Precision.FP16: "CUDAExecutionProvider",
-    Precision.INT8: "CPUExecutionProvider",
-    Precision.INT8_OV: "OpenVINOExecutionProvider",
+    Precision.FP32: Provider.CPU,
+    Precision.FP16: Provider.CUDA,
+    Precision.INT8: Provider.CPU,
+    Precision.INT8_OV: Provider.OPENVINO,
 }
 
 
@@ -102,17 +134,35 @@ class Variant:
     file: str
     sha256: str
     size_bytes: int
+    #: onnxruntime's name of the execution provider it is built for (``Provider.ort_name``)
     provider: str
     fidelity: Fidelity
-    #: int8: nodes left in fp32; int8-ov: activations left unquantized (their weights stay int8);
-    #: each with the reason (measured)
-    kept_fp32: dict[str, str] = field(default_factory=dict)
+    #: what the export left in float, each with the measured reason. int8: whole nodes kept fp32;
+    #: int8-ov: activation quantizers removed (those MatMuls keep int8 weights, run in float)
+    kept_float: dict[str, str] = field(default_factory=dict)
     #: graph op counts of this file (e.g. MatMulInteger, QAttention for int8)
     ops: dict[str, int] = field(default_factory=dict)
-    #: the execution provider the fidelity was measured on
+    #: the engine the fidelity was measured on (an execution provider, or ``openvino <version> CPU``)
     validated_on: str = "CPUExecutionProvider"
+    #: the CPU the fidelity was measured on (``runtime.cpu.CpuInfo.to_dict``: class, vendor, model,
+    #: how int8 weights were fed); empty in folders exported before it was recorded
+    validated_cpu: dict[str, str] = field(default_factory=dict)
     #: int8-ov: the OpenVINO CPU properties the fidelity was measured with (the runtime uses them)
     engine_properties: dict[str, str] = field(default_factory=dict)
+    #: int8: how many INT8 tensors (weights + zero points) the file holds; the runtime checks it
+    #: before shifting them to u8 on CPUs without VNNI
+    int8_tensors: int = 0
+    #: throughput measured at export on the export machine: ``cpu_class``, ``tokens_per_s``,
+    #: ``vs_fp32`` (this variant's tokens/s over fp32's, same texts, same session settings)
+    speed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def validated_class(self) -> str | None:
+        return self.validated_cpu.get("cpu_class")
+
+    def slower_than_fp32_on(self, cpu_class: str) -> bool:
+        """Whether the export measured this variant slower than fp32 on CPUs of ``cpu_class``."""
+        return self.speed.get("cpu_class") == cpu_class and float(self.speed.get("vs_fp32", 1.0)) < 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -129,10 +179,14 @@ class Variant:
             size_bytes=int(d["size_bytes"]),
             provider=d["provider"],
             fidelity=Fidelity.from_dict(d["fidelity"]),
-            kept_fp32=dict(d.get("kept_fp32", {})),
+            # "kept_fp32" in folders exported before the rename
+            kept_float=dict(d.get("kept_float", d.get("kept_fp32", {}))),
             ops=dict(d.get("ops", {})),
             validated_on=d.get("validated_on", "CPUExecutionProvider"),
+            validated_cpu=dict(d.get("validated_cpu", {})),
             engine_properties=dict(d.get("engine_properties", {})),
+            int8_tensors=int(d.get("int8_tensors", 0)),
+            speed=dict(d.get("speed", {})),
         )
 
 
@@ -140,6 +194,8 @@ class Variant:
 class TokenizerInfo:
     file: str
     pad_token_id: int
+    #: the side the runtime pads each batch on; the graph's pooling reads token 0 (CLS) and the
+    #: mask, so the exporter writes "right" and the runtime refuses anything else
     padding_side: str = "right"
 
 

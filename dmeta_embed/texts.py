@@ -45,6 +45,10 @@ def probe_texts(max_length: int) -> list[str]:
     while len(over) < 2 * max_length + 50:
         over += _paragraph(rng, 10)
     texts.append(over)
+    # degenerate inputs users send, held out of the calibration set: empty, whitespace only,
+    # emoji only, and one word repeated past max length (int8's activation scales meet their
+    # extremes on such texts)
+    texts += ["", " \t\n ", "😀🎉🚀👍🔥", "好 " * (max_length + 8)]
     return texts
 
 
@@ -54,4 +58,6 @@ def calibration_texts(n: int = 48, seed: int = 7) -> list[str]:
     out = []
     for i in range(n):
         out.append(_paragraph(rng, 1 + (i % 5)) if i % 3 else rng.choice(EN + MIXED + ZH))
+    # degenerate texts of the same kinds as the probe set's, but not the same texts
+    out += ["  ", "✨🌟💡", "test " * 300]
     return out

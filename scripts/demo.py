@@ -53,7 +53,7 @@ def main() -> int:
 
     print(f"\n== {folder}/\n{summary(folder)}")
     emb = Embedder.load(folder)
-    print(f"\n== runtime: {emb.variant.value} on {emb.provider} (auto choice), dim {emb.dim}\n")
+    print(f"\n== runtime: {emb.variant.value} on {emb.provider.value} (auto: {emb.choice.reason}), dim {emb.dim}\n")
     print(format_ranking(QUERIES, DOCS, emb.encode(QUERIES) @ emb.encode(DOCS).T))
     if english:
         print("(all-MiniLM-L6-v2 is an English model; the same example in English:)\n")

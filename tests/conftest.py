@@ -11,6 +11,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """The CPU class the suite runs on, in every CI log: the int8 and engine paths differ by class."""
+    from dmeta_embed.runtime.cpu import detect
+
+    cpu = detect()
+    return f"cpu: {cpu.describe()}; int8 weights fed as {cpu.int8_weights or 'untrusted'}"
+
+
 @pytest.fixture(scope="session")
 def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Chinese BERT with Dmeta's config keys, CLS pooling, only vocab.txt."""

@@ -275,10 +275,11 @@ def test_openvino_ep_candidates_are_built_and_measured_against_torch(tiny_src, t
 
     from benchmarks import openvino_ep
     from dmeta_embed.runtime.session import CPU
+    from dmeta_embed.texts import calibration_texts, probe_texts
 
     work = tmp_path / "tiny"
     info = openvino_ep.build(str(tiny_src), work)
-    assert info["calibration_texts"] == 48 and len(info["probe_texts"]) == 20
+    assert info["calibration_texts"] == len(calibration_texts()) and len(info["probe_texts"]) == len(probe_texts(1024))
     fp32 = openvino_ep.fidelity_of(work, "fp32.onnx", CPU, {}, 1)
     assert fp32["min_cos"] > 0.99999
     inits = lambda m: {i.name for i in m.graph.initializer}  # noqa: E731

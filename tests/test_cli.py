@@ -92,7 +92,7 @@ def test_similarity_reproduces_model_card_format(runner, tiny_export):
 def test_inspect(runner, tiny_export):
     r = runner.invoke(cli, ["inspect", str(tiny_export)])
     assert r.exit_code == 0, r.output
-    for needle in ("pooling   cls", "dim 64", "model.int8.onnx", "Attention 2", "yes", "cpu int8 units: ",
+    for needle in ("pooling   cls", "dim 64", "model.int8.onnx", "Attention 2", "yes", "this cpu  ", "auto      ",
                    "passes    cls_only_last_layer, unfuse_skip_layernorm"):
         assert needle in r.output
     r = runner.invoke(cli, ["inspect", "--json", str(tiny_export)])

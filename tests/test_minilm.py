@@ -50,16 +50,27 @@ def test_int8_meets_bar_and_records_kept_nodes(minilm_export):
     v = Manifest.load(minilm_export).variants["int8"]
     assert v.fidelity.passed and v.fidelity.min_cos >= 0.99 and v.fidelity.mean_cos >= 0.995
     # plain int8 misses the bar on these real weights, so the search must have kept some nodes
-    assert 0 < len(v.kept_fp32) < 24
-    assert all("sensitivity" in reason for reason in v.kept_fp32.values())
-    assert v.ops.get("MatMulInteger", 0) + v.ops.get("QAttention", 0) + len(v.kept_fp32) == 24
+    assert 0 < len(v.kept_float) < 24
+    assert all("sensitivity" in reason for reason in v.kept_float.values())
+    assert v.ops.get("MatMulInteger", 0) + v.ops.get("QAttention", 0) + len(v.kept_float) == 24
 
 
-def test_auto_picks_int8_on_cpu(minilm_export, monkeypatch):
-    # int8 passed its bar on the real weights; auto uses it where the CPU has int8 units (AMX here)
-    monkeypatch.setattr("dmeta_embed.runtime.embedder.int8_units", lambda: "amx")
-    emb = Embedder.load(minilm_export, provider="cpu")
-    assert emb.variant.value == "int8" and emb.provider == "CPUExecutionProvider"
+def test_auto_picks_int8_on_cpu_with_the_weights_each_class_needs(minilm_export, minilm_src, monkeypatch):
+    """int8 passed its bar on the real weights; auto runs it on every class whose int8 kernels are
+    known, shifted to u8 where u8×s8 saturates, and the shifted file still meets the bar vs
+    sentence-transformers (same integers)."""
+    from dmeta_embed.runtime import embedder as embedder_module
+    from dmeta_embed.runtime.cpu import cpu_info
+
+    st = pytest.importorskip("sentence_transformers")
+    texts = ZH + EN + MIXED
+    ref = st.SentenceTransformer(str(minilm_src), device="cpu").encode(texts, convert_to_numpy=True)
+    for flags, weights in (("avx2 avx512f avx512bw avx512_vnni amx_tile amx_int8", "s8"), ("avx2 fma", "u8")):
+        monkeypatch.setattr(embedder_module, "detect", lambda f=flags: cpu_info({"flags": f}, "x86_64"))
+        emb = Embedder.load(minilm_export, provider="cpu")
+        assert (emb.variant.value, emb.choice.int8_weights) == ("int8", weights), emb.choice.reason
+        c = cosines(emb.encode(texts), ref)
+        assert c.min() >= 0.99 and c.mean() >= 0.995, (weights, c.min(), c.mean())
 
 
 def test_tokenisation_identical_to_hf(minilm_export, minilm_src):

@@ -16,9 +16,10 @@ from benchmarks.workloads import workload
 from dmeta_embed import Embedder, InputError, ModelLoadError, ProviderError
 from dmeta_embed.export.reference import cosines, torch_embeddings
 from dmeta_embed.manifest import Manifest, Pooling, Precision
-from dmeta_embed.runtime import cpu
 from dmeta_embed.runtime import embedder as embedder_module
-from dmeta_embed.runtime.embedder import _choose
+from dmeta_embed.runtime.choice import choose
+from dmeta_embed.runtime.cpu import cpu_info, detect
+from dmeta_embed.runtime.embedder import installed
 from dmeta_embed.texts import EN, MIXED, ZH
 
 TOKENIZE_CASES = ZH[:4] + EN[:3] + MIXED + ["😀🚀 emoji 表情", "ＡＢＣ１２３　全角", "Ünïcödé café", "tab\tand\nnewline"]
@@ -153,89 +154,29 @@ def test_many_texts_in_order(fp32):
         np.testing.assert_allclose(e[i], fp32.encode([texts[i]])[0], atol=1e-5)
 
 
-@pytest.fixture
-def units(monkeypatch):
-    """Pretend this CPU has the given int8 units: ``units("none")``."""
-    def pretend(value: str) -> None:
-        monkeypatch.setattr(embedder_module, "int8_units", lambda: value)
-    return pretend
-
-
-@pytest.mark.parametrize("flags,machine,want", [
-    ({"avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"}, "x86_64", "amx"),
-    ({"avx2", "avx512f", "avx512_vnni", "amx_tile"}, "x86_64", "avx512_vnni"),  # AMX without its int8 part
-    ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "x86_64", "avx512_vnni"),
-    ({"avx2", "fma", "avx_vnni"}, "x86_64", "avx_vnni"),
-    ({"avx2", "fma"}, "x86_64", "none"),
-    ({"avx2", "avx512f", "avx512bw"}, "AMD64", "none"),
-    (set(), "aarch64", "arm64"),
-    (set(), "arm64", "arm64"),
-    ({"avx2", "avx512_vnni"}, "ppc64le", "unknown"),
-])
-def test_int8_units_from_flags(flags, machine, want):
-    assert cpu.int8_units(flags, machine) == want
-    assert cpu.int8_is_fast(want) == (want not in {"none", "unknown"})
-
-
-def test_int8_units_when_flags_cannot_be_read(monkeypatch, tmp_path):
-    assert cpu.cpu_flags(str(tmp_path / "no-cpuinfo")) is None
-    monkeypatch.setattr(cpu, "cpu_flags", lambda: None)
-    assert cpu.int8_units(machine="x86_64") == "unknown"
-    assert cpu.int8_units(machine="aarch64") == "arm64"  # arm64 needs no flags
-
-
-def test_cpu_flags_parses_cpuinfo(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512_vnni\n"
-                    "\nprocessor\t: 1\nflags\t\t: fpu\n")
-    assert cpu.cpu_flags(str(info)) == {"fpu", "avx2", "avx512_vnni"}  # the first CPU's line
-    arm = tmp_path / "cpuinfo-arm"
-    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\n")
-    assert cpu.cpu_flags(str(arm)) is None
-
-
-def test_int8_units_on_this_machine():
-    assert cpu.int8_units() in cpu.UNITS  # which one depends on the CI machine
-
-
-@pytest.mark.parametrize("fast", ["amx", "avx512_vnni", "avx_vnni", "arm64"])
-def test_auto_choice_on_cpu(tiny_export, units, fast):
-    units(fast)
-    emb = Embedder.load(tiny_export, provider="cpu")
-    assert emb.variant.value == "int8" and emb.provider == "CPUExecutionProvider"
-    assert emb.int8_units == fast and f"int8_units={fast!r}" in repr(emb)
-
-
-@pytest.mark.parametrize("slow", ["none", "unknown"])
-def test_auto_picks_fp32_where_int8_is_not_exact(tiny_export, units, slow, caplog):
-    units(slow)
-    with caplog.at_level(logging.INFO, logger="dmeta_embed"):
-        emb = Embedder.load(tiny_export, provider="cpu")
-    assert emb.variant.value == "fp32" and emb.int8_units == slow
-    assert "int8 skipped" in caplog.text and "using fp32" in caplog.text
-
-
-def test_explicit_int8_on_slow_cpu_warns(tiny_export, units, caplog):
-    units("none")
-    with caplog.at_level(logging.WARNING, logger="dmeta_embed"):
-        emb = Embedder.load(tiny_export, variant="int8", provider="cpu")
-    assert emb.variant.value == "int8"
-    assert "not validated for this CPU" in caplog.text
-    caplog.clear()
-    units("amx")
-    with caplog.at_level(logging.WARNING, logger="dmeta_embed"):
-        Embedder.load(tiny_export, variant="int8", provider="cpu")
-    assert "not validated" not in caplog.text
-
-
-def test_choose_only_int8_on_slow_cpu(tiny_export, caplog):
+def test_auto_follows_the_rule_for_this_cpu(tiny_export):
+    """Whatever CPU runs the suite: auto is what ``choose`` says for the detected facts, the choice
+    passed its bar, and it was not measured slower than fp32 on this CPU class."""
+    emb = Embedder.load(tiny_export)
     m = Manifest.load(tiny_export)
-    only_int8 = dataclasses.replace(m, variants={"int8": m.variants["int8"]})
-    with caplog.at_level(logging.WARNING, logger="dmeta_embed"):
-        assert _choose(only_int8, "auto", "cpu", "none") == (Precision.INT8, "CPUExecutionProvider")
-    assert "not validated for this CPU" in caplog.text
-    assert _choose(m, "auto", "cpu", "unknown")[0] == Precision.FP32
-    assert _choose(m, "auto", "cpu", "avx_vnni")[0] == Precision.INT8
+    assert emb.choice == choose(m, cpu=detect(), installed=installed())
+    assert emb.cpu == detect() and f"cpu={detect().cpu_class.value!r}" in repr(emb)
+    v = m.variants[emb.variant.value]
+    assert v.fidelity.passed and not v.slower_than_fp32_on(detect().cpu_class.value)
+    if emb.variant == Precision.INT8:
+        assert emb.choice.int8_weights == detect().int8_weights
+
+
+def test_int8_on_a_cpu_without_vnni_is_shifted_to_u8_and_meets_the_bar(tiny_export, monkeypatch, fp32):
+    """Pretend an AVX2-only CPU: int8 loads with u8 weights (exact everywhere) and its vectors
+    meet the int8 bar against fp32 on this machine too."""
+    avx2 = cpu_info({"flags": "fpu sse4_2 avx avx2 fma"}, "x86_64")
+    monkeypatch.setattr(embedder_module, "detect", lambda: avx2)
+    emb = Embedder.load(tiny_export, variant="int8", provider="cpu")
+    assert emb.choice.int8_weights == "u8" and "shifted to u8" in emb.choice.reason
+    texts = ZH + EN + MIXED
+    c = cosines(emb.encode(texts), fp32.encode(texts))
+    assert c.min() >= 0.99 and c.mean() >= 0.995
 
 
 def test_explicit_requests_that_cannot_be_met(tiny_export, tmp_path):

@@ -11,13 +11,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..manifest import OUTPUT_NAME, Pooling
+from ..manifest import INPUT_NAMES, OUTPUT_NAME, Pooling
 
 if TYPE_CHECKING:
     import onnx
 
 OPSET = 17
-INPUTS = ("input_ids", "attention_mask")
+INPUTS = INPUT_NAMES
 HIDDEN = "last_hidden_state"
 
 

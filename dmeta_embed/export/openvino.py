@@ -160,27 +160,31 @@ class _Compiled:
         return self.compiled({"input_ids": input_ids, "attention_mask": attention_mask})[0]  # type: ignore[no-any-return]
 
 
-def openvino_embedder(workdir: Path, properties: dict[str, str], pad_id: int, threads: int | None = None
-                      ) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
-    """``embed(model, tokenized)`` through OpenVINO's CPU plugin, batched as the runtime batches."""
+def compile_runner(workdir: Path, model: onnx.ModelProto, properties: dict[str, str],
+                   threads: int | None = None) -> _Compiled:
+    """``model`` compiled by OpenVINO's CPU plugin with ``properties``, behind ``Runner.run``."""
     import onnx
     import openvino as ov
 
-    from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
-    from ..runtime.session import OPENVINO
-
-    core = ov.Core()
     config: dict[str, object] = dict(properties)
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
+    path = workdir / "openvino-candidate.onnx"
+    onnx.save(model, str(path))
+    return _Compiled(ov.Core().compile_model(str(path), "CPU", config))
+
+
+def openvino_embedder(workdir: Path, properties: dict[str, str], pad_id: int, threads: int | None = None
+                      ) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
+    """``embed(model, tokenized)`` through OpenVINO's CPU plugin, batched as the runtime batches."""
+    from ..manifest import Provider
+    from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
 
     def embed(model: onnx.ModelProto, tok: Tokenized) -> np.ndarray:
-        path = workdir / "openvino-candidate.onnx"
-        onnx.save(model, str(path))
-        runner = _Compiled(core.compile_model(str(path), "CPU", config))
+        runner = compile_runner(workdir, model, properties, threads)
         dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value  # [batch, dim] from append_head
         return embed_tokenized(runner, tok, pad_id=pad_id, dim=dim,  # type: ignore[arg-type]
-                               max_batch_tokens=DEFAULT_BATCH_TOKENS[OPENVINO], batch_size=DEFAULT_BATCH_SIZE)
+                               max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO], batch_size=DEFAULT_BATCH_SIZE)
 
     return embed
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,18 +24,26 @@ from ..manifest import (
     Manifest,
     Pooling,
     Precision,
+    Provider,
     TokenizerInfo,
     Variant,
     sha256_file,
 )
-from ..runtime.embedder import embed_tokenized
-from ..runtime.session import CPU, CUDA, Runner, cuda_available
+from ..runtime.cpu import detect
+from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
+from ..runtime.session import Runner, cuda_available
 from ..runtime.tokenize import TextTokenizer
 from ..texts import calibration_texts, probe_texts
 from . import graph, openvino
 from . import variants as derive
+from .progress import quiet_third_party, stage
 from .reference import fidelity, torch_embeddings
 from .source import DEFAULT_MODEL, Source, resolve
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ..runtime.tokenize import Tokenized
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +138,8 @@ def export_model(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
-        manifest = _build(src, staging, wanted, bars, allow_low_fidelity, t0)
+        with quiet_third_party():
+            manifest = _build(src, staging, wanted, bars, allow_low_fidelity, t0)
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)
@@ -150,6 +161,8 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
         return now
 
     t = time.perf_counter()
+    cpu = detect()
+    log.info("export on %s", cpu.describe())
     tok_info = _write_tokenizer(src, out)
     tokenizer = TextTokenizer(out / "tokenizer.json", src.max_length)
     hidden = int(src.config["hidden_size"])
@@ -159,59 +172,93 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     probe_tok = tokenizer.encode(probes)
     if not probe_tok.truncated:
         raise ExportError("internal: the probe set has no over-length text")
-    reference = torch_embeddings(src.path, probes, src.pooling, src.normalize, src.max_length,
-                                 trust_remote_code=src.trust_remote_code)
+    with stage(f"reference: PyTorch embeddings of {len(probes)} probe texts"):
+        reference = torch_embeddings(src.path, probes, src.pooling, src.normalize, src.max_length,
+                                     trust_remote_code=src.trust_remote_code)
     t = lap("reference", t)
 
     work = out / ".work"
     work.mkdir()
-    graph.export_backbone(src.path, work / "raw.onnx", trust_remote_code=src.trust_remote_code)
+    with stage("export: TorchScript → ONNX"):
+        graph.export_backbone(src.path, work / "raw.onnx", trust_remote_code=src.trust_remote_code)
     t = lap("torch_export", t)
-    backbone, fusion = graph.fuse(work / "raw.onnx", heads, hidden)
-    if not fusion.get("Attention"):
-        log.warning("ONNX Runtime did not fuse Attention for %s: the graph will be slower", src.model_type)
-    passes = []
-    if src.pooling == Pooling.CLS and graph.cls_only_last_layer(backbone):
-        passes.append("cls_only_last_layer")
-    # the CPU variants (fp32, int8) get SkipLayerNormalization unfused; fp16 (CUDA) keeps it
-    cpu_backbone = onnx.ModelProto()
-    cpu_backbone.CopyFrom(backbone)
-    if graph.unfuse_skip_layernorm(cpu_backbone):
-        passes.append("unfuse_skip_layernorm")
+    with stage("fuse: ONNX Runtime's BERT fusions and graph passes"):
+        backbone, fusion = graph.fuse(work / "raw.onnx", heads, hidden)
+        if not fusion.get("Attention"):
+            log.warning("ONNX Runtime did not fuse Attention for %s: the graph will be slower", src.model_type)
+        passes = []
+        if src.pooling == Pooling.CLS and graph.cls_only_last_layer(backbone):
+            passes.append("cls_only_last_layer")
+        # the CPU variants (fp32, int8) get SkipLayerNormalization unfused; fp16 (CUDA) keeps it
+        cpu_backbone = onnx.ModelProto()
+        cpu_backbone.CopyFrom(backbone)
+        if graph.unfuse_skip_layernorm(cpu_backbone):
+            passes.append("unfuse_skip_layernorm")
     t = lap("fuse", t)
 
-    def embed(model: onnx.ModelProto, tok=probe_tok, provider: str = CPU) -> np.ndarray:
-        runner = Runner(model.SerializeToString(), provider)
-        return embed_tokenized(runner, tok, pad_id=tok_info.pad_token_id, dim=hidden,
+    # int8 is validated as this CPU computes it exactly: s8 weights where the u8×s8 kernels are
+    # exact, shifted to u8 where they saturate (runtime.cpu); the runtime feeds it the same way
+    int8_weights = "u8" if cpu.int8_weights == "u8" else None
+
+    def runner(model: onnx.ModelProto, provider: Provider = Provider.CPU, weights: str | None = None) -> Runner:
+        return Runner(model.SerializeToString(), provider, int8_weights=weights)
+
+    def embed(model: onnx.ModelProto, tok=probe_tok, provider: Provider = Provider.CPU,
+              weights: str | None = None) -> np.ndarray:
+        return embed_tokenized(runner(model, provider, weights), tok, pad_id=tok_info.pad_token_id, dim=hidden,
                                max_batch_tokens=4096, batch_size=16)
 
     def head(m: onnx.ModelProto) -> onnx.ModelProto:
         return graph.append_head(m, src.pooling, src.normalize, hidden)
 
+    calib_tok = tokenizer.encode(calibration_texts())
+    fp32_model = head(cpu_backbone)
+    calib_ref: np.ndarray | None = None  # fp32 embeddings of the calibration texts, computed once
+
+    def calibration_reference() -> np.ndarray:
+        nonlocal calib_ref
+        if calib_ref is None:
+            calib_ref = embed(fp32_model, calib_tok)
+        return calib_ref
+
     built: dict[str, Variant] = {}
+    finals: dict[Precision, onnx.ModelProto] = {}
     max_tokens = int(probe_tok.lengths.max())
     for precision in wanted:
         kept: dict[str, str] = {}
         properties: dict[str, str] = {}
-        validated_on = provider = CPU
+        validated_on = Provider.CPU.ort_name
+        provider = Provider.CPU
+        weights = None
+        int8_tensors = 0
         if precision == Precision.FP32:
-            final = head(cpu_backbone)
+            final = fp32_model
         elif precision == Precision.FP16:
             final = head(derive.to_fp16(backbone))
-            validated_on = provider = CUDA if cuda_available() else CPU  # validate where it will run when we can
+            if cuda_available():  # validate where it will run when we can
+                provider = Provider.CUDA
+                validated_on = provider.ort_name
         elif precision == Precision.INT8:
-            calib_tok = tokenizer.encode(calibration_texts())
-            calib_ref = embed(head(cpu_backbone), calib_tok)
-            result = derive.search_int8(cpu_backbone, lambda m, t=calib_tok: embed(head(m), t), calib_ref,
-                                          bars[precision])
-            final, kept = head(result.model), result.kept_fp32
+            weights = int8_weights
+            n = len(derive.quantizable_nodes(cpu_backbone))
+            with stage(f"int8: dynamic int8 search over {n} nodes ({weights or 's8'} weights on {cpu.cpu_class.value})"):
+                result = derive.search_int8(
+                    cpu_backbone, lambda m, t=calib_tok, w=weights: embed(head(m), t, weights=w), calibration_reference(),
+                    bars[precision])
+            final, kept = head(result.model), result.kept_float
+            int8_tensors = derive.check_int8_tensors(final)
         else:  # INT8_OV: from the raw export (OpenVINO fuses on its own and cannot run ORT's contrib ops)
             properties = openvino.cpu_properties()
             ov_embed = openvino.openvino_embedder(work, properties, tok_info.pad_token_id)
-            found = openvino.search(head(onnx.load(str(work / "raw.onnx"))), tokenizer.encode(calibration_texts()),
-                                    ov_embed, derive.target(bars[precision]))
+            with stage("int8-ov: NNCF static int8, searched through OpenVINO"):
+                found = openvino.search(head(onnx.load(str(work / "raw.onnx"))), calib_tok, ov_embed,
+                                        derive.target(bars[precision]))
             final, kept, validated_on = found.model, found.unquantized, openvino.engine_version()
-        vectors = ov_embed(final, probe_tok) if precision == Precision.INT8_OV else embed(final, provider=provider)
+        with stage(f"{precision.value}: validation on {len(probes)} probe texts"):
+            if precision == Precision.INT8_OV:
+                vectors = ov_embed(final, probe_tok)
+            else:
+                vectors = embed(final, provider=provider, weights=weights)
         fid = fidelity(vectors, reference, bars[precision], max_tokens)
         log.info("%s: min cos %.6f, mean cos %.6f (bar %.5f / %.5f)", precision.value, fid.min_cos,
                  fid.mean_cos, fid.bar_min_cos, fid.bar_mean_cos)
@@ -224,12 +271,26 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
             )
         path = out / VARIANT_FILES[precision]
         onnx.save(final, str(path))
+        finals[precision] = final
         built[precision.value] = Variant(
             precision=precision, file=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size,
-            provider=VARIANT_PROVIDERS[precision], fidelity=fid, kept_fp32=kept,
-            ops=graph.op_counts(final), validated_on=validated_on, engine_properties=properties,
+            provider=VARIANT_PROVIDERS[precision].ort_name, fidelity=fid, kept_float=kept,
+            ops=graph.op_counts(final), validated_on=validated_on,
+            validated_cpu=cpu.to_dict() if provider != Provider.CUDA else {},
+            engine_properties=properties, int8_tensors=int8_tensors,
         )
         t = lap(precision.value, t)
+
+    cpu_variants = [p for p in (Precision.INT8, Precision.INT8_OV) if p in finals]
+    if cpu_variants:
+        with stage(f"speed: {', '.join(p.value for p in cpu_variants)} vs fp32 on {cpu.cpu_class.value}"):
+            speeds = _speeds(fp32_model, finals, calib_tok, cpu.cpu_class.value, runner, int8_weights,
+                             lambda m: openvino.compile_runner(work, m, openvino.cpu_properties()),
+                             tok_info.pad_token_id, hidden)
+        for p, sp in speeds.items():
+            if p.value in built:
+                built[p.value] = dataclasses.replace(built[p.value], speed=sp)
+        t = lap("speed", t)
 
     shutil.rmtree(work)
     revision = src.revision or (src.path.name if src.model_id != str(src.path.resolve()) else None)
@@ -247,3 +308,46 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     )
     manifest.save(out)
     return manifest
+
+
+def _speeds(fp32: onnx.ModelProto, finals: dict[Precision, onnx.ModelProto], tok: Tokenized, cpu_class: str,
+            runner, int8_weights: str | None, ov_compile, pad_id: int, dim: int,  # type: ignore[no-untyped-def]
+            rounds: int = 2) -> dict[Precision, dict[str, Any]]:
+    """Tokens/s of fp32 and each CPU variant on the calibration texts, batched as the runtime
+    batches, on this machine: what ``auto`` needs to never pick a variant slower than fp32 here.
+    The variants take turns (``rounds`` blocks of passes each) and keep their fastest pass, so a
+    burst of other work on the machine slows one pass, not one variant."""
+    tokens = int(tok.lengths.sum())
+
+    def batches(r):  # type: ignore[no-untyped-def]
+        return lambda: embed_tokenized(r, tok, pad_id=pad_id, dim=dim, max_batch_tokens=DEFAULT_BATCH_TOKENS[
+            Provider.CPU], batch_size=DEFAULT_BATCH_SIZE)
+
+    runs = {Precision.FP32: batches(runner(fp32, Provider.CPU))}
+    for p, model in finals.items():
+        if p == Precision.INT8:
+            runs[p] = batches(runner(model, Provider.CPU, int8_weights))
+        elif p == Precision.INT8_OV:
+            runs[p] = batches(ov_compile(model))
+    best = {p: float("inf") for p in runs}
+    for _ in range(rounds):
+        for p, run in runs.items():
+            # a block of passes per variant: the previous session's spinning threads settle in the
+            # first (warm-up) pass, and short passes repeat until the block lasts ~0.3 s
+            run()
+            spent, n = 0.0, 0
+            while n < 2 or spent < 0.3:
+                t0 = time.perf_counter()
+                run()
+                took = time.perf_counter() - t0
+                spent, n = spent + took, n + 1
+                best[p] = min(best[p], took)
+    base = tokens / best[Precision.FP32]
+    out: dict[Precision, dict[str, Any]] = {}
+    for p, seconds in best.items():
+        rate = tokens / seconds
+        out[p] = {"cpu_class": cpu_class, "tokens_per_s": round(rate), "vs_fp32": round(rate / base, 3),
+                  "engine": "openvino" if p == Precision.INT8_OV else "onnxruntime"}
+        if p != Precision.FP32:
+            log.info("%s: %.0f tokens/s, %.2fx fp32 (%.0f) on %s", p.value, rate, rate / base, base, cpu_class)
+    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,10 +66,37 @@ def quantize_int8(backbone: onnx.ModelProto, exclude: list[str], workdir: Path) 
 @dataclass
 class Int8Result:
     model: onnx.ModelProto
-    kept_fp32: dict[str, str]
-    #: per-node mean (1 - cos) when only that node is quantized; empty if no search was needed
-    sensitivity: dict[str, float] = field(default_factory=dict)
+    #: nodes left in fp32, each with its measured sensitivity
+    kept_float: dict[str, str]
+    #: quantize-and-measure trials the search ran
     trials: int = 0
+
+
+#: int8 ops and the input positions of their weight and its zero point
+INT8_WEIGHT_INPUTS = {"MatMulInteger": (1, 3), "DynamicQuantizeMatMul": (1, 3), "QAttention": (1, 7)}
+
+
+def check_int8_tensors(model: onnx.ModelProto) -> int:
+    """How many INT8 tensors ``model`` holds, after checking that each one is the weight or the
+    weight zero point of an int8 op, and that every such weight has its zero point: what the
+    runtime's s8 → u8 shift (``runtime.int8``) relies on."""
+    import onnx
+
+    int8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    used: set[str] = set()
+    for n in model.graph.node:
+        positions = INT8_WEIGHT_INPUTS.get(n.op_type)
+        if positions is None:
+            continue
+        w, z = (n.input[i] if i < len(n.input) else "" for i in positions)
+        if w in int8:
+            if z not in int8:
+                raise ValueError(f"int8 node {n.name} has no int8 weight zero point: the u8 shift would be wrong")
+            used |= {w, z}
+    stray = int8 - used
+    if stray:
+        raise ValueError(f"int8 tensors that are no int8 op's weight or zero point: {sorted(stray)[:3]}")
+    return len(int8)
 
 
 def target(bar: Bar) -> Bar:
@@ -101,20 +128,26 @@ def search_int8(
         work = Path(tmp)
         full = quantize_int8(backbone, [], work)
         c = score(full)
-        log.info("int8, all %d nodes quantized: min cos %.5f mean %.5f", len(nodes), c.min(), c.mean())
+        log.info("int8, all %d nodes quantized: min cos %.5f mean %.5f (target %.5f / %.5f)", len(nodes), c.min(),
+                 c.mean(), goal.min_cos, goal.mean_cos)
         if ok(c):
-            return Int8Result(full, {}, {}, trials)
+            return Int8Result(full, {}, trials)
+        log.info("int8: measuring each node's sensitivity (%d trials)", len(nodes))
 
         # sensitivity: quantize one node at a time, measure the end-to-end damage
         sens: dict[str, float] = {}
-        for name in nodes:
+        for i, name in enumerate(nodes):
             only = quantize_int8(backbone, [n for n in nodes if n != name], work)
             sens[name] = float(1.0 - score(only).mean())
+            if (i + 1) % 8 == 0 or i + 1 == len(nodes):
+                log.info("int8: sensitivity %d/%d nodes", i + 1, len(nodes))
         ranked = sorted(nodes, key=lambda n: -sens[n])
 
         def with_top(k: int) -> tuple[onnx.ModelProto, bool]:
             m = quantize_int8(backbone, ranked[:k], work)
-            return m, ok(score(m))
+            c = score(m)
+            log.info("int8: %d most sensitive nodes kept fp32: min cos %.5f mean %.5f", k, c.min(), c.mean())
+            return m, ok(c)
 
         # doubling, then bisection, for the smallest k that passes (damage is ~additive in k)
         lo, hi, best = 0, 1, None
@@ -138,4 +171,4 @@ def search_int8(
         kept = {n: f"sensitivity {sens[n]:.2e} (rank {i + 1} of {len(nodes)})"
                 for i, n in enumerate(ranked[:k])}
         log.info("int8: kept %d of %d nodes in fp32 after %d trials", k, len(nodes), trials)
-        return Int8Result(model, kept, sens, trials)
+        return Int8Result(model, kept, trials)

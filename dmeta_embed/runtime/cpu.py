@@ -1,77 +1,149 @@
-"""Which int8 units this CPU has, from its flags: decides whether ``auto`` may pick the int8 variant.
+"""This CPU's class, read once from its flags: decides how (and whether) the int8 variant runs.
 
-Our int8 files are dynamic quantization, u8 activations × s8 weights, not ``reduce_range``.
-onnxruntime runs them exactly on AMX-int8, AVX512-VNNI and AVX-VNNI (int32 accumulation) and on
-arm64 (sdot/udot or widening multiplies). On x86 without VNNI its u8×s8 kernels use
-``pmaddubsw``, whose int16 intermediates can saturate, so the fidelity measured at export does
-not carry over there. Standard library only.
+Our int8 files are dynamic quantization: u8 activations × s8 weights, per channel, int32
+accumulation. onnxruntime computes that exactly where the CPU has int8 dot-product units (AMX-int8,
+AVX512-VNNI, AVX-VNNI; arm64's sdot/udot or widening multiplies). On x86 without VNNI its u8×s8
+kernels use ``pmaddubsw``, whose int16 pair sums saturate (255·127·2 > 32767), so the same file
+computes a different function there. Its u8×u8 kernels widen to int16 first and never saturate,
+so on those CPUs the runtime shifts the s8 weights to u8 with zero point 128 at load
+(:mod:`dmeta_embed.runtime.int8`): the integers, and so the results, are the exact ones.
+Standard library only.
 """
 
 from __future__ import annotations
 
 import functools
 import platform
-from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
 
 CPUINFO = "/proc/cpuinfo"
-#: units on which onnxruntime's u8×s8 kernels accumulate in int32 (no int16 saturation)
-FAST = frozenset({"amx", "avx512_vnni", "avx_vnni", "arm64"})
-#: every value int8_units() can return
-UNITS = FAST | {"none", "unknown"}
 ARM = frozenset({"aarch64", "arm64", "armv8l"})
 X86 = frozenset({"x86_64", "amd64", "x64", "i386", "i686", "x86"})
 #: flags worth naming when explaining a choice (the full line has 100+ entries)
-SIMD = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
+SIMD = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+        "amx_bf16")
 
 
-@functools.lru_cache(maxsize=8)
-def cpu_flags(path: str = CPUINFO) -> frozenset[str] | None:
-    """The CPU's feature flags from the first ``flags`` line of ``path`` (Linux), read once;
-    None when there is no such file or line (macOS, Windows, arm64 Linux says ``Features``)."""
+class CpuClass(str, Enum):
+    """What the CPU offers the engines, coarsest first: each class runs different int8/bf16 kernels."""
+
+    #: Intel Sapphire Rapids and newer: AMX int8/bf16 tiles (+ AVX512-VNNI)
+    AMX = "amx"
+    #: AVX-512 with VNNI (Intel Cascade Lake / Ice Lake, AMD Zen 4 / Zen 5)
+    AVX512_VNNI = "avx512_vnni"
+    #: AVX2 with AVX-VNNI (Intel Alder Lake and newer client cores, Sierra Forest)
+    AVX_VNNI = "avx_vnni"
+    #: AVX-512 without VNNI (Intel Skylake-SP)
+    AVX512 = "avx512"
+    #: AVX2 only (AMD Zen 1-3, Intel Haswell to Coffee Lake)
+    AVX2 = "avx2"
+    #: older x86 (SSE4 / AVX only)
+    X86 = "x86"
+    ARM64 = "arm64"
+    #: flags unreadable, or an architecture not measured
+    UNKNOWN = "unknown"
+
+
+#: classes on which onnxruntime's u8×s8 kernels accumulate in int32 (the s8 file runs as exported)
+S8_EXACT = frozenset({CpuClass.AMX, CpuClass.AVX512_VNNI, CpuClass.AVX_VNNI, CpuClass.ARM64})
+#: x86 classes whose u8×s8 kernels saturate: the runtime loads the int8 file with u8 weights
+U8_SHIFT = frozenset({CpuClass.AVX512, CpuClass.AVX2, CpuClass.X86})
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The facts about this CPU that decide kernels: class, vendor, model name, named SIMD flags."""
+
+    cpu_class: CpuClass
+    vendor: str = ""
+    model: str = ""
+    arch: str = ""
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def int8_weights(self) -> str | None:
+        """How the int8 file's weights must be fed for exact results here: ``"s8"`` as exported,
+        ``"u8"`` shifted at load, or None (class unknown: int8 is not trusted)."""
+        if self.cpu_class in S8_EXACT:
+            return "s8"
+        if self.cpu_class in U8_SHIFT:
+            return "u8"
+        return None
+
+    @property
+    def bf16(self) -> bool:
+        """Native bf16 arithmetic (AMX-bf16 or AVX512-BF16); elsewhere bf16 is emulated and slow."""
+        return bool({"amx_bf16", "avx512_bf16"} & self.flags)
+
+    def named_flags(self) -> str:
+        return " ".join(f for f in SIMD if f in self.flags) or "none of " + "/".join(SIMD[:3])
+
+    def describe(self) -> str:
+        """One line: ``amx (Intel Xeon Platinum 8480+; flags avx2 avx512f ...)``."""
+        who = " ".join(x for x in (self.vendor, self.model) if x) or self.arch or "unknown CPU"
+        return f"{self.cpu_class.value} ({who}; {self.named_flags()})"
+
+    def to_dict(self) -> dict[str, str]:
+        """What the manifest records about the CPU a variant was validated on."""
+        return {"cpu_class": self.cpu_class.value, "vendor": self.vendor, "model": self.model, "arch": self.arch,
+                "int8_weights": self.int8_weights or "untrusted"}
+
+
+def classify(flags: frozenset[str] | set[str] | None, machine: str) -> CpuClass:
+    """The class of a CPU with these flags on this architecture (``platform.machine()``)."""
+    arch = machine.lower()
+    if arch in ARM:
+        return CpuClass.ARM64
+    if arch not in X86 or flags is None:
+        return CpuClass.UNKNOWN
+    if {"amx_int8", "amx_tile"} <= flags:
+        return CpuClass.AMX
+    if "avx512_vnni" in flags:
+        return CpuClass.AVX512_VNNI
+    if "avx_vnni" in flags:
+        return CpuClass.AVX_VNNI
+    if "avx512bw" in flags:
+        return CpuClass.AVX512
+    if "avx2" in flags:
+        return CpuClass.AVX2
+    return CpuClass.X86
+
+
+def read_cpuinfo(path: str = CPUINFO) -> dict[str, str] | None:
+    """The first processor block of ``path`` (Linux) as key → value; None when unreadable."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
+            block: dict[str, str] = {}
             for line in f:
+                if not line.strip():
+                    if block:
+                        break
+                    continue
                 key, sep, value = line.partition(":")
-                if sep and key.strip() == "flags":
-                    return frozenset(value.split())
+                if sep:
+                    block.setdefault(key.strip(), value.strip())
+            return block or None
     except OSError:
         return None
-    return None
 
 
-def int8_units(flags: Iterable[str] | None = None, machine: str | None = None) -> str:
-    """``amx``, ``avx512_vnni``, ``avx_vnni``, ``arm64``, ``none`` (x86 without VNNI) or ``unknown``
-    (flags unreadable, or an architecture we have not measured). ``flags`` and ``machine``
-    default to this machine's (``cpu_flags()``, ``platform.machine()``)."""
-    arch = (machine if machine is not None else platform.machine()).lower()
-    if arch in ARM:
-        return "arm64"
-    if arch not in X86:
-        return "unknown"
-    known = cpu_flags() if flags is None else frozenset(flags)
-    if known is None:
-        return "unknown"
-    if {"amx_int8", "amx_tile"} <= known:
-        return "amx"
-    if "avx512_vnni" in known:
-        return "avx512_vnni"
-    if "avx_vnni" in known:
-        return "avx_vnni"
-    return "none"
+def cpu_info(cpuinfo: dict[str, str] | None, machine: str) -> CpuInfo:
+    """A :class:`CpuInfo` from a parsed cpuinfo block (x86 ``flags``, arm64 ``Features``)."""
+    info = cpuinfo or {}
+    raw = info.get("flags", info.get("Features"))
+    flags = frozenset(raw.split()) if raw is not None else None
+    return CpuInfo(
+        cpu_class=classify(flags, machine),
+        vendor=info.get("vendor_id", info.get("CPU implementer", "")),
+        model=info.get("model name", info.get("CPU part", "")),
+        arch=machine,
+        flags=flags or frozenset(),
+    )
 
 
-def int8_is_fast(units: str) -> bool:
-    """Whether the int8 variant is both exact (as measured at export) and fast on ``units``."""
-    return units in FAST
+@functools.lru_cache(maxsize=1)
+def detect() -> CpuInfo:
+    """This machine's CPU (read once per process)."""
+    return cpu_info(read_cpuinfo(), platform.machine())
 
-
-def why_not_int8(units: str, flags: Iterable[str] | None = None) -> str:
-    """One clause for a log line saying why int8 is not trusted on ``units``."""
-    if units == "none":
-        have = cpu_flags() if flags is None else frozenset(flags)
-        named = " ".join(f for f in SIMD if have and f in have) or "no AVX2"
-        return f"this CPU has no VNNI/AMX int8 units (flags: {named})"
-    if units == "unknown":
-        machine = platform.machine() or "?"
-        return f"this CPU's int8 units could not be detected (machine {machine}: no CPU flags, or not x86/arm64)"
-    return f"int8 units: {units}"

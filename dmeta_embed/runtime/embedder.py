@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, ModelLoadError, ProviderError
-from ..manifest import Manifest, Precision, sha256_file
+from ..manifest import Manifest, Provider, sha256_file
 from .batching import pad, plan_batches
-from .cpu import int8_is_fast, int8_units, why_not_int8
-from .session import CPU, CUDA, OPENVINO, Runner, cuda_available, openvino_available
+from .choice import Choice, Installed, choose
+from .cpu import CpuInfo, detect
+from .session import Runner, cuda_available, openvino_available
 from .st_compat import SentenceTransformerAPI
 from .tokenize import TextTokenizer, Tokenized, check_texts
 from .vectors import normalize
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 CHUNK = 4096
 #: padded tokens per batch by provider. CPU: small batches keep activations in cache, which is
 #: faster on mixed lengths and no slower on queries (figures: docs/performance.md)
-DEFAULT_BATCH_TOKENS = {CPU: 1024, CUDA: 32768, OPENVINO: 1024}
+DEFAULT_BATCH_TOKENS = {Provider.CPU: 1024, Provider.CUDA: 32768, Provider.OPENVINO: 1024}
 #: texts per batch: 32 ran faster than 128 on both mixed texts and queries (docs/performance.md)
 DEFAULT_BATCH_SIZE = 32
 
@@ -40,71 +41,9 @@ def embed_tokenized(
     return out
 
 
-def _choose(manifest: Manifest, variant: str, provider: str, units: str,
-            single_requests: bool = False) -> tuple[Precision, str]:
-    """(variant, provider) to load; ``units`` is ``int8_units()`` of this CPU; ``single_requests``:
-    the caller embeds mostly one short text per call (a server), where ``auto`` ranks onnxruntime's
-    int8 above int8-ov."""
-    if provider not in {"auto", "cpu", "cuda", "openvino"}:
-        raise ProviderError(f"provider must be auto, cpu, cuda or openvino, got {provider!r}")
-    if variant not in {"auto", *(p.value for p in Precision)}:
-        raise ProviderError(f"variant must be auto, {', '.join(p.value for p in Precision)}, got {variant!r}")
-    have = manifest.variants
-    if provider == "cuda" and not cuda_available():
-        raise ProviderError("provider='cuda' asked for, but no CUDA provider is available "
-                            "(pip install 'dmeta-embed[gpu]' on a machine with an NVIDIA GPU)")
-    fast = int8_is_fast(units)
-    ov = Precision.INT8_OV.value
-    if provider == "openvino" or variant == ov:
-        # int8-ov is the only graph built for OpenVINO (the others use onnxruntime's contrib ops)
-        if provider not in {"auto", "openvino"} or variant not in {"auto", ov}:
-            raise ProviderError(f"variant {ov!r} runs on provider 'openvino' only, and provider 'openvino' runs "
-                                f"only variant {ov!r} (asked: variant={variant!r}, provider={provider!r})")
-        if not openvino_available():
-            raise ProviderError(f"variant {ov!r} needs onnxruntime's OpenVINO provider: pip install "
-                                "'dmeta-embed[openvino]' (instead of [cpu]; both provide the onnxruntime module)")
-        if ov not in have:
-            raise ProviderError(f"variant {ov!r} is not in this folder (it has: {', '.join(have)}); "
-                                "export it with --variants ...,int8-ov")
-        if not fast:
-            log.warning("int8-ov asked for, but %s: its fidelity and speed were not validated for this CPU",
-                        why_not_int8(units))
-        return Precision.INT8_OV, OPENVINO
-    use_cuda = provider == "cuda" or (provider == "auto" and cuda_available() and variant != "int8")
-    if variant != "auto":
-        if variant not in have:
-            raise ProviderError(f"variant {variant!r} is not in this folder (it has: {', '.join(have)})")
-        if variant == "int8" and not use_cuda and not fast:
-            log.warning("int8 asked for, but %s: its fidelity and speed were not validated for this CPU",
-                        why_not_int8(units))
-        return Precision(variant), CUDA if use_cuda else CPU
-    if use_cuda:
-        for p in ("fp16", "fp32"):
-            if p in have:
-                return Precision(p), CUDA
-    # the fidelity bar was measured on an int8-exact CPU; elsewhere int8 may saturate, so fp32
-    int8_passed = "int8" in have and have["int8"].fidelity.passed
-    # OpenVINO's static int8 where it is installed: 1.4-1.5x onnxruntime's dynamic int8 on batches.
-    # Not for single requests when int8 can run: they change the input shape at every call and
-    # OpenVINO pays ~1 ms per change (Dmeta shape, served over loopback: int8 391 req/s at
-    # concurrency 32 and 209 at 1, int8-ov 370 and 151; benchmarks/results/serve_dmeta-shaped_*)
-    ov_passed = ov in have and have[ov].fidelity.passed
-    if provider == "auto" and fast and ov_passed and openvino_available() and not (single_requests and int8_passed):
-        return Precision.INT8_OV, OPENVINO
-    if int8_passed and fast:
-        return Precision.INT8, CPU
-    if "fp32" in have:
-        if int8_passed:
-            log.info("int8 skipped: %s; using fp32", why_not_int8(units))
-        return Precision.FP32, CPU
-    if "int8" in have:
-        if not int8_passed:
-            log.warning("only int8 is available and it missed its fidelity bar; using it anyway")
-        else:
-            log.warning("only int8 is available, but %s: its fidelity and speed were not validated "
-                        "for this CPU; using it anyway", why_not_int8(units))
-        return Precision.INT8, CPU
-    raise ProviderError(f"no CPU variant in this folder (it has: {', '.join(have)}); pass provider='cuda'")
+def installed() -> Installed:
+    """The optional execution providers this onnxruntime has."""
+    return Installed(cuda=cuda_available(), openvino=openvino_available())
 
 
 class Embedder(SentenceTransformerAPI):
@@ -122,16 +61,24 @@ class Embedder(SentenceTransformerAPI):
         truncate: bool = True,
         verify: bool = True,
         spin: bool = True,
-        single_requests: bool = False,
+        prefer_latency: bool = False,
         truncate_dim: int | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise ModelLoadError(f"model folder not found: {path}")
         self.manifest = Manifest.load(self.path)
-        #: this CPU's int8 units (``runtime.cpu.int8_units``): decides whether ``auto`` may pick int8
-        self.int8_units = int8_units()
-        self.variant, self.provider = _choose(self.manifest, variant, provider, self.int8_units, single_requests)
+        if self.manifest.tokenizer.padding_side != "right":
+            raise ModelLoadError(f"{self.path}: the manifest says padding_side="
+                                 f"{self.manifest.tokenizer.padding_side!r}; this runtime pads right")
+        #: this CPU's class and int8 kernels (``runtime.cpu.detect``)
+        self.cpu: CpuInfo = detect()
+        #: what ``variant``/``provider`` resolved to here, and why (``runtime.choice.choose``)
+        self.choice: Choice = choose(self.manifest, variant, provider, cpu=self.cpu, installed=installed(),
+                                     prefer_latency=prefer_latency)
+        log.info("%s: %s on %s (%s)", self.path, self.choice.variant.value, self.choice.provider.value,
+                 self.choice.reason)
+        self.variant, self.provider = self.choice.variant, self.choice.provider
         spec = self.manifest.variants[self.variant.value]
         model_file = self.path / spec.file
         tok_file = self.path / self.manifest.tokenizer.file
@@ -145,7 +92,10 @@ class Embedder(SentenceTransformerAPI):
                                      f"changed after export): {digest[:12]} != {spec.sha256[:12]}")
         self.tokenizer = TextTokenizer(tok_file, self.manifest.max_length)
         try:
-            self._runner = Runner(model_file, self.provider, threads, spin, spec.engine_properties)
+            self._runner = Runner(model_file, self.provider, threads, spin, spec.engine_properties,
+                                  inputs=self.manifest.inputs, output=self.manifest.output,
+                                  int8_weights=self.choice.int8_weights,
+                                  expect_int8_tensors=spec.int8_tensors or None)
         except ProviderError:
             raise
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -161,7 +111,8 @@ class Embedder(SentenceTransformerAPI):
     @classmethod
     def load(cls, path: str | Path, variant: str = "auto", provider: str = "auto", **kwargs: Any) -> Embedder:
         """Load an exported folder. ``variant``: auto|fp32|fp16|int8|int8-ov; ``provider``:
-        auto|cpu|cuda|openvino (int8-ov runs on openvino, with onnxruntime-openvino installed)."""
+        auto|cpu|cuda|openvino (int8-ov runs on openvino, with onnxruntime-openvino installed).
+        ``prefer_latency=True``: ``auto`` ranks onnxruntime's int8 first (single short texts per call)."""
         return cls(path, variant, provider, **kwargs)
 
     @property
@@ -235,8 +186,9 @@ class Embedder(SentenceTransformerAPI):
             max_batch_tokens=max_batch_tokens or self.max_batch_tokens, batch_size=batch_size or self.batch_size)
 
     def __repr__(self) -> str:
-        return (f"Embedder({str(self.path)!r}, variant={self.variant.value!r}, provider={self.provider!r}, "
-                f"dim={self.dim}, max_length={self.max_length}, int8_units={self.int8_units!r})")
+        weights = f", int8_weights={self.choice.int8_weights!r}" if self.choice.int8_weights else ""
+        return (f"Embedder({str(self.path)!r}, variant={self.variant.value!r}, provider={self.provider.value!r}"
+                f"{weights}, dim={self.dim}, max_length={self.max_length}, cpu={self.cpu.cpu_class.value!r})")
 
 
 def _progress(total: int, show: bool):  # type: ignore[no-untyped-def]

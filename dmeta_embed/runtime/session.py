@@ -9,18 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ProviderError
+from .._optional import require
+from ..errors import ProviderError
+from ..manifest import INPUT_NAMES, OUTPUT_NAME, Provider
+from .int8 import shift_int8_weights
 
-try:
-    import onnxruntime as ort
-except ImportError as e:  # the base install leaves the flavour (cpu / gpu) to the user
-    raise MissingDependencyError("onnxruntime", "cpu", "or [gpu] on an NVIDIA machine; never both") from e
-from ..manifest import OUTPUT_NAME
+ort = require("onnxruntime", "cpu", "or [gpu] on an NVIDIA machine; never both")
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
+CPU = Provider.CPU.ort_name
+CUDA = Provider.CUDA.ort_name
 #: onnxruntime-openvino's provider (a third, exclusive install: pip install 'dmeta-embed[openvino]')
-OPENVINO = "OpenVINOExecutionProvider"
+OPENVINO = Provider.OPENVINO.ort_name
 
 
 def available_cpus() -> int:
@@ -91,51 +90,68 @@ CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
 class Runner:
-    """One inference session over an embedding graph: (input_ids, attention_mask) → [B, dim]."""
+    """One inference session over an embedding graph: (input_ids, attention_mask) → [B, dim].
 
-    def __init__(self, model: str | Path | bytes, provider: str = CPU, threads: int | None = None,
-                 spin: bool = True, properties: dict[str, str] | None = None) -> None:
+    ``inputs``/``output``: the graph's tensor names (the manifest's). ``int8_weights="u8"``
+    shifts the file's s8 weights to u8 before onnxruntime sees it (``runtime.int8``), for CPUs
+    whose u8×s8 kernels saturate; ``expect_int8_tensors`` (the manifest's count) guards that rewrite.
+    """
+
+    def __init__(self, model: str | Path | bytes, provider: Provider | str = Provider.CPU, threads: int | None = None,
+                 spin: bool = True, properties: dict[str, str] | None = None, *,
+                 inputs: tuple[str, ...] = INPUT_NAMES, output: str = OUTPUT_NAME,
+                 int8_weights: str | None = None, expect_int8_tensors: int | None = None) -> None:
+        provider = Provider.parse(provider)
         so = session_options(threads, spin)
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
-        if provider == CUDA:
+        if provider == Provider.CUDA:
             if not cuda_available():
                 raise ProviderError(
                     "CUDA was asked for but this onnxruntime has no CUDAExecutionProvider; "
                     "install onnxruntime-gpu instead of onnxruntime: pip install 'dmeta-embed[gpu]'"
                 )
             providers = [(CUDA, {"cudnn_conv_algo_search": "DEFAULT"}), CPU]
-        elif provider == OPENVINO:
+        elif provider == Provider.OPENVINO:
             if not openvino_available():
                 raise ProviderError(
                     "OpenVINO was asked for but this onnxruntime has no OpenVINOExecutionProvider; "
                     "install onnxruntime-openvino instead of onnxruntime: pip install 'dmeta-embed[openvino]'"
                 )
-            # OpenVINO compiles the whole graph and fuses on its own; onnxruntime's passes only got in
-            # its way (Dmeta shape, 16-token query: 4.26 → 3.83 ms with them off)
+            # OpenVINO compiles the whole graph and fuses on its own; onnxruntime's passes only get in its way
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             providers = [(OPENVINO, openvino_options(threads, properties or {}))]
-        model_arg = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(model_arg, sess_options=so, providers=providers,
-                                            disabled_optimizers=CPU_DISABLED_OPTIMIZERS if provider == CPU else None)
-        if provider != CPU and self.session.get_providers()[0] != provider:
+        model_arg: str | bytes = model if isinstance(model, bytes) else str(model)
+        if int8_weights == "u8":
+            data = model_arg if isinstance(model_arg, bytes) else Path(model_arg).read_bytes()
+            model_arg, shifted = shift_int8_weights(data)
+            if expect_int8_tensors is not None and shifted != expect_int8_tensors:
+                raise ProviderError(f"int8 weight shift found {shifted} int8 tensors, the manifest says "
+                                    f"{expect_int8_tensors}; load variant='fp32' instead")
+        self.session = ort.InferenceSession(
+            model_arg, sess_options=so, providers=providers,
+            disabled_optimizers=CPU_DISABLED_OPTIMIZERS if provider == Provider.CPU else None)
+        if provider != Provider.CPU and self.session.get_providers()[0] != provider.ort_name:
             # onnxruntime silently falls back to CPU when a provider's libraries are missing
             raise ProviderError(
-                f"{provider} failed to start"
-                + (" (CUDA 12/13 and cuDNN 9 libraries missing?)" if provider == CUDA else "")
+                f"{provider.ort_name} failed to start"
+                + (" (CUDA 12/13 and cuDNN 9 libraries missing?)" if provider == Provider.CUDA else "")
                 + "; see onnxruntime's log above, or use provider='cpu'"
             )
         self.provider = provider
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self._output = OUTPUT_NAME
+        names = [i.name for i in self.session.get_inputs()]
+        if sorted(names) != sorted(inputs) or len(inputs) != 2:
+            raise ProviderError(f"the graph's inputs are {names}, the manifest says {list(inputs)}")
+        self._ids, self._mask = inputs
+        self._output = output
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        if self.provider == CUDA:
+        if self.provider == Provider.CUDA:
             # IO binding: inputs copied to the device once, only [B, dim] copied back
             io = self.session.io_binding()
-            io.bind_cpu_input("input_ids", input_ids)
-            io.bind_cpu_input("attention_mask", attention_mask)
+            io.bind_cpu_input(self._ids, input_ids)
+            io.bind_cpu_input(self._mask, attention_mask)
             io.bind_output(self._output, "cuda")
             self.session.run_with_iobinding(io)
             return io.copy_outputs_to_cpu()[0]  # type: ignore[no-any-return]
-        out = self.session.run([self._output], {"input_ids": input_ids, "attention_mask": attention_mask})
+        out = self.session.run([self._output], {self._ids: input_ids, self._mask: attention_mask})
         return out[0]  # type: ignore[no-any-return]

@@ -55,14 +55,14 @@ def serve(model_dir: str | Path, config: ServerConfig | None = None, *, host: st
     embedder = Embedder.load(model_dir, variant=variant, provider=provider, threads=threads,
                              max_batch_tokens=cfg.max_batch_tokens, batch_size=cfg.batch_size,
                              spin=cfg.spin,  # see ServerConfig.spin
-                             single_requests=True)  # auto: int8 before int8-ov (see runtime.embedder._choose)
+                             prefer_latency=True)  # auto: int8 before int8-ov (see runtime.choice.choose)
     app = create_app(embedder, cfg)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
         server_header=False, timeout_graceful_shutdown=int(cfg.request_timeout_s) + 5))
     # uvicorn's own logger: configured by uvicorn.Config, so this line appears beside its start-up lines
     logging.getLogger("uvicorn.error").info("serving %r (%s, %s) on http://%s:%d", app.state.service.name, embedder.variant.value,
-             embedder.provider, host, port)
+             embedder.provider.value, host, port)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so the process dies
     # "by signal" (status 143); a handler installed here receives that second delivery, so a
     # graceful stop exits 0 as service managers expect

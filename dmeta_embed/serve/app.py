@@ -205,7 +205,7 @@ class Service:
     async def info(self, request: Request) -> Response:
         e, c = self.embedder, self.cfg
         return json_response({
-            "model": self.name, "variant": e.variant.value, "provider": e.provider, "dim": e.dim,
+            "model": self.name, "variant": e.variant.value, "provider": e.provider.value, "dim": e.dim,
             "max_length": e.max_length, "pooling": e.manifest.pooling.value, "normalize": e.manifest.normalize,
             "version": __version__, "ready": self.batcher.ready,
             "batching": {"max_wait_ms": c.max_wait_ms, "batch_size": c.batch_size,

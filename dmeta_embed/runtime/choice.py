@@ -1,0 +1,151 @@
+"""Which variant of a folder to run, on which provider, and why: one pure function of facts.
+
+The facts are the manifest (which variants passed their fidelity bar, where each was validated and
+how fast it was there), this CPU (:class:`~dmeta_embed.runtime.cpu.CpuInfo`) and the providers
+installed. Everything is passed in, so every CPU class can be tested on any machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ProviderError
+from ..manifest import Manifest, Precision, Provider
+from .cpu import CpuClass, CpuInfo
+
+#: ``auto``'s CPU order by class when the export measured no speed on this class. int8-ov
+#: (OpenVINO static int8) leads only where it was measured faster than onnxruntime's int8 (AMX);
+#: on AVX2 it was measured slower than fp32 (docs/performance.md), so elsewhere it waits for
+#: an export-time measurement on that class
+CPU_ORDER: dict[CpuClass, tuple[Precision, ...]] = {CpuClass.AMX: (Precision.INT8_OV, Precision.INT8, Precision.FP32)}
+DEFAULT_CPU_ORDER = (Precision.INT8, Precision.FP32)
+
+
+@dataclass(frozen=True)
+class Installed:
+    """Which optional execution providers this process can use."""
+
+    cuda: bool = False
+    openvino: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What to load: the variant, where it runs, how int8 weights are fed, and why."""
+
+    variant: Precision
+    provider: Provider
+    #: int8 on CPU: ``"s8"`` (the file as exported) or ``"u8"`` (weights shifted at load); else None
+    int8_weights: str | None
+    reason: str
+
+
+def _validated(manifest: Manifest, variant: Precision) -> str:
+    cpu = manifest.variants[variant.value].validated_cpu
+    return f"validated on {cpu['cpu_class']}" if cpu.get("cpu_class") else "validated"
+
+
+def _cpu_choice(manifest: Manifest, variant: Precision, cpu: CpuInfo, why: str) -> Choice:
+    """``variant`` on the CPU provider, with the int8 weight format this CPU computes exactly."""
+    if variant != Precision.INT8:
+        return Choice(variant, Provider.CPU, None, why)
+    weights = cpu.int8_weights
+    where = f"int8 {_validated(manifest, variant)}; this CPU is {cpu.cpu_class.value}"
+    if weights == "u8":
+        return Choice(variant, Provider.CPU, "u8", f"{why}; {where}: weights shifted to u8 at load (exact)")
+    if weights == "s8":
+        return Choice(variant, Provider.CPU, "s8", f"{why}; {where}: s8 weights run as exported (exact)")
+    return Choice(variant, Provider.CPU, "s8", f"{why}; {where}: its int8 kernels are unknown, results may differ "
+                                               "from the validated ones")
+
+
+def choose(manifest: Manifest, variant: str = "auto", provider: str = "auto", *, cpu: CpuInfo,
+           installed: Installed, prefer_latency: bool = False) -> Choice:
+    """The variant and provider to load for ``variant``/``provider`` (``auto`` or a name).
+
+    Explicit requests are honoured or refused with a :class:`ProviderError`, never replaced.
+    ``auto``: fp16 (else fp32) on CUDA when it is installed; on CPU the fastest variant that passed
+    its bar and was not measured slower than fp32 on this CPU class, by :data:`CPU_ORDER`.
+    ``prefer_latency``: the caller mostly embeds one short text per call (a server); OpenVINO
+    pays a recompile whenever the input shape changes, so onnxruntime's int8 ranks first.
+    """
+    names = {p.value for p in Precision}
+    if provider not in {"auto", *(p.value for p in Provider)}:
+        raise ProviderError(f"provider must be auto, cpu, cuda or openvino, got {provider!r}")
+    if variant not in {"auto", *names}:
+        raise ProviderError(f"variant must be auto, {', '.join(sorted(names))}, got {variant!r}")
+    have = manifest.variants
+    ov = Precision.INT8_OV
+    if provider == Provider.CUDA and not installed.cuda:
+        raise ProviderError("provider='cuda' asked for, but no CUDA provider is available "
+                            "(pip install 'dmeta-embed[gpu]' on a machine with an NVIDIA GPU)")
+    if provider == Provider.OPENVINO or variant == ov:
+        # int8-ov is the only graph built for OpenVINO (the others use onnxruntime's contrib ops)
+        if provider not in {"auto", Provider.OPENVINO} or variant not in {"auto", ov}:
+            raise ProviderError(f"variant {ov.value!r} runs on provider 'openvino' only, and provider 'openvino' "
+                                f"runs only variant {ov.value!r} (asked: variant={variant!r}, provider={provider!r})")
+        if not installed.openvino:
+            raise ProviderError(f"variant {ov.value!r} needs onnxruntime's OpenVINO provider: pip install "
+                                "'dmeta-embed[openvino]' (instead of [cpu]; both provide the onnxruntime module)")
+        if ov.value not in have:
+            raise ProviderError(f"variant {ov.value!r} is not in this folder (it has: {', '.join(have)}); "
+                                "export it with --variants ...,int8-ov")
+        return Choice(ov, Provider.OPENVINO, None, f"asked for; int8-ov {_validated(manifest, ov)}, this CPU is "
+                                                    f"{cpu.cpu_class.value}")
+    use_cuda = provider == Provider.CUDA or (provider == "auto" and installed.cuda and variant != Precision.INT8)
+    if variant != "auto":
+        if variant not in have:
+            raise ProviderError(f"variant {variant!r} is not in this folder (it has: {', '.join(have)})")
+        if use_cuda:
+            return Choice(Precision(variant), Provider.CUDA, None, "asked for")
+        return _cpu_choice(manifest, Precision(variant), cpu, "asked for")
+    if use_cuda:
+        for p in (Precision.FP16, Precision.FP32):
+            if p.value in have:
+                return Choice(p, Provider.CUDA, None, f"auto: CUDA is available, {p.value} is the fastest there")
+    return _auto_cpu(manifest, cpu, installed, prefer_latency, provider)
+
+
+def _auto_cpu(manifest: Manifest, cpu: CpuInfo, installed: Installed, prefer_latency: bool,
+              provider: str) -> Choice:
+    have = manifest.variants
+    cls = cpu.cpu_class.value
+    skipped: list[str] = []
+    candidates: list[Precision] = []
+    for p in (Precision.INT8_OV, Precision.INT8, Precision.FP32):
+        v = have.get(p.value)
+        if v is None:
+            continue
+        if not v.fidelity.passed:
+            skipped.append(f"{p.value} missed its fidelity bar")
+        elif p != Precision.FP32 and v.slower_than_fp32_on(cls):
+            skipped.append(f"{p.value} was measured slower than fp32 on {cls} ({v.speed['vs_fp32']:.2f}x)")
+        elif p == Precision.INT8 and cpu.int8_weights is None:
+            skipped.append(f"int8: this CPU's int8 kernels are unknown (class {cls})")
+        elif p == Precision.INT8_OV and (provider == Provider.CPU or not installed.openvino):
+            pass  # not installed (or onnxruntime's own CPU provider asked for): nothing to explain
+        else:
+            candidates.append(p)
+    if not candidates:
+        if Precision.INT8.value in have:
+            return _cpu_choice(manifest, Precision.INT8, cpu, "auto: the only CPU variant here ("
+                               + "; ".join(skipped) + ")")
+        raise ProviderError(f"no CPU variant in this folder (it has: {', '.join(have)}); pass provider='cuda'")
+    measured = {p: float(have[p.value].speed["tokens_per_s"]) for p in candidates
+                if have[p.value].speed.get("cpu_class") == cls and "tokens_per_s" in have[p.value].speed}
+    if len(measured) == len(candidates) and len(candidates) > 1:
+        order = sorted(candidates, key=lambda p: -measured[p])
+        basis = f"fastest measured at export on {cls}"
+    else:
+        rank = CPU_ORDER.get(cpu.cpu_class, DEFAULT_CPU_ORDER)
+        order = sorted(candidates, key=lambda p: rank.index(p) if p in rank else len(rank))
+        basis = f"the order for {cls} CPUs"
+    if prefer_latency and Precision.INT8 in order:
+        order.remove(Precision.INT8)
+        order.insert(0, Precision.INT8)
+        basis = "single short requests: onnxruntime's int8 (OpenVINO recompiles per input shape)"
+    best = order[0]
+    why = f"auto: {best.value} by {basis}" + (f" ({'; '.join(skipped)})" if skipped else "")
+    if best == Precision.INT8_OV:
+        return Choice(best, Provider.OPENVINO, None, why)
+    return _cpu_choice(manifest, best, cpu, why)

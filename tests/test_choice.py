@@ -1,0 +1,142 @@
+"""The variant choice for every CPU class, with the facts injected (no model, no CPU assumed)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dmeta_embed.errors import ProviderError
+from dmeta_embed.manifest import BARS, Fidelity, Manifest, Pooling, Precision, Provider, TokenizerInfo, Variant
+from dmeta_embed.runtime.choice import CPU_ORDER, Installed, choose
+from dmeta_embed.runtime.cpu import S8_EXACT, U8_SHIFT, CpuClass, CpuInfo
+
+NOTHING = Installed()
+OPENVINO = Installed(openvino=True)
+CUDA = Installed(cuda=True)
+CLASSES = list(CpuClass)
+
+
+def variant(p: Precision, passed: bool = True, speed: dict | None = None, validated: str = "amx") -> Variant:
+    bar = BARS[p]
+    cos = 1.0 if passed else 0.5
+    return Variant(
+        precision=p, file=f"{p.value}.onnx", sha256="0" * 64, size_bytes=1, provider="CPUExecutionProvider",
+        fidelity=Fidelity(cos, cos, 0.0, 24, 1024, bar.min_cos, bar.mean_cos),
+        validated_cpu={"cpu_class": validated}, speed=speed or {})
+
+
+def manifest(*variants: Variant) -> Manifest:
+    return Manifest(source={}, pooling=Pooling.CLS, normalize=True, max_length=512, dim=8,
+                    tokenizer=TokenizerInfo("tokenizer.json", 0), inputs=("input_ids", "attention_mask"),
+                    output="sentence_embedding", variants={v.precision.value: v for v in variants}, export={})
+
+
+ALL = manifest(variant(Precision.FP32), variant(Precision.FP16), variant(Precision.INT8), variant(Precision.INT8_OV))
+
+
+def cpu(c: CpuClass) -> CpuInfo:
+    return CpuInfo(c, "Vendor", "Model", "arm64" if c == CpuClass.ARM64 else "x86_64")
+
+
+def test_every_class_has_one_int8_rule() -> None:
+    for c in CLASSES:
+        want = "s8" if c in S8_EXACT else "u8" if c in U8_SHIFT else None
+        assert cpu(c).int8_weights == want, c
+    assert CpuClass.UNKNOWN not in S8_EXACT | U8_SHIFT
+
+
+@pytest.mark.parametrize("c", CLASSES)
+def test_auto_on_cpu_without_optional_providers(c: CpuClass) -> None:
+    ch = choose(ALL, cpu=cpu(c), installed=NOTHING)
+    if c == CpuClass.UNKNOWN:  # int8 kernels unknown: exactness not guaranteed
+        assert (ch.variant, ch.provider, ch.int8_weights) == (Precision.FP32, Provider.CPU, None)
+        assert "int8 kernels are unknown" in ch.reason
+    else:
+        assert (ch.variant, ch.provider) == (Precision.INT8, Provider.CPU)
+        assert ch.int8_weights == ("s8" if c in S8_EXACT else "u8")
+        assert f"this CPU is {c.value}" in ch.reason and "validated on amx" in ch.reason
+        assert ("shifted to u8" in ch.reason) == (c in U8_SHIFT)
+
+
+@pytest.mark.parametrize("c", CLASSES)
+def test_auto_with_openvino_installed(c: CpuClass) -> None:
+    ch = choose(ALL, cpu=cpu(c), installed=OPENVINO)
+    if c in CPU_ORDER and CPU_ORDER[c][0] == Precision.INT8_OV:
+        assert (ch.variant, ch.provider) == (Precision.INT8_OV, Provider.OPENVINO)
+    elif c == CpuClass.UNKNOWN:
+        assert ch.variant == Precision.FP32  # int8-ov unmeasured here ranks after fp32
+    else:  # unmeasured on this class: onnxruntime's int8 first
+        assert (ch.variant, ch.provider) == (Precision.INT8, Provider.CPU)
+    # a service of single short requests: onnxruntime's int8 before OpenVINO's shape recompiles
+    latency = choose(ALL, cpu=cpu(c), installed=OPENVINO, prefer_latency=True)
+    if c != CpuClass.UNKNOWN:
+        assert latency.variant == Precision.INT8
+    # provider='cpu' means onnxruntime's own CPU provider: never int8-ov
+    assert choose(ALL, "auto", "cpu", cpu=cpu(c), installed=OPENVINO).provider == Provider.CPU
+
+
+@pytest.mark.parametrize("c", CLASSES)
+def test_export_measurement_on_this_class_decides(c: CpuClass) -> None:
+    """A variant the export measured slower than fp32 on this class is never auto's choice, and
+    the measured order beats the built-in one; a measurement on another class changes nothing."""
+    def speed(cls: CpuClass, rate: float) -> dict:
+        return {"cpu_class": cls.value, "tokens_per_s": rate, "vs_fp32": rate / 1000}
+
+    here = manifest(variant(Precision.FP32, speed=speed(c, 1000)), variant(Precision.INT8, speed=speed(c, 900)),
+                    variant(Precision.INT8_OV, speed=speed(c, 800)))
+    ch = choose(here, cpu=cpu(c), installed=OPENVINO)
+    assert ch.variant == Precision.FP32
+    assert "int8 was measured slower than fp32" in ch.reason and "int8-ov was measured slower" in ch.reason
+
+    faster_ov = manifest(variant(Precision.FP32, speed=speed(c, 1000)), variant(Precision.INT8, speed=speed(c, 1500)),
+                         variant(Precision.INT8_OV, speed=speed(c, 2000)))
+    ch = choose(faster_ov, cpu=cpu(c), installed=OPENVINO)
+    assert ch.variant == Precision.INT8_OV and "fastest measured at export" in ch.reason
+
+    other = CpuClass.AVX2 if c != CpuClass.AVX2 else CpuClass.AMX
+    elsewhere = manifest(variant(Precision.FP32, speed=speed(other, 1000)),
+                         variant(Precision.INT8, speed=speed(other, 500)))
+    assert choose(elsewhere, cpu=cpu(c), installed=NOTHING).variant == (
+        Precision.FP32 if c == CpuClass.UNKNOWN else Precision.INT8)
+
+
+def test_missed_bar_is_skipped_and_said() -> None:
+    m = manifest(variant(Precision.FP32), variant(Precision.INT8, passed=False))
+    ch = choose(m, cpu=cpu(CpuClass.AVX2), installed=NOTHING)
+    assert ch.variant == Precision.FP32 and "int8 missed its fidelity bar" in ch.reason
+    only = manifest(variant(Precision.INT8, passed=False))
+    ch = choose(only, cpu=cpu(CpuClass.AVX2), installed=NOTHING)
+    assert (ch.variant, ch.int8_weights) == (Precision.INT8, "u8") and "only CPU variant" in ch.reason
+
+
+@pytest.mark.parametrize("c", CLASSES)
+def test_explicit_requests_are_honoured_with_the_right_weights(c: CpuClass) -> None:
+    ch = choose(ALL, "int8", "cpu", cpu=cpu(c), installed=NOTHING)
+    assert (ch.variant, ch.provider) == (Precision.INT8, Provider.CPU) and ch.reason.startswith("asked for")
+    assert ch.int8_weights == ("u8" if c in U8_SHIFT else "s8")
+    if c == CpuClass.UNKNOWN:
+        assert "results may differ" in ch.reason
+    assert choose(ALL, "fp32", cpu=cpu(c), installed=CUDA).provider == Provider.CUDA
+    assert choose(ALL, "int8", cpu=cpu(c), installed=CUDA).provider == Provider.CPU  # int8 is a CPU file
+
+
+def test_cuda_auto_and_errors() -> None:
+    ch = choose(ALL, cpu=cpu(CpuClass.AVX2), installed=CUDA)
+    assert (ch.variant, ch.provider) == (Precision.FP16, Provider.CUDA)
+    with pytest.raises(ProviderError, match="pip install 'dmeta-embed\\[gpu\\]'"):
+        choose(ALL, "auto", "cuda", cpu=cpu(CpuClass.AMX), installed=NOTHING)
+    with pytest.raises(ProviderError, match="pip install 'dmeta-embed\\[openvino\\]'"):
+        choose(ALL, "int8-ov", cpu=cpu(CpuClass.AMX), installed=NOTHING)
+    with pytest.raises(ProviderError, match="runs on provider 'openvino' only"):
+        choose(ALL, "int8-ov", "cpu", cpu=cpu(CpuClass.AMX), installed=OPENVINO)
+    with pytest.raises(ProviderError, match="variant must be"):
+        choose(ALL, "int4", cpu=cpu(CpuClass.AMX), installed=NOTHING)
+    with pytest.raises(ProviderError, match="provider must be"):
+        choose(ALL, "auto", "tpu", cpu=cpu(CpuClass.AMX), installed=NOTHING)
+    no_cpu = dataclasses.replace(ALL, variants={"fp16": ALL.variants["fp16"]})
+    with pytest.raises(ProviderError, match="no CPU variant"):
+        choose(no_cpu, cpu=cpu(CpuClass.AMX), installed=NOTHING)
+    with pytest.raises(ProviderError, match="is not in this folder"):
+        choose(dataclasses.replace(ALL, variants={"fp32": ALL.variants["fp32"]}), "int8-ov",
+               cpu=cpu(CpuClass.AMX), installed=OPENVINO)
