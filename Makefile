@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned to its CPU build: an unpinned torch (or one pulled in by another
 	# package) would download a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,corpus,ray]'
+	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,corpus,ray,langchain,llama-index,mteb]'
 	touch $(STAMP)
 
 install: $(STAMP)
