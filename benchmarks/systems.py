@@ -36,9 +36,6 @@ class System:
     requires: tuple[str, ...] = ()  # importable modules; a missing one skips the system
     ours: bool = False
     note: str = ""
-    #: the interpreter its worker runs in ("" = this one): int8-ov needs onnxruntime-openvino, which
-    #: cannot share an environment with onnxruntime
-    python: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -47,7 +44,9 @@ class System:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> System:
-        return cls(**{**d, "requires": tuple(d.get("requires", ()))})
+        # results recorded before every system ran in this environment carry a "python" field
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "requires": tuple(d.get("requires", ()))})
 
     @property
     def stem(self) -> str:
@@ -55,9 +54,7 @@ class System:
         return self.key.replace(":", "_").replace("/", "_")
 
     def missing(self) -> list[str]:
-        """Required modules that cannot be imported here (or the other interpreter, if it is absent)."""
-        if self.python:
-            return [] if Path(self.python).is_file() else [f"{self.python} (make bench-openvino builds it)"]
+        """Required modules that cannot be imported here."""
         out = []
         for mod in self.requires:
             try:
@@ -130,26 +127,15 @@ _RT = ("onnxruntime", "tokenizers")
 _TORCH = ("torch", "transformers")
 
 
-def openvino_python() -> str:
-    """The onnxruntime-openvino environment's interpreter (``make bench-openvino`` / ``make test``
-    build ``.venv-openvino``; ``DMETA_EMBED_OV_PYTHON`` overrides)."""
-    import os
-
-    return os.environ.get("DMETA_EMBED_OV_PYTHON") or str(Path(__file__).resolve().parent.parent
-                                                            / ".venv-openvino/bin/python")
-
-
 def our_systems(variants: list[str]) -> list[System]:
     out = []
     for v in variants:
         ov = v == "int8-ov"
         out.append(System(
             key=f"dmeta-embed:{v}", name="dmeta-embed", variant=v,
-            engine="ONNX Runtime + OpenVINO EP" if ov else "ONNX Runtime CPU", precision="int8" if ov else v,
-            adapter="benchmarks.peers:Ours", options={"variant": v}, requires=() if ov else _RT, ours=True,
-            note="fp16 is built for CUDA; on CPU it is shown for completeness" if v == "fp16" else
-            "onnxruntime-openvino 1.24.1 in its own environment" if ov else "",
-            python=openvino_python() if ov else ""))
+            engine="OpenVINO CPU" if ov else "ONNX Runtime CPU", precision="int8" if ov else v,
+            adapter="benchmarks.peers:Ours", options={"variant": v}, requires=_RT + ("openvino",) if ov else _RT,
+            ours=True, note="fp16 is built for CUDA; on CPU it is shown for completeness" if v == "fp16" else ""))
     return out
 
 

@@ -1,12 +1,9 @@
-"""The int8-ov variant: export search (nncf + openvino here), runtime choice, and the runtime on
-onnxruntime's OpenVINO provider, which lives in its own environment (``make test`` builds
-``.venv-openvino`` and names its python in ``DMETA_EMBED_OV_PYTHON``)."""
+"""The int8-ov variant: export search (nncf + openvino), runtime choice, and the runtime on
+OpenVINO's own engine (``runtime.openvino``), in the same environment as onnxruntime."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +12,7 @@ import numpy as np
 import pytest
 
 from dmeta_embed.errors import ProviderError
-from dmeta_embed.manifest import BARS, Bar, Manifest, Precision
-from dmeta_embed.manifest import Provider
+from dmeta_embed.manifest import BARS, Bar, Manifest, Precision, Provider
 from dmeta_embed.runtime.choice import Installed, choose
 from dmeta_embed.runtime.cpu import CpuClass, CpuInfo
 from dmeta_embed.texts import probe_texts
@@ -26,7 +22,7 @@ pytest.importorskip("openvino")
 from dmeta_embed.export import openvino as ovx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-OV = "OpenVINOExecutionProvider"
+OV = "OpenVINOExecutionProvider"  # the manifest's provider name for int8-ov (Provider.OPENVINO.ort_name)
 
 
 @pytest.fixture(scope="session")
@@ -145,62 +141,63 @@ def test_int8_ov_requests_that_cannot_be_met(ov_export: Path, tiny_export: Path)
         choose(Manifest.load(tiny_export), "auto", "openvino", cpu=amx, installed=ov)
 
 
-def test_loading_int8_ov_without_the_provider_names_the_install(ov_export: Path) -> None:
-    import onnxruntime as ort
-
-    if OV in ort.get_available_providers():
-        pytest.skip("this onnxruntime has the OpenVINO provider")
+def test_loading_int8_ov_without_openvino_names_the_install(ov_export: Path, monkeypatch) -> None:
+    """Without the openvino package: ``choose`` refuses int8-ov with the pip line, ``auto`` runs
+    onnxruntime's variants, and the runner itself answers with the pip line, not a traceback."""
     from dmeta_embed import Embedder
+    from dmeta_embed.errors import MissingDependencyError
+    from dmeta_embed.runtime import embedder as embedder_module
+    from dmeta_embed.runtime.openvino import OpenVINORunner
 
-    with pytest.raises(ProviderError, match=r"OpenVINO provider: pip install 'dmeta-embed\[openvino\]'"):
+    monkeypatch.setattr(embedder_module, "openvino_available", lambda: False)
+    with pytest.raises(ProviderError, match=r"runs on OpenVINO, which is not installed: pip install 'dmeta-embed\[openvino\]'"):
         Embedder.load(ov_export, variant="int8-ov")
+    assert Embedder.load(ov_export).provider == Provider.CPU
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now fails
+    with pytest.raises(MissingDependencyError, match=r"pip install 'dmeta-embed\[openvino\]'"):
+        OpenVINORunner(ov_export / "model.int8-ov.onnx")
 
 
-# --- the runtime on onnxruntime-openvino (its own environment) ----------------------------------
+# --- the runtime on OpenVINO (the openvino package, in the same environment) ---------------------
 
-RUN_IN_OV = """
-import json, sys, numpy as np
-from dmeta_embed import Embedder
-folder, texts = sys.argv[1], json.loads(sys.argv[2])
-e = Embedder.load(folder, variant="int8-ov")
-batched = e.encode(texts)
-alone = np.stack([e.encode(t) for t in texts])
-print(json.dumps({"variant": e.variant.value, "provider": e.provider, "batched": batched.tolist(),
-                  "alone": alone.tolist(), "empty": list(e.encode([]).shape)}))
-"""
-
-
-def ov_python() -> str:
-    """The environment ``benchmarks.systems.openvino_python`` names; when make test names it, it must exist."""
-    from benchmarks.systems import openvino_python
-
-    exe = openvino_python()
-    if os.environ.get("DMETA_EMBED_OV_PYTHON"):
-        assert Path(exe).is_file(), f"DMETA_EMBED_OV_PYTHON={exe} does not exist (make test builds it)"
-    elif not Path(exe).is_file():
-        pytest.skip("no onnxruntime-openvino environment (make test builds .venv-openvino)")
-    return exe
+def test_openvino_is_imported_only_for_int8_ov(ov_export: Path) -> None:
+    """The base runtime stays light: loading fp32/int8 never imports openvino; int8-ov does."""
+    code = (
+        "import sys\n"
+        "from dmeta_embed import Embedder\n"
+        f"folder = {str(ov_export)!r}\n"
+        "for v in ('fp32', 'int8'):\n"
+        "    Embedder.load(folder, variant=v).encode(['a'])\n"
+        "before = 'openvino' in sys.modules\n"
+        "e = Embedder.load(folder, variant='int8-ov')\n"
+        "print(before, 'openvino' in sys.modules, e.provider.value, e.encode(['a']).shape)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    dim = Manifest.load(ov_export).dim
+    assert r.stdout.split("\n")[-2] == f"False True openvino (1, {dim})"
 
 
-def run_in_ov(folder: Path, texts: list[str]) -> dict:
-    out = subprocess.run([ov_python(), "-c", RUN_IN_OV, str(folder), json.dumps(texts)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+def test_int8_ov_on_openvino_matches_torch_and_the_export_engine(ov_export: Path, tiny_src: Path) -> None:
+    """int8-ov through ``Embedder``: vectors meet the bar vs torch, keep input order across lengths,
+    barely depend on the batch, and equal the export's own OpenVINO run of the file (what it validated)."""
+    import onnx
 
-
-def test_int8_ov_on_the_openvino_provider_matches_torch(ov_export: Path, tiny_src: Path) -> None:
-    """int8-ov on the OpenVINO provider: vectors meet the bar vs torch, keep input order across lengths,
-    and match OpenVINO's own run of the file (what the export validated)."""
+    from dmeta_embed import Embedder
     from dmeta_embed.export.reference import cosines, torch_embeddings
     from dmeta_embed.export.source import resolve
+    from dmeta_embed.runtime.openvino import OpenVINORunner
+    from dmeta_embed.runtime.tokenize import TextTokenizer
 
     texts = probe_texts(1024)
     texts = texts[::-1] + texts[:3]  # longest first: the runtime sorts, the answer must not be
-    got = run_in_ov(ov_export, texts)
-    assert (got["variant"], got["provider"]) == ("int8-ov", "openvino")
-    assert got["empty"] == [0, Manifest.load(ov_export).dim]
-    batched, alone = np.asarray(got["batched"], np.float32), np.asarray(got["alone"], np.float32)
+    e = Embedder.load(ov_export, variant="int8-ov")
+    assert (e.variant, e.provider) == (Precision.INT8_OV, Provider.OPENVINO)
+    assert isinstance(e._runner, OpenVINORunner)
+    m = Manifest.load(ov_export)
+    assert e.encode([]).shape == (0, m.dim)
+    batched = e.encode(texts)
+    alone = np.stack([e.encode(t) for t in texts])
 
     src = resolve(str(tiny_src))
     ref = torch_embeddings(src.path, texts, src.pooling, src.normalize, src.max_length)
@@ -209,14 +206,11 @@ def test_int8_ov_on_the_openvino_provider_matches_torch(ov_export: Path, tiny_sr
     assert c.min() >= bar.min_cos and c.mean() >= bar.mean_cos, (c.min(), c.mean())
     assert cosines(alone, batched).min() > 0.999  # static scales: a text's vector barely depends on its batch
 
-    import onnx
-
-    from dmeta_embed.runtime.tokenize import TextTokenizer
-
-    v = Manifest.load(ov_export).variants["int8-ov"]
-    engine = ovx.openvino_embedder(ov_export.parent, v.engine_properties, Manifest.load(ov_export).tokenizer.pad_token_id)
+    v = m.variants["int8-ov"]
+    engine = ovx.openvino_embedder(ov_export.parent, v.engine_properties, m.tokenizer.pad_token_id)
     direct = engine(onnx.load(str(ov_export / v.file)), TextTokenizer(ov_export / "tokenizer.json", 1024).encode(texts))
-    assert cosines(direct, batched).min() > 0.999, "the EP's run differs from OpenVINO's own"
+    # same engine, same properties, same batches: the runtime computes what the export validated
+    assert np.abs(direct - batched).max() < 1e-5, np.abs(direct - batched).max()
 
 
 @pytest.mark.slow
@@ -238,9 +232,11 @@ def test_real_minilm_int8_ov_meets_the_bar_vs_sentence_transformers(minilm_src: 
     degenerate = "a " * 400  # one word repeated past max_length
     texts = EN + ZH[:6] + MIXED + ["", "   "] + calibration_texts(24, seed=99) + [degenerate]
     ref = st.SentenceTransformer(str(minilm_src), device="cpu").encode(texts, convert_to_numpy=True)
-    got = run_in_ov(tmp_path / "minilm", texts)
-    assert got["variant"] == "int8-ov"
-    c = cosines(np.asarray(got["batched"], np.float32), ref)
+    from dmeta_embed import Embedder
+
+    e = Embedder.load(tmp_path / "minilm", variant="int8-ov")
+    assert e.provider == Provider.OPENVINO
+    c = cosines(e.encode(texts), ref)
     assert c[:-1].min() >= 0.99 and c[:-1].mean() >= 0.995, (c[:-1].min(), c[:-1].mean())
     # the known weak spot of static scales (README, "int8-ov"): measured 0.981; dynamic int8 stays >= 0.99
     assert c[-1] >= 0.97, c[-1]

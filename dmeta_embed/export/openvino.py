@@ -1,4 +1,4 @@
-"""The ``int8-ov`` variant: static int8 QDQ for onnxruntime's OpenVINO execution provider.
+"""The ``int8-ov`` variant: static int8 QDQ run by OpenVINO (``runtime.openvino``).
 
 OpenVINO's fused int8 kernels with static activation scales run batches faster than onnxruntime's
 dynamic int8 on CPUs with int8 units (figures: docs/performance.md), but static scales cost fidelity
@@ -6,7 +6,7 @@ on real weights (all-MiniLM-L6-v2: min cos 0.983 with every MatMul quantized). S
 
 1. NNCF quantizes the raw export (``ModelType.TRANSFORMER``; SmoothQuant off: on real MiniLM it
    took min cos from 0.983 down to 0.954), calibrated on the calibration texts;
-2. each candidate is run through OpenVINO's CPU plugin (the engine the EP wraps) on the
+2. each candidate is run through OpenVINO's CPU plugin (the runtime's engine for it) on the
    calibration texts against the fp32 graph; while it misses the tightened bar, the activation
    quantizers of the next role in ``ROLE_ORDER`` are removed (those MatMuls keep int8 weights and
    run in the float precision below). On real MiniLM the FFN output projection is the role that
@@ -35,6 +35,7 @@ from ..manifest import Bar
 if TYPE_CHECKING:
     import onnx
 
+    from ..runtime.openvino import OpenVINORunner
     from ..runtime.tokenize import Tokenized
 
 log = logging.getLogger(__name__)
@@ -150,28 +151,17 @@ def quantize_static(model: onnx.ModelProto, calib: Tokenized) -> onnx.ModelProto
                          subset_size=len(items), advanced_parameters=no_smooth_quant)
 
 
-class _Compiled:
-    """A compiled OpenVINO model with the runtime ``Runner``'s ``run`` call."""
-
-    def __init__(self, compiled) -> None:  # type: ignore[no-untyped-def]
-        self.compiled = compiled
-
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self.compiled({"input_ids": input_ids, "attention_mask": attention_mask})[0]  # type: ignore[no-any-return]
-
-
 def compile_runner(workdir: Path, model: onnx.ModelProto, properties: dict[str, str],
-                   threads: int | None = None) -> _Compiled:
-    """``model`` compiled by OpenVINO's CPU plugin with ``properties``, behind ``Runner.run``."""
+                   threads: int | None = None) -> OpenVINORunner:
+    """``model`` compiled with ``properties`` by the runtime's own OpenVINO runner: the export
+    validates and times int8-ov with the code and settings that will run it."""
     import onnx
-    import openvino as ov
 
-    config: dict[str, object] = dict(properties)
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
+    from ..runtime.openvino import OpenVINORunner
+
     path = workdir / "openvino-candidate.onnx"
     onnx.save(model, str(path))
-    return _Compiled(ov.Core().compile_model(str(path), "CPU", config))
+    return OpenVINORunner(path, threads, properties)
 
 
 def openvino_embedder(workdir: Path, properties: dict[str, str], pad_id: int, threads: int | None = None

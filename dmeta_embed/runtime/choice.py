@@ -23,7 +23,8 @@ DEFAULT_CPU_ORDER = (Precision.INT8, Precision.FP32)
 
 @dataclass(frozen=True)
 class Installed:
-    """Which optional execution providers this process can use."""
+    """Which optional engines this process can use: onnxruntime's CUDA provider, and the
+    ``openvino`` package (the int8-ov variant's engine, installed beside onnxruntime)."""
 
     cuda: bool = False
     openvino: bool = False
@@ -85,8 +86,8 @@ def choose(manifest: Manifest, variant: str = "auto", provider: str = "auto", *,
             raise ProviderError(f"variant {ov.value!r} runs on provider 'openvino' only, and provider 'openvino' "
                                 f"runs only variant {ov.value!r} (asked: variant={variant!r}, provider={provider!r})")
         if not installed.openvino:
-            raise ProviderError(f"variant {ov.value!r} needs onnxruntime's OpenVINO provider: pip install "
-                                "'dmeta-embed[openvino]' (instead of [cpu]; both provide the onnxruntime module)")
+            raise ProviderError(f"variant {ov.value!r} runs on OpenVINO, which is not installed: pip install "
+                                "'dmeta-embed[openvino]' (beside [cpu], in the same environment)")
         if ov.value not in have:
             raise ProviderError(f"variant {ov.value!r} is not in this folder (it has: {', '.join(have)}); "
                                 "export it with --variants ...,int8-ov")

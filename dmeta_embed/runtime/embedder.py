@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError, ModelLoadError, ProviderError
+from ..errors import InputError, MissingDependencyError, ModelLoadError, ProviderError
 from ..manifest import Manifest, Provider, sha256_file
 from .batching import pad, plan_batches
 from .choice import Choice, Installed, choose
@@ -17,6 +17,9 @@ from .session import Runner, cuda_available, openvino_available
 from .st_compat import SentenceTransformerAPI
 from .tokenize import TextTokenizer, Tokenized, check_texts
 from .vectors import normalize
+
+if TYPE_CHECKING:
+    from .openvino import OpenVINORunner
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def embed_tokenized(
-    runner: Runner, tok: Tokenized, *, pad_id: int, dim: int, max_batch_tokens: int, batch_size: int,
+    runner: Runner | OpenVINORunner, tok: Tokenized, *, pad_id: int, dim: int, max_batch_tokens: int, batch_size: int,
 ) -> np.ndarray:
     """Run length-sorted batches and write each row back to its input position."""
     out = np.empty((len(tok.ids), dim), dtype=np.float32)
@@ -42,7 +45,7 @@ def embed_tokenized(
 
 
 def installed() -> Installed:
-    """The optional execution providers this onnxruntime has."""
+    """The optional engines this process can use: onnxruntime's CUDA provider, the openvino package."""
     return Installed(cuda=cuda_available(), openvino=openvino_available())
 
 
@@ -91,15 +94,23 @@ class Embedder(SentenceTransformerAPI):
                 raise ModelLoadError(f"{model_file}: checksum mismatch (file is corrupted or was "
                                      f"changed after export): {digest[:12]} != {spec.sha256[:12]}")
         self.tokenizer = TextTokenizer(tok_file, self.manifest.max_length)
+        self._runner: Runner | OpenVINORunner
         try:
-            self._runner = Runner(model_file, self.provider, threads, spin, spec.engine_properties,
-                                  inputs=self.manifest.inputs, output=self.manifest.output,
-                                  int8_weights=self.choice.int8_weights,
-                                  expect_int8_tensors=spec.int8_tensors or None)
-        except ProviderError:
+            if self.provider == Provider.OPENVINO:
+                from .openvino import OpenVINORunner  # imports openvino: only for this variant
+
+                self._runner = OpenVINORunner(model_file, threads, spec.engine_properties,
+                                              inputs=self.manifest.inputs, output=self.manifest.output)
+            else:
+                self._runner = Runner(model_file, self.provider, threads, spin,
+                                      inputs=self.manifest.inputs, output=self.manifest.output,
+                                      int8_weights=self.choice.int8_weights,
+                                      expect_int8_tensors=spec.int8_tensors or None)
+        except (ProviderError, MissingDependencyError):
             raise
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelLoadError(f"{model_file}: onnxruntime cannot load it ({e})") from e
+        except Exception as e:  # onnxruntime and OpenVINO raise their own error types
+            engine = "OpenVINO" if self.provider == Provider.OPENVINO else "onnxruntime"
+            raise ModelLoadError(f"{model_file}: {engine} cannot load it ({e})") from e
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS[self.provider]
         self.batch_size = batch_size
         self.truncate = truncate
@@ -111,7 +122,7 @@ class Embedder(SentenceTransformerAPI):
     @classmethod
     def load(cls, path: str | Path, variant: str = "auto", provider: str = "auto", **kwargs: Any) -> Embedder:
         """Load an exported folder. ``variant``: auto|fp32|fp16|int8|int8-ov; ``provider``:
-        auto|cpu|cuda|openvino (int8-ov runs on openvino, with onnxruntime-openvino installed).
+        auto|cpu|cuda|openvino (int8-ov runs on OpenVINO: pip install 'dmeta-embed[openvino]').
         ``prefer_latency=True``: ``auto`` ranks onnxruntime's int8 first (single short texts per call)."""
         return cls(path, variant, provider, **kwargs)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -18,8 +18,6 @@ ort = require("onnxruntime", "cpu", "or [gpu] on an NVIDIA machine; never both")
 
 CPU = Provider.CPU.ort_name
 CUDA = Provider.CUDA.ort_name
-#: onnxruntime-openvino's provider (a third, exclusive install: pip install 'dmeta-embed[openvino]')
-OPENVINO = Provider.OPENVINO.ort_name
 
 
 def available_cpus() -> int:
@@ -54,16 +52,12 @@ def cuda_available() -> bool:
 
 
 def openvino_available() -> bool:
-    return OPENVINO in ort.get_available_providers()
-
-
-def openvino_options(threads: int | None, properties: dict[str, str]) -> dict[str, str]:
-    """OpenVINO EP options: the CPU device, our thread count, and the CPU plugin properties the
-    variant was validated with (e.g. bf16 inference precision), passed through ``load_config``."""
-    opts = {"device_type": "CPU", "num_of_threads": str(threads or available_cpus())}
-    if properties:
-        opts["load_config"] = json.dumps({"CPU": properties})
-    return opts
+    """Whether the ``openvino`` package (the int8-ov variant's engine, ``runtime.openvino``) can be
+    imported here; it is looked up, not imported."""
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
@@ -90,7 +84,8 @@ CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
 class Runner:
-    """One inference session over an embedding graph: (input_ids, attention_mask) → [B, dim].
+    """One onnxruntime session over an embedding graph: (input_ids, attention_mask) → [B, dim].
+    (int8-ov runs on OpenVINO instead: ``runtime.openvino.OpenVINORunner``, same ``run`` call.)
 
     ``inputs``/``output``: the graph's tensor names (the manifest's). ``int8_weights="u8"``
     shifts the file's s8 weights to u8 before onnxruntime sees it (``runtime.int8``), for CPUs
@@ -98,7 +93,7 @@ class Runner:
     """
 
     def __init__(self, model: str | Path | bytes, provider: Provider | str = Provider.CPU, threads: int | None = None,
-                 spin: bool = True, properties: dict[str, str] | None = None, *,
+                 spin: bool = True, *,
                  inputs: tuple[str, ...] = INPUT_NAMES, output: str = OUTPUT_NAME,
                  int8_weights: str | None = None, expect_int8_tensors: int | None = None) -> None:
         provider = Provider.parse(provider)
@@ -112,14 +107,8 @@ class Runner:
                 )
             providers = [(CUDA, {"cudnn_conv_algo_search": "DEFAULT"}), CPU]
         elif provider == Provider.OPENVINO:
-            if not openvino_available():
-                raise ProviderError(
-                    "OpenVINO was asked for but this onnxruntime has no OpenVINOExecutionProvider; "
-                    "install onnxruntime-openvino instead of onnxruntime: pip install 'dmeta-embed[openvino]'"
-                )
-            # OpenVINO compiles the whole graph and fuses on its own; onnxruntime's passes only get in its way
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            providers = [(OPENVINO, openvino_options(threads, properties or {}))]
+            raise ProviderError("the OpenVINO variant runs on OpenVINO's own runtime "
+                                "(dmeta_embed.runtime.openvino.OpenVINORunner), not an onnxruntime session")
         model_arg: str | bytes = model if isinstance(model, bytes) else str(model)
         if int8_weights == "u8":
             data = model_arg if isinstance(model_arg, bytes) else Path(model_arg).read_bytes()

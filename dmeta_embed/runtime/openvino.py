@@ -1,0 +1,77 @@
+"""The int8-ov variant on OpenVINO's own runtime: the ``openvino`` package beside onnxruntime.
+
+OpenVINO reads our ONNX file directly (``Core.compile_model``), so one environment holds every
+CPU variant: onnxruntime runs fp32/int8, OpenVINO runs int8-ov. The other route, onnxruntime's
+plugin execution provider (``onnxruntime-ep-openvino``), offers no device on non-Intel CPUs and
+ships a second copy of OpenVINO; why this route was chosen: docs/performance.md, "OpenVINO".
+
+``openvino`` is imported when an :class:`OpenVINORunner` is built, never by ``import
+dmeta_embed.runtime``: the base runtime needs only numpy, tokenizers and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._optional import require
+from ..errors import ProviderError
+from ..manifest import INPUT_NAMES, OUTPUT_NAME, Provider
+from .session import available_cpus
+
+
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package can be imported here (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def compile_config(properties: dict[str, str], threads: int | None,
+                   cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The CPU plugin's configuration: the variant's validated ``properties`` (the manifest's
+    ``engine_properties``, e.g. the inference precision), latency mode on ``threads`` threads,
+    and the compiled-model cache folder when one is given."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or available_cpus()}
+    config.update(properties)
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
+    return config
+
+
+class OpenVINORunner:
+    """A graph compiled by OpenVINO's CPU plugin: (input_ids, attention_mask) → [B, dim], the same
+    ``run`` call as :class:`~dmeta_embed.runtime.session.Runner`.
+
+    ``properties``: the CPU plugin properties the variant was validated with. ``cache_dir``:
+    OpenVINO's compiled-model cache (a restarted process imports instead of compiling).
+    """
+
+    provider = Provider.OPENVINO
+
+    def __init__(self, model: str | Path, threads: int | None = None, properties: dict[str, str] | None = None, *,
+                 inputs: tuple[str, ...] = INPUT_NAMES, output: str = OUTPUT_NAME,
+                 cache_dir: str | Path | None = None) -> None:
+        ov = require("openvino", "openvino", "the int8-ov variant's engine")
+        self.config = compile_config(properties or {}, threads, cache_dir)
+        self.compiled = ov.Core().compile_model(str(model), "CPU", self.config)
+        names = [next(iter(i.get_names())) for i in self.compiled.inputs]
+        if sorted(names) != sorted(inputs) or len(inputs) != 2:
+            raise ProviderError(f"the graph's inputs are {names}, the manifest says {list(inputs)}")
+        self._ids, self._mask = inputs
+        self._output = self.compiled.output(output)
+        self._request = self.compiled.create_infer_request()
+        # one infer request: calls from several threads (an executor) take turns
+        self._lock = threading.Lock()
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._request.infer({self._ids: input_ids, self._mask: attention_mask})
+            # the request reuses its output buffer: copy before the next call
+            return np.array(self._request.get_tensor(self._output).data, dtype=np.float32)
