@@ -306,3 +306,30 @@ def test_cli_ray_flag(flag, want, tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["embed-corpus", "in.parquet", str(tmp_path / "o"), "-m", str(tmp_path), *flag])
     assert r.exit_code == 0, r.output
     assert seen["ray"] == want and seen["worker_cpus"] == 1
+
+
+def test_light_import_and_missing_extras(parquet_in, tiny_export, tmp_path):
+    """`import dmeta_embed.corpus` loads no pyarrow; a missing extra is one pip line, before any output."""
+    code = f"""
+import sys
+import dmeta_embed.corpus, dmeta_embed.cli
+assert "pyarrow" not in sys.modules and "ray" not in sys.modules
+sys.modules["ray"] = None
+from dmeta_embed.corpus import embed_corpus
+from dmeta_embed.errors import MissingDependencyError
+try:
+    embed_corpus({str(parquet_in)!r}, {str(tmp_path / "o")!r}, {str(tiny_export)!r}, text_column="body", ray=True)
+except MissingDependencyError as e:
+    print(e)
+sys.modules["pyarrow"] = None
+del sys.modules["dmeta_embed.corpus.job"]
+try:
+    from dmeta_embed.corpus import embed_corpus
+except MissingDependencyError as e:
+    print(e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["ray is not installed; run: pip install 'dmeta-embed[ray]'",
+                                     "pyarrow is not installed; run: pip install 'dmeta-embed[corpus]'"]
+    assert not (tmp_path / "o").exists()

@@ -250,6 +250,8 @@ def embed_corpus(
         raise CorpusError(f"part_rows must be at least 1, got {part_rows}")
     t0 = time.perf_counter()
     input, output = Path(input), Path(output)
+    if ray:  # a missing extra is reported before anything is read or written
+        from ..integrations.ray import run_parts
     plan = scan(input, text_column, id_column, part_rows, on_null)
     # in-process this is the worker's embedder; for Ray it only decides variant/provider once
     embedder = Embedder.load(model, variant=variant, provider=provider, threads=1 if ray else threads)
@@ -280,8 +282,6 @@ def embed_corpus(
                          f"(first: row {plan.first_skipped[0]})\n")
     engine = "in-process"
     if pending and ray:
-        from ..integrations.ray import run_parts
-
         del embedder  # the driver embeds nothing
         engine = run_parts(spec, pending, address=ray, workers=workers, worker_cpus=worker_cpus,
                            progress=bar)
