@@ -178,10 +178,9 @@ def model_shape(path: Path) -> dict[str, int]:
 
 def profile(export_dir: Path, variant: str, workload: str, threads: int) -> dict[str, Any]:
     """Per-op-type time of ``variant`` over ``workload``, batched as the runtime batches it."""
-    from dmeta_embed.manifest import Manifest
+    from dmeta_embed.manifest import Manifest, Provider
     from dmeta_embed.runtime.batching import pad, plan_batches
     from dmeta_embed.runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
-    from dmeta_embed.manifest import Provider
     from dmeta_embed.runtime.tokenize import TextTokenizer
 
     from .workloads import workload as make_workload

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .systems import Adapter, Context, Unavailable
+from .systems import Adapter, Context, Unavailable, qint8_config
 
 # --- helpers shared by the hand-written peer loops ------------------------------------------------
 
@@ -97,7 +97,7 @@ class TorchHF(Adapter):
 # --- sentence-transformers (torch, onnx, openvino backends) -----------------------------------------
 
 ST_ONNX_DIR, ST_OV_DIR = "st-onnx", "st-openvino"
-ST_ONNX_FILES = {"O3": "onnx/model_O3.onnx", "qint8": "onnx/model_qint8_avx512_vnni.onnx"}
+ST_ONNX_FILES = {"O3": "onnx/model_O3.onnx", "qint8": "onnx/model_qint8_{config}.onnx"}
 ST_OV_QINT8 = "openvino/openvino_model_qint8_quantized.xml"
 #: what loading an HF folder with backend=onnx/openvino exports (and save_pretrained keeps)
 ST_BASE_FILES = {"onnx": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
@@ -120,7 +120,9 @@ class SentenceTransformers(Adapter):
         export = self.options.get("export")
         if export is None:
             return None
-        return ST_ONNX_FILES[export] if self.options.get("backend") == "onnx" else ST_OV_QINT8
+        if self.options.get("backend") != "onnx":
+            return ST_OV_QINT8
+        return ST_ONNX_FILES[export].format(config=qint8_config())
 
     @classmethod
     def is_prepared(cls, ctx: Context, **options: Any) -> bool:
@@ -157,7 +159,7 @@ class SentenceTransformers(Adapter):
         elif backend == "onnx" and export == "qint8":
             from sentence_transformers import export_dynamic_quantized_onnx_model
 
-            export_dynamic_quantized_onnx_model(model, "avx512_vnni", str(folder))
+            export_dynamic_quantized_onnx_model(model, qint8_config(), str(folder))
         elif backend == "openvino" and export == "qint8":
             _openvino_static_int8(model, folder)
         else:

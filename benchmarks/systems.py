@@ -139,6 +139,15 @@ def our_systems(variants: list[str]) -> list[System]:
     return out
 
 
+def qint8_config() -> str:
+    """The ``export_dynamic_quantized_onnx_model`` preset a user of this CPU class would pick
+    (optimum's presets: arm64, avx2, avx512, avx512_vnni; AMX runs the avx512_vnni one)."""
+    from dmeta_embed.runtime.cpu import CpuClass, detect
+
+    return {CpuClass.AMX: "avx512_vnni", CpuClass.AVX512_VNNI: "avx512_vnni", CpuClass.AVX512: "avx512",
+            CpuClass.ARM64: "arm64"}.get(detect().cpu_class, "avx2")
+
+
 def peer_systems() -> list[System]:
     st = ("sentence_transformers",)
     return [
@@ -153,7 +162,7 @@ def peer_systems() -> list[System]:
         System("st:onnx-O3", "sentence-transformers", "backend=onnx O3", "ONNX Runtime CPU", "fp32",
                "benchmarks.peers:SentenceTransformers", {"backend": "onnx", "export": "O3"},
                st + ("optimum.onnxruntime",), note="O3 approximates GELU"),
-        System("st:onnx-qint8", "sentence-transformers", "backend=onnx qint8 (avx512_vnni)", "ONNX Runtime CPU",
+        System("st:onnx-qint8", "sentence-transformers", f"backend=onnx qint8 ({qint8_config()})", "ONNX Runtime CPU",
                "int8", "benchmarks.peers:SentenceTransformers", {"backend": "onnx", "export": "qint8"},
                st + ("optimum.onnxruntime",), note="dynamic int8, all MatMuls"),
         System("st:openvino", "sentence-transformers", "backend=openvino (fp32 IR)", "OpenVINO CPU", "bf16",

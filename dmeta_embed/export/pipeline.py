@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
-from ..errors import ExportError, FidelityError, MissingDependencyError, ModelLoadError
+from .._optional import require
+from ..errors import ExportError, FidelityError, ModelLoadError
 from ..manifest import (
     BARS,
     OUTPUT_NAME,
@@ -49,11 +50,8 @@ log = logging.getLogger(__name__)
 
 
 def _require_export_deps() -> None:
-    import importlib.util
-
     for module in ("torch", "transformers", "onnx", "huggingface_hub"):
-        if importlib.util.find_spec(module) is None:
-            raise MissingDependencyError(module, "export")
+        require(module, "export")
 
 
 def _tool_versions() -> dict[str, str]:
@@ -312,11 +310,11 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
 
 def _speeds(fp32: onnx.ModelProto, finals: dict[Precision, onnx.ModelProto], tok: Tokenized, cpu_class: str,
             runner, int8_weights: str | None, ov_compile, pad_id: int, dim: int,  # type: ignore[no-untyped-def]
-            rounds: int = 2) -> dict[Precision, dict[str, Any]]:
+            rounds: int = 3) -> dict[Precision, dict[str, Any]]:
     """Tokens/s of fp32 and each CPU variant on the calibration texts, batched as the runtime
     batches, on this machine: what ``auto`` needs to never pick a variant slower than fp32 here.
-    The variants take turns (``rounds`` blocks of passes each) and keep their fastest pass, so a
-    burst of other work on the machine slows one pass, not one variant."""
+    The variants take turns (``rounds`` passes each) and keep their fastest, so a burst of other
+    work on the machine slows one pass, not one variant."""
     tokens = int(tok.lengths.sum())
 
     def batches(r):  # type: ignore[no-untyped-def]
@@ -329,19 +327,19 @@ def _speeds(fp32: onnx.ModelProto, finals: dict[Precision, onnx.ModelProto], tok
             runs[p] = batches(runner(model, Provider.CPU, int8_weights))
         elif p == Precision.INT8_OV:
             runs[p] = batches(ov_compile(model))
+    reps = {}
+    for p, run in runs.items():  # warm-up (weight packing, first-shape compiles), then size a pass
+        run()
+        t0 = time.perf_counter()
+        run()
+        reps[p] = max(1, round(0.05 / max(time.perf_counter() - t0, 1e-6)))  # tiny models: >= 50 ms a pass
     best = {p: float("inf") for p in runs}
     for _ in range(rounds):
         for p, run in runs.items():
-            # a block of passes per variant: the previous session's spinning threads settle in the
-            # first (warm-up) pass, and short passes repeat until the block lasts ~0.3 s
-            run()
-            spent, n = 0.0, 0
-            while n < 2 or spent < 0.3:
-                t0 = time.perf_counter()
+            t0 = time.perf_counter()
+            for _ in range(reps[p]):
                 run()
-                took = time.perf_counter() - t0
-                spent, n = spent + took, n + 1
-                best[p] = min(best[p], took)
+            best[p] = min(best[p], (time.perf_counter() - t0) / reps[p])
     base = tokens / best[Precision.FP32]
     out: dict[Precision, dict[str, Any]] = {}
     for p, seconds in best.items():

@@ -78,8 +78,8 @@ def session_options(threads: int | None, spin: bool = True) -> ort.SessionOption
     return so
 
 
-#: onnxruntime 1.32's SkipLayerNormalization CPU kernel is ~9x slower than Add + LayerNormalization;
-#: the export unfuses it for the CPU variants, and this keeps onnxruntime from fusing it back
+#: onnxruntime 1.32's SkipLayerNormalization CPU kernel is far slower than Add + LayerNormalization
+#: (docs/performance.md); the export unfuses it for the CPU variants, and this keeps it unfused
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
