@@ -7,7 +7,16 @@ import dataclasses
 import pytest
 
 from dmeta_embed.errors import ProviderError
-from dmeta_embed.manifest import BARS, Fidelity, Manifest, Pooling, Precision, Provider, TokenizerInfo, Variant
+from dmeta_embed.manifest import (
+    BARS,
+    Fidelity,
+    Manifest,
+    Pooling,
+    Precision,
+    Provider,
+    TokenizerInfo,
+    Variant,
+)
 from dmeta_embed.runtime.choice import CPU_ORDER, Installed, choose
 from dmeta_embed.runtime.cpu import S8_EXACT, U8_SHIFT, CpuClass, CpuInfo
 
