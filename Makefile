@@ -39,16 +39,19 @@ lint: install
 
 # the recorded benchmark (README, "Performance"): installs the peers, builds and exports the
 # Dmeta-shaped model once, then measures every system (~35 minutes on 2 cores)
+# results are kept per CPU class (amx, avx512_vnni, avx2, ...): the engines run other kernels on each
+CPU_CLASS = $(shell $(BIN)/python -c "from dmeta_embed.runtime.cpu import detect; print(detect().cpu_class.value)" 2>/dev/null)
+
 bench: install
 	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,bench]'
 	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python -m benchmarks.build_dmeta_shaped --force
-	$(BIN)/python -m benchmarks --model out/dmeta-shaped --peers --passes 2 --output benchmarks/results/dmeta-shaped
+	$(BIN)/python -m benchmarks --model out/dmeta-shaped --peers --passes 2 --output benchmarks/results/dmeta-shaped/$(CPU_CLASS)
 
 # the OpenVINO execution provider on our graphs beside our int8 (benchmarks/openvino_ep.py, ~10 min)
 bench-openvino: install
 	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,bench]'
 	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python -m benchmarks.build_dmeta_shaped --force
-	$(BIN)/python -m benchmarks.openvino_ep --output benchmarks/results/dmeta-shaped
+	$(BIN)/python -m benchmarks.openvino_ep --output benchmarks/results/dmeta-shaped/$(CPU_CLASS)
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,17 @@ PACKAGES = ("dmeta-embed", "onnxruntime", "onnxruntime-gpu", "onnxruntime-openvi
             "nncf", "fastembed", "numpy", "onnx")
 
 
+RESULTS = Path(__file__).parent / "results"
+
+
+def results_dir(model: str) -> Path:
+    """Where results of ``model`` on this machine go: ``benchmarks/results/<model>/<cpu class>/``
+    (the engines run different kernels per class, so figures are kept per class)."""
+    from dmeta_embed.runtime.cpu import detect
+
+    return RESULTS / model / detect().cpu_class.value
+
+
 def cpuinfo() -> dict[str, str]:
     """The first CPU's fields of /proc/cpuinfo (empty where there is none)."""
     try:

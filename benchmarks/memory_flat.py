@@ -81,7 +81,11 @@ def main() -> None:
         r["growth_after_warmup_pct"] = round(100 * (last - warm) / warm, 1)
         results[name] = r
         print(name, r, flush=True)
-    dest = Path(__file__).parent / "results" / f"memory_{Path(a.folder).name}_{a.variant}.json"
+    from dmeta_embed.runtime.cpu import detect
+
+    model = Path(a.folder).name  # results are kept per model and CPU class
+    dest = Path(__file__).parent / "results" / model / detect().cpu_class.value / f"memory_{model}_{a.variant}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({"folder": a.folder, "variant": a.variant, "batches": a.batches,
                                 "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
                                 "configs": CONFIGS, "results": results}, indent=2) + "\n")

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "out/openvino-ep")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true", help="measure the graphs already built in --work")
-    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/dmeta-shaped")
+    ap.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/dmeta-shaped/<cpu class>")
     a = ap.parse_args(argv)
     real = a.fidelity_source
     if real is None:
@@ -256,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     result = {"created": time.strftime("%Y-%m-%d %H:%M", time.localtime()), "machine": machine_info(),
               "threads": a.threads, "build": {k: {kk: vv for kk, vv in v.items() if kk != "probe_texts"}
                                               for k, v in built.items()}, "rows": rows}
+    if a.output is None:
+        from .machine import results_dir
+
+        a.output = results_dir("dmeta-shaped")
     a.output.mkdir(parents=True, exist_ok=True)
     (a.output / "openvino_ep.json").write_text(json.dumps(result, indent=1))
     md = table(rows, [minilm.name, shaped.name])

@@ -7,7 +7,7 @@ Load: short queries, closed loop, at concurrency 1, 8, 32, 64, with dynamic batc
 defaults) and off (``--max-wait-ms 0 --batch-size 1``). Soak: 10,000 requests of random lengths
 with ~5% malformed ones, concurrency 64; every answer is checked against a direct ``encode`` of its
 own inputs, the server's RSS is sampled, and the server must stop on SIGTERM with status 0.
-Writes ``benchmarks/results/serve_<tag>.json`` and ``.md``.
+Writes ``benchmarks/results/<model>/<cpu class>/serve_<tag>.json`` and ``.md``.
 
 The client runs on the same cores as the server (that is what loopback means); figures are for
 this machine under whatever else it runs, and the server's own CPU time is recorded beside them.
@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from .machine import cpuinfo
+from .machine import cpuinfo, results_dir
 from .metrics import cosines
 from .serve_client import Connection, cpu_seconds, json_body, rss_bytes
 
-RESULTS = Path(__file__).parent / "results"
 HOST = "127.0.0.1"
 CJK = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可也你说年而能下过子"
 WORDS = ["embedding", "model", "query", "search", "vector", "server", "hong", "kong", "watch", "bank",
@@ -433,9 +432,10 @@ def main() -> None:
         if not args.skip_soak:
             print(f"soak: {args.soak_requests} requests at concurrency {args.soak_concurrency} ...", flush=True)
             result["soak"] = run(soak(args, workdir))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"serve_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"serve_{tag}.md").write_text(markdown(result))
+    out = results_dir(result["model"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"serve_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"serve_{tag}.md").write_text(markdown(result))
     print(markdown(result))
 
 
