@@ -7,6 +7,7 @@ can): whatever CPU runs the suite, onnxruntime there dispatches to its AVX2 kern
 
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,10 @@ from dmeta_embed.manifest import Manifest
 from dmeta_embed.runtime.int8 import shift_int8_weights
 
 QEMU = shutil.which("qemu-x86_64")
-needs_qemu = pytest.mark.skipif(QEMU is None or not sys.platform.startswith("linux"),
-                                reason="qemu-x86_64 not installed (apt-get install qemu-user) or not x86 Linux")
+# the emulated interpreter is this one: an x86_64 Linux binary
+needs_qemu = pytest.mark.skipif(QEMU is None or not sys.platform.startswith("linux")
+                                or platform.machine().lower() not in ("x86_64", "amd64"),
+                                reason="qemu-x86_64 not installed (apt-get install qemu-user) or not x86_64 Linux")
 K, N = 768, 32
 
 

@@ -103,7 +103,7 @@ def choose(manifest: Manifest, variant: str = "auto", provider: str = "auto", *,
     if use_cuda:
         for p in (Precision.FP16, Precision.FP32):
             if p.value in have:
-                return Choice(p, Provider.CUDA, None, f"auto: CUDA is available, {p.value} is the fastest there")
+                return Choice(p, Provider.CUDA, None, f"CUDA is available and {p.value} is the fastest there")
     return _auto_cpu(manifest, cpu, installed, prefer_latency, provider)
 
 
@@ -129,24 +129,26 @@ def _auto_cpu(manifest: Manifest, cpu: CpuInfo, installed: Installed, prefer_lat
             candidates.append(p)
     if not candidates:
         if Precision.INT8.value in have:
-            return _cpu_choice(manifest, Precision.INT8, cpu, "auto: the only CPU variant here ("
+            return _cpu_choice(manifest, Precision.INT8, cpu, "the only CPU variant here ("
                                + "; ".join(skipped) + ")")
         raise ProviderError(f"no CPU variant in this folder (it has: {', '.join(have)}); pass provider='cuda'")
     measured = {p: float(have[p.value].speed["tokens_per_s"]) for p in candidates
                 if have[p.value].speed.get("cpu_class") == cls and "tokens_per_s" in have[p.value].speed}
-    if len(measured) == len(candidates) and len(candidates) > 1:
+    if len(candidates) == 1:
+        order, basis = candidates, "the only CPU variant left"
+    elif len(measured) == len(candidates):
         order = sorted(candidates, key=lambda p: -measured[p])
         basis = f"fastest measured at export on {cls}"
     else:
         rank = CPU_ORDER.get(cpu.cpu_class, DEFAULT_CPU_ORDER)
         order = sorted(candidates, key=lambda p: rank.index(p) if p in rank else len(rank))
-        basis = f"the order for {cls} CPUs"
-    if prefer_latency and Precision.INT8 in order:
+        basis = f"first in the built-in order for {cls} (the export measured no speed on {cls})"
+    if prefer_latency and Precision.INT8 in order and order[0] != Precision.INT8:
         order.remove(Precision.INT8)
         order.insert(0, Precision.INT8)
-        basis = "single short requests: onnxruntime's int8 (OpenVINO recompiles per input shape)"
+        basis = "single short requests: onnxruntime's int8 first (OpenVINO recompiles per input shape)"
     best = order[0]
-    why = f"auto: {best.value} by {basis}" + (f" ({'; '.join(skipped)})" if skipped else "")
+    why = basis + (f" ({'; '.join(skipped)})" if skipped else "")
     if best == Precision.INT8_OV:
         return Choice(best, Provider.OPENVINO, None, why)
     return _cpu_choice(manifest, best, cpu, why)
