@@ -6,6 +6,7 @@ import importlib.util
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from .._optional import require
 from ..errors import ProviderError
 from ..manifest import INPUT_NAMES, OUTPUT_NAME, Provider
 from .int8 import shift_int8_weights
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 ort = require("onnxruntime", "cpu", "or [gpu] on an NVIDIA machine; never both")
 
@@ -60,7 +64,7 @@ def openvino_available() -> bool:
         return False
 
 
-def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None, spin: bool = True) -> onnxruntime.SessionOptions:
     """CPU options chosen by measurement (see README, "Memory"): sequential, one inter-op thread,
     no memory pattern (shapes change every batch, and the pattern cache grows per shape).
 
