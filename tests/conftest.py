@@ -9,6 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DMETA_EMBED_OPENVINO_CACHE", "")  # no compiled-model cache in ~/.cache from tests
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -149,3 +149,21 @@ def test_cuda_auto_and_errors() -> None:
     with pytest.raises(ProviderError, match="is not in this folder"):
         choose(dataclasses.replace(ALL, variants={"fp32": ALL.variants["fp32"]}), "int8-ov",
                cpu=cpu(CpuClass.AMX), installed=OPENVINO)
+
+
+@pytest.mark.parametrize("c", CLASSES)
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_int8_ov_float_parts_in_bf16_only_where_native(c: CpuClass, native_bf16: bool) -> None:
+    """An export that chose bf16 float parts runs them in bf16 only on CPUs with native bf16
+    (elsewhere f32, what the search ran in); an f32 export stays f32 everywhere."""
+    flags = frozenset({"avx512_bf16"}) if native_bf16 else frozenset()
+    here = CpuInfo(c, arch="x86_64", flags=flags)
+    bf16 = dataclasses.replace(variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"})
+    ch = choose(manifest(variant(Precision.FP32), bf16), "int8-ov", cpu=here, installed=OPENVINO)
+    assert ch.provider == Provider.OPENVINO
+    assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "bf16" if native_bf16 else "f32"}
+    assert ("bf16 (native on this CPU)" if native_bf16 else "no native bf16") in ch.reason
+    f32 = dataclasses.replace(variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "f32"})
+    ch = choose(manifest(variant(Precision.FP32), f32), "int8-ov", cpu=here, installed=OPENVINO)
+    assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert choose(ALL, "int8", cpu=here, installed=OPENVINO).engine_properties == {}  # onnxruntime's: none

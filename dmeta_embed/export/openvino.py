@@ -12,7 +12,8 @@ on real weights (all-MiniLM-L6-v2: min cos 0.983 with every MatMul quantized). S
    run in the float precision below). On real MiniLM the FFN output projection is the role that
    matters (min cos 0.983 → 0.992 without it; 0.995 without both FFN projections).
 
-The float parts run in f32 (see ``cpu_properties``).
+The float parts run in f32, or in bf16 where the export machine computes bf16 natively and bf16
+met the bar and ran faster (``BF16``; the manifest's ``engine_properties`` say which).
 
 Heavy dependencies (nncf, openvino): the ``export-openvino`` extra.
 """
@@ -57,13 +58,16 @@ def require() -> None:
         _require(module, "export-openvino")
 
 
-def cpu_properties() -> dict[str, str]:
-    """OpenVINO CPU properties the variant is validated (and later run) with.
+#: the float parts in bf16: tried by the export on CPUs with native bf16 (``CpuInfo.bf16``: AMX,
+#: AVX512-BF16) and kept when it meets the bar and runs faster there (docs/performance.md, "OpenVINO").
+#: OpenVINO 2025.4 computed float-heavy graphs wrongly in bf16; 2026.4 (the ``openvino`` extra's
+#: floor) gets them right
+BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}
 
-    f32 for the float parts, not bf16: bf16 is faster on AMX (docs/performance.md), but
-    onnxruntime-openvino 1.24.1 (it bundles OpenVINO 2025.4.1) computes float-heavy graphs wrongly
-    in bf16 (tiny model with every activation float: min cos 0.69; plain fp32 MiniLM: 0.17) while
-    OpenVINO 2026.4.1, which validates the export, gets them right. In f32 the two agree."""
+
+def cpu_properties() -> dict[str, str]:
+    """OpenVINO CPU properties the search runs with, and the variant's unless bf16 wins: f32 float
+    parts (the same on every CPU)."""
     return {"INFERENCE_PRECISION_HINT": "f32"}
 
 

@@ -7,7 +7,7 @@ installed. Everything is passed in, so every CPU class can be tested on any mach
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import ProviderError
 from ..manifest import Manifest, Precision, Provider
@@ -19,6 +19,8 @@ from .cpu import CpuClass, CpuInfo
 #: an export-time measurement on that class
 CPU_ORDER: dict[CpuClass, tuple[Precision, ...]] = {CpuClass.AMX: (Precision.INT8_OV, Precision.INT8, Precision.FP32)}
 DEFAULT_CPU_ORDER = (Precision.INT8, Precision.FP32)
+#: the OpenVINO CPU property that sets the float parts' precision (``f32`` or ``bf16``)
+PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,28 @@ class Choice:
     #: int8 on CPU: ``"s8"`` (the file as exported) or ``"u8"`` (weights shifted at load); else None
     int8_weights: str | None
     reason: str
+    #: int8-ov: the OpenVINO CPU properties to compile with (the manifest's, bf16 only where native)
+    engine_properties: dict[str, str] = field(default_factory=dict)
 
 
 def _validated(manifest: Manifest, variant: Precision) -> str:
     cpu = manifest.variants[variant.value].validated_cpu
     return f"validated on {cpu['cpu_class']}" if cpu.get("cpu_class") else "validated"
+
+
+def _openvino_choice(manifest: Manifest, cpu: CpuInfo, why: str) -> Choice:
+    """int8-ov on OpenVINO with the properties it was validated with; bf16 float parts only where
+    this CPU computes bf16 natively (elsewhere OpenVINO would emulate it): f32, what the export's
+    search ran in, otherwise."""
+    ov = Precision.INT8_OV
+    props = dict(manifest.variants[ov.value].engine_properties)
+    if props.get(PRECISION_HINT) == "bf16":
+        if cpu.bf16:
+            why += "; float parts in bf16 (native on this CPU)"
+        else:
+            props[PRECISION_HINT] = "f32"
+            why += "; float parts in f32: bf16 was chosen at export, this CPU has no native bf16"
+    return Choice(ov, Provider.OPENVINO, None, why, props)
 
 
 def _cpu_choice(manifest: Manifest, variant: Precision, cpu: CpuInfo, why: str) -> Choice:
@@ -91,8 +110,8 @@ def choose(manifest: Manifest, variant: str = "auto", provider: str = "auto", *,
         if ov.value not in have:
             raise ProviderError(f"variant {ov.value!r} is not in this folder (it has: {', '.join(have)}); "
                                 "export it with --variants ...,int8-ov")
-        return Choice(ov, Provider.OPENVINO, None, f"asked for; int8-ov {_validated(manifest, ov)}, this CPU is "
-                                                    f"{cpu.cpu_class.value}")
+        return _openvino_choice(manifest, cpu, f"asked for; int8-ov {_validated(manifest, ov)}, this CPU is "
+                                               f"{cpu.cpu_class.value}")
     use_cuda = provider == Provider.CUDA or (provider == "auto" and installed.cuda and variant != Precision.INT8)
     if variant != "auto":
         if variant not in have:
@@ -150,5 +169,5 @@ def _auto_cpu(manifest: Manifest, cpu: CpuInfo, installed: Installed, prefer_lat
     best = order[0]
     why = basis + (f" ({'; '.join(skipped)})" if skipped else "")
     if best == Precision.INT8_OV:
-        return Choice(best, Provider.OPENVINO, None, why)
+        return _openvino_choice(manifest, cpu, why)
     return _cpu_choice(manifest, best, cpu, why)

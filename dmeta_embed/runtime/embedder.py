@@ -97,10 +97,12 @@ class Embedder(SentenceTransformerAPI):
         self._runner: Runner | OpenVINORunner
         try:
             if self.provider == Provider.OPENVINO:
-                from .openvino import OpenVINORunner  # imports openvino: only for this variant
+                # imports openvino: only for this variant
+                from .openvino import OpenVINORunner, default_cache_dir
 
-                self._runner = OpenVINORunner(model_file, threads, spec.engine_properties,
-                                              inputs=self.manifest.inputs, output=self.manifest.output)
+                self._runner = OpenVINORunner(model_file, threads, self.choice.engine_properties,
+                                              inputs=self.manifest.inputs, output=self.manifest.output,
+                                              cache_dir=default_cache_dir())
             else:
                 self._runner = Runner(model_file, self.provider, threads, spin,
                                       inputs=self.manifest.inputs, output=self.manifest.output,

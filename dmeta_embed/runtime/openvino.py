@@ -11,6 +11,7 @@ dmeta_embed.runtime``: the base runtime needs only numpy, tokenizers and onnxrun
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,23 +23,31 @@ from ..errors import ProviderError
 from ..manifest import INPUT_NAMES, OUTPUT_NAME, Provider
 from .session import available_cpus
 
-
-def openvino_available() -> bool:
-    """Whether the ``openvino`` package can be imported here (without importing it)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("openvino") is not None
-    except (ImportError, ValueError):
-        return False
+#: environment variable naming OpenVINO's compiled-model cache folder ("" turns the cache off)
+CACHE_ENV = "DMETA_EMBED_OPENVINO_CACHE"
 
 
-def compile_config(properties: dict[str, str], threads: int | None,
-                   cache_dir: str | Path | None = None) -> dict[str, Any]:
+def default_cache_dir() -> Path | None:
+    """Where compiled int8-ov models are cached: ``$DMETA_EMBED_OPENVINO_CACHE``, else
+    ``$XDG_CACHE_HOME/dmeta-embed/openvino`` (``~/.cache/...``); None when the variable is empty.
+    A restarted process then imports the compiled model instead of compiling it again (figures:
+    docs/performance.md, "OpenVINO"); OpenVINO keys each entry by model, properties and version."""
+    if CACHE_ENV in os.environ:
+        return Path(os.environ[CACHE_ENV]) if os.environ[CACHE_ENV] else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dmeta-embed" / "openvino"
+
+
+def compile_config(
+    properties: dict[str, str], threads: int | None, cache_dir: str | Path | None = None
+) -> dict[str, Any]:
     """The CPU plugin's configuration: the variant's validated ``properties`` (the manifest's
     ``engine_properties``, e.g. the inference precision), latency mode on ``threads`` threads,
     and the compiled-model cache folder when one is given."""
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or available_cpus()}
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads or available_cpus(),
+    }
     config.update(properties)
     if cache_dir is not None:
         config["CACHE_DIR"] = str(cache_dir)
@@ -55,10 +64,22 @@ class OpenVINORunner:
 
     provider = Provider.OPENVINO
 
-    def __init__(self, model: str | Path, threads: int | None = None, properties: dict[str, str] | None = None, *,
-                 inputs: tuple[str, ...] = INPUT_NAMES, output: str = OUTPUT_NAME,
-                 cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        threads: int | None = None,
+        properties: dict[str, str] | None = None,
+        *,
+        inputs: tuple[str, ...] = INPUT_NAMES,
+        output: str = OUTPUT_NAME,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         ov = require("openvino", "openvino", "the int8-ov variant's engine")
+        if cache_dir is not None:
+            try:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            except OSError:  # read-only home, say: compile every time rather than fail
+                cache_dir = None
         self.config = compile_config(properties or {}, threads, cache_dir)
         self.compiled = ov.Core().compile_model(str(model), "CPU", self.config)
         names = [next(iter(i.get_names())) for i in self.compiled.inputs]
