@@ -296,7 +296,7 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
                              lambda m, props: openvino.compile_runner(work, m, props),
                              tok_info.pad_token_id, hidden, ov_alternative=alternative)
         for p, sp in speeds.items():
-            if p.value in built:
+            if isinstance(p, Precision) and p.value in built:
                 built[p.value] = dataclasses.replace(built[p.value], speed=sp)
         bf16_speed = speeds.get(BF16_RUN)
         if bf16_speed is not None and ov_bf16 is not None:
