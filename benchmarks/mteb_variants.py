@@ -5,8 +5,8 @@
 
 writes ``mteb_variants.json`` (every score) and ``mteb_variants.md`` (main score per task and
 variant, delta vs fp32 in points). Needs ``pip install 'dmeta-embed[mteb]'`` and the tasks' data
-(downloaded by mteb from the Hugging Face hub, or its cache). int8-ov runs where onnxruntime's
-OpenVINO provider is installed (``.venv-openvino`` plus mteb).
+(downloaded by mteb from the Hugging Face hub, or its cache). int8-ov runs where the ``openvino``
+extra is installed (the same environment).
 """
 
 from __future__ import annotations
