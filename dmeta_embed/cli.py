@@ -208,12 +208,15 @@ def summary(folder: Path) -> str:
 
 
 def _validated(v) -> str:  # type: ignore[no-untyped-def]
-    """``int8 on avx2 (u8)``-style: the engine, the CPU class and the int8 weight format."""
+    """``int8 on avx2 (u8)``-style: the engine, the CPU class and the int8 weight format (int8-ov:
+    the float parts' precision)."""
     cpu = v.validated_cpu
     engine = v.validated_on.replace("ExecutionProvider", "")
     if not cpu:
         return engine
     weights = f", {cpu['int8_weights']}" if v.precision.value == "int8" and cpu.get("int8_weights") else ""
+    if v.engine_properties.get("INFERENCE_PRECISION_HINT"):
+        weights = f", {v.engine_properties['INFERENCE_PRECISION_HINT']}"
     return f"{engine} on {cpu.get('cpu_class')}{weights}"
 
 

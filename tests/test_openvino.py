@@ -66,6 +66,19 @@ def test_manifest_records_the_engine_and_what_stayed_float(ov_export: Path) -> N
     assert all(why.startswith("role ") for why in v.kept_float.values())
 
 
+def test_inspect_shows_the_engine_and_its_float_precision(ov_export: Path) -> None:
+    from click.testing import CliRunner
+
+    from dmeta_embed.cli import cli
+
+    res = CliRunner().invoke(cli, ["inspect", str(ov_export)])
+    assert res.exit_code == 0, res.output
+    v = Manifest.load(ov_export).variants["int8-ov"]
+    row = next(line for line in res.output.splitlines() if line.startswith("int8-ov "))
+    hint = v.engine_properties["INFERENCE_PRECISION_HINT"]
+    assert f"openvino {v.validated_on.split()[1]} CPU on {v.validated_class}, {hint}" in row, row
+
+
 def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path: Path) -> None:
     import onnx
 
