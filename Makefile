@@ -47,7 +47,7 @@ bench: install
 	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python -m benchmarks.build_dmeta_shaped --force
 	$(BIN)/python -m benchmarks --model out/dmeta-shaped --peers --passes 2 --output benchmarks/results/dmeta-shaped/$(CPU_CLASS)
 
-# the OpenVINO execution provider on our graphs beside our int8 (benchmarks/openvino_ep.py, ~10 min)
+# OpenVINO configurations (f32/bf16, static/weights-only int8) on our graphs beside our int8 (benchmarks/openvino_ep.py, ~10 min)
 bench-openvino: install
 	$(BIN)/python -m pip install -q -e '.[cpu,export,export-openvino,dev,server,bench]'
 	test -f out/dmeta-shaped/model.int8-ov.onnx || $(BIN)/python -m benchmarks.build_dmeta_shaped --force
