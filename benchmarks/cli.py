@@ -14,38 +14,120 @@ from dmeta_embed.manifest import Precision
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "-m", "model", envvar="DMETA_EMBED_MODEL", default=None,
-              help="Exported folder, or a Hugging Face folder / hub id (exported first, once, into the cache).")
-@click.option("--variants", default=None, help="Comma-separated variants of ours (default: all in the folder).")
-@click.option("--workload", "workloads", multiple=True, default=("mixed", "query"), show_default=True,
-              type=click.Choice(["query", "passage", "long", "mixed", "all"]), help="Repeat for several.")
-@click.option("--peers/--no-peers", default=False, show_default=True,
-              help="Also measure the peers (transformers, sentence-transformers, optimum, OpenVINO, fastembed).")
-@click.option("--systems", default=None,
-              help="Comma-separated key patterns to run, e.g. 'dmeta-embed:int8,st:*' (see --list-systems).")
+@click.option(
+    "--model",
+    "-m",
+    "model",
+    envvar="DMETA_EMBED_MODEL",
+    default=None,
+    help="Exported folder, or a Hugging Face folder / hub id (exported first, once, into the cache).",
+)
+@click.option(
+    "--variants", default=None, help="Comma-separated variants of ours (default: all in the folder)."
+)
+@click.option(
+    "--workload",
+    "workloads",
+    multiple=True,
+    default=("mixed", "query"),
+    show_default=True,
+    type=click.Choice(["query", "passage", "long", "mixed", "all"]),
+    help="Repeat for several.",
+)
+@click.option(
+    "--peers/--no-peers",
+    default=False,
+    show_default=True,
+    help="Also measure the peers (transformers, sentence-transformers, optimum, OpenVINO, fastembed).",
+)
+@click.option(
+    "--systems",
+    default=None,
+    help="Comma-separated key patterns to run, e.g. 'dmeta-embed:int8,st:*' (see --list-systems).",
+)
 @click.option("--list-systems", is_flag=True, help="Print the system keys and exit.")
-@click.option("--output", "-o", default="bench-results", show_default=True, type=click.Path(path_type=Path),
-              help="Folder for bench.json, bench.md and bench.png.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Timed passes per workload (median reported), after one warm-up pass.")
-@click.option("--latency-calls", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Single-text calls per workload for p50/p95/p99.")
-@click.option("--texts", "n_texts", type=click.IntRange(min=2), default=None,
-              help="Texts per workload (default: built-in sizes, see benchmarks/run.py).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for every system (default: CPUs available).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Batch size for peers where the user picks one.")
-@click.option("--source", default=None, help="HF folder the peers and the reference load (default: the manifest's source).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where exports of the model and of the peers are kept (default: out/bench-cache/<model>).")
-@click.option("--passes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Measure each system this many times, alternating order (A…Z, Z…A), repeats and latency calls "
-                   "split between passes: evens out drifting load on a shared machine.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True, help="Seconds per system.")
-def bench(model: str, variants: str | None, workloads: tuple[str, ...], peers: bool, systems: str | None,
-          list_systems: bool, output: Path, repeats: int, latency_calls: int, n_texts: int | None,
-          threads: int | None, batch_size: int, source: str | None, cache_dir: Path | None, passes: int,
-          timeout: float) -> None:
+@click.option(
+    "--output",
+    "-o",
+    default="bench-results",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for bench.json, bench.md and bench.png.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Timed passes per workload (median reported), after one warm-up pass.",
+)
+@click.option(
+    "--latency-calls",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Single-text calls per workload for p50/p95/p99.",
+)
+@click.option(
+    "--texts",
+    "n_texts",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Texts per workload (default: built-in sizes, see benchmarks/run.py).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Threads for every system (default: CPUs available).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Batch size for peers where the user picks one.",
+)
+@click.option(
+    "--source",
+    default=None,
+    help="HF folder the peers and the reference load (default: the manifest's source).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where exports of the model and of the peers are kept (default: out/bench-cache/<model>).",
+)
+@click.option(
+    "--passes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Measure each system this many times, alternating order (A…Z, Z…A), repeats and latency calls "
+    "split between passes: evens out drifting load on a shared machine.",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=1), default=1800, show_default=True, help="Seconds per system."
+)
+def bench(
+    model: str,
+    variants: str | None,
+    workloads: tuple[str, ...],
+    peers: bool,
+    systems: str | None,
+    list_systems: bool,
+    output: Path,
+    repeats: int,
+    latency_calls: int,
+    n_texts: int | None,
+    threads: int | None,
+    batch_size: int,
+    source: str | None,
+    cache_dir: Path | None,
+    passes: int,
+    timeout: float,
+) -> None:
     """Benchmark our variants (and with --peers the tools users would otherwise pick) in one run."""
     from .run import DEFAULT_SIZES, WORKLOADS, Settings, run_benchmark
     from .systems import our_systems, peer_systems
@@ -58,18 +140,38 @@ def bench(model: str, variants: str | None, workloads: tuple[str, ...], peers: b
         raise click.UsageError("Missing option '--model' / '-m' (or set DMETA_EMBED_MODEL).")
     names = list(WORKLOADS) if "all" in workloads else list(dict.fromkeys(workloads))
     sizes = {w: n_texts for w in WORKLOADS} if n_texts else dict(DEFAULT_SIZES)
-    settings = Settings(repeats=repeats, latency_calls=latency_calls, batch_size=batch_size, threads=threads,
-                        sizes=sizes, timeout_s=timeout, passes=passes)
+    settings = Settings(
+        repeats=repeats,
+        latency_calls=latency_calls,
+        batch_size=batch_size,
+        threads=threads,
+        sizes=sizes,
+        timeout_s=timeout,
+        passes=passes,
+    )
     result = run_benchmark(
-        model, output, variants=[v.strip() for v in variants.split(",")] if variants else None, workloads=names,
-        peers=peers, patterns=[p.strip() for p in systems.split(",")] if systems else None, settings=settings,
-        source=source, cache_dir=cache_dir, command=_bench_command(click.get_current_context()),
-        log=lambda m: click.echo(m, err=True))
+        model,
+        output,
+        variants=[v.strip() for v in variants.split(",")] if variants else None,
+        workloads=names,
+        peers=peers,
+        patterns=[p.strip() for p in systems.split(",")] if systems else None,
+        settings=settings,
+        source=source,
+        cache_dir=cache_dir,
+        command=_bench_command(click.get_current_context()),
+        log=lambda m: click.echo(m, err=True),
+    )
     for w, s in result["summary"].items():
         if "throughput_ratio" in s:
-            click.echo(f"{w}: {s['best_ours']} vs {s['best_peer']}: {s['throughput_ratio']:.2f}× tokens/s"
-                       + (f", p50 {s['p50_ratio']:.2f}× ({s['fastest_ours']} vs {s['fastest_peer']})"
-                          if "p50_ratio" in s else ""))
+            click.echo(
+                f"{w}: {s['best_ours']} vs {s['best_peer']}: {s['throughput_ratio']:.2f}× tokens/s"
+                + (
+                    f", p50 {s['p50_ratio']:.2f}× ({s['fastest_ours']} vs {s['fastest_peer']})"
+                    if "p50_ratio" in s
+                    else ""
+                )
+            )
     click.echo(f"wrote {output}/bench.json, bench.md, bench.png")
 
 

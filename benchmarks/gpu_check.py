@@ -45,8 +45,12 @@ def main() -> int:
     report["gpu_session_providers"] = gpu._runner.session.get_providers()
     texts = workload("mixed", 256, seed=11) + workload("long", 8, seed=11)
     c = cosines(gpu.encode(texts), cpu.encode(texts))
-    report["parity_fp16_cuda_vs_fp32_cpu"] = {"min_cos": float(c.min()), "mean_cos": float(c.mean()),
-                                              "n": len(texts), "max_tokens": max(gpu.count_tokens(texts))}
+    report["parity_fp16_cuda_vs_fp32_cpu"] = {
+        "min_cos": float(c.min()),
+        "mean_cos": float(c.mean()),
+        "n": len(texts),
+        "max_tokens": max(gpu.count_tokens(texts)),
+    }
 
     bulk = workload("mixed", 2048, seed=12)
     tokens = sum(gpu.count_tokens(bulk))
@@ -56,9 +60,12 @@ def main() -> int:
         t = time.perf_counter()
         gpu.encode(bulk)
         runs.append(time.perf_counter() - t)
-    report["throughput_mixed"] = {"texts": len(bulk), "tokens": tokens,
-                                  "tokens_per_s": round(tokens / statistics.median(runs)),
-                                  "texts_per_s": round(len(bulk) / statistics.median(runs))}
+    report["throughput_mixed"] = {
+        "texts": len(bulk),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / statistics.median(runs)),
+        "texts_per_s": round(len(bulk) / statistics.median(runs)),
+    }
     queries = workload("query", 220, seed=13)
     lat = []
     for q in queries:
@@ -66,13 +73,17 @@ def main() -> int:
         gpu.encode([q])
         lat.append((time.perf_counter() - t) * 1000)
     lat = sorted(lat[20:])
-    report["query_latency_ms"] = {"p50": round(float(np.percentile(lat, 50)), 2),
-                                  "p99": round(float(np.percentile(lat, 99)), 2)}
+    report["query_latency_ms"] = {
+        "p50": round(float(np.percentile(lat, 50)), 2),
+        "p99": round(float(np.percentile(lat, 99)), 2),
+    }
     Path(a.report).parent.mkdir(parents=True, exist_ok=True)
     Path(a.report).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    ok = (report["gpu_session_providers"][0] == "CUDAExecutionProvider"
-          and report["parity_fp16_cuda_vs_fp32_cpu"]["min_cos"] >= 0.9999)
+    ok = (
+        report["gpu_session_providers"][0] == "CUDAExecutionProvider"
+        and report["parity_fp16_cuda_vs_fp32_cpu"]["min_cos"] >= 0.9999
+    )
     print("GPU CHECK", "PASSED" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -33,13 +33,20 @@ def rss_mb() -> float | None:
 
 def percentiles(ms: list[float]) -> dict[str, float]:
     a = np.asarray(ms, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "min": float(a.min()),
-            "max": float(a.max()), "calls": len(ms)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "calls": len(ms),
+    }
 
 
-def time_bulk(encode: Encode, texts: list[str], repeats: int, warmup: int = 1
-              ) -> tuple[list[float], list[float], list[float], np.ndarray]:
+def time_bulk(
+    encode: Encode, texts: list[str], repeats: int, warmup: int = 1
+) -> tuple[list[float], list[float], list[float], np.ndarray]:
     """Seconds of ``warmup`` + ``repeats`` full passes over ``texts`` (each pass one ``encode``
     call); returns (warm-up seconds, repeat seconds, CPU-seconds per second of each repeat, the
     last pass's embeddings). CPU/wall is this process's CPU time (all threads) over wall time: a
@@ -60,7 +67,9 @@ def time_bulk(encode: Encode, texts: list[str], repeats: int, warmup: int = 1
     return warm, runs, cpu, np.asarray(emb, dtype=np.float32)
 
 
-def time_latency(encode: Encode, texts: list[str], calls: int, warmup: int = 10, offset: int = 0) -> list[float]:
+def time_latency(
+    encode: Encode, texts: list[str], calls: int, warmup: int = 10, offset: int = 0
+) -> list[float]:
     """Milliseconds of ``calls`` single-text ``encode([text])`` calls, cycling through ``texts`` in
     order from ``offset``, after ``warmup`` untimed calls."""
     for i in range(min(warmup, calls)):
@@ -75,8 +84,15 @@ def time_latency(encode: Encode, texts: list[str], calls: int, warmup: int = 10,
     return out
 
 
-def measure_workload(encode: Encode, texts: list[str], dim: int, repeats: int, latency_calls: int,
-                     save_to: Path | None = None, latency_offset: int = 0) -> dict[str, Any]:
+def measure_workload(
+    encode: Encode,
+    texts: list[str],
+    dim: int,
+    repeats: int,
+    latency_calls: int,
+    save_to: Path | None = None,
+    latency_offset: int = 0,
+) -> dict[str, Any]:
     """Throughput passes (after one warm-up pass) and single-text latency, raw: the parent pools
     them over passes and takes medians / percentiles."""
     warm, runs, cpu, emb = time_bulk(encode, texts, repeats)
@@ -87,6 +103,10 @@ def measure_workload(encode: Encode, texts: list[str], dim: int, repeats: int, l
     if save_to is not None:
         np.save(save_to, emb)
     lat = time_latency(encode, texts, latency_calls, offset=latency_offset) if latency_calls > 0 else []
-    return {"bulk_warmup_s": [round(x, 4) for x in warm], "bulk_s": [round(x, 4) for x in runs],
-            "bulk_cpu_per_wall": [round(x, 2) for x in cpu], "latency_raw_ms": [round(x, 3) for x in lat],
-            "rss_after_mb": rss_mb()}
+    return {
+        "bulk_warmup_s": [round(x, 4) for x in warm],
+        "bulk_s": [round(x, 4) for x in runs],
+        "bulk_cpu_per_wall": [round(x, 2) for x in cpu],
+        "latency_raw_ms": [round(x, 3) for x in lat],
+        "rss_after_mb": rss_mb(),
+    }

@@ -12,12 +12,38 @@ from pathlib import Path
 from typing import Any
 
 #: flags that decide which kernels the engines can use
-FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                     "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+FLAGS_OF_INTEREST = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
-PACKAGES = ("dmeta-embed", "onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "torch", "transformers",
-            "tokenizers", "sentence-transformers", "optimum", "optimum-onnx", "optimum-intel", "openvino",
-            "nncf", "fastembed", "numpy", "onnx")
+PACKAGES = (
+    "dmeta-embed",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-openvino",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "sentence-transformers",
+    "optimum",
+    "optimum-onnx",
+    "optimum-intel",
+    "openvino",
+    "nncf",
+    "fastembed",
+    "numpy",
+    "onnx",
+)
 
 
 RESULTS = Path(__file__).parent / "results"

@@ -43,7 +43,9 @@ def child(folder: str, variant: str, batches: int, mem_pattern: bool, arena: boo
     so = session_options(None)
     so.enable_mem_pattern = mem_pattern
     so.enable_cpu_mem_arena = arena
-    sess = ort.InferenceSession(str(Path(folder) / m.variants[variant].file), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(Path(folder) / m.variants[variant].file), so, providers=["CPUExecutionProvider"]
+    )
     rng = np.random.default_rng(0)
     vocab = 1000
     samples, t0 = [], time.perf_counter()
@@ -52,7 +54,7 @@ def child(folder: str, variant: str, batches: int, mem_pattern: bool, arena: boo
         s = int(rng.integers(4, m.max_length + 1))
         ids = rng.integers(100, 100 + vocab, size=(b, s)).astype(np.int64)
         mask = np.ones((b, s), dtype=np.int64)
-        mask[:, s // 2 + 1:] = rng.integers(0, 2, size=(b, s - s // 2 - 1)).cumprod(axis=1)
+        mask[:, s // 2 + 1 :] = rng.integers(0, 2, size=(b, s - s // 2 - 1)).cumprod(axis=1)
         sess.run(None, {"input_ids": ids, "attention_mask": mask})
         if i in (9, 49, 199) or (i + 1) % 250 == 0:
             samples.append((i + 1, round(rss_mb(), 1)))
@@ -73,8 +75,22 @@ def main() -> None:
         return
     results = {}
     for name in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, a.folder, "--variant", a.variant, "--batches",
-                              str(a.batches), "--child", name], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                a.folder,
+                "--variant",
+                a.variant,
+                "--batches",
+                str(a.batches),
+                "--child",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         warm = dict(r["samples"])[200]
         last = r["samples"][-1][1]
@@ -84,11 +100,29 @@ def main() -> None:
     from dmeta_embed.runtime.cpu import detect
 
     model = Path(a.folder).name  # results are kept per model and CPU class
-    dest = Path(__file__).parent / "results" / model / detect().cpu_class.value / f"memory_{model}_{a.variant}.json"
+    dest = (
+        Path(__file__).parent
+        / "results"
+        / model
+        / detect().cpu_class.value
+        / f"memory_{model}_{a.variant}.json"
+    )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"folder": a.folder, "variant": a.variant, "batches": a.batches,
-                                "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-                                "configs": CONFIGS, "results": results}, indent=2) + "\n")
+    dest.write_text(
+        json.dumps(
+            {
+                "folder": a.folder,
+                "variant": a.variant,
+                "batches": a.batches,
+                "date": time.strftime("%Y-%m-%d"),
+                "cpus": os.cpu_count(),
+                "configs": CONFIGS,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print("wrote", dest)
 
 

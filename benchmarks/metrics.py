@@ -47,12 +47,17 @@ def neighbour_agreement(candidate: np.ndarray, reference: np.ndarray, k: int = 1
 def fidelity(candidate: np.ndarray, reference: np.ndarray, k: int = 10) -> dict[str, float]:
     """min / mean cosine against the reference, and top-k neighbour agreement."""
     c = cosines(candidate, reference)
-    return {"min_cos": float(c.min()), "mean_cos": float(c.mean()),
-            f"top{k}_agreement": neighbour_agreement(candidate, reference, k),
-            "k": min(k, len(c) - 1), "n_texts": len(c)}
+    return {
+        "min_cos": float(c.min()),
+        "mean_cos": float(c.mean()),
+        f"top{k}_agreement": neighbour_agreement(candidate, reference, k),
+        "k": min(k, len(c) - 1),
+        "n_texts": len(c),
+    }
 
 
 # --- the FLOP model ------------------------------------------------------------------------------
+
 
 def flops_per_sequence(tokens: int, layers: int, hidden: int, intermediate: int) -> float:
     """Forward FLOPs (multiply-add = 2) of one BERT encoder pass over ``tokens`` real tokens.
@@ -95,8 +100,11 @@ def peak_gops(flags: Iterable[str], ghz: float, cores: int) -> dict[str, dict[st
     out: dict[str, dict[str, Any]] = {}
     for name, (need, per_cycle, note) in PEAK_UNITS.items():
         if all(f in have for f in need):
-            out[name] = {"gops": round(per_cycle * ghz * cores, 1), "ops_per_cycle_per_core": per_cycle,
-                         "unit": note}
+            out[name] = {
+                "gops": round(per_cycle * ghz * cores, 1),
+                "ops_per_cycle_per_core": per_cycle,
+                "unit": note,
+            }
     if "fp32" in out:
         out.pop("fp32_avx2", None)
     elif "fp32_avx2" in out:
@@ -106,8 +114,12 @@ def peak_gops(flags: Iterable[str], ghz: float, cores: int) -> dict[str, dict[st
 
 def peak_for(precision: str, peaks: Mapping[str, Mapping[str, Any]]) -> tuple[str, float] | None:
     """The peak a system of ``precision`` could at best reach: AMX where the CPU has it."""
-    order = {"int8": ("int8_amx", "int8", "fp32"), "bf16": ("bf16_amx", "fp32"),
-             "fp16": ("fp32",), "fp32": ("fp32",)}.get(precision, ("fp32",))
+    order = {
+        "int8": ("int8_amx", "int8", "fp32"),
+        "bf16": ("bf16_amx", "fp32"),
+        "fp16": ("fp32",),
+        "fp32": ("fp32",),
+    }.get(precision, ("fp32",))
     for name in order:
         if name in peaks:
             return name, float(peaks[name]["gops"])

@@ -22,7 +22,9 @@ from typing import Any
 POINTS = 100.0
 
 
-def run(folder: str | Path, variants: Sequence[str], tasks: Iterable[Any], **load_options: Any) -> dict[str, Any]:
+def run(
+    folder: str | Path, variants: Sequence[str], tasks: Iterable[Any], **load_options: Any
+) -> dict[str, Any]:
     """{variant: {task name: main score}} plus each variant's wall time, one mteb.evaluate per variant."""
     import mteb
 
@@ -37,8 +39,12 @@ def run(folder: str | Path, variants: Sequence[str], tasks: Iterable[Any], **loa
         result = mteb.evaluate(encoder, tasks, cache=None, show_progress_bar=False, co2_tracker=False)
         seconds[variant] = round(time.perf_counter() - t0, 1)
         scores[variant] = {r.task_name: float(r.get_score()) for r in result.task_results}
-    return {"model": str(folder), "scores": scores, "seconds": seconds,
-            "main_scores": {t.metadata.name: t.metadata.main_score for t in tasks}}
+    return {
+        "model": str(folder),
+        "scores": scores,
+        "seconds": seconds,
+        "main_scores": {t.metadata.name: t.metadata.main_score for t in tasks},
+    }
 
 
 def deltas(scores: dict[str, dict[str, float]], base: str = "fp32") -> list[dict[str, Any]]:
@@ -81,8 +87,13 @@ def write(result: dict[str, Any], output: str | Path, base: str = "fp32") -> tup
     out.mkdir(parents=True, exist_ok=True)
     rows = deltas(result["scores"], base)
     js, md = out / "mteb_variants.json", out / "mteb_variants.md"
-    js.write_text(json.dumps(result | {"rows": rows, "created": time.strftime("%Y-%m-%d %H:%M")}, indent=2,
-                             ensure_ascii=False) + "\n", "utf-8")
+    js.write_text(
+        json.dumps(
+            result | {"rows": rows, "created": time.strftime("%Y-%m-%d %H:%M")}, indent=2, ensure_ascii=False
+        )
+        + "\n",
+        "utf-8",
+    )
     md.write_text(markdown(rows, f"mteb scores by variant: {result['model']}"), "utf-8")
     return js, md
 
@@ -99,8 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if bool(a.tasks) == bool(a.benchmark):
         p.error("give exactly one of --tasks or --benchmark")
-    tasks = (mteb.get_benchmark(a.benchmark).tasks if a.benchmark
-             else mteb.get_tasks(tasks=[t.strip() for t in a.tasks.split(",") if t.strip()]))
+    tasks = (
+        mteb.get_benchmark(a.benchmark).tasks
+        if a.benchmark
+        else mteb.get_tasks(tasks=[t.strip() for t in a.tasks.split(",") if t.strip()])
+    )
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     js, md = write(run(a.model, variants, tasks), a.output)
     print(md.read_text("utf-8"))

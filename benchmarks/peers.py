@@ -17,6 +17,7 @@ from .systems import Adapter, Context, Unavailable, qint8_config
 
 # --- helpers shared by the hand-written peer loops ------------------------------------------------
 
+
 def longest_first(texts: list[str]) -> list[int]:
     """Indices of ``texts`` by character length, longest first (ties keep input order)."""
     return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
@@ -25,7 +26,7 @@ def longest_first(texts: list[str]) -> list[int]:
 def length_sorted_batches(texts: list[str], batch_size: int) -> list[list[int]]:
     """Indices in batches of similar length, longest first (what sentence-transformers does)."""
     order = longest_first(texts)
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 def pool_np(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
@@ -45,6 +46,7 @@ def pool_np(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool)
 
 # --- ours ------------------------------------------------------------------------------------------
 
+
 class Ours(Adapter):
     """dmeta-embed's runtime on one variant of the exported folder."""
 
@@ -52,15 +54,22 @@ class Ours(Adapter):
         from dmeta_embed.runtime import Embedder
 
         variant = self.options["variant"]
-        self.model = Embedder.load(self.ctx.export_dir, variant=variant,
-                                   provider="openvino" if variant == "int8-ov" else "cpu", threads=self.ctx.threads)
-        self.info = {"batching": f"token budget {self.model.max_batch_tokens}, batch ≤ {self.model.batch_size}"}
+        self.model = Embedder.load(
+            self.ctx.export_dir,
+            variant=variant,
+            provider="openvino" if variant == "int8-ov" else "cpu",
+            threads=self.ctx.threads,
+        )
+        self.info = {
+            "batching": f"token budget {self.model.max_batch_tokens}, batch ≤ {self.model.batch_size}"
+        }
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(texts)
 
 
 # --- transformers + torch --------------------------------------------------------------------------
+
 
 class TorchHF(Adapter):
     """``AutoModel`` + ``AutoTokenizer`` in a length-sorted loop; ``dtype=bf16`` casts the weights
@@ -79,16 +88,23 @@ class TorchHF(Adapter):
         if self.options.get("dtype") == "bf16":
             model = model.to(torch.bfloat16)
         self.model = model
-        self.info = {"attn_implementation": getattr(model.config, "_attn_implementation", None),
-                     "torch_threads": torch.get_num_threads()}
+        self.info = {
+            "attn_implementation": getattr(model.config, "_attn_implementation", None),
+            "torch_threads": torch.get_num_threads(),
+        }
 
     def encode(self, texts: list[str]) -> np.ndarray:
         torch = self.torch
         out = np.empty((len(texts), self.ctx.dim), dtype=np.float32)
         with torch.inference_mode():
             for idx in length_sorted_batches(texts, self.ctx.batch_size):
-                enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
-                               max_length=self.ctx.max_length, return_tensors="pt")
+                enc = self.tok(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.ctx.max_length,
+                    return_tensors="pt",
+                )
                 h = self.model(**enc).last_hidden_state.float().numpy()
                 out[idx] = pool_np(h, enc["attention_mask"].numpy(), self.ctx.pooling, self.ctx.normalize)
         return out
@@ -182,11 +198,17 @@ class SentenceTransformers(Adapter):
         if backend == "openvino":
             self.info.update(_openvino_properties(self.model))
         if self.model.max_seq_length != self.ctx.max_length:
-            self.info["warning"] = f"max_seq_length {self.model.max_seq_length} != export {self.ctx.max_length}"
+            self.info["warning"] = (
+                f"max_seq_length {self.model.max_seq_length} != export {self.ctx.max_length}"
+            )
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=self.ctx.batch_size, convert_to_numpy=True,  # type: ignore[no-any-return]
-                                 show_progress_bar=False).astype(np.float32, copy=False)
+        return self.model.encode(
+            texts,
+            batch_size=self.ctx.batch_size,
+            convert_to_numpy=True,  # type: ignore[no-any-return]
+            show_progress_bar=False,
+        ).astype(np.float32, copy=False)
 
 
 def _openvino_properties(model: Any) -> dict[str, str]:
@@ -213,12 +235,17 @@ def _openvino_static_int8(model: Any, folder: Path, n_samples: int = 300) -> Non
     from dmeta_embed.texts import calibration_texts
 
     tok = model.tokenizer
-    data = [dict(tok(t, truncation=True, max_length=model.max_seq_length, return_tensors="np"))
-            for t in calibration_texts(n_samples)]
+    data = [
+        dict(tok(t, truncation=True, max_length=model.max_seq_length, return_tensors="np"))
+        for t in calibration_texts(n_samples)
+    ]
     quantizer = OVQuantizer.from_pretrained(model.transformers_model)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        quantizer.quantize(calibration_dataset=nncf.Dataset(data), save_directory=tmp,
-                           ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=n_samples)))
+        quantizer.quantize(
+            calibration_dataset=nncf.Dataset(data),
+            save_directory=tmp,
+            ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=n_samples)),
+        )
         src = Path(tmp) / "openvino" / "openvino_model.xml"
         if not src.is_file():
             src = next(Path(tmp).rglob("*.xml"))
@@ -228,6 +255,7 @@ def _openvino_static_int8(model: Any, folder: Path, n_samples: int = 300) -> Non
 
 
 # --- optimum ----------------------------------------------------------------------------------------
+
 
 class OptimumORT(Adapter):
     """optimum's ``ORTModelForFeatureExtraction`` (its own ONNX export, ONNX Runtime CPU) in a
@@ -262,8 +290,13 @@ class OptimumORT(Adapter):
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.ctx.dim), dtype=np.float32)
         for idx in length_sorted_batches(texts, self.ctx.batch_size):
-            enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
-                           max_length=self.ctx.max_length, return_tensors="np")
+            enc = self.tok(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.ctx.max_length,
+                return_tensors="np",
+            )
             h = self.model(**enc).last_hidden_state
             h = h.numpy() if hasattr(h, "numpy") else np.asarray(h)
             out[idx] = pool_np(h, enc["attention_mask"], self.ctx.pooling, self.ctx.normalize)
@@ -271,6 +304,7 @@ class OptimumORT(Adapter):
 
 
 # --- fastembed ---------------------------------------------------------------------------------------
+
 
 class FastEmbed(Adapter):
     """fastembed's ``TextEmbedding`` on *our* exported ONNX file (pooling and normalisation are in
@@ -299,8 +333,10 @@ class FastEmbed(Adapter):
         folder = self._folder()
         folder.mkdir(parents=True, exist_ok=True)
         manifest = Manifest.load(self.ctx.export_dir)
-        for name, src in (("model.onnx", self.ctx.export_dir / manifest.variants[self.variant].file),
-                          ("tokenizer.json", self.ctx.export_dir / manifest.tokenizer.file)):
+        for name, src in (
+            ("model.onnx", self.ctx.export_dir / manifest.variants[self.variant].file),
+            ("tokenizer.json", self.ctx.export_dir / manifest.tokenizer.file),
+        ):
             link = folder / name
             if link.is_symlink() or link.exists():
                 link.unlink()
@@ -321,10 +357,21 @@ class FastEmbed(Adapter):
 
         name = f"local/dmeta-embed-{self.variant}"
         try:
-            TextEmbedding.add_custom_model(model=name, pooling=PoolingType.DISABLED, normalization=False,
-                                           sources=ModelSource(hf=name), dim=self.ctx.dim, model_file="model.onnx")
-            self.model = TextEmbedding(name, specific_model_path=str(self._folder()), threads=self.ctx.threads,
-                                       providers=["CPUExecutionProvider"], local_files_only=True)
+            TextEmbedding.add_custom_model(
+                model=name,
+                pooling=PoolingType.DISABLED,
+                normalization=False,
+                sources=ModelSource(hf=name),
+                dim=self.ctx.dim,
+                model_file="model.onnx",
+            )
+            self.model = TextEmbedding(
+                name,
+                specific_model_path=str(self._folder()),
+                threads=self.ctx.threads,
+                providers=["CPUExecutionProvider"],
+                local_files_only=True,
+            )
         except Exception as e:
             raise Unavailable(f"fastembed could not load the local model: {type(e).__name__}: {e}") from e
         self.info = {"presorted_by_harness": True}

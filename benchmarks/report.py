@@ -38,18 +38,25 @@ def _pct(x: float | None) -> str:
 def machine_line(result: dict[str, Any]) -> str:
     m = result["machine"]
     v = m["versions"]
-    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "torch", "openvino", "sentence-transformers",
-                                               "optimum", "fastembed") if k in v)
-    return (f"{m['cpu_model']}, {m['usable_cpus']} usable CPUs ({m['logical_cpus']} logical), "
-            f"{m['clock_ghz']} GHz ({m['clock_from']}){', virtualized' if m['virtualized'] else ''}, "
-            f"{m['memory_gb']} GB RAM; flags: {' '.join(m['flags'])}; {m['os']}, Python {m['python']}; {libs}")
+    libs = ", ".join(
+        f"{k} {v[k]}"
+        for k in ("onnxruntime", "torch", "openvino", "sentence-transformers", "optimum", "fastembed")
+        if k in v
+    )
+    return (
+        f"{m['cpu_model']}, {m['usable_cpus']} usable CPUs ({m['logical_cpus']} logical), "
+        f"{m['clock_ghz']} GHz ({m['clock_from']}){', virtualized' if m['virtualized'] else ''}, "
+        f"{m['memory_gb']} GB RAM; flags: {' '.join(m['flags'])}; {m['os']}, Python {m['python']}; {libs}"
+    )
 
 
 def workload_table(result: dict[str, Any], w: str) -> list[str]:
     rows = sorted((r for r in result["results"] if r["workload"] == w), key=lambda r: -r["tokens_per_s"])
-    lines = ["| system | variant | engine | tokens/s | texts/s | × best peer | p50 ms | p95 ms | p99 ms | "
-             "load s | peak RSS MB | min cos | mean cos | top-10 | GFLOP/s | % fp32 peak | % own peak | CPU/wall |",
-             "|" + "---|" * 18]
+    lines = [
+        "| system | variant | engine | tokens/s | texts/s | × best peer | p50 ms | p95 ms | p99 ms | "
+        "load s | peak RSS MB | min cos | mean cos | top-10 | GFLOP/s | % fp32 peak | % own peak | CPU/wall |",
+        "|" + "---|" * 18,
+    ]
     for r in rows:
         lat = r["latency_ms"] or {}
         fid = r["fidelity"]
@@ -61,7 +68,8 @@ def workload_table(result: dict[str, Any], w: str) -> list[str]:
             f"{_f(lat.get('p99'), 1)} | {_f(r['load_s'], 1)} | {_f(r['peak_rss_mb'])} | {fid['min_cos']:.5f} | "
             f"{fid['mean_cos']:.5f} | {fid.get('top10_agreement', 0):.3f} | {_f(r['gflop_per_s'])} | "
             f"{_pct(sh.get('of_fp32_peak'))} | {_pct(sh.get('of_own_peak'))} ({sh.get('own_peak', '?')}) | "
-            f"{r.get('cpu_per_wall_median', '–')} |")
+            f"{r.get('cpu_per_wall_median', '–')} |"
+        )
     return lines
 
 
@@ -71,17 +79,22 @@ def summary_lines(result: dict[str, Any], w: str) -> list[str]:
         return []
     by = {(r["system"], r["workload"]): r for r in result["results"]}
     bo, bp = by[(s["best_ours"], w)], by[(s["best_peer"], w)]
+
     def fid(r: dict[str, Any]) -> str:
         return f"(min/mean cos {r['fidelity']['min_cos']:.4f}/{r['fidelity']['mean_cos']:.4f})"
 
-    out = [f"Best of ours vs best peer (same run): **{s['best_ours']}** {_f(bo['tokens_per_s'])} tokens/s {fid(bo)} "
-           f"vs **{s['best_peer']}** {_f(bp['tokens_per_s'])} tokens/s {fid(bp)} = "
-           f"**{s['throughput_ratio']:.2f}×** throughput."]
+    out = [
+        f"Best of ours vs best peer (same run): **{s['best_ours']}** {_f(bo['tokens_per_s'])} tokens/s {fid(bo)} "
+        f"vs **{s['best_peer']}** {_f(bp['tokens_per_s'])} tokens/s {fid(bp)} = "
+        f"**{s['throughput_ratio']:.2f}×** throughput."
+    ]
     if "p50_ratio" in s:
         fo, fp = by[(s["fastest_ours"], w)], by[(s["fastest_peer"], w)]
-        out.append(f"Lowest single-text p50: **{s['fastest_ours']}** {fo['latency_ms']['p50']:.1f} ms vs "
-                   f"**{s['fastest_peer']}** {fp['latency_ms']['p50']:.1f} ms = **{s['p50_ratio']:.2f}×** "
-                   "(> 1: ours is faster).")
+        out.append(
+            f"Lowest single-text p50: **{s['fastest_ours']}** {fo['latency_ms']['p50']:.1f} ms vs "
+            f"**{s['fastest_peer']}** {fp['latency_ms']['p50']:.1f} ms = **{s['p50_ratio']:.2f}×** "
+            "(> 1: ours is faster)."
+        )
     return out
 
 
@@ -102,13 +115,19 @@ def markdown(result: dict[str, Any], png_name: str | None = PNG_NAME) -> str:
         f"dim {model['dim']}, max length {model['max_length']}, {model['pooling']} pooling"
         f"{', normalised' if model['normalize'] else ''}; source `{model['source'].get('model')}`; "
         f"exported {model.get('export_created', '?')}"
-        + (f"; code {result['code']['git_commit'][:10]}{' + local changes' if result['code'].get('dirty') else ''}"
-           if result.get("code") else ""),
+        + (
+            f"; code {result['code']['git_commit'][:10]}{' + local changes' if result['code'].get('dirty') else ''}"
+            if result.get("code")
+            else ""
+        ),
         f"- **Settings**: {timed} timed passes over each workload (median) after {st['warmup_passes']} warm-up "
         f"pass; {st['latency_calls']} single-text calls per workload"
-        + (f", both split over {st['passes']} alternating-order passes per system (a warm-up pass each)"
-           if st.get("passes", 1) > 1 else "") +
-        f"; {st['threads']} threads; batch size "
+        + (
+            f", both split over {st['passes']} alternating-order passes per system (a warm-up pass each)"
+            if st.get("passes", 1) > 1
+            else ""
+        )
+        + f"; {st['threads']} threads; batch size "
         f"{st['batch_size']} where the user picks one; each system in its own process; fidelity against "
         f"{st['reference']}",
     ]
@@ -116,13 +135,19 @@ def markdown(result: dict[str, Any], png_name: str | None = PNG_NAME) -> str:
         lines.append(f"- **Provenance**: {model['provenance_note']}")
     if result.get("command"):
         lines.append(f"- **Command**: `{result['command']}`")
-    lines += ["", "## Workloads (tokens actually fed, after truncation)", "",
-              "| workload | texts | tokens | min | p50 | mean | max | truncated | GFLOP per pass | MFLOP/token |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Workloads (tokens actually fed, after truncation)",
+        "",
+        "| workload | texts | tokens | min | p50 | mean | max | truncated | GFLOP per pass | MFLOP/token |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for w, s in result["workloads"].items():
-        lines.append(f"| {w} | {s['n_texts']} | {s['tokens_total']:,} | {s['tokens_min']} | {s['tokens_p50']} | "
-                     f"{s['tokens_mean']} | {s['tokens_max']} | {s['n_truncated']} | {s['gflop']} | "
-                     f"{result['physical']['flops_per_token'][w]} |")
+        lines.append(
+            f"| {w} | {s['n_texts']} | {s['tokens_total']:,} | {s['tokens_min']} | {s['tokens_p50']} | "
+            f"{s['tokens_mean']} | {s['tokens_max']} | {s['n_truncated']} | {s['gflop']} | "
+            f"{result['physical']['flops_per_token'][w]} |"
+        )
     for w in result["workloads"]:
         lines += ["", f"## {w}", "", *workload_table(result, w), ""]
         lines += summary_lines(result, w)
@@ -137,14 +162,18 @@ def markdown(result: dict[str, Any], png_name: str | None = PNG_NAME) -> str:
         lines += ["", "Notes: " + "; ".join(f"`{s['key']}`: {s['note']}" for s in notes) + "."]
     ph = result["physical"]
     peaks = ", ".join(f"{k} {v['gops']:,.0f} GOP/s ({v['unit']})" for k, v in ph["peaks"].items())
-    lines += ["", "## Physical limit", "",
-              "FLOPs count the matrix products of real tokens only (padding excluded; MFLOP/token in the "
-              "workload table; GFLOP/s = FLOPs of one pass / median pass time). "
-              f"Estimated peaks for {ph['cores']} cores at {ph['clock_ghz']} GHz ({ph['clock_from']}): {peaks}. "
-              f"These are estimates: {ph['note']}. \"% own peak\" compares each system with the peak of its precision "
-              "(int8 → AMX-INT8, bf16 → AMX-BF16 where present). \"CPU/wall\": CPU-seconds the system's "
-              f"process used per wall-second of bulk encoding (median); about {ph['cores']} means it had the "
-              "cores to itself, much less means it waited for them (other work on the machine) or ran serial code."]
+    lines += [
+        "",
+        "## Physical limit",
+        "",
+        "FLOPs count the matrix products of real tokens only (padding excluded; MFLOP/token in the "
+        "workload table; GFLOP/s = FLOPs of one pass / median pass time). "
+        f"Estimated peaks for {ph['cores']} cores at {ph['clock_ghz']} GHz ({ph['clock_from']}): {peaks}. "
+        f'These are estimates: {ph["note"]}. "% own peak" compares each system with the peak of its precision '
+        '(int8 → AMX-INT8, bf16 → AMX-BF16 where present). "CPU/wall": CPU-seconds the system\'s '
+        f"process used per wall-second of bulk encoding (median); about {ph['cores']} means it had the "
+        "cores to itself, much less means it waited for them (other work on the machine) or ran serial code.",
+    ]
     if png_name:
         lines += ["", f"![throughput and latency]({png_name})"]
     return "\n".join(lines) + "\n"
@@ -167,7 +196,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     workloads = list(result["workloads"])
     n_sys = max(1, len({r["system"] for r in result["results"]}))
-    fig, axes = plt.subplots(len(workloads), 2, figsize=(13, 0.42 * n_sys * len(workloads) + 1.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(workloads), 2, figsize=(13, 0.42 * n_sys * len(workloads) + 1.6), squeeze=False
+    )
     for i, w in enumerate(workloads):
         rows = sorted((r for r in result["results"] if r["workload"] == w), key=lambda r: r["tokens_per_s"])
         ax = axes[i][0]
@@ -180,15 +211,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
         lat = [r for r in rows if r["latency_ms"]]
         p50 = [r["latency_ms"]["p50"] for r in lat]
         p95 = [r["latency_ms"]["p95"] - r["latency_ms"]["p50"] for r in lat]
-        ax.barh([_label(r) for r in lat], p50, xerr=[[0] * len(lat), p95],
-                color=[_color(r) for r in lat], error_kw={"elinewidth": 0.8})
+        ax.barh(
+            [_label(r) for r in lat],
+            p50,
+            xerr=[[0] * len(lat), p95],
+            color=[_color(r) for r in lat],
+            error_kw={"elinewidth": 0.8},
+        )
         ax.set_title(f"{w}: one-text latency, ms (p50 bar, p95 whisker; lower is better)", fontsize=9)
         ax.tick_params(labelsize=7)
         if len(lat) == len(rows):  # same rows, same order: the left panel's labels serve both
             ax.set_yticklabels([])
     m = result["machine"]
-    fig.suptitle(f"dmeta-embed (red) vs peers (grey): {m['cpu_model']}, {m['usable_cpus']} CPUs, "
-                 f"{result['created'][:10]}", fontsize=10)
+    fig.suptitle(
+        f"dmeta-embed (red) vs peers (grey): {m['cpu_model']}, {m['usable_cpus']} CPUs, "
+        f"{result['created'][:10]}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -59,8 +59,9 @@ class ModelPaths:
     cache_dir: Path  # prepared peer files
 
 
-def resolve_model(model: str, *, source: str | None = None, cache_dir: Path | None = None,
-                  log: Log = print) -> ModelPaths:
+def resolve_model(
+    model: str, *, source: str | None = None, cache_dir: Path | None = None, log: Log = print
+) -> ModelPaths:
     """``model``: an exported folder, or an HF folder / hub id that is exported first (once:
     the export is kept in the cache folder and reused while its source matches)."""
     from dmeta_embed.errors import ModelLoadError
@@ -95,8 +96,9 @@ def resolve_model(model: str, *, source: str | None = None, cache_dir: Path | No
     return ModelPaths(export_dir=export_dir, source_dir=source_dir, cache_dir=cache)
 
 
-def select_systems(variants: Sequence[str], peers: bool, patterns: Sequence[str] | None = None,
-                   extra: Sequence[System] = ()) -> list[System]:
+def select_systems(
+    variants: Sequence[str], peers: bool, patterns: Sequence[str] | None = None, extra: Sequence[System] = ()
+) -> list[System]:
     """Our variants, then the peers (when asked), then ``extra``; ``patterns`` (fnmatch on the
     key, e.g. ``st:*``) filter the whole list when given."""
     systems = our_systems(list(variants)) + (peer_systems() if peers or patterns else []) + list(extra)
@@ -110,8 +112,13 @@ TOKEN_RANGES = {"query": (8, 32), "passage": (100, 500), "long": (None, None)}
 MIX = {"query": 0.70, "passage": 0.25, "long": 0.05}
 
 
-def build_workloads(names: Sequence[str], sizes: dict[str, int], seed: int, count: Callable[[list[str]], list[int]],
-                    max_length: int) -> dict[str, list[str]]:
+def build_workloads(
+    names: Sequence[str],
+    sizes: dict[str, int],
+    seed: int,
+    count: Callable[[list[str]], list[int]],
+    max_length: int,
+) -> dict[str, list[str]]:
     """Seeded texts whose token counts (with this model's tokenizer) are inside each workload's
     range: drawn in order from a larger seeded pool of ``benchmarks.workloads.workload`` texts, so
     the same seed and tokenizer give the same texts. ``mixed`` = 70 % query, 25 % passage, 5 %
@@ -128,8 +135,10 @@ def build_workloads(names: Sequence[str], sizes: dict[str, int], seed: int, coun
         lengths = count(pool)
         ok = [t for t, k in zip(pool, lengths, strict=True) if lo <= k <= hi]
         if len(ok) < n:
-            raise ValueError(f"only {len(ok)} of {len(pool)} '{name}' texts have {lo}–{hi} tokens with this "
-                             f"tokenizer; need {n}")
+            raise ValueError(
+                f"only {len(ok)} of {len(pool)} '{name}' texts have {lo}–{hi} tokens with this "
+                f"tokenizer; need {n}"
+            )
         return ok[:n]
 
     out: dict[str, list[str]] = {}
@@ -146,12 +155,21 @@ def build_workloads(names: Sequence[str], sizes: dict[str, int], seed: int, coun
     return out
 
 
-def workload_stats(texts: list[str], lengths: list[int], max_length: int, config: dict[str, Any]) -> dict[str, Any]:
+def workload_stats(
+    texts: list[str], lengths: list[int], max_length: int, config: dict[str, Any]
+) -> dict[str, Any]:
     a = np.asarray(lengths)
-    return {"n_texts": len(texts), "tokens_total": int(a.sum()), "tokens_mean": round(float(a.mean()), 1),
-            "tokens_min": int(a.min()), "tokens_p50": int(np.median(a)), "tokens_max": int(a.max()),
-            "n_truncated": int((a >= max_length).sum()), "chars_total": sum(len(t) for t in texts),
-            "gflop": round(metrics.workload_flops(lengths, config) / 1e9, 2)}
+    return {
+        "n_texts": len(texts),
+        "tokens_total": int(a.sum()),
+        "tokens_mean": round(float(a.mean()), 1),
+        "tokens_min": int(a.min()),
+        "tokens_p50": int(np.median(a)),
+        "tokens_max": int(a.max()),
+        "n_truncated": int((a >= max_length).sum()),
+        "chars_total": sum(len(t) for t in texts),
+        "gflop": round(metrics.workload_flops(lengths, config) / 1e9, 2),
+    }
 
 
 class Runner:
@@ -170,25 +188,45 @@ class Runner:
         job_file.write_text(json.dumps(job, ensure_ascii=False), "utf-8")
         try:
             # the spawn time travels on the command line: cold start counts from here
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", str(job_file), str(result_file),
-                                   repr(time.time())],
-                                  env=env, capture_output=True, text=True, timeout=self.timeout_s)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.worker",
+                    str(job_file),
+                    str(result_file),
+                    repr(time.time()),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+            )
         except subprocess.TimeoutExpired:
             return {"status": "failed", "error": f"timed out after {self.timeout_s:.0f} s"}
         if not result_file.is_file():
             tail = (proc.stderr or "")[-2000:]
-            return {"status": "failed", "error": f"worker exited with status {proc.returncode} and no result",
-                    "stderr_tail": tail}
+            return {
+                "status": "failed",
+                "error": f"worker exited with status {proc.returncode} and no result",
+                "stderr_tail": tail,
+            }
         return json.loads(result_file.read_text("utf-8"))  # type: ignore[no-any-return]
 
 
 def _git_state() -> dict[str, Any]:
     """The checkout the harness ran from (commit, and whether it had local changes), if any."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     if head.returncode != 0:
@@ -233,10 +271,17 @@ def run_benchmark(
     manifest = Manifest.load(paths.export_dir)
     config = json.loads((paths.source_dir / "config.json").read_text("utf-8"))
     threads = settings.threads or available_cpus()
-    ctx = Context(export_dir=paths.export_dir.resolve(), source_dir=paths.source_dir.resolve(),
-                  cache_dir=paths.cache_dir.resolve(), threads=threads, batch_size=settings.batch_size,
-                  max_length=manifest.max_length, pooling=manifest.pooling.value, normalize=manifest.normalize,
-                  dim=manifest.dim)
+    ctx = Context(
+        export_dir=paths.export_dir.resolve(),
+        source_dir=paths.source_dir.resolve(),
+        cache_dir=paths.cache_dir.resolve(),
+        threads=threads,
+        batch_size=settings.batch_size,
+        max_length=manifest.max_length,
+        pooling=manifest.pooling.value,
+        normalize=manifest.normalize,
+        dim=manifest.dim,
+    )
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     variants = list(variants) if variants else list(manifest.variants)
     unknown = [v for v in variants if v not in manifest.variants]
@@ -245,8 +290,12 @@ def run_benchmark(
     systems = select_systems(variants, peers, patterns, extra_systems)
 
     tokenizer = TextTokenizer(paths.export_dir / manifest.tokenizer.file, manifest.max_length)
-    texts = build_workloads(workloads, settings.sizes, settings.seed, tokenizer.count_tokens, manifest.max_length)
-    stats = {w: workload_stats(t, tokenizer.count_tokens(t), manifest.max_length, config) for w, t in texts.items()}
+    texts = build_workloads(
+        workloads, settings.sizes, settings.seed, tokenizer.count_tokens, manifest.max_length
+    )
+    stats = {
+        w: workload_stats(t, tokenizer.count_tokens(t), manifest.max_length, config) for w, t in texts.items()
+    }
 
     machine = machine_info()
     peaks = metrics.peak_gops(machine["flags"], machine["clock_ghz"], threads)
@@ -256,14 +305,21 @@ def run_benchmark(
     spawn = Runner(workdir, settings.timeout_s, log)
     passes = max(1, settings.passes)
     per_pass_calls = math.ceil(settings.latency_calls / passes)
-    base_job = {"context": ctx.to_dict(), "emb_dir": str(emb_dir), "workloads": texts,
-                "repeats": math.ceil(settings.repeats / passes), "latency_calls": per_pass_calls,
-                "first_text": texts[workloads[0]][0]}
+    base_job = {
+        "context": ctx.to_dict(),
+        "emb_dir": str(emb_dir),
+        "workloads": texts,
+        "repeats": math.ceil(settings.repeats / passes),
+        "latency_calls": per_pass_calls,
+        "first_text": texts[workloads[0]][0],
+    }
     try:
         log("reference: transformers + torch fp32 embeddings of every workload")
         ref = spawn({**base_job, "mode": "reference"}, "reference")
         if ref["status"] != "ok":
-            raise RuntimeError(f"the fp32 PyTorch reference failed: {ref.get('error')}\n{ref.get('traceback', '')}")
+            raise RuntimeError(
+                f"the fp32 PyTorch reference failed: {ref.get('error')}\n{ref.get('traceback', '')}"
+            )
         reference = {w: np.load(emb_dir / f"reference.{w}.npy") for w in workloads}
 
         runs: dict[str, list[dict[str, Any]]] = {s.key: [] for s in systems}
@@ -272,8 +328,11 @@ def run_benchmark(
                 if runs[system.key] and runs[system.key][-1]["status"] != "ok":
                     continue  # skipped or failed once: no second try
                 job = {**base_job, "latency_offset": p * per_pass_calls}
-                runs[system.key].append(_run_system(system, ctx, job, spawn, log, f" (pass {p + 1}/{passes})"
-                                                    if passes > 1 else ""))
+                runs[system.key].append(
+                    _run_system(
+                        system, ctx, job, spawn, log, f" (pass {p + 1}/{passes})" if passes > 1 else ""
+                    )
+                )
         sys_rows: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []
         for system in systems:
@@ -295,27 +354,49 @@ def run_benchmark(
         "wall_seconds": round(time.perf_counter() - t_run, 1),
         "machine": machine,
         "load": {"before": started, "after": load_snapshot()},
-        "model": {"export_dir": str(paths.export_dir), "source_dir": str(paths.source_dir),
-                  "source": manifest.source, "dim": manifest.dim, "max_length": manifest.max_length,
-                  "pooling": manifest.pooling.value, "normalize": manifest.normalize,
-                  "layers": config.get("num_hidden_layers"), "hidden": config.get("hidden_size"),
-                  "intermediate": config.get("intermediate_size"),
-                  "export_created": manifest.export.get("created"), "fusion": manifest.export.get("fusion"),
-                  "variants": {k: {"file": v.file, "size_mb": round(v.size_bytes / 1e6, 1),
-                                   "sha256": v.sha256, "kept_float": len(v.kept_float)}
-                               for k, v in manifest.variants.items()}},
+        "model": {
+            "export_dir": str(paths.export_dir),
+            "source_dir": str(paths.source_dir),
+            "source": manifest.source,
+            "dim": manifest.dim,
+            "max_length": manifest.max_length,
+            "pooling": manifest.pooling.value,
+            "normalize": manifest.normalize,
+            "layers": config.get("num_hidden_layers"),
+            "hidden": config.get("hidden_size"),
+            "intermediate": config.get("intermediate_size"),
+            "export_created": manifest.export.get("created"),
+            "fusion": manifest.export.get("fusion"),
+            "variants": {
+                k: {
+                    "file": v.file,
+                    "size_mb": round(v.size_bytes / 1e6, 1),
+                    "sha256": v.sha256,
+                    "kept_float": len(v.kept_float),
+                }
+                for k, v in manifest.variants.items()
+            },
+        },
         "code": _git_state(),
-        "settings": {**asdict(settings), "threads": threads, "warmup_passes": 1,
-                     "reference": "transformers + torch fp32 (dmeta_embed.export.reference)",
-                     "order": [s.key for s in systems]},
+        "settings": {
+            **asdict(settings),
+            "threads": threads,
+            "warmup_passes": 1,
+            "reference": "transformers + torch fp32 (dmeta_embed.export.reference)",
+            "order": [s.key for s in systems],
+        },
         "workloads": stats,
         "physical": {
-            "flops_per_token": {w: round(s["gflop"] * 1e9 / s["tokens_total"] / 1e6, 1) for w, s in stats.items()},
+            "flops_per_token": {
+                w: round(s["gflop"] * 1e9 / s["tokens_total"] / 1e6, 1) for w, s in stats.items()
+            },
             "flops_per_token_unit": "MFLOP per real token (padding not counted)",
-            "peaks": peaks, "clock_ghz": machine["clock_ghz"], "clock_from": machine["clock_from"],
+            "peaks": peaks,
+            "clock_ghz": machine["clock_ghz"],
+            "clock_from": machine["clock_from"],
             "cores": threads,
             "note": "ops/cycle/core × clock × cores, and turbo or AVX-512/AMX licence clocks move them by "
-                    "tens of percent",
+            "tens of percent",
         },
         "systems": sys_rows,
         "results": results,
@@ -333,34 +414,51 @@ def _merge_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
     last = passes[-1]
     if last["status"] != "ok":
         return last
-    row = {k: v for k, v in last.items() if k not in {"_workloads", "load_s", "peak_rss_mb", "rss_after_load_mb",
-                                                       "loadavg_1m_at_start"}}
-    row.update(load_s=float(np.median([r["load_s"] for r in passes])), load_s_passes=[r["load_s"] for r in passes],
-               peak_rss_mb=max(r["peak_rss_mb"] for r in passes),
-               rss_after_load_mb=max(r["rss_after_load_mb"] or 0 for r in passes),
-               loadavg_1m_at_start=[r["loadavg_1m_at_start"] for r in passes], passes=len(passes))
+    row = {
+        k: v
+        for k, v in last.items()
+        if k not in {"_workloads", "load_s", "peak_rss_mb", "rss_after_load_mb", "loadavg_1m_at_start"}
+    }
+    row.update(
+        load_s=float(np.median([r["load_s"] for r in passes])),
+        load_s_passes=[r["load_s"] for r in passes],
+        peak_rss_mb=max(r["peak_rss_mb"] for r in passes),
+        rss_after_load_mb=max(r["rss_after_load_mb"] or 0 for r in passes),
+        loadavg_1m_at_start=[r["loadavg_1m_at_start"] for r in passes],
+        passes=len(passes),
+    )
     merged: dict[str, Any] = {}
     for w in last["_workloads"]:
         parts = [r["_workloads"][w] for r in passes]
         lat = [x for part in parts for x in part["latency_raw_ms"]]
         runs = [x for part in parts for x in part["bulk_s"]]
-        merged[w] = {"bulk_s": runs, "bulk_median_s": float(np.median(runs)),
-                     "bulk_warmup_s": [x for part in parts for x in part["bulk_warmup_s"]],
-                     "bulk_cpu_per_wall": [x for part in parts for x in part["bulk_cpu_per_wall"]],
-                     "latency_ms": percentiles(lat) if lat else None}
+        merged[w] = {
+            "bulk_s": runs,
+            "bulk_median_s": float(np.median(runs)),
+            "bulk_warmup_s": [x for part in parts for x in part["bulk_warmup_s"]],
+            "bulk_cpu_per_wall": [x for part in parts for x in part["bulk_cpu_per_wall"]],
+            "latency_ms": percentiles(lat) if lat else None,
+        }
     row["_workloads"] = merged
     return row
 
 
-def _run_system(system: System, ctx: Context, base_job: dict[str, Any], spawn: Runner, log: Log,
-                label: str = "") -> dict[str, Any]:
-    row: dict[str, Any] = {"key": system.key, "name": system.name, "variant": system.variant, "engine": system.engine,
-                           "precision": system.precision, "ours": system.ours, "note": system.note}
+def _run_system(
+    system: System, ctx: Context, base_job: dict[str, Any], spawn: Runner, log: Log, label: str = ""
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "key": system.key,
+        "name": system.name,
+        "variant": system.variant,
+        "engine": system.engine,
+        "precision": system.precision,
+        "ours": system.ours,
+        "note": system.note,
+    }
     missing = system.missing()
     if missing:
         log(f"{system.key}: skipped (not installed: {', '.join(missing)})")
-        return {**row, "status": "skipped",
-                "reason": f"not installed: {', '.join(missing)} ({INSTALL_HINT})"}
+        return {**row, "status": "skipped", "reason": f"not installed: {', '.join(missing)} ({INSTALL_HINT})"}
     stem = system.stem
     job = {**base_job, "system": system.to_dict()}
     try:
@@ -375,7 +473,10 @@ def _run_system(system: System, ctx: Context, base_job: dict[str, Any], spawn: R
         if prep["status"] != "ok":
             log(f"{system.key}: {prep['status']} while preparing: {prep.get('reason') or prep.get('error')}")
             return {**row, **prep}
-        done[system.key] = {"prepare_s": prep["prepare_s"], "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        done[system.key] = {
+            "prepare_s": prep["prepare_s"],
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         record.write_text(json.dumps(done, indent=1), "utf-8")
         row.update(prepare_s=prep["prepare_s"], prepare_cached=False)
     elif system.key in done:
@@ -389,29 +490,58 @@ def _run_system(system: System, ctx: Context, base_job: dict[str, Any], spawn: R
     if res["status"] != "ok":
         log(f"{system.key}: {res['status']}: {res.get('reason') or res.get('error')}")
         return {**row, **res}
-    row.update(status="ok", load_s=res["load_s"], load_in_process_s=res["load_in_process_s"],
-               peak_rss_mb=res["peak_rss_mb"], rss_after_load_mb=res["rss_after_load_mb"], info=res["info"],
-               loadavg_1m_at_start=loadavg, _workloads=res["workloads"])
+    row.update(
+        status="ok",
+        load_s=res["load_s"],
+        load_in_process_s=res["load_in_process_s"],
+        peak_rss_mb=res["peak_rss_mb"],
+        rss_after_load_mb=res["rss_after_load_mb"],
+        info=res["info"],
+        loadavg_1m_at_start=loadavg,
+        _workloads=res["workloads"],
+    )
     return row
 
 
-def _result_row(system: System, w: str, raw: dict[str, Any], sys_row: dict[str, Any], stats: dict[str, Any],
-                emb: np.ndarray, ref: np.ndarray, peaks: dict[str, Any]) -> dict[str, Any]:
+def _result_row(
+    system: System,
+    w: str,
+    raw: dict[str, Any],
+    sys_row: dict[str, Any],
+    stats: dict[str, Any],
+    emb: np.ndarray,
+    ref: np.ndarray,
+    peaks: dict[str, Any],
+) -> dict[str, Any]:
     med = raw["bulk_median_s"]
     gops = stats["gflop"] / med
     lat = raw["latency_ms"]
     return {
-        "system": system.key, "name": system.name, "variant": system.variant, "engine": system.engine,
-        "precision": system.precision, "ours": system.ours, "workload": w,
-        "sentences_per_s": round(stats["n_texts"] / med, 2), "tokens_per_s": round(stats["tokens_total"] / med, 1),
-        "bulk_median_s": round(med, 4), "bulk_s": raw["bulk_s"], "bulk_warmup_s": raw["bulk_warmup_s"],
+        "system": system.key,
+        "name": system.name,
+        "variant": system.variant,
+        "engine": system.engine,
+        "precision": system.precision,
+        "ours": system.ours,
+        "workload": w,
+        "sentences_per_s": round(stats["n_texts"] / med, 2),
+        "tokens_per_s": round(stats["tokens_total"] / med, 1),
+        "bulk_median_s": round(med, 4),
+        "bulk_s": raw["bulk_s"],
+        "bulk_warmup_s": raw["bulk_warmup_s"],
         "bulk_cpu_per_wall": raw["bulk_cpu_per_wall"],
         "cpu_per_wall_median": round(float(np.median(raw["bulk_cpu_per_wall"])), 2),
-        "latency_ms": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in lat.items()} if lat else None,
-        "load_s": sys_row["load_s"], "peak_rss_mb": sys_row["peak_rss_mb"],
+        "latency_ms": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in lat.items()}
+        if lat
+        else None,
+        "load_s": sys_row["load_s"],
+        "peak_rss_mb": sys_row["peak_rss_mb"],
         "loadavg_1m_at_start": sys_row["loadavg_1m_at_start"],
-        "fidelity": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.fidelity(emb, ref).items()},
-        "gflop_per_s": round(gops, 1), "share": _share(gops, system.precision, peaks),
+        "fidelity": {
+            k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.fidelity(emb, ref).items()
+        },
+        "gflop_per_s": round(gops, 1),
+        "share": _share(gops, system.precision, peaks),
     }
 
 
@@ -436,8 +566,11 @@ def summarize(results: list[dict[str, Any]], workloads: Sequence[str]) -> dict[s
             if lo and lp:
                 fo = min(lo, key=lambda r: r["latency_ms"]["p50"])
                 fp = min(lp, key=lambda r: r["latency_ms"]["p50"])
-                s.update(fastest_ours=fo["system"], fastest_peer=fp["system"],
-                         p50_ratio=round(fp["latency_ms"]["p50"] / fo["latency_ms"]["p50"], 3))
+                s.update(
+                    fastest_ours=fo["system"],
+                    fastest_peer=fp["system"],
+                    p50_ratio=round(fp["latency_ms"]["p50"] / fo["latency_ms"]["p50"], 3),
+                )
             for r in rows:
                 r["vs_best_peer"] = round(r["tokens_per_s"] / bp["tokens_per_s"], 3)
         out[w] = s

@@ -40,8 +40,28 @@ from .serve_client import Connection, cpu_seconds, json_body, rss_bytes
 
 HOST = "127.0.0.1"
 CJK = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可也你说年而能下过子"
-WORDS = ["embedding", "model", "query", "search", "vector", "server", "hong", "kong", "watch", "bank",
-         "card", "weather", "cold", "vitamin", "how", "to", "the", "is", "what", "best"]
+WORDS = [
+    "embedding",
+    "model",
+    "query",
+    "search",
+    "vector",
+    "server",
+    "hong",
+    "kong",
+    "watch",
+    "bank",
+    "card",
+    "weather",
+    "cold",
+    "vitamin",
+    "how",
+    "to",
+    "the",
+    "is",
+    "what",
+    "best",
+]
 
 
 # -- the server under test -----------------------------------------------------------------------------
@@ -54,8 +74,21 @@ class Server:
         with socket.socket() as s:
             s.bind((HOST, 0))
             self.port = int(s.getsockname()[1])
-        cmd = [sys.executable, "-m", "dmeta_embed.cli", "serve", "-m", str(model), "--host", HOST,
-               "--port", str(self.port), "--variant", variant, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dmeta_embed.cli",
+            "serve",
+            "-m",
+            str(model),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--variant",
+            variant,
+            *extra,
+        ]
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -63,7 +96,9 @@ class Server:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+                )
             try:
                 conn = Connection(HOST, self.port)
                 reply = await conn.request("GET", "/ready")
@@ -102,7 +137,9 @@ def percentile(values: list[float], q: float) -> float:
 async def run_level(server: Server, concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
     """Closed loop: ``concurrency`` clients, each sends its next query when the last one returns."""
     rng = random.Random(concurrency)
-    bodies = [json_body({"input": short_query(rng), "model": "m", "encoding_format": "base64"}) for _ in range(1000)]
+    bodies = [
+        json_body({"input": short_query(rng), "model": "m", "encoding_format": "base64"}) for _ in range(1000)
+    ]
     conns = [Connection(HOST, server.port) for _ in range(concurrency)]
     for c in conns:  # connect and warm each connection outside the measurement
         for _ in range(2):
@@ -129,15 +166,23 @@ async def run_level(server: Server, concurrency: int, seconds: float, max_reques
     cpu = cpu_seconds(server.proc.pid) - cpu0
     for c in conns:
         await c.close()
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
-            "seconds": round(elapsed, 3), "throughput_rps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(1000 * percentile(latencies, 50), 2), "p99_ms": round(1000 * percentile(latencies, 99), 2),
-            "server_cpu_ms_per_request": round(1000 * cpu / max(len(latencies), 1), 3)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(1000 * percentile(latencies, 50), 2),
+        "p99_ms": round(1000 * percentile(latencies, 99), 2),
+        "server_cpu_ms_per_request": round(1000 * cpu / max(len(latencies), 1), 3),
+    }
 
 
 async def load(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    modes = {"batching": ["--max-wait-ms", str(args.max_wait_ms)],
-             "one_at_a_time": ["--max-wait-ms", "0", "--batch-size", "1"]}
+    modes = {
+        "batching": ["--max-wait-ms", str(args.max_wait_ms)],
+        "one_at_a_time": ["--max-wait-ms", "0", "--batch-size", "1"],
+    }
     out: dict[str, Any] = {}
     for mode, extra in modes.items():
         server = Server(args.model, args.variant, extra + args.server_args, workdir / f"load-{mode}.log")
@@ -146,11 +191,17 @@ async def load(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             levels = []
             for c in args.concurrency:
                 level = await run_level(server, c, args.seconds, args.max_requests)
-                print(f"  {mode:14} c={c:<3} {level['throughput_rps']:8.1f} req/s  p50 {level['p50_ms']:7.2f} ms  "
-                      f"p99 {level['p99_ms']:7.2f} ms  errors {level['errors']}", flush=True)
+                print(
+                    f"  {mode:14} c={c:<3} {level['throughput_rps']:8.1f} req/s  p50 {level['p50_ms']:7.2f} ms  "
+                    f"p99 {level['p99_ms']:7.2f} ms  errors {level['errors']}",
+                    flush=True,
+                )
                 levels.append(level)
-            out[mode] = {"server_args": extra + args.server_args, "levels": levels,
-                         "exit_status": server.stop()}
+            out[mode] = {
+                "server_args": extra + args.server_args,
+                "levels": levels,
+                "exit_status": server.stop(),
+            }
         finally:
             if server.proc.poll() is None:
                 server.proc.kill()
@@ -197,14 +248,32 @@ def soak_plan(n: int, malformed_share: float, seed: int) -> list[dict[str, Any]]
         texts = [random_text(rng) for _ in range(rng.randint(1, 4))]
         r = rng.random()
         if r < 0.4:
-            plan.append({"kind": "float", "path": "/v1/embeddings", "texts": texts,
-                         "raw": json_body({"input": texts, "model": "m"})})
+            plan.append(
+                {
+                    "kind": "float",
+                    "path": "/v1/embeddings",
+                    "texts": texts,
+                    "raw": json_body({"input": texts, "model": "m"}),
+                }
+            )
         elif r < 0.8:
-            plan.append({"kind": "base64", "path": "/v1/embeddings", "texts": texts,
-                         "raw": json_body({"input": texts, "model": "m", "encoding_format": "base64"})})
+            plan.append(
+                {
+                    "kind": "base64",
+                    "path": "/v1/embeddings",
+                    "texts": texts,
+                    "raw": json_body({"input": texts, "model": "m", "encoding_format": "base64"}),
+                }
+            )
         else:
-            plan.append({"kind": "tei", "path": "/embed", "texts": texts,
-                         "raw": json_body({"inputs": texts, "truncate": True})})
+            plan.append(
+                {
+                    "kind": "tei",
+                    "path": "/embed",
+                    "texts": texts,
+                    "raw": json_body({"inputs": texts, "truncate": True}),
+                }
+            )
     return plan
 
 
@@ -219,8 +288,12 @@ def vectors_of(kind: str, payload: Any) -> np.ndarray:
 
 async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     plan = soak_plan(args.soak_requests, args.malformed, seed=7)
-    server = Server(args.model, args.soak_variant, ["--max-wait-ms", str(args.max_wait_ms)] + args.server_args,
-                    workdir / "soak.log")
+    server = Server(
+        args.model,
+        args.soak_variant,
+        ["--max-wait-ms", str(args.max_wait_ms)] + args.server_args,
+        workdir / "soak.log",
+    )
     try:
         await server.ready()
         replies: list[Any] = [None] * len(plan)
@@ -273,9 +346,18 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return check_soak(args, plan, replies, statuses, transport_errors, rss, elapsed, cpu, alive, exit_status)
 
 
-def check_soak(args: argparse.Namespace, plan: list[dict[str, Any]], replies: list[Any], statuses: list[int],
-               transport_errors: int, rss: list[tuple[int, int]], elapsed: float, cpu: float, alive: bool,
-               exit_status: int) -> dict[str, Any]:
+def check_soak(
+    args: argparse.Namespace,
+    plan: list[dict[str, Any]],
+    replies: list[Any],
+    statuses: list[int],
+    transport_errors: int,
+    rss: list[tuple[int, int]],
+    elapsed: float,
+    cpu: float,
+    alive: bool,
+    exit_status: int,
+) -> dict[str, Any]:
     from dmeta_embed.runtime import Embedder
 
     print("  checking every answer against a direct encode ...", flush=True)
@@ -303,13 +385,24 @@ def check_soak(args: argparse.Namespace, plan: list[dict[str, Any]], replies: li
     final = rss[-1][1]
     status_counts = dict(collections.Counter(str(s) for s in statuses))
     return {
-        "requests": len(plan), "malformed": sum(i["kind"] == "malformed" for i in plan),
-        "inputs": sum(len(i.get("texts", [])) for i in plan), "concurrency": args.soak_concurrency,
-        "variant": args.soak_variant, "seconds": round(elapsed, 1), "throughput_rps": round(len(plan) / elapsed, 1),
-        "server_cpu_s": round(cpu, 1), "statuses": status_counts, "transport_errors": transport_errors,
-        "unexpected_status": unexpected_status, "wrong_or_misrouted": wrong, "min_cos": worst,
-        "min_cos_bar": args.min_cos, "server_alive_at_end": alive, "exit_status_after_sigterm": exit_status,
-        "rss_mb_after_warmup": round(after_warm / 2**20, 1), "rss_mb_end": round(final / 2**20, 1),
+        "requests": len(plan),
+        "malformed": sum(i["kind"] == "malformed" for i in plan),
+        "inputs": sum(len(i.get("texts", [])) for i in plan),
+        "concurrency": args.soak_concurrency,
+        "variant": args.soak_variant,
+        "seconds": round(elapsed, 1),
+        "throughput_rps": round(len(plan) / elapsed, 1),
+        "server_cpu_s": round(cpu, 1),
+        "statuses": status_counts,
+        "transport_errors": transport_errors,
+        "unexpected_status": unexpected_status,
+        "wrong_or_misrouted": wrong,
+        "min_cos": worst,
+        "min_cos_bar": args.min_cos,
+        "server_alive_at_end": alive,
+        "exit_status_after_sigterm": exit_status,
+        "rss_mb_after_warmup": round(after_warm / 2**20, 1),
+        "rss_mb_end": round(final / 2**20, 1),
         "rss_mb_peak": round(max(r for _, r in rss) / 2**20, 1),
         "rss_growth_pct": round(100 * (final - after_warm) / after_warm, 2),
     }
@@ -336,38 +429,56 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
-    lines = [f"# `dmeta-embed serve` load and soak: {result['tag']}", "",
-             f"Model `{result['model']}`, load variant `{result['variant']}`; {env['cpus']} CPUs "
-             f"({env['cpu']}), shared by the closed-loop client and the server (loopback); "
-             f"load average at start {env['loadavg']}. Recorded {result['date']}.", ""]
+    lines = [
+        f"# `dmeta-embed serve` load and soak: {result['tag']}",
+        "",
+        f"Model `{result['model']}`, load variant `{result['variant']}`; {env['cpus']} CPUs "
+        f"({env['cpu']}), shared by the closed-loop client and the server (loopback); "
+        f"load average at start {env['loadavg']}. Recorded {result['date']}.",
+        "",
+    ]
     if "load" in result:
-        lines += ["## Load (short queries, one per request, base64)", "",
-                  "| mode | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Load (short queries, one per request, base64)",
+            "",
+            "| mode | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for mode, data in result["load"].items():
             for lv in data["levels"]:
-                lines.append(f"| {mode} | {lv['concurrency']} | {lv['throughput_rps']} | {lv['p50_ms']} | "
-                             f"{lv['p99_ms']} | {lv['errors']} | {lv['server_cpu_ms_per_request']} |")
+                lines.append(
+                    f"| {mode} | {lv['concurrency']} | {lv['throughput_rps']} | {lv['p50_ms']} | "
+                    f"{lv['p99_ms']} | {lv['errors']} | {lv['server_cpu_ms_per_request']} |"
+                )
         s = result.get("summary", {})
         if s:
-            lines += ["", f"At concurrency 32: batching gives **{s['c32_throughput_gain']}×** the one-at-a-time "
-                      f"throughput; p99 is **{s['c32_p99_over_single_p99']}×** the single-request p99 "
-                      f"(targets: ≥ 3×, < 4×)."]
+            lines += [
+                "",
+                f"At concurrency 32: batching gives **{s['c32_throughput_gain']}×** the one-at-a-time "
+                f"throughput; p99 is **{s['c32_p99_over_single_p99']}×** the single-request p99 "
+                f"(targets: ≥ 3×, < 4×).",
+            ]
     if "soak" in result:
         k = result["soak"]
-        lines += ["", "## Soak", "",
-                  f"{k['requests']} requests ({k['malformed']} malformed, {k['inputs']} inputs) at concurrency "
-                  f"{k['concurrency']}, variant `{k['variant']}`, in {k['seconds']} s ({k['throughput_rps']} req/s).", "",
-                  "| check | result |", "|---|---|",
-                  f"| statuses | {k['statuses']} |",
-                  f"| transport errors (crash, reset) | {k['transport_errors']} |",
-                  f"| unexpected status | {k['unexpected_status']} |",
-                  f"| wrong or misrouted embeddings (cos < {k['min_cos_bar']}) | {k['wrong_or_misrouted']} "
-                  f"(worst cos {k['min_cos']:.7f}) |",
-                  f"| server alive at end; exit status after SIGTERM | {k['server_alive_at_end']}; "
-                  f"{k['exit_status_after_sigterm']} |",
-                  f"| RSS after warm-up → end (peak) | {k['rss_mb_after_warmup']} → {k['rss_mb_end']} MB "
-                  f"({k['rss_growth_pct']:+}%; peak {k['rss_mb_peak']} MB) |"]
+        lines += [
+            "",
+            "## Soak",
+            "",
+            f"{k['requests']} requests ({k['malformed']} malformed, {k['inputs']} inputs) at concurrency "
+            f"{k['concurrency']}, variant `{k['variant']}`, in {k['seconds']} s ({k['throughput_rps']} req/s).",
+            "",
+            "| check | result |",
+            "|---|---|",
+            f"| statuses | {k['statuses']} |",
+            f"| transport errors (crash, reset) | {k['transport_errors']} |",
+            f"| unexpected status | {k['unexpected_status']} |",
+            f"| wrong or misrouted embeddings (cos < {k['min_cos_bar']}) | {k['wrong_or_misrouted']} "
+            f"(worst cos {k['min_cos']:.7f}) |",
+            f"| server alive at end; exit status after SIGTERM | {k['server_alive_at_end']}; "
+            f"{k['exit_status_after_sigterm']} |",
+            f"| RSS after warm-up → end (peak) | {k['rss_mb_after_warmup']} → {k['rss_mb_end']} MB "
+            f"({k['rss_growth_pct']:+}%; peak {k['rss_mb_peak']} MB) |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -387,9 +498,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="export folder (default: out/minilm, else tiny)")
     p.add_argument("--variant", default="auto", help="variant for the load test (default: what serve picks)")
-    p.add_argument("--soak-variant", default="fp32",
-                   help="variant for the soak: fp32, where batch composition cannot change a vector beyond "
-                        "rounding, so a misrouted answer cannot hide in int8's dynamic-quantisation noise")
+    p.add_argument(
+        "--soak-variant",
+        default="fp32",
+        help="variant for the soak: fp32, where batch composition cannot change a vector beyond "
+        "rounding, so a misrouted answer cannot hide in int8's dynamic-quantisation noise",
+    )
     p.add_argument("--concurrency", default="1,8,32,64")
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per load level")
     p.add_argument("--max-requests", type=int, default=20000, help="cap per load level")
@@ -402,8 +516,13 @@ def main() -> None:
     p.add_argument("--skip-load", action="store_true")
     p.add_argument("--skip-soak", action="store_true")
     p.add_argument("--tag", default=None, help="results file name: serve_<tag>.{json,md}")
-    p.add_argument("--server-arg", dest="server_args", action="append", default=[],
-                   help="extra argument for dmeta-embed serve (repeat), e.g. --server-arg=--threads=2")
+    p.add_argument(
+        "--server-arg",
+        dest="server_args",
+        action="append",
+        default=[],
+        help="extra argument for dmeta-embed serve (repeat), e.g. --server-arg=--threads=2",
+    )
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     run = asyncio.run
@@ -420,17 +539,25 @@ def main() -> None:
         from dmeta_embed.runtime.session import available_cpus
 
         result: dict[str, Any] = {
-            "tag": tag, "model": args.model.resolve().name, "variant": args.variant,
+            "tag": tag,
+            "model": args.model.resolve().name,
+            "variant": args.variant,
             "date": time.strftime("%Y-%m-%d %H:%M"),
-            "environment": {"cpus": available_cpus(), "cpu": cpuinfo().get("model name") or platform.processor() or platform.machine(),
-                            "loadavg": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version()},
+            "environment": {
+                "cpus": available_cpus(),
+                "cpu": cpuinfo().get("model name") or platform.processor() or platform.machine(),
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
+                "python": platform.python_version(),
+            },
         }
         if not args.skip_load:
             print("load:", flush=True)
             result["load"] = run(load(args, workdir))
             result["summary"] = summary(result)
         if not args.skip_soak:
-            print(f"soak: {args.soak_requests} requests at concurrency {args.soak_concurrency} ...", flush=True)
+            print(
+                f"soak: {args.soak_requests} requests at concurrency {args.soak_concurrency} ...", flush=True
+            )
             result["soak"] = run(soak(args, workdir))
     out = results_dir(result["model"])
     out.mkdir(parents=True, exist_ok=True)

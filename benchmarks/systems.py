@@ -131,11 +131,20 @@ def our_systems(variants: list[str]) -> list[System]:
     out = []
     for v in variants:
         ov = v == "int8-ov"
-        out.append(System(
-            key=f"dmeta-embed:{v}", name="dmeta-embed", variant=v,
-            engine="OpenVINO CPU" if ov else "ONNX Runtime CPU", precision="int8" if ov else v,
-            adapter="benchmarks.peers:Ours", options={"variant": v}, requires=_RT + ("openvino",) if ov else _RT,
-            ours=True, note="fp16 is built for CUDA; on CPU it is shown for completeness" if v == "fp16" else ""))
+        out.append(
+            System(
+                key=f"dmeta-embed:{v}",
+                name="dmeta-embed",
+                variant=v,
+                engine="OpenVINO CPU" if ov else "ONNX Runtime CPU",
+                precision="int8" if ov else v,
+                adapter="benchmarks.peers:Ours",
+                options={"variant": v},
+                requires=_RT + ("openvino",) if ov else _RT,
+                ours=True,
+                note="fp16 is built for CUDA; on CPU it is shown for completeness" if v == "fp16" else "",
+            )
+        )
     return out
 
 
@@ -144,37 +153,120 @@ def qint8_config() -> str:
     (optimum's presets: arm64, avx2, avx512, avx512_vnni; AMX runs the avx512_vnni one)."""
     from dmeta_embed.runtime.cpu import CpuClass, detect
 
-    return {CpuClass.AMX: "avx512_vnni", CpuClass.AVX512_VNNI: "avx512_vnni", CpuClass.AVX512: "avx512",
-            CpuClass.ARM64: "arm64"}.get(detect().cpu_class, "avx2")
+    return {
+        CpuClass.AMX: "avx512_vnni",
+        CpuClass.AVX512_VNNI: "avx512_vnni",
+        CpuClass.AVX512: "avx512",
+        CpuClass.ARM64: "arm64",
+    }.get(detect().cpu_class, "avx2")
 
 
 def peer_systems() -> list[System]:
     st = ("sentence_transformers",)
     return [
-        System("torch:fp32", "transformers + torch", "fp32", "PyTorch CPU", "fp32", "benchmarks.peers:TorchHF",
-               {"dtype": "fp32"}, _TORCH),
-        System("torch:bf16", "transformers + torch", "bf16 (weights cast once)", "PyTorch CPU (oneDNN)", "bf16",
-               "benchmarks.peers:TorchHF", {"dtype": "bf16"}, _TORCH),
-        System("st:torch", "sentence-transformers", "torch fp32", "PyTorch CPU", "fp32",
-               "benchmarks.peers:SentenceTransformers", {"backend": "torch"}, st + _TORCH),
-        System("st:onnx", "sentence-transformers", "backend=onnx fp32", "ONNX Runtime CPU", "fp32",
-               "benchmarks.peers:SentenceTransformers", {"backend": "onnx"}, st + ("optimum.onnxruntime",)),
-        System("st:onnx-O3", "sentence-transformers", "backend=onnx O3", "ONNX Runtime CPU", "fp32",
-               "benchmarks.peers:SentenceTransformers", {"backend": "onnx", "export": "O3"},
-               st + ("optimum.onnxruntime",), note="O3 approximates GELU"),
-        System("st:onnx-qint8", "sentence-transformers", f"backend=onnx qint8 ({qint8_config()})", "ONNX Runtime CPU",
-               "int8", "benchmarks.peers:SentenceTransformers", {"backend": "onnx", "export": "qint8"},
-               st + ("optimum.onnxruntime",), note="dynamic int8, all MatMuls"),
-        System("st:openvino", "sentence-transformers", "backend=openvino (fp32 IR)", "OpenVINO CPU", "bf16",
-               "benchmarks.peers:SentenceTransformers", {"backend": "openvino"},
-               st + ("optimum.intel", "openvino"),
-               note="OpenVINO runs an fp32 IR in bf16 by default on CPUs with AMX (see info)"),
-        System("st:openvino-qint8", "sentence-transformers", "backend=openvino static int8 (NNCF)", "OpenVINO CPU",
-               "int8", "benchmarks.peers:SentenceTransformers", {"backend": "openvino", "export": "qint8"},
-               st + ("optimum.intel", "openvino", "nncf"), note="calibrated on 300 built-in texts (offline)"),
-        System("optimum:ort", "optimum", "ORTModelForFeatureExtraction fp32", "ONNX Runtime CPU", "fp32",
-               "benchmarks.peers:OptimumORT", {}, ("optimum.onnxruntime", "transformers")),
-        System("fastembed:fp32", "fastembed", "our model.onnx (fp32)", "ONNX Runtime CPU", "fp32",
-               "benchmarks.peers:FastEmbed", {"variant": "fp32"}, ("fastembed",),
-               note="texts pre-sorted by length by the harness"),
+        System(
+            "torch:fp32",
+            "transformers + torch",
+            "fp32",
+            "PyTorch CPU",
+            "fp32",
+            "benchmarks.peers:TorchHF",
+            {"dtype": "fp32"},
+            _TORCH,
+        ),
+        System(
+            "torch:bf16",
+            "transformers + torch",
+            "bf16 (weights cast once)",
+            "PyTorch CPU (oneDNN)",
+            "bf16",
+            "benchmarks.peers:TorchHF",
+            {"dtype": "bf16"},
+            _TORCH,
+        ),
+        System(
+            "st:torch",
+            "sentence-transformers",
+            "torch fp32",
+            "PyTorch CPU",
+            "fp32",
+            "benchmarks.peers:SentenceTransformers",
+            {"backend": "torch"},
+            st + _TORCH,
+        ),
+        System(
+            "st:onnx",
+            "sentence-transformers",
+            "backend=onnx fp32",
+            "ONNX Runtime CPU",
+            "fp32",
+            "benchmarks.peers:SentenceTransformers",
+            {"backend": "onnx"},
+            st + ("optimum.onnxruntime",),
+        ),
+        System(
+            "st:onnx-O3",
+            "sentence-transformers",
+            "backend=onnx O3",
+            "ONNX Runtime CPU",
+            "fp32",
+            "benchmarks.peers:SentenceTransformers",
+            {"backend": "onnx", "export": "O3"},
+            st + ("optimum.onnxruntime",),
+            note="O3 approximates GELU",
+        ),
+        System(
+            "st:onnx-qint8",
+            "sentence-transformers",
+            f"backend=onnx qint8 ({qint8_config()})",
+            "ONNX Runtime CPU",
+            "int8",
+            "benchmarks.peers:SentenceTransformers",
+            {"backend": "onnx", "export": "qint8"},
+            st + ("optimum.onnxruntime",),
+            note="dynamic int8, all MatMuls",
+        ),
+        System(
+            "st:openvino",
+            "sentence-transformers",
+            "backend=openvino (fp32 IR)",
+            "OpenVINO CPU",
+            "bf16",
+            "benchmarks.peers:SentenceTransformers",
+            {"backend": "openvino"},
+            st + ("optimum.intel", "openvino"),
+            note="OpenVINO runs an fp32 IR in bf16 by default on CPUs with AMX (see info)",
+        ),
+        System(
+            "st:openvino-qint8",
+            "sentence-transformers",
+            "backend=openvino static int8 (NNCF)",
+            "OpenVINO CPU",
+            "int8",
+            "benchmarks.peers:SentenceTransformers",
+            {"backend": "openvino", "export": "qint8"},
+            st + ("optimum.intel", "openvino", "nncf"),
+            note="calibrated on 300 built-in texts (offline)",
+        ),
+        System(
+            "optimum:ort",
+            "optimum",
+            "ORTModelForFeatureExtraction fp32",
+            "ONNX Runtime CPU",
+            "fp32",
+            "benchmarks.peers:OptimumORT",
+            {},
+            ("optimum.onnxruntime", "transformers"),
+        ),
+        System(
+            "fastembed:fp32",
+            "fastembed",
+            "our model.onnx (fp32)",
+            "ONNX Runtime CPU",
+            "fp32",
+            "benchmarks.peers:FastEmbed",
+            {"variant": "fp32"},
+            ("fastembed",),
+            note="texts pre-sorted by length by the harness",
+        ),
     ]

@@ -28,8 +28,9 @@ def _reference(job: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"seconds": {}}
     for name, texts in job["workloads"].items():
         t = time.perf_counter()
-        emb = torch_embeddings(Path(ctx["source_dir"]), texts, Pooling(ctx["pooling"]), ctx["normalize"],
-                               ctx["max_length"])
+        emb = torch_embeddings(
+            Path(ctx["source_dir"]), texts, Pooling(ctx["pooling"]), ctx["normalize"], ctx["max_length"]
+        )
         np.save(Path(job["emb_dir"]) / f"reference.{name}.npy", emb)
         out["seconds"][name] = round(time.perf_counter() - t, 2)
     return out
@@ -43,13 +44,24 @@ def _measure(job: dict[str, Any], stem: str, adapter: Any) -> dict[str, Any]:
     first = adapter.encode([job["first_text"]])
     # cold start: process spawn (interpreter, imports) → load → first embedding, wall clock
     cold = time.time() - float(job["spawn_time"])
-    out: dict[str, Any] = {"load_s": round(cold, 3), "load_in_process_s": round(time.perf_counter() - t, 3),
-                           "rss_after_load_mb": rss_mb(), "dim": int(first.shape[-1]), "info": adapter.info,
-                           "workloads": {}}
+    out: dict[str, Any] = {
+        "load_s": round(cold, 3),
+        "load_in_process_s": round(time.perf_counter() - t, 3),
+        "rss_after_load_mb": rss_mb(),
+        "dim": int(first.shape[-1]),
+        "info": adapter.info,
+        "workloads": {},
+    }
     for name, texts in job["workloads"].items():
         out["workloads"][name] = measure_workload(
-            adapter.encode, texts, int(job["context"]["dim"]), job["repeats"], job["latency_calls"],
-            save_to=Path(job["emb_dir"]) / f"{stem}.{name}.npy", latency_offset=job.get("latency_offset", 0))
+            adapter.encode,
+            texts,
+            int(job["context"]["dim"]),
+            job["repeats"],
+            job["latency_calls"],
+            save_to=Path(job["emb_dir"]) / f"{stem}.{name}.npy",
+            latency_offset=job.get("latency_offset", 0),
+        )
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -82,8 +94,11 @@ def main(argv: list[str]) -> int:
     try:
         result = run(job)
     except Exception as e:  # any failure becomes a row, never a crashed benchmark
-        result = {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                  "traceback": traceback.format_exc()[-3000:]}
+        result = {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc()[-3000:],
+        }
     result_file.write_text(json.dumps(result, indent=1, ensure_ascii=False), "utf-8")
     return 0
 

@@ -20,9 +20,20 @@ from .manifest import Manifest, Pooling, Precision
 if TYPE_CHECKING:
     from .runtime import Embedder
 
-__all__ = ["Embedder", "Manifest", "Pooling", "Precision", "DmetaEmbedError", "ExportError",
-           "FidelityError", "InputError", "MissingDependencyError", "ModelLoadError", "ProviderError",
-           "__version__"]
+__all__ = [
+    "Embedder",
+    "Manifest",
+    "Pooling",
+    "Precision",
+    "DmetaEmbedError",
+    "ExportError",
+    "FidelityError",
+    "InputError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "ProviderError",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

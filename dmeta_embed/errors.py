@@ -36,7 +36,8 @@ class MissingDependencyError(DmetaEmbedError, ImportError):
 
     def __init__(self, package: str, extra: str, note: str = "") -> None:
         super().__init__(
-            f"{package} is not installed; run: pip install 'dmeta-embed[{extra}]'" + (f" ({note})" if note else "")
+            f"{package} is not installed; run: pip install 'dmeta-embed[{extra}]'"
+            + (f" ({note})" if note else "")
         )
         self.package = package
         self.extra = extra

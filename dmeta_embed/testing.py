@@ -39,8 +39,13 @@ DMETA_CONFIG: dict[str, Any] = {
 # tell texts apart. Measured pairwise cosine of different texts: tiny 0.43–0.89, dmeta 0.81–0.96.
 SHAPES: dict[str, dict[str, Any]] = {
     "dmeta": {"initializer_range": 0.05},
-    "tiny": {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
-             "intermediate_size": 128, "initializer_range": 0.4},
+    "tiny": {
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "initializer_range": 0.4,
+    },
 }
 
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -50,8 +55,30 @@ def synthetic_vocab(size: int = 21128) -> list[str]:
     """A WordPiece vocab shaped like bert-base-chinese: specials, ASCII, CJK, ``##`` pieces."""
     ascii_ = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
     punct = list("，。！？、；：“”‘’（）《》【】…—·￥％")
-    latin = ["the", "of", "and", "to", "in", "is", "for", "on", "with", "as", "watch", "hong",
-             "kong", "beard", "embedding", "model", "onnx", "bert", "##s", "##ing", "##ed", "##er"]
+    latin = [
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "for",
+        "on",
+        "with",
+        "as",
+        "watch",
+        "hong",
+        "kong",
+        "beard",
+        "embedding",
+        "model",
+        "onnx",
+        "bert",
+        "##s",
+        "##ing",
+        "##ed",
+        "##er",
+    ]
     cjk = [chr(c) for c in range(0x4E00, 0x9FA6)]  # the CJK Unified Ideographs block
     vocab = _SPECIALS + ascii_ + punct + latin + cjk
     pieces = ["##" + chr(c) for c in range(0x4E00, 0x9FA6)]
@@ -82,15 +109,24 @@ def build_model(
     model.save_pretrained(folder, safe_serialization=True)
 
     (folder / "vocab.txt").write_text("\n".join(synthetic_vocab(cfg["vocab_size"])) + "\n", "utf-8")
-    tok_cfg = {"do_lower_case": True, "tokenize_chinese_chars": True, "tokenizer_class": "BertTokenizer",
-               "model_max_length": max_seq_length, "unk_token": "[UNK]", "sep_token": "[SEP]",
-               "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    tok_cfg = {
+        "do_lower_case": True,
+        "tokenize_chinese_chars": True,
+        "tokenizer_class": "BertTokenizer",
+        "model_max_length": max_seq_length,
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), "utf-8")
     if with_tokenizer_json:
         from transformers import BertTokenizerFast
 
         BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).backend_tokenizer.save(
-            str(folder / "tokenizer.json"))
+            str(folder / "tokenizer.json")
+        )
     if sentence_transformers_files:
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -98,12 +134,16 @@ def build_model(
         ]
         (folder / "modules.json").write_text(json.dumps(modules, indent=2), "utf-8")
         (folder / "sentence_bert_config.json").write_text(
-            json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}), "utf-8")
+            json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}), "utf-8"
+        )
         (folder / "1_Pooling").mkdir(exist_ok=True)
-        pool = {"word_embedding_dimension": cfg["hidden_size"],
-                "pooling_mode_cls_token": pooling == Pooling.CLS,
-                "pooling_mode_mean_tokens": pooling == Pooling.MEAN,
-                "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-                "pooling_mode_lasttoken": pooling == Pooling.LAST}
+        pool = {
+            "word_embedding_dimension": cfg["hidden_size"],
+            "pooling_mode_cls_token": pooling == Pooling.CLS,
+            "pooling_mode_mean_tokens": pooling == Pooling.MEAN,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_lasttoken": pooling == Pooling.LAST,
+        }
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool, indent=2), "utf-8")
     return folder

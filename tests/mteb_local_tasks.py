@@ -15,21 +15,35 @@ _META: dict[str, Any] = {
     "description": "A local task for testing the dmeta-embed mteb adapter.",
     "reference": "https://github.com/embeddings-benchmark/mteb",
     "dataset": {"path": "NA", "revision": "NA"},
-    "category": "t2t", "eval_splits": ["test"], "eval_langs": ["eng-Latn"],
-    "date": ("2024-01-01", "2024-01-01"), "dialect": ["Written"], "domains": [], "task_subtypes": [],
-    "license": "cc-by-4.0", "annotations_creators": "derived", "modalities": ["text"],
-    "sample_creation": "found", "bibtex_citation": "",
+    "category": "t2t",
+    "eval_splits": ["test"],
+    "eval_langs": ["eng-Latn"],
+    "date": ("2024-01-01", "2024-01-01"),
+    "dialect": ["Written"],
+    "domains": [],
+    "task_subtypes": [],
+    "license": "cc-by-4.0",
+    "annotations_creators": "derived",
+    "modalities": ["text"],
+    "sample_creation": "found",
+    "bibtex_citation": "",
 }
 
 #: (query, its relevant document); every other document is a distractor
 PAIRS = [
-    ("how do plants make their food", "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar."),
+    (
+        "how do plants make their food",
+        "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar.",
+    ),
     ("what is the capital of France", "Paris is the capital and the largest city of France."),
     ("why is the sky blue", "Sunlight scatters off air molecules, and blue light scatters the most."),
     ("how many legs does a spider have", "Spiders are arachnids with eight legs and two body segments."),
     ("who wrote Romeo and Juliet", "Romeo and Juliet is a tragedy written by William Shakespeare."),
     ("what is the boiling point of water", "At sea level water boils at 100 degrees Celsius."),
-    ("how do vaccines work", "Vaccines train the immune system to recognise a pathogen without causing disease."),
+    (
+        "how do vaccines work",
+        "Vaccines train the immune system to recognise a pathogen without causing disease.",
+    ),
     ("what is the largest planet", "Jupiter is the largest planet in the solar system."),
     ("how to brew green tea", "Steep green tea leaves in water at about 80 degrees for two minutes."),
     ("what causes earthquakes", "Earthquakes happen when tectonic plates suddenly slip along a fault."),
@@ -71,12 +85,18 @@ class LocalRetrieval(AbsTaskRetrieval):
 
     def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
         docs = [d for _, d in PAIRS] + DISTRACTORS
-        self.dataset = {"default": {"test": RetrievalSplitData(
-            queries=Dataset.from_list([{"id": f"q{i}", "text": q} for i, (q, _) in enumerate(PAIRS)]),
-            corpus=Dataset.from_list([{"id": f"d{i}", "text": d, "title": ""} for i, d in enumerate(docs)]),
-            relevant_docs={f"q{i}": {f"d{i}": 1} for i in range(len(PAIRS))},
-            top_ranked=None,
-        )}}
+        self.dataset = {
+            "default": {
+                "test": RetrievalSplitData(
+                    queries=Dataset.from_list([{"id": f"q{i}", "text": q} for i, (q, _) in enumerate(PAIRS)]),
+                    corpus=Dataset.from_list(
+                        [{"id": f"d{i}", "text": d, "title": ""} for i, d in enumerate(docs)]
+                    ),
+                    relevant_docs={f"q{i}": {f"d{i}": 1} for i in range(len(PAIRS))},
+                    top_ranked=None,
+                )
+            }
+        }
         self.data_loaded = True
 
 
@@ -87,6 +107,7 @@ class LocalSTS(AbsTaskSTS):
 
     def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
         s1, s2, score = zip(*STS, strict=True)
-        self.dataset = DatasetDict({"test": Dataset.from_dict(
-            {"sentence1": list(s1), "sentence2": list(s2), "score": list(score)})})
+        self.dataset = DatasetDict(
+            {"test": Dataset.from_dict({"sentence1": list(s1), "sentence2": list(s2), "score": list(score)})}
+        )
         self.data_loaded = True

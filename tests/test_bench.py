@@ -21,6 +21,7 @@ def _unit(deg: list[float]) -> np.ndarray:
 
 # --- metrics on known vectors ----------------------------------------------------------------------
 
+
 def test_cosines_known_values() -> None:
     a = np.array([[1, 0], [1, 0], [1, 0], [3, 4]], dtype=np.float32)
     b = np.array([[2, 0], [0, 5], [-1, 0], [4, 3]], dtype=np.float32)
@@ -70,14 +71,23 @@ def test_peaks_from_flags() -> None:
     assert p["int8_amx"]["gops"] == 8192.0 and p["bf16_amx"]["gops"] == 4096.0
     assert metrics.peak_for("int8", p) == ("int8_amx", 8192.0)
     avx2_only = metrics.peak_gops(["avx2", "fma"], ghz=3.0, cores=4)
-    assert avx2_only == {"fp32": {"gops": 384.0, "ops_per_cycle_per_core": 32, "unit": avx2_only["fp32"]["unit"]}}
+    assert avx2_only == {
+        "fp32": {"gops": 384.0, "ops_per_cycle_per_core": 32, "unit": avx2_only["fp32"]["unit"]}
+    }
     assert metrics.peak_for("int8", avx2_only) == ("fp32", 384.0)
 
 
 # --- a missing peer is a row, not a crash ------------------------------------------------------------
 
-MISSING = System(key="fake:missing", name="not-a-real-peer", variant="fp32", engine="nothing", precision="fp32",
-                 adapter="benchmarks.peers:TorchHF", requires=("no_such_peer_module_xyz",))
+MISSING = System(
+    key="fake:missing",
+    name="not-a-real-peer",
+    variant="fp32",
+    engine="nothing",
+    precision="fp32",
+    adapter="benchmarks.peers:TorchHF",
+    requires=("no_such_peer_module_xyz",),
+)
 
 
 def test_missing_peer_is_skipped_by_the_requires_check() -> None:
@@ -90,21 +100,67 @@ def test_worker_reports_an_import_failure_as_skipped(tmp_path: Path) -> None:
     from benchmarks import worker
     from benchmarks.systems import Context
 
-    ctx = Context(export_dir=tmp_path, source_dir=tmp_path, cache_dir=tmp_path, threads=1, batch_size=4,
-                  max_length=1024, pooling="cls", normalize=True, dim=64)
-    broken = System(key="fake:broken", name="x", variant="fp32", engine="x", precision="fp32",
-                    adapter="no_such_adapter_module_xyz:Adapter")
+    ctx = Context(
+        export_dir=tmp_path,
+        source_dir=tmp_path,
+        cache_dir=tmp_path,
+        threads=1,
+        batch_size=4,
+        max_length=1024,
+        pooling="cls",
+        normalize=True,
+        dim=64,
+    )
+    broken = System(
+        key="fake:broken",
+        name="x",
+        variant="fp32",
+        engine="x",
+        precision="fp32",
+        adapter="no_such_adapter_module_xyz:Adapter",
+    )
     out = worker.run({"mode": "measure", "system": broken.to_dict(), "context": ctx.to_dict()})
     assert out["status"] == "skipped" and "no_such_adapter_module_xyz" in out["reason"]
 
 
 # --- end to end on the tiny model ----------------------------------------------------------------------
 
-RESULT_FIELDS = {"system", "name", "variant", "engine", "precision", "ours", "workload", "sentences_per_s",
-                 "tokens_per_s", "bulk_median_s", "bulk_s", "bulk_warmup_s", "latency_ms", "load_s", "peak_rss_mb",
-                 "fidelity", "gflop_per_s", "share", "vs_best_peer"}
-TOP_FIELDS = {"schema_version", "created", "command", "wall_seconds", "machine", "load", "model", "settings",
-              "workloads", "physical", "systems", "results", "summary"}
+RESULT_FIELDS = {
+    "system",
+    "name",
+    "variant",
+    "engine",
+    "precision",
+    "ours",
+    "workload",
+    "sentences_per_s",
+    "tokens_per_s",
+    "bulk_median_s",
+    "bulk_s",
+    "bulk_warmup_s",
+    "latency_ms",
+    "load_s",
+    "peak_rss_mb",
+    "fidelity",
+    "gflop_per_s",
+    "share",
+    "vs_best_peer",
+}
+TOP_FIELDS = {
+    "schema_version",
+    "created",
+    "command",
+    "wall_seconds",
+    "machine",
+    "load",
+    "model",
+    "settings",
+    "workloads",
+    "physical",
+    "systems",
+    "results",
+    "summary",
+}
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +170,18 @@ def tiny_result(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("bench-out")
     # two alternating passes: one repeat and two latency calls each, pooled by the parent
     settings = Settings(repeats=2, latency_calls=4, sizes={"mixed": 14, "query": 12}, timeout_s=300, passes=2)
-    result = run_benchmark(str(tiny_export), out, variants=["fp32", "int8"], workloads=("mixed", "query"),
-                           patterns=["dmeta-embed:*", "torch:fp32", "fake:*"], extra_systems=[MISSING],
-                           settings=settings, cache_dir=out / "cache", command="pytest", log=lambda m: None)
+    result = run_benchmark(
+        str(tiny_export),
+        out,
+        variants=["fp32", "int8"],
+        workloads=("mixed", "query"),
+        patterns=["dmeta-embed:*", "torch:fp32", "fake:*"],
+        extra_systems=[MISSING],
+        settings=settings,
+        cache_dir=out / "cache",
+        command="pytest",
+        log=lambda m: None,
+    )
     return result, out
 
 
@@ -142,7 +207,9 @@ def test_every_field_is_there(tiny_result: tuple[dict, Path]) -> None:
         s = result["workloads"][w]
         assert s["tokens_total"] >= s["n_texts"] * s["tokens_min"] > 0 and s["gflop"] > 0
     assert result["workloads"]["mixed"]["n_truncated"] >= 0
-    assert 8 <= result["workloads"]["query"]["tokens_min"] and result["workloads"]["query"]["tokens_max"] <= 32
+    assert (
+        8 <= result["workloads"]["query"]["tokens_min"] and result["workloads"]["query"]["tokens_max"] <= 32
+    )
 
     ok = {r["system"] for r in result["results"]}
     assert ok == {"dmeta-embed:fp32", "dmeta-embed:int8", "torch:fp32"}
@@ -164,10 +231,15 @@ def test_every_field_is_there(tiny_result: tuple[dict, Path]) -> None:
     assert fid[("dmeta-embed:fp32", "mixed")]["min_cos"] > 0.9999
     assert fid[("dmeta-embed:int8", "query")]["mean_cos"] > 0.99
 
-    assert all(s["passes"] == 2 and len(s["load_s_passes"]) == 2 for s in result["systems"] if s["status"] == "ok")
+    assert all(
+        s["passes"] == 2 and len(s["load_s_passes"]) == 2 for s in result["systems"] if s["status"] == "ok"
+    )
     skipped = {s["key"]: s for s in result["systems"] if s["status"] != "ok"}
     assert set(skipped) == {"fake:missing"}
-    assert skipped["fake:missing"]["status"] == "skipped" and "no_such_peer_module_xyz" in skipped["fake:missing"]["reason"]
+    assert (
+        skipped["fake:missing"]["status"] == "skipped"
+        and "no_such_peer_module_xyz" in skipped["fake:missing"]["reason"]
+    )
 
     for w in ("mixed", "query"):
         s = result["summary"][w]
@@ -181,9 +253,27 @@ def test_cli_bench(tiny_export: Path, tmp_path: Path) -> None:
 
     from benchmarks.cli import bench
 
-    res = CliRunner().invoke(bench, ["-m", str(tiny_export), "--variants", "int8", "--workload", "query",
-                                     "--texts", "12", "--repeats", "1", "--latency-calls", "2",
-                                     "-o", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")])
+    res = CliRunner().invoke(
+        bench,
+        [
+            "-m",
+            str(tiny_export),
+            "--variants",
+            "int8",
+            "--workload",
+            "query",
+            "--texts",
+            "12",
+            "--repeats",
+            "1",
+            "--latency-calls",
+            "2",
+            "-o",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "r" / "bench.json").read_text("utf-8"))
     assert [r["system"] for r in data["results"]] == ["dmeta-embed:int8"]
@@ -197,13 +287,22 @@ def test_installed_cli_points_to_the_checkout_harness() -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-c", "import sys; from dmeta_embed.cli import main; "
-                        "sys.argv = ['dmeta-embed', 'bench', '-m', 'x', '--peers']; main()"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from dmeta_embed.cli import main; "
+            "sys.argv = ['dmeta-embed', 'bench', '-m', 'x', '--peers']; main()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [
         "Error: the benchmark runs from a source checkout of dmeta-embed: "
-        "python -m benchmarks --help (see docs/performance.md)"]
+        "python -m benchmarks --help (see docs/performance.md)"
+    ]
 
 
 def test_workloads_keep_their_token_ranges(tiny_export: Path) -> None:
@@ -227,14 +326,20 @@ def test_workloads_keep_their_token_ranges(tiny_export: Path) -> None:
 
 # --- the ceiling analysis (benchmarks/ceiling.py) ----------------------------------------------------
 
+
 def test_ceiling_model_shape_counts_every_gemm_weight(tiny_export) -> None:
     from benchmarks.ceiling import model_shape
 
     for variant in ("fp32", "int8"):  # int8: quantized and kept-fp32 weights alike
         s = model_shape(tiny_export / f"model{'' if variant == 'fp32' else '.int8'}.onnx")
         # tiny: 2 layers, hidden 64, 4 heads, FFN 128 → per layer QKV 64×192 + out 64×64 + FFN 2×64×128
-        assert {k: s[k] for k in ("heads", "hidden", "ffn", "layers", "weight_elems")} == \
-            {"heads": 4, "hidden": 64, "ffn": 128, "layers": 2, "weight_elems": 2 * 32768}, variant
+        assert {k: s[k] for k in ("heads", "hidden", "ffn", "layers", "weight_elems")} == {
+            "heads": 4,
+            "hidden": 64,
+            "ffn": 128,
+            "layers": 2,
+            "weight_elems": 2 * 32768,
+        }, variant
         assert s["gelu"] == 2 and s["layernorm"] == 4 and s["kernels"] > 20, variant
 
 
@@ -243,8 +348,12 @@ def test_ceiling_bound_arithmetic() -> None:
 
     shape = {"hidden": 768, "ffn": 3072, "layers": 12, "heads": 12, "weight_elems": 84_934_656}
     rates = {"int8_gemm_tops": 2.0, "attention_gflops": {64: 100.0, 300: 200.0, 1024: 250.0}}
-    prof = {"tokens": 2048 + 1000, "tokens_per_s": 1000, "cls_only_last_layer": False,
-            "_shapes": [(2, 1024), (10, 100)]}
+    prof = {
+        "tokens": 2048 + 1000,
+        "tokens_per_s": 1000,
+        "cls_only_last_layer": False,
+        "_shapes": [(2, 1024), (10, 100)],
+    }
     b = bound(prof, shape, rates)
     gemm = 2.0 * 84_934_656 * (2048 + 1000)
     assert b["t_gemm_s"] == round(gemm / 2e12, 3)
@@ -279,7 +388,9 @@ def test_openvino_ep_candidates_are_built_and_measured_against_torch(tiny_src, t
 
     work = tmp_path / "tiny"
     info = openvino_ep.build(str(tiny_src), work)
-    assert info["calibration_texts"] == len(calibration_texts()) and len(info["probe_texts"]) == len(probe_texts(1024))
+    assert info["calibration_texts"] == len(calibration_texts()) and len(info["probe_texts"]) == len(
+        probe_texts(1024)
+    )
     fp32 = openvino_ep.fidelity_of(work, "fp32.onnx", CPU, {}, 1)
     assert fp32["min_cos"] > 0.99999
     inits = lambda m: {i.name for i in m.graph.initializer}  # noqa: E731
@@ -288,7 +399,9 @@ def test_openvino_ep_candidates_are_built_and_measured_against_torch(tiny_src, t
     q_inputs = [n.input[0] for n in static.graph.node if n.op_type == "QuantizeLinear"]
     assert any(i not in inits(static) for i in q_inputs), "no activation is quantized"
     wonly = onnx.load(str(work / "wonly.onnx"))
-    assert not [n for n in wonly.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits(wonly)]
+    assert not [
+        n for n in wonly.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits(wonly)
+    ]
     dq = [n for n in wonly.graph.node if n.op_type == "DequantizeLinear"]
     assert len(dq) >= 6 * 2  # tiny BERT: 2 layers × 6 weight MatMuls (+ embeddings)
     # int8 weights are still within the int8 bar on CPU (onnxruntime dequantizes them)
@@ -299,10 +412,19 @@ def test_openvino_ep_candidates_are_built_and_measured_against_torch(tiny_src, t
 def test_openvino_ep_table() -> None:
     from benchmarks import openvino_ep
 
-    rows = [{"system": "a", "speed": {"query_tok_s": 10583.4, "mixed_tok_s": 7004, "query16_p50_ms": 3.834,
-                                      "query_first_pass_extra_ms_per_batch": 46.9},
-             "fidelity:minilm": {"min_cos": 0.95352, "mean_cos": 0.99008}},
-            {"system": "b", "fidelity:minilm": {"min_cos": 0.99652, "mean_cos": 0.99884}}]
+    rows = [
+        {
+            "system": "a",
+            "speed": {
+                "query_tok_s": 10583.4,
+                "mixed_tok_s": 7004,
+                "query16_p50_ms": 3.834,
+                "query_first_pass_extra_ms_per_batch": 46.9,
+            },
+            "fidelity:minilm": {"min_cos": 0.95352, "mean_cos": 0.99008},
+        },
+        {"system": "b", "fidelity:minilm": {"min_cos": 0.99652, "mean_cos": 0.99884}},
+    ]
     md = openvino_ep.table(rows, ["minilm"]).splitlines()
     assert md[2] == "| a | 10,583 | 7,004 | 3.83 | 47 | 0.9535 / 0.9901 |"
     assert md[3] == "| b | — | — | — | — | 0.9965 / 0.9988 |"

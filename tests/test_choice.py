@@ -30,18 +30,35 @@ def variant(p: Precision, passed: bool = True, speed: dict | None = None, valida
     bar = BARS[p]
     cos = 1.0 if passed else 0.5
     return Variant(
-        precision=p, file=f"{p.value}.onnx", sha256="0" * 64, size_bytes=1, provider="CPUExecutionProvider",
+        precision=p,
+        file=f"{p.value}.onnx",
+        sha256="0" * 64,
+        size_bytes=1,
+        provider="CPUExecutionProvider",
         fidelity=Fidelity(cos, cos, 0.0, 24, 1024, bar.min_cos, bar.mean_cos),
-        validated_cpu={"cpu_class": validated}, speed=speed or {})
+        validated_cpu={"cpu_class": validated},
+        speed=speed or {},
+    )
 
 
 def manifest(*variants: Variant) -> Manifest:
-    return Manifest(source={}, pooling=Pooling.CLS, normalize=True, max_length=512, dim=8,
-                    tokenizer=TokenizerInfo("tokenizer.json", 0), inputs=("input_ids", "attention_mask"),
-                    output="sentence_embedding", variants={v.precision.value: v for v in variants}, export={})
+    return Manifest(
+        source={},
+        pooling=Pooling.CLS,
+        normalize=True,
+        max_length=512,
+        dim=8,
+        tokenizer=TokenizerInfo("tokenizer.json", 0),
+        inputs=("input_ids", "attention_mask"),
+        output="sentence_embedding",
+        variants={v.precision.value: v for v in variants},
+        export={},
+    )
 
 
-ALL = manifest(variant(Precision.FP32), variant(Precision.FP16), variant(Precision.INT8), variant(Precision.INT8_OV))
+ALL = manifest(
+    variant(Precision.FP32), variant(Precision.FP16), variant(Precision.INT8), variant(Precision.INT8_OV)
+)
 
 
 def cpu(c: CpuClass) -> CpuInfo:
@@ -89,25 +106,34 @@ def test_auto_with_openvino_installed(c: CpuClass) -> None:
 def test_export_measurement_on_this_class_decides(c: CpuClass) -> None:
     """A variant the export measured slower than fp32 on this class is never auto's choice, and
     the measured order beats the built-in one; a measurement on another class changes nothing."""
+
     def speed(cls: CpuClass, rate: float) -> dict:
         return {"cpu_class": cls.value, "tokens_per_s": rate, "vs_fp32": rate / 1000}
 
-    here = manifest(variant(Precision.FP32, speed=speed(c, 1000)), variant(Precision.INT8, speed=speed(c, 900)),
-                    variant(Precision.INT8_OV, speed=speed(c, 800)))
+    here = manifest(
+        variant(Precision.FP32, speed=speed(c, 1000)),
+        variant(Precision.INT8, speed=speed(c, 900)),
+        variant(Precision.INT8_OV, speed=speed(c, 800)),
+    )
     ch = choose(here, cpu=cpu(c), installed=OPENVINO)
     assert ch.variant == Precision.FP32
     assert "int8 was measured slower than fp32" in ch.reason and "int8-ov was measured slower" in ch.reason
 
-    faster_ov = manifest(variant(Precision.FP32, speed=speed(c, 1000)), variant(Precision.INT8, speed=speed(c, 1500)),
-                         variant(Precision.INT8_OV, speed=speed(c, 2000)))
+    faster_ov = manifest(
+        variant(Precision.FP32, speed=speed(c, 1000)),
+        variant(Precision.INT8, speed=speed(c, 1500)),
+        variant(Precision.INT8_OV, speed=speed(c, 2000)),
+    )
     ch = choose(faster_ov, cpu=cpu(c), installed=OPENVINO)
     assert ch.variant == Precision.INT8_OV and "fastest measured at export" in ch.reason
 
     other = CpuClass.AVX2 if c != CpuClass.AVX2 else CpuClass.AMX
-    elsewhere = manifest(variant(Precision.FP32, speed=speed(other, 1000)),
-                         variant(Precision.INT8, speed=speed(other, 500)))
+    elsewhere = manifest(
+        variant(Precision.FP32, speed=speed(other, 1000)), variant(Precision.INT8, speed=speed(other, 500))
+    )
     assert choose(elsewhere, cpu=cpu(c), installed=NOTHING).variant == (
-        Precision.FP32 if c == CpuClass.UNKNOWN else Precision.INT8)
+        Precision.FP32 if c == CpuClass.UNKNOWN else Precision.INT8
+    )
 
 
 def test_missed_bar_is_skipped_and_said() -> None:
@@ -147,8 +173,12 @@ def test_cuda_auto_and_errors() -> None:
     with pytest.raises(ProviderError, match="no CPU variant"):
         choose(no_cpu, cpu=cpu(CpuClass.AMX), installed=NOTHING)
     with pytest.raises(ProviderError, match="is not in this folder"):
-        choose(dataclasses.replace(ALL, variants={"fp32": ALL.variants["fp32"]}), "int8-ov",
-               cpu=cpu(CpuClass.AMX), installed=OPENVINO)
+        choose(
+            dataclasses.replace(ALL, variants={"fp32": ALL.variants["fp32"]}),
+            "int8-ov",
+            cpu=cpu(CpuClass.AMX),
+            installed=OPENVINO,
+        )
 
 
 @pytest.mark.parametrize("c", CLASSES)
@@ -158,12 +188,16 @@ def test_int8_ov_float_parts_in_bf16_only_where_native(c: CpuClass, native_bf16:
     (elsewhere f32, what the search ran in); an f32 export stays f32 everywhere."""
     flags = frozenset({"avx512_bf16"}) if native_bf16 else frozenset()
     here = CpuInfo(c, arch="x86_64", flags=flags)
-    bf16 = dataclasses.replace(variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"})
+    bf16 = dataclasses.replace(
+        variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"}
+    )
     ch = choose(manifest(variant(Precision.FP32), bf16), "int8-ov", cpu=here, installed=OPENVINO)
     assert ch.provider == Provider.OPENVINO
     assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "bf16" if native_bf16 else "f32"}
     assert ("bf16 (native on this CPU)" if native_bf16 else "no native bf16") in ch.reason
-    f32 = dataclasses.replace(variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "f32"})
+    f32 = dataclasses.replace(
+        variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "f32"}
+    )
     ch = choose(manifest(variant(Precision.FP32), f32), "int8-ov", cpu=here, installed=OPENVINO)
     assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "f32"}
     assert choose(ALL, "int8", cpu=here, installed=OPENVINO).engine_properties == {}  # onnxruntime's: none

@@ -36,8 +36,22 @@ def test_encode_file_to_npy(runner, tiny_export, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(DOCS) + "\n", encoding="utf-8")
     out = tmp_path / "e.npy"
-    r = runner.invoke(cli, ["encode", "-m", str(tiny_export), "-i", str(src), "--format", "npy", "-o", str(out),
-                            "--variant", "fp32"])
+    r = runner.invoke(
+        cli,
+        [
+            "encode",
+            "-m",
+            str(tiny_export),
+            "-i",
+            str(src),
+            "--format",
+            "npy",
+            "-o",
+            str(out),
+            "--variant",
+            "fp32",
+        ],
+    )
     assert r.exit_code == 0, r.output
     arr = np.load(out)
     assert arr.shape == (4, 64)
@@ -57,8 +71,13 @@ def test_encode_jsonl_input_and_env_model(runner, tiny_export, tmp_path):
 
 
 def test_encode_stdin_subprocess(tiny_export):
-    r = subprocess.run([sys.executable, "-m", "dmeta_embed.cli", "encode", "-m", str(tiny_export), "-i", "-"],
-                       input="\n".join(QUERIES), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "dmeta_embed.cli", "encode", "-m", str(tiny_export), "-i", "-"],
+        input="\n".join(QUERIES),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 2
 
@@ -92,16 +111,28 @@ def test_similarity_reproduces_model_card_format(runner, tiny_export):
 def test_inspect(runner, tiny_export):
     r = runner.invoke(cli, ["inspect", str(tiny_export)])
     assert r.exit_code == 0, r.output
-    for needle in ("pooling   cls", "dim 64", "model.int8.onnx", "Attention 2", "yes", "this cpu  ", "auto      ",
-                   "passes    cls_only_last_layer, unfuse_skip_layernorm"):
+    for needle in (
+        "pooling   cls",
+        "dim 64",
+        "model.int8.onnx",
+        "Attention 2",
+        "yes",
+        "this cpu  ",
+        "auto      ",
+        "passes    cls_only_last_layer, unfuse_skip_layernorm",
+    ):
         assert needle in r.output
     r = runner.invoke(cli, ["inspect", "--json", str(tiny_export)])
     assert json.loads(r.output)["dim"] == 64
 
 
 def test_domain_errors_are_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dmeta_embed.cli", "inspect", str(tmp_path)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "dmeta_embed.cli", "inspect", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1
     assert r.stderr.strip().startswith("Error:") and "manifest.json" in r.stderr
     assert "Traceback" not in r.stderr
@@ -111,6 +142,8 @@ def test_export_command(runner, tiny_src, tmp_path):
     out = tmp_path / "exp"
     r = runner.invoke(cli, ["export", str(tiny_src), "-o", str(out), "--variants", "fp32"])
     assert r.exit_code == 0, r.output
-    assert "model.onnx" in r.output and (out / "model.onnx").exists() and not (out / "model.int8.onnx").exists()
+    assert (
+        "model.onnx" in r.output and (out / "model.onnx").exists() and not (out / "model.int8.onnx").exists()
+    )
     r = runner.invoke(cli, ["export", str(tiny_src), "-o", str(out), "--variants", "fp64"])
     assert r.exit_code == 2 and "fp64" in r.output

@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-pa = pytest.importorskip("pyarrow", reason="the corpus extra is not installed: pip install 'dmeta-embed[corpus]'")
+pa = pytest.importorskip(
+    "pyarrow", reason="the corpus extra is not installed: pip install 'dmeta-embed[corpus]'"
+)
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'")
 pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'")
 import pyarrow.parquet as pq  # noqa: E402
@@ -54,7 +56,13 @@ def local_ray():
 @pytest.fixture(scope="module")
 def corpus_in(tmp_path_factory):
     rng = np.random.default_rng(1)
-    words = ["胡子长得太快怎么办？", "在香港哪里买手表好", "The quick brown fox.", "深度学习", "iPhone 15 Pro 7999 元"]
+    words = [
+        "胡子长得太快怎么办？",
+        "在香港哪里买手表好",
+        "The quick brown fox.",
+        "深度学习",
+        "iPhone 15 Pro 7999 元",
+    ]
     texts = ["".join(rng.choice(words, size=k)) for k in rng.integers(1, 12, size=N)]
     ids = [f"doc-{i:04d}" for i in rng.permutation(N)]
     path = tmp_path_factory.mktemp("ray-in") / "c.parquet"

@@ -12,14 +12,30 @@ from dmeta_embed.export.reference import cosines, torch_embeddings
 from dmeta_embed.manifest import BARS, OUTPUT_NAME, Manifest, Pooling, Precision, sha256_file
 from dmeta_embed.texts import probe_texts
 
-ZH = ["胡子长得太快怎么办？", "在香港哪里买手表好", "今天北京的天气怎么样？", "深度学习模型需要大量的数据和算力进行训练。"]
+ZH = [
+    "胡子长得太快怎么办？",
+    "在香港哪里买手表好",
+    "今天北京的天气怎么样？",
+    "深度学习模型需要大量的数据和算力进行训练。",
+]
 
 
 def test_manifest_contents(tiny_export, tiny_src):
     m = Manifest.load(tiny_export)
     raw = json.loads((tiny_export / "manifest.json").read_text())
-    for key in ("format_version", "source", "pooling", "normalize", "max_length", "dim", "tokenizer",
-                "inputs", "output", "variants", "export"):
+    for key in (
+        "format_version",
+        "source",
+        "pooling",
+        "normalize",
+        "max_length",
+        "dim",
+        "tokenizer",
+        "inputs",
+        "output",
+        "variants",
+        "export",
+    ):
         assert key in raw
     assert m.source["model"] == str(tiny_src.resolve())
     assert m.source["model_type"] == "bert"
@@ -49,10 +65,16 @@ def test_files_and_checksums(tiny_export):
 def test_fusion_recorded_and_present(tiny_export):
     m = Manifest.load(tiny_export)
     # tiny shape: 2 layers -> 1 EmbedLayerNorm, 2 Attention, 4 SkipLayerNorm, 2 BiasGelu
-    assert m.export["fusion"] == {"EmbedLayerNormalization": 1, "Attention": 2,
-                                  "SkipLayerNormalization": 4, "BiasGelu": 2}
+    assert m.export["fusion"] == {
+        "EmbedLayerNormalization": 1,
+        "Attention": 2,
+        "SkipLayerNormalization": 4,
+        "BiasGelu": 2,
+    }
     ops = m.variants["fp16"].ops  # the CUDA variant keeps every fused op
-    assert ops["Attention"] == 2 and ops["SkipLayerNormalization"] == 4 and ops["EmbedLayerNormalization"] == 1
+    assert (
+        ops["Attention"] == 2 and ops["SkipLayerNormalization"] == 4 and ops["EmbedLayerNormalization"] == 1
+    )
     assert "LayerNormalization" not in ops and "Softmax" not in ops  # nothing left unfused
 
 
@@ -81,8 +103,12 @@ def test_runtime_keeps_skip_layernorm_unfused(tiny_export, tmp_path, variant):
     def optimized_ops(disabled):
         so = session_options(1)
         so.optimized_model_filepath = str(tmp_path / f"{variant}-{bool(disabled)}.onnx")
-        ort.InferenceSession(str(tiny_export / Manifest.load(tiny_export).variants[variant].file), so,
-                             providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        ort.InferenceSession(
+            str(tiny_export / Manifest.load(tiny_export).variants[variant].file),
+            so,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=disabled,
+        )
         return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
 
     for disabled in (CPU_DISABLED_OPTIMIZERS, None):  # the runtime's sessions, and plain ones
@@ -110,7 +136,9 @@ def test_int8_is_quantized_with_embeddings_fp32(tiny_export):
     # exactly the nodes the manifest says were kept are still fp32; all others are quantized
     assert ops.count("Attention") + ops.count("MatMul") == len(kept)
     assert {n.name for n in model.graph.node if n.op_type in ("Attention", "MatMul")} == set(kept)
-    assert ops.count("QAttention") + ops.count("MatMulInteger") >= 1  # how many depends on the export CPU's class
+    assert (
+        ops.count("QAttention") + ops.count("MatMulInteger") >= 1
+    )  # how many depends on the export CPU's class
     assert m.variants["int8"].int8_tensors == 2 * (ops.count("QAttention") + ops.count("MatMulInteger"))
     assert "DynamicQuantizeLinear" in ops
     # the embedding tables stay fp32
@@ -125,8 +153,11 @@ def test_fp16_weights_with_fp32_io(tiny_export):
     big = [i for i in model.graph.initializer if np_size(i) > 1000]
     assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
     io = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.input) + list(model.graph.output)}
-    assert io == {"input_ids": onnx.TensorProto.INT64, "attention_mask": onnx.TensorProto.INT64,
-                  OUTPUT_NAME: onnx.TensorProto.FLOAT}
+    assert io == {
+        "input_ids": onnx.TensorProto.INT64,
+        "attention_mask": onnx.TensorProto.INT64,
+        OUTPUT_NAME: onnx.TensorProto.FLOAT,
+    }
 
 
 def np_size(t: onnx.TensorProto) -> int:
@@ -184,8 +215,12 @@ def test_int8_search_keeps_sensitive_nodes_when_bar_is_strict(tiny_src, tiny_exp
     from dmeta_embed.export import export_model
     from dmeta_embed.manifest import Bar
 
-    m = export_model(str(tiny_src), tmp_path / "strict", variants=["int8"],
-                     bars={Precision.INT8: Bar(min_cos=0.9995, mean_cos=0.9998)})
+    m = export_model(
+        str(tiny_src),
+        tmp_path / "strict",
+        variants=["int8"],
+        bars={Precision.INT8: Bar(min_cos=0.9995, mean_cos=0.9998)},
+    )
     v = m.variants["int8"]
     assert v.fidelity.passed and v.fidelity.min_cos >= 0.9995
     assert 0 < len(v.kept_float) < 8  # some, not all, of the 8 quantizable nodes

@@ -51,6 +51,7 @@ def test_no_weights(tmp_path, tiny_src):
 
 # --- bad source folders: each answered in one line naming the file that is wrong ----------------------
 
+
 def _broken_copy(tiny_src, tmp_path, breaker):
     """A copy of the tiny model with one thing broken (the session fixture itself stays intact)."""
     src = tmp_path / "src"
@@ -152,8 +153,12 @@ def test_interrupted_export_leaves_nothing(tiny_src, tmp_path, monkeypatch):
 
 def test_missed_bar_is_an_error_not_a_file(tiny_src, tmp_path):
     with pytest.raises(FidelityError, match="fp32 variant missed its fidelity bar"):
-        export_model(str(tiny_src), tmp_path / "out", variants=["fp32"],
-                     bars={Precision.FP32: Bar(min_cos=1.0000001, mean_cos=1.0000001)})
+        export_model(
+            str(tiny_src),
+            tmp_path / "out",
+            variants=["fp32"],
+            bars={Precision.FP32: Bar(min_cos=1.0000001, mean_cos=1.0000001)},
+        )
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
@@ -161,6 +166,7 @@ def test_int8_below_bar_refused_unless_allowed(tiny_src, tmp_path, monkeypatch):
     from dmeta_embed.export import variants
 
     impossible = {Precision.INT8: Bar(min_cos=1.0000001, mean_cos=1.0000001)}
+
     # keep the search cheap: pretend no node can be kept in fp32 (search returns plain int8)
     def plain(backbone, evaluate, reference, bar):
         return variants.Int8Result(variants.quantize_int8(backbone, [], tmp_path), {}, 1)
@@ -168,16 +174,33 @@ def test_int8_below_bar_refused_unless_allowed(tiny_src, tmp_path, monkeypatch):
     monkeypatch.setattr(variants, "search_int8", plain)
     with pytest.raises(FidelityError, match="--allow-low-fidelity"):
         export_model(str(tiny_src), tmp_path / "out", variants=["int8"], bars=impossible)
-    m = export_model(str(tiny_src), tmp_path / "out", variants=["int8"], bars=impossible,
-                     allow_low_fidelity=True)
+    m = export_model(
+        str(tiny_src), tmp_path / "out", variants=["int8"], bars=impossible, allow_low_fidelity=True
+    )
     assert not m.variants["int8"].fidelity.passed
 
 
 def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
-    env = os.environ | {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0",
-                        "HF_HOME": str(tmp_path / "hf")}
-    r = subprocess.run([sys.executable, "-m", "dmeta_embed.cli", "export", "DMetaSoul/Dmeta-embedding",
-                        "-o", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+    env = os.environ | {
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dmeta_embed.cli",
+            "export",
+            "DMetaSoul/Dmeta-embedding",
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 1
     err = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
     assert len(err) == 1 and "cannot download 'DMetaSoul/Dmeta-embedding'" in err[0]

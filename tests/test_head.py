@@ -17,10 +17,14 @@ DIM = 8
 def _identity_backbone() -> onnx.ModelProto:
     """A 'model' whose last_hidden_state is a graph input, so the head sees chosen values."""
     g = helper.make_graph(
-        [helper.make_node("Identity", ["hidden_in"], [HIDDEN])], "g",
-        [helper.make_tensor_value_info("hidden_in", TensorProto.FLOAT, ["b", "s", DIM]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
-        [helper.make_tensor_value_info(HIDDEN, TensorProto.FLOAT, ["b", "s", DIM])])
+        [helper.make_node("Identity", ["hidden_in"], [HIDDEN])],
+        "g",
+        [
+            helper.make_tensor_value_info("hidden_in", TensorProto.FLOAT, ["b", "s", DIM]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"]),
+        ],
+        [helper.make_tensor_value_info(HIDDEN, TensorProto.FLOAT, ["b", "s", DIM])],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 

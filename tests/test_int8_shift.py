@@ -24,19 +24,27 @@ from dmeta_embed.runtime.int8 import shift_int8_weights
 
 QEMU = shutil.which("qemu-x86_64")
 # the emulated interpreter is this one: an x86_64 Linux binary
-needs_qemu = pytest.mark.skipif(QEMU is None or not sys.platform.startswith("linux")
-                                or platform.machine().lower() not in ("x86_64", "amd64"),
-                                reason="qemu-x86_64 not installed (apt-get install qemu-user) or not x86_64 Linux")
+needs_qemu = pytest.mark.skipif(
+    QEMU is None
+    or not sys.platform.startswith("linux")
+    or platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="qemu-x86_64 not installed (apt-get install qemu-user) or not x86_64 Linux",
+)
 K, N = 768, 32
 
 
 def matmul_integer(path: Path, b: np.ndarray, zp: np.ndarray) -> None:
     g = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B", "azp", "bzp"], ["Y"])], "g",
+        [helper.make_node("MatMulInteger", ["A", "B", "azp", "bzp"], ["Y"])],
+        "g",
         [helper.make_tensor_value_info("A", TensorProto.UINT8, [None, K])],
         [helper.make_tensor_value_info("Y", TensorProto.INT32, [None, N])],
-        [numpy_helper.from_array(b, "B"), numpy_helper.from_array(np.array(0, np.uint8), "azp"),
-         numpy_helper.from_array(zp, "bzp")])
+        [
+            numpy_helper.from_array(b, "B"),
+            numpy_helper.from_array(np.array(0, np.uint8), "azp"),
+            numpy_helper.from_array(zp, "bzp"),
+        ],
+    )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
@@ -71,8 +79,9 @@ def test_shift_flips_every_int8_tensor_and_nothing_else(tiny_export: Path) -> No
         src = old[i.name]
         if src.data_type == TensorProto.INT8:
             assert i.data_type == TensorProto.UINT8
-            np.testing.assert_array_equal(numpy_helper.to_array(i).astype(np.int16),
-                                          numpy_helper.to_array(src).astype(np.int16) + 128)
+            np.testing.assert_array_equal(
+                numpy_helper.to_array(i).astype(np.int16), numpy_helper.to_array(src).astype(np.int16) + 128
+            )
         else:
             assert i == src
     assert [n.op_type for n in after.graph.node] == [n.op_type for n in before.graph.node]
@@ -81,10 +90,13 @@ def test_shift_flips_every_int8_tensor_and_nothing_else(tiny_export: Path) -> No
 
 def test_check_refuses_an_int8_weight_without_zero_point(tmp_path: Path) -> None:
     b = np.ones((K, N), np.int8)
-    g = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "g",
-                          [helper.make_tensor_value_info("A", TensorProto.UINT8, [None, K])],
-                          [helper.make_tensor_value_info("Y", TensorProto.INT32, [None, N])],
-                          [numpy_helper.from_array(b, "B")])
+    g = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
+        "g",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [None, K])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [None, N])],
+        [numpy_helper.from_array(b, "B")],
+    )
     with pytest.raises(ValueError, match="no int8 weight zero point"):
         check_int8_tensors(helper.make_model(g))
 
@@ -124,22 +136,29 @@ def test_shifted_int8_model_gives_the_same_vectors_on_avx2_as_here(tiny_export: 
     emb = Embedder.load(tiny_export, variant="fp32")
     from dmeta_embed.runtime.batching import pad
 
-    tok = emb.tokenizer.encode(["胡子长得太快怎么办？", "在香港哪里买手表好", "好 " * 200, "The quick brown fox."])
+    tok = emb.tokenizer.encode(
+        ["胡子长得太快怎么办？", "在香港哪里买手表好", "好 " * 200, "The quick brown fox."]
+    )
     ids, mask = pad(tok.ids, np.arange(len(tok.ids)), 0)
     np.save(tmp_path / "mask.npy", mask)
-    two_inputs = RUN.replace('{s.get_inputs()[0].name: a}',
-                             '{"input_ids": a, "attention_mask": np.load(sys.argv[1].replace("a.npy", "mask.npy"))}')
+    two_inputs = RUN.replace(
+        "{s.get_inputs()[0].name: a}",
+        '{"input_ids": a, "attention_mask": np.load(sys.argv[1].replace("a.npy", "mask.npy"))}',
+    )
     (tmp_path / "run2.py").write_text(two_inputs)
     np.save(tmp_path / "a.npy", ids)
 
     def go(models: list[Path], emulate: str | None) -> list[np.ndarray]:
         cmd = [sys.executable, str(tmp_path / "run2.py"), str(tmp_path / "a.npy"), *map(str, models)]
-        subprocess.run(([QEMU, "-cpu", emulate] if emulate else []) + cmd, check=True, capture_output=True,
-                       timeout=600)
+        subprocess.run(
+            ([QEMU, "-cpu", emulate] if emulate else []) + cmd, check=True, capture_output=True, timeout=600
+        )
         return [np.load(f"{p}.out.npy") for p in models]
 
     here_u8 = go([u8], None)[0]
     avx2_s8, avx2_u8 = go([s8, u8], "Haswell")
-    np.testing.assert_allclose(avx2_u8, here_u8, atol=2e-5)  # same integers; float parts may round differently
+    np.testing.assert_allclose(
+        avx2_u8, here_u8, atol=2e-5
+    )  # same integers; float parts may round differently
     cos = (avx2_s8 * here_u8).sum(1)
     assert cos.min() < 0.999  # the unshifted file computes a different function on AVX2

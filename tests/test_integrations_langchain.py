@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("langchain_core", reason="needs the langchain extra: pip install 'dmeta-embed[langchain]'")
+pytest.importorskip(
+    "langchain_core", reason="needs the langchain extra: pip install 'dmeta-embed[langchain]'"
+)
 lt_unit = pytest.importorskip("langchain_tests.unit_tests", reason="needs langchain-tests (dev extra)")
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests  # noqa: E402
 
@@ -103,8 +105,13 @@ def test_openai_embeddings_against_the_server(tiny_export: Path) -> None:
     with running(create_app(embedder)) as base:
         # check_embedding_ctx_length=False: otherwise it tokenises with tiktoken (OpenAI's tokenizer,
         # fetched from the network) and sends token ids, which the server refuses
-        oa = lc_openai.OpenAIEmbeddings(model="dmeta", base_url=base + "/v1", api_key="unused",
-                                        check_embedding_ctx_length=False, max_retries=0)
+        oa = lc_openai.OpenAIEmbeddings(
+            model="dmeta",
+            base_url=base + "/v1",
+            api_key="unused",
+            check_embedding_ctx_length=False,
+            max_retries=0,
+        )
         got = np.asarray(oa.embed_documents(TEXTS[:4]), np.float32)
         q = np.asarray(oa.embed_query(TEXTS[0]), np.float32)
     ref = embedder.encode(TEXTS[:4])

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_index.core", reason="needs the llama-index extra: pip install 'dmeta-embed[llama-index]'")
+pytest.importorskip(
+    "llama_index.core", reason="needs the llama-index extra: pip install 'dmeta-embed[llama-index]'"
+)
 
 from dmeta_embed import Embedder  # noqa: E402
 from dmeta_embed.integrations.llama_index import DEFAULT_EMBED_BATCH_SIZE, DmetaEmbedding  # noqa: E402
@@ -54,11 +56,15 @@ def test_query_and_single_text_equal_embedder(tiny_export: Path) -> None:
     model = DmetaEmbedding(model_path=tiny_export, variant="fp32", batch_size=4)
     ref = Embedder.load(tiny_export, variant="fp32")
     assert model.model_path == str(tiny_export) and model.class_name() == "DmetaEmbedding"
-    np.testing.assert_array_equal(np.asarray(model.get_query_embedding(TEXTS[0]), np.float32),
-                                  ref.encode_query(TEXTS[0]))
-    np.testing.assert_array_equal(np.asarray(model.get_text_embedding(TEXTS[5]), np.float32), ref.encode(TEXTS[5]))
-    np.testing.assert_array_equal(np.asarray(asyncio.run(model.aget_query_embedding(TEXTS[1])), np.float32),
-                                  ref.encode(TEXTS[1]))
+    np.testing.assert_array_equal(
+        np.asarray(model.get_query_embedding(TEXTS[0]), np.float32), ref.encode_query(TEXTS[0])
+    )
+    np.testing.assert_array_equal(
+        np.asarray(model.get_text_embedding(TEXTS[5]), np.float32), ref.encode(TEXTS[5])
+    )
+    np.testing.assert_array_equal(
+        np.asarray(asyncio.run(model.aget_query_embedding(TEXTS[1])), np.float32), ref.encode(TEXTS[1])
+    )
     assert model.embedder.batch_size == 4  # Embedder.load options pass through
     with pytest.raises(TypeError, match="exactly one"):
         DmetaEmbedding()
@@ -68,7 +74,10 @@ def test_vector_store_index_retrieves_with_it(tiny_export: Path) -> None:
     from llama_index.core import Document, VectorStoreIndex
 
     model = DmetaEmbedding(model_path=tiny_export, variant="fp32")
-    docs = [Document(text=t, id_=str(i)) for i, t in enumerate(["苹果是一种水果", "北京是中国的首都", "猫喜欢睡觉"])]
+    docs = [
+        Document(text=t, id_=str(i))
+        for i, t in enumerate(["苹果是一种水果", "北京是中国的首都", "猫喜欢睡觉"])
+    ]
     index = VectorStoreIndex.from_documents(docs, embed_model=model)
     hits = index.as_retriever(similarity_top_k=1).retrieve("北京是中国的首都")
     assert hits[0].node.get_content() == "北京是中国的首都" and hits[0].score == pytest.approx(1.0, abs=1e-4)

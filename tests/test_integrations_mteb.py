@@ -51,9 +51,12 @@ def test_encode_follows_mteb_prompt_types(tiny_export: Path) -> None:
     texts = [q for q, _ in PAIRS[:5]]
     loader = [{"text": texts[:3]}, {"text": texts[3:]}]  # what mteb's DataLoader yields: batches
     meta = LocalRetrieval().metadata
-    q = enc.encode(loader, task_metadata=meta, hf_split="test", hf_subset="default", prompt_type=PromptType.query)
-    d = enc.encode(loader, task_metadata=meta, hf_split="test", hf_subset="default",
-                   prompt_type=PromptType.document)
+    q = enc.encode(
+        loader, task_metadata=meta, hf_split="test", hf_subset="default", prompt_type=PromptType.query
+    )
+    d = enc.encode(
+        loader, task_metadata=meta, hf_split="test", hf_subset="default", prompt_type=PromptType.document
+    )
     np.testing.assert_array_equal(q, enc.model.encode(["Q: " + t for t in texts]))
     np.testing.assert_array_equal(d, enc.model.encode(["D: " + t for t in texts]))
     assert mteb.__version__.startswith("2.")

@@ -14,10 +14,12 @@ from dmeta_embed.manifest import Manifest
 
 PROMPTS = {"query": "query: ", "document": "passage: ", "cls": "Classify the topic: "}
 QUERIES = ["how do plants make food", "最好的火锅在哪里", "capital of France"]
-DOCS = ["Photosynthesis turns light, water and CO2 into sugar.",
-        "重庆的火锅很有名，麻辣鲜香。",
-        "Paris is the capital and largest city of France.",
-        "A short one."]
+DOCS = [
+    "Photosynthesis turns light, water and CO2 into sugar.",
+    "重庆的火锅很有名，麻辣鲜香。",
+    "Paris is the capital and largest city of France.",
+    "A short one.",
+]
 
 
 def _with_prompts(src: Path, dest: Path, **extra: object) -> Path:
@@ -44,7 +46,12 @@ def test_old_manifest_loads_with_defaults(tiny_export: Path) -> None:
     for k in ("prompts", "default_prompt_name", "similarity_fn_name", "truncate_dims"):
         d.pop(k, None)
     m = Manifest.from_dict(d)
-    assert (m.prompts, m.default_prompt_name, m.similarity_fn_name, m.truncate_dims) == ({}, None, "cosine", ())
+    assert (m.prompts, m.default_prompt_name, m.similarity_fn_name, m.truncate_dims) == (
+        {},
+        None,
+        "cosine",
+        (),
+    )
     again = Manifest.from_dict(m.to_dict() | {"prompts": {"q": "Q: "}, "truncate_dims": [64, 32]})
     assert again.prompts == {"q": "Q: "} and again.truncate_dims == (64, 32)
 
@@ -72,12 +79,18 @@ def test_similarity_matches_sentence_transformers_util() -> None:
     a, b = rng.normal(size=(3, 16)).astype(np.float32), rng.normal(size=(5, 16)).astype(np.float32)
     e = Embedder.__new__(Embedder)  # the similarity functions need no model
     e.manifest = type("M", (), {"similarity_fn_name": "cosine"})()  # type: ignore[assignment]
-    for name, fn in [("cosine", util.cos_sim), ("dot", util.dot_score),
-                     ("euclidean", util.euclidean_sim), ("manhattan", util.manhattan_sim)]:
+    for name, fn in [
+        ("cosine", util.cos_sim),
+        ("dot", util.dot_score),
+        ("euclidean", util.euclidean_sim),
+        ("manhattan", util.manhattan_sim),
+    ]:
         e.similarity_fn_name = name
         got = e.similarity(a, b)
         assert got.dtype == np.float32 and got.shape == (3, 5)
-        np.testing.assert_allclose(got, fn(torch.from_numpy(a), torch.from_numpy(b)).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            got, fn(torch.from_numpy(a), torch.from_numpy(b)).numpy(), rtol=1e-5, atol=1e-5
+        )
         assert e.similarity(a[0], b).shape == (1, 5)
         np.testing.assert_allclose(e.similarity_pairwise(a, b[:3]), np.diag(got[:, :3]), rtol=1e-5, atol=1e-5)
     with pytest.raises(InputError):
@@ -102,11 +115,14 @@ def test_prompts_recorded_and_resolved_like_sentence_transformers(tiny_prompted:
     raw = e.encode([PROMPTS["cls"] + t for t in QUERIES], prompt="")
     np.testing.assert_array_equal(e.encode(QUERIES), raw)  # the default prompt
     assert not np.allclose(e.encode(QUERIES, prompt=""), raw, atol=1e-3)
-    np.testing.assert_array_equal(e.encode_query(QUERIES),
-                                  e.encode([PROMPTS["query"] + t for t in QUERIES], prompt=""))
+    np.testing.assert_array_equal(
+        e.encode_query(QUERIES), e.encode([PROMPTS["query"] + t for t in QUERIES], prompt="")
+    )
     np.testing.assert_array_equal(e.encode_document(QUERIES), e.encode(QUERIES, prompt="passage: "))
     # prompt wins over prompt_name; an empty prompt switches the default off
-    np.testing.assert_array_equal(e.encode(QUERIES, prompt="X ", prompt_name="query"), e.encode(QUERIES, prompt="X "))
+    np.testing.assert_array_equal(
+        e.encode(QUERIES, prompt="X ", prompt_name="query"), e.encode(QUERIES, prompt="X ")
+    )
     e.default_prompt_name = None
     np.testing.assert_array_equal(e.encode(QUERIES, prompt=""), e.encode(QUERIES))
     with pytest.raises(InputError):
@@ -137,7 +153,9 @@ def test_truncate_dim_on_listed_dims_only(tiny_prompted: tuple[Path, Path]) -> N
     np.testing.assert_array_equal(cut, full[:, :16])  # cut after the graph's normalisation, not renormalised
     assert np.all(np.linalg.norm(cut, axis=1) < 0.9999)
     renormed = e.encode(DOCS, truncate_dim=8, normalize_embeddings=True)
-    np.testing.assert_allclose(renormed, full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(
+        renormed, full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True), rtol=1e-6
+    )
     assert e.encode(DOCS[0], truncate_dim=8).shape == (8,)
     with pytest.raises(InputError, match=r"\(16, 8\)"):
         e.encode(DOCS, truncate_dim=12)
@@ -173,10 +191,14 @@ def test_minilm_matches_sentence_transformers(minilm_prompted: tuple[Path, Path]
     assert ours.max_seq_length == ref.max_seq_length == 256
     assert ours.similarity_fn_name == ref.similarity_fn_name == "cosine"
     cases = [
-        ("encode_query", {}), ("encode_document", {}), ("encode", {}),
-        ("encode", {"prompt_name": "cls"}), ("encode", {"prompt": "Represent this: "}),
+        ("encode_query", {}),
+        ("encode_document", {}),
+        ("encode", {}),
+        ("encode", {"prompt_name": "cls"}),
+        ("encode", {"prompt": "Represent this: "}),
         ("encode_query", {"prompt_name": "document"}),
-        ("encode", {"truncate_dim": 128}), ("encode_query", {"truncate_dim": 256, "normalize_embeddings": True}),
+        ("encode", {"truncate_dim": 128}),
+        ("encode_query", {"truncate_dim": 256, "normalize_embeddings": True}),
     ]
     for call, kw in cases:
         a = getattr(ours, call)(DOCS, **kw)
@@ -188,6 +210,9 @@ def test_minilm_matches_sentence_transformers(minilm_prompted: tuple[Path, Path]
     plain, prompted = ours.encode(QUERIES), ours.encode_query(QUERIES)
     assert float(np.min(np.sum(plain * prompted, axis=1))) < 0.99
     q, d = ours.encode_query(QUERIES), ours.encode_document(DOCS)
-    np.testing.assert_allclose(ours.similarity(q, d), ref.similarity(ref.encode_query(QUERIES),
-                                                                      ref.encode_document(DOCS)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        ours.similarity(q, d),
+        ref.similarity(ref.encode_query(QUERIES), ref.encode_document(DOCS)).numpy(),
+        atol=1e-5,
+    )
     assert list(ours.similarity(q, d).argmax(axis=1)) == [0, 1, 2]

@@ -23,15 +23,37 @@ from dmeta_embed.runtime.batching import pad, plan_batches
 
 
 def _manifest() -> Manifest:
-    fid = Fidelity(min_cos=0.991, mean_cos=0.996, max_abs_diff=0.01, n_texts=20, max_tokens=1024,
-                   bar_min_cos=BARS[Precision.INT8].min_cos, bar_mean_cos=BARS[Precision.INT8].mean_cos)
-    v = Variant(precision=Precision.INT8, file="model.int8.onnx", sha256="ab" * 32, size_bytes=123,
-                provider="CPUExecutionProvider", fidelity=fid, kept_float={"n1": "sensitivity 1e-3"},
-                ops={"MatMulInteger": 3})
-    return Manifest(source={"model": "x", "revision": None}, pooling=Pooling.CLS, normalize=True,
-                    max_length=1024, dim=768, tokenizer=TokenizerInfo("tokenizer.json", 0),
-                    inputs=("input_ids", "attention_mask"), output="sentence_embedding",
-                    variants={"int8": v}, export={"opset": 17})
+    fid = Fidelity(
+        min_cos=0.991,
+        mean_cos=0.996,
+        max_abs_diff=0.01,
+        n_texts=20,
+        max_tokens=1024,
+        bar_min_cos=BARS[Precision.INT8].min_cos,
+        bar_mean_cos=BARS[Precision.INT8].mean_cos,
+    )
+    v = Variant(
+        precision=Precision.INT8,
+        file="model.int8.onnx",
+        sha256="ab" * 32,
+        size_bytes=123,
+        provider="CPUExecutionProvider",
+        fidelity=fid,
+        kept_float={"n1": "sensitivity 1e-3"},
+        ops={"MatMulInteger": 3},
+    )
+    return Manifest(
+        source={"model": "x", "revision": None},
+        pooling=Pooling.CLS,
+        normalize=True,
+        max_length=1024,
+        dim=768,
+        tokenizer=TokenizerInfo("tokenizer.json", 0),
+        inputs=("input_ids", "attention_mask"),
+        output="sentence_embedding",
+        variants={"int8": v},
+        export={"opset": 17},
+    )
 
 
 def test_round_trip(tmp_path):

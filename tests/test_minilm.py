@@ -30,12 +30,17 @@ def test_pooling_and_lengths_from_files(minilm_export):
     # mean pooling needs every token of the last layer: no cls_only pass; CPU variants unfused
     assert m.export["graph_passes"] == ["unfuse_skip_layernorm"]
     assert m.dim == 384
-    assert m.export["fusion"] == {"EmbedLayerNormalization": 1, "Attention": 6,
-                                  "SkipLayerNormalization": 12, "BiasGelu": 6}
+    assert m.export["fusion"] == {
+        "EmbedLayerNormalization": 1,
+        "Attention": 6,
+        "SkipLayerNormalization": 12,
+        "BiasGelu": 6,
+    }
 
 
-@pytest.mark.parametrize("variant,min_bar,mean_bar", [("fp32", 0.99999, 0.99999), ("fp16", 0.9999, 0.9999),
-                                                      ("int8", 0.99, 0.995)])
+@pytest.mark.parametrize(
+    "variant,min_bar,mean_bar", [("fp32", 0.99999, 0.99999), ("fp16", 0.9999, 0.9999), ("int8", 0.99, 0.995)]
+)
 def test_parity_with_sentence_transformers(minilm_export, st_reference, variant, min_bar, mean_bar):
     emb = Embedder.load(minilm_export, variant=variant, provider="cpu")
     got = emb.encode(TEXTS)

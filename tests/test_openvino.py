@@ -89,8 +89,9 @@ def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path
 
     src = resolve(str(tiny_src))
     graph.export_backbone(src.path, tmp_path / "raw.onnx")
-    model = graph.append_head(onnx.load(str(tmp_path / "raw.onnx")), src.pooling, src.normalize,
-                              int(src.config["hidden_size"]))
+    model = graph.append_head(
+        onnx.load(str(tmp_path / "raw.onnx")), src.pooling, src.normalize, int(src.config["hidden_size"])
+    )
     tok = TextTokenizer(ov_tokenizer(tiny_src, tmp_path), src.max_length).encode(calibration_texts())
     embed = ovx.openvino_embedder(tmp_path, {"INFERENCE_PRECISION_HINT": "f32"}, pad_id=0)
 
@@ -101,7 +102,9 @@ def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path
 
     strict = ovx.search(model, tok, embed, Bar(min_cos=1.0, mean_cos=1.0))  # unreachable: every role goes
     assert len(strict.unquantized) == n_static and ovx.activation_quantizers(strict.model) == []
-    order = list(dict.fromkeys(why.split(":")[0].removeprefix("role ") for why in strict.unquantized.values()))
+    order = list(
+        dict.fromkeys(why.split(":")[0].removeprefix("role ") for why in strict.unquantized.values())
+    )
     assert order == [r for r in ovx.ROLE_ORDER if r in order]
     assert strict.trials == len(order) + 1
 
@@ -115,6 +118,7 @@ def ov_tokenizer(tiny_src: Path, folder: Path) -> Path:
 
 
 # --- runtime choice (no OpenVINO provider needed) ------------------------------------------------
+
 
 def test_auto_picks_int8_ov_only_where_the_openvino_provider_is(ov_export: Path) -> None:
     """The real export's manifest through ``choose``, with the CPU class and providers injected:
@@ -131,8 +135,9 @@ def test_auto_picks_int8_ov_only_where_the_openvino_provider_is(ov_export: Path)
     assert pick(m, amx, ov, provider="cpu") == (Precision.INT8, Provider.CPU)  # cpu = onnxruntime's own
     avx2 = CpuInfo(CpuClass.AVX2, arch="x86_64")
     assert pick(m, avx2, ov) == (Precision.INT8, Provider.CPU)  # int8-ov leads only where measured faster
-    failed = dataclasses.replace(m.variants["int8-ov"], fidelity=dataclasses.replace(
-        m.variants["int8-ov"].fidelity, min_cos=0.5))
+    failed = dataclasses.replace(
+        m.variants["int8-ov"], fidelity=dataclasses.replace(m.variants["int8-ov"].fidelity, min_cos=0.5)
+    )
     below_bar = dataclasses.replace(m, variants={**m.variants, "int8-ov": failed})
     assert pick(below_bar, amx, ov) == (Precision.INT8, Provider.CPU)
     # a server (prefer_latency): onnxruntime's int8 first; an explicit request is kept
@@ -140,8 +145,14 @@ def test_auto_picks_int8_ov_only_where_the_openvino_provider_is(ov_export: Path)
     assert pick(m, amx, ov, variant="int8-ov", prefer_latency=True) == (Precision.INT8_OV, Provider.OPENVINO)
 
 
-def pick(m: Manifest, cpu: CpuInfo, installed: Installed, variant: str = "auto", provider: str = "auto",
-         prefer_latency: bool = False) -> tuple[Precision, Provider]:
+def pick(
+    m: Manifest,
+    cpu: CpuInfo,
+    installed: Installed,
+    variant: str = "auto",
+    provider: str = "auto",
+    prefer_latency: bool = False,
+) -> tuple[Precision, Provider]:
     c = choose(m, variant, provider, cpu=cpu, installed=installed, prefer_latency=prefer_latency)
     return c.variant, c.provider
 
@@ -169,7 +180,10 @@ def test_loading_int8_ov_without_openvino_names_the_install(ov_export: Path, mon
     from dmeta_embed.runtime.openvino import OpenVINORunner
 
     monkeypatch.setattr(embedder_module, "openvino_available", lambda: False)
-    with pytest.raises(ProviderError, match=r"runs on OpenVINO, which is not installed: pip install 'dmeta-embed\[openvino\]'"):
+    with pytest.raises(
+        ProviderError,
+        match=r"runs on OpenVINO, which is not installed: pip install 'dmeta-embed\[openvino\]'",
+    ):
         Embedder.load(ov_export, variant="int8-ov")
     assert Embedder.load(ov_export).provider == Provider.CPU
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now fails
@@ -178,6 +192,7 @@ def test_loading_int8_ov_without_openvino_names_the_install(ov_export: Path, mon
 
 
 # --- the runtime on OpenVINO (the openvino package, in the same environment) ---------------------
+
 
 def test_openvino_is_imported_only_for_int8_ov(ov_export: Path) -> None:
     """The base runtime stays light: loading fp32/int8 never imports openvino; int8-ov does."""
@@ -227,7 +242,9 @@ def test_int8_ov_on_openvino_matches_torch_and_the_export_engine(ov_export: Path
 
     v = m.variants["int8-ov"]
     engine = ovx.openvino_embedder(ov_export.parent, v.engine_properties, m.tokenizer.pad_token_id)
-    direct = engine(onnx.load(str(ov_export / v.file)), TextTokenizer(ov_export / "tokenizer.json", 1024).encode(texts))
+    direct = engine(
+        onnx.load(str(ov_export / v.file)), TextTokenizer(ov_export / "tokenizer.json", 1024).encode(texts)
+    )
     # same engine, same properties, same batches: the runtime computes what the export validated
     assert np.abs(direct - batched).max() < 1e-5, np.abs(direct - batched).max()
 
@@ -241,7 +258,9 @@ def test_runner_feeds_inputs_by_name_and_copies_its_output(ov_export: Path) -> N
     with pytest.raises(ProviderError, match="the graph's inputs are"):
         OpenVINORunner(f, inputs=("ids", "mask"))
     r = OpenVINORunner(f, 1, {"INFERENCE_PRECISION_HINT": "f32"})
-    swapped = OpenVINORunner(f, 1, {"INFERENCE_PRECISION_HINT": "f32"}, inputs=("attention_mask", "input_ids"))
+    swapped = OpenVINORunner(
+        f, 1, {"INFERENCE_PRECISION_HINT": "f32"}, inputs=("attention_mask", "input_ids")
+    )
     ids = np.array([[101, 2000, 2001, 102, 0]], np.int64)
     mask = np.array([[1, 1, 1, 1, 0]], np.int64)
     first = r.run(ids, mask)

@@ -23,8 +23,23 @@ def test_wheel_installs_only_the_package(tmp_path: Path) -> None:
         shutil.copy(ROOT / name, src / name)
     for name in ("dmeta_embed", "benchmarks", "scripts", "tests"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("dmeta_embed-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -46,28 +61,36 @@ def _run(code: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess[
         "_find = importlib.util.find_spec\n"
         "importlib.util.find_spec = lambda n, p=None: None if n.split('.')[0] in BLOCK else _find(n, p)\n"
     )
-    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
 
 
 def _cli(args: list[str], block: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return _run("from dmeta_embed.cli import main\n"
-                f"sys.argv = ['dmeta-embed', *{args!r}]\n"
-                "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-                "print('onnxruntime loaded:', 'onnxruntime' in sys.modules)\n"
-                "sys.exit(code)\n", block)
+    return _run(
+        "from dmeta_embed.cli import main\n"
+        f"sys.argv = ['dmeta-embed', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+        "print('onnxruntime loaded:', 'onnxruntime' in sys.modules)\n"
+        "sys.exit(code)\n",
+        block,
+    )
 
 
 def test_import_leaves_onnxruntime_out() -> None:
-    r = _run("import dmeta_embed\n"
-             "assert 'onnxruntime' not in sys.modules, 'import dmeta_embed loaded onnxruntime'\n"
-             "from dmeta_embed import Embedder, Manifest, MissingDependencyError\n"
-             "assert 'onnxruntime' in sys.modules and Embedder.__name__ == 'Embedder'\n"
-             "print('ok')\n")
+    r = _run(
+        "import dmeta_embed\n"
+        "assert 'onnxruntime' not in sys.modules, 'import dmeta_embed loaded onnxruntime'\n"
+        "from dmeta_embed import Embedder, Manifest, MissingDependencyError\n"
+        "assert 'onnxruntime' in sys.modules and Embedder.__name__ == 'Embedder'\n"
+        "print('ok')\n"
+    )
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["export", "--help"], ["serve", "--help"], ["encode", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["export", "--help"], ["serve", "--help"], ["encode", "--help"]]
+)
 def test_help_loads_no_onnxruntime(args: list[str]) -> None:
     r = _cli(args)
     assert r.returncode == 0, r.stderr
@@ -82,17 +105,29 @@ def test_help_works_on_a_base_install() -> None:
 CPU_LINE = "Error: onnxruntime is not installed; run: pip install 'dmeta-embed[cpu]'"
 
 
-@pytest.mark.parametrize("args, block, line", [
-    (["encode", "-m", "{model}", "hello"], ("onnxruntime",), CPU_LINE),
-    (["similarity", "-m", "{model}", "q", "-d", "d"], ("onnxruntime",), CPU_LINE),
-    (["inspect", "{model}"], ("onnxruntime",), CPU_LINE),
-    (["export", "{model}", "-o", "{out}"], ("onnxruntime",), CPU_LINE),
-    (["export", "{model}", "-o", "{out}"], ("torch",),
-     "Error: torch is not installed; run: pip install 'dmeta-embed[export]'"),
-    (["serve", "-m", "{model}"], ("starlette",),
-     "Error: starlette is not installed; run: pip install 'dmeta-embed[server]'"),
-], ids=["encode", "similarity", "inspect", "export-cpu", "export-torch", "serve"])
-def test_missing_extra_is_one_line(args: list[str], block: tuple[str, ...], line: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "args, block, line",
+    [
+        (["encode", "-m", "{model}", "hello"], ("onnxruntime",), CPU_LINE),
+        (["similarity", "-m", "{model}", "q", "-d", "d"], ("onnxruntime",), CPU_LINE),
+        (["inspect", "{model}"], ("onnxruntime",), CPU_LINE),
+        (["export", "{model}", "-o", "{out}"], ("onnxruntime",), CPU_LINE),
+        (
+            ["export", "{model}", "-o", "{out}"],
+            ("torch",),
+            "Error: torch is not installed; run: pip install 'dmeta-embed[export]'",
+        ),
+        (
+            ["serve", "-m", "{model}"],
+            ("starlette",),
+            "Error: starlette is not installed; run: pip install 'dmeta-embed[server]'",
+        ),
+    ],
+    ids=["encode", "similarity", "inspect", "export-cpu", "export-torch", "serve"],
+)
+def test_missing_extra_is_one_line(
+    args: list[str], block: tuple[str, ...], line: str, tmp_path: Path
+) -> None:
     model = tmp_path / "model"
     model.mkdir()
     r = _cli([a.format(model=model, out=tmp_path / "out") for a in args], block=block)

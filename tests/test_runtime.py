@@ -21,7 +21,9 @@ from dmeta_embed.runtime.cpu import cpu_info, detect
 from dmeta_embed.runtime.embedder import installed
 from dmeta_embed.texts import EN, MIXED, ZH
 
-TOKENIZE_CASES = ZH[:4] + EN[:3] + MIXED + ["😀🚀 emoji 表情", "ＡＢＣ１２３　全角", "Ünïcödé café", "tab\tand\nnewline"]
+TOKENIZE_CASES = (
+    ZH[:4] + EN[:3] + MIXED + ["😀🚀 emoji 表情", "ＡＢＣ１２３　全角", "Ünïcödé café", "tab\tand\nnewline"]
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +69,9 @@ def test_order_and_batch_size_invariance(fp32, int8):
         alone = np.stack([model.encode([texts[i]])[0] for i in range(5)])
         assert cosines(alone, base[:5]).min() >= bar
     # batch_size=1 makes int8 independent of batch-mates: bit-identical to each text alone
-    np.testing.assert_array_equal(int8.encode(texts[:5], batch_size=1),
-                                  np.stack([int8.encode([t])[0] for t in texts[:5]]))
+    np.testing.assert_array_equal(
+        int8.encode(texts[:5], batch_size=1), np.stack([int8.encode([t])[0] for t in texts[:5]])
+    )
 
 
 def test_outputs_are_distinct_per_text(fp32):
@@ -111,12 +114,15 @@ def test_hundred_thousand_chars(fp32):
     assert fp32.last_truncated == [0]
 
 
-@pytest.mark.parametrize("bad,index,msg", [
-    ([ZH[0], None], 1, r"texts\[1\] is NoneType, expected str"),
-    ([ZH[0], ZH[1], 3], 2, r"texts\[2\] is int"),
-    ([b"bytes"], 0, r"texts\[0\] is bytes; decode it"),
-    (["ok", "bad \ud800 surrogate"], 1, r"texts\[1\] is not valid Unicode"),
-])
+@pytest.mark.parametrize(
+    "bad,index,msg",
+    [
+        ([ZH[0], None], 1, r"texts\[1\] is NoneType, expected str"),
+        ([ZH[0], ZH[1], 3], 2, r"texts\[2\] is int"),
+        ([b"bytes"], 0, r"texts\[0\] is bytes; decode it"),
+        (["ok", "bad \ud800 surrogate"], 1, r"texts\[1\] is not valid Unicode"),
+    ],
+)
 def test_bad_items_name_their_index(fp32, bad, index, msg):
     with pytest.raises(InputError, match=msg) as ei:
         fp32.encode(bad)

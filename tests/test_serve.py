@@ -28,8 +28,15 @@ httpx = pytest.importorskip("httpx")
 from dmeta_embed.runtime import Embedder  # noqa: E402
 from dmeta_embed.serve import ServerConfig, create_app  # noqa: E402
 
-TEXTS = ["维生素C可以预防感冒吗", "今天天气很好", "如何更换花呗绑定银行卡", "a short English query", "",
-         "长文本" * 40, "维生素C"]
+TEXTS = [
+    "维生素C可以预防感冒吗",
+    "今天天气很好",
+    "如何更换花呗绑定银行卡",
+    "a short English query",
+    "",
+    "长文本" * 40,
+    "维生素C",
+]
 #: routing is checked on fp32: there batch composition changes a vector only by float rounding
 MIN_COS = 0.99999
 
@@ -138,8 +145,10 @@ def test_openai_float_matches_encode_and_counts_tokens(client: httpx.Client, emb
 
 
 def test_openai_base64_and_dimensions(client: httpx.Client, embedder: Embedder) -> None:
-    r = client.post("/v1/embeddings", json={"input": TEXTS[:3], "model": "m", "encoding_format": "base64",
-                                            "dimensions": embedder.dim})
+    r = client.post(
+        "/v1/embeddings",
+        json={"input": TEXTS[:3], "model": "m", "encoding_format": "base64", "dimensions": embedder.dim},
+    )
     assert r.status_code == 200, r.text
     got = base64_rows(r)
     assert cos(got, embedder.encode(TEXTS[:3])).min() >= MIN_COS
@@ -208,8 +217,12 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "status", "words"), BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
-def test_bad_requests_get_clear_4xx(client: httpx.Client, path: str, body: bytes, status: int, words: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"), BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)]
+)
+def test_bad_requests_get_clear_4xx(
+    client: httpx.Client, path: str, body: bytes, status: int, words: str
+) -> None:
     r = client.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -228,18 +241,26 @@ def test_wrong_method_and_path(client: httpx.Client) -> None:
 def test_metrics(client: httpx.Client) -> None:
     client.post("/v1/embeddings", json={"input": ["m1", "m2"]})
     text = client.get("/metrics").text
-    for name in ("dmeta_embed_requests_total{endpoint=\"openai\",status=\"200\"}",
-                 "dmeta_embed_request_duration_seconds_bucket", "dmeta_embed_batch_size_bucket",
-                 "dmeta_embed_batch_tokens_bucket", "dmeta_embed_queue_depth", "dmeta_embed_tokens_embedded_total",
-                 "dmeta_embed_requests_total{endpoint=\"openai\",status=\"413\"}", "dmeta_embed_ready 1.0"):
+    for name in (
+        'dmeta_embed_requests_total{endpoint="openai",status="200"}',
+        "dmeta_embed_request_duration_seconds_bucket",
+        "dmeta_embed_batch_size_bucket",
+        "dmeta_embed_batch_tokens_bucket",
+        "dmeta_embed_queue_depth",
+        "dmeta_embed_tokens_embedded_total",
+        'dmeta_embed_requests_total{endpoint="openai",status="413"}',
+        "dmeta_embed_ready 1.0",
+    ):
         assert name in text, name
 
 
 def test_concurrent_requests_get_their_own_vectors(client: httpx.Client, embedder: Embedder) -> None:
     rng = np.random.default_rng(0)
     words = ["维生素", "感冒", "天气", "银行卡", "embedding", "模型", "香港", "手表", "query"]
-    requests = [["".join(rng.choice(words, rng.integers(1, 30))) for _ in range(rng.integers(1, 6))]
-                for _ in range(48)]
+    requests = [
+        ["".join(rng.choice(words, rng.integers(1, 30))) for _ in range(rng.integers(1, 6))]
+        for _ in range(48)
+    ]
 
     def call(texts: list[str]) -> np.ndarray:
         r = client.post("/v1/embeddings", json={"input": texts, "encoding_format": "base64"})
@@ -257,8 +278,10 @@ def test_concurrent_requests_get_their_own_vectors(client: httpx.Client, embedde
 
 def test_ready_after_warmup_and_queued_requests_merge_and_route(embedder: Embedder) -> None:
     opened, warmup = gate()
-    with running(create_app(embedder, ServerConfig(max_wait_ms=1), warmup=warmup)) as base, \
-            httpx.Client(base_url=base, timeout=30) as c:
+    with (
+        running(create_app(embedder, ServerConfig(max_wait_ms=1), warmup=warmup)) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
         assert c.get("/health").status_code == 200
         r = c.get("/ready")
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -286,8 +309,11 @@ def test_full_queue_gets_503_and_slow_request_times_out(embedder: Embedder) -> N
     opened, warmup = gate()
     cfg = ServerConfig(max_queue=4, request_timeout_s=1.0)
     try:
-        with running(create_app(embedder, cfg, warmup=warmup)) as base, \
-                httpx.Client(base_url=base, timeout=30) as c, ThreadPoolExecutor(1) as pool:
+        with (
+            running(create_app(embedder, cfg, warmup=warmup)) as base,
+            httpx.Client(base_url=base, timeout=30) as c,
+            ThreadPoolExecutor(1) as pool,
+        ):
             first = pool.submit(c.post, "/v1/embeddings", json={"input": ["a", "b", "c"]})
             end = time.monotonic() + 30
             while metric(c, "dmeta_embed_queue_depth") < 3:
@@ -308,8 +334,11 @@ def test_full_queue_gets_503_and_slow_request_times_out(embedder: Embedder) -> N
 def test_disconnected_client_work_is_dropped(embedder: Embedder) -> None:
     opened, warmup = gate()
     try:
-        with running(create_app(embedder, ServerConfig(), warmup=warmup)) as base, \
-                httpx.Client(base_url=base, timeout=30) as c, ThreadPoolExecutor(1) as pool:
+        with (
+            running(create_app(embedder, ServerConfig(), warmup=warmup)) as base,
+            httpx.Client(base_url=base, timeout=30) as c,
+            ThreadPoolExecutor(1) as pool,
+        ):
             kept = ["留下的请求", "second kept"]
             first = pool.submit(c.post, "/v1/embeddings", json={"input": kept, "encoding_format": "base64"})
             end = time.monotonic() + 30
@@ -335,14 +364,19 @@ def test_disconnected_client_work_is_dropped(embedder: Embedder) -> None:
 
 
 def test_api_key(embedder: Embedder) -> None:
-    with running(create_app(embedder, ServerConfig(api_key="s3cret"))) as base, \
-            httpx.Client(base_url=base, timeout=30) as c:
+    with (
+        running(create_app(embedder, ServerConfig(api_key="s3cret"))) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
         body = {"input": "hi", "model": "m"}
         assert c.post("/v1/embeddings", json=body).status_code == 401
         r = c.post("/v1/embeddings", json=body, headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert "API key" in r.json()["error"]["message"]
-        assert c.post("/embed", json={"inputs": "hi"}, headers={"Authorization": "Basic s3cret"}).status_code == 401
+        assert (
+            c.post("/embed", json={"inputs": "hi"}, headers={"Authorization": "Basic s3cret"}).status_code
+            == 401
+        )
         for path in ("/info", "/metrics", "/v1/models"):
             assert c.get(path).status_code == 401
         assert c.get("/health").status_code == 200  # probes need no key
@@ -354,7 +388,9 @@ def test_api_key(embedder: Embedder) -> None:
         good = openai.OpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0)
         assert len(good.embeddings.create(input=["a", "b"], model="m").data) == 2
         with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=base + "/v1", api_key="nope", max_retries=0).embeddings.create(input="a", model="m")
+            openai.OpenAI(base_url=base + "/v1", api_key="nope", max_retries=0).embeddings.create(
+                input="a", model="m"
+            )
 
 
 # -- the real command ------------------------------------------------------------------------------------
@@ -371,7 +407,9 @@ def test_api_key_env_must_be_set(tiny_export: Path) -> None:
     from dmeta_embed.cli import cli
 
     env = {k: v for k, v in os.environ.items() if k != "DMETA_TEST_NO_SUCH_KEY"}
-    res = CliRunner(env=env).invoke(cli, ["serve", "-m", str(tiny_export), "--api-key-env", "DMETA_TEST_NO_SUCH_KEY"])
+    res = CliRunner(env=env).invoke(
+        cli, ["serve", "-m", str(tiny_export), "--api-key-env", "DMETA_TEST_NO_SUCH_KEY"]
+    )
     assert res.exit_code == 2 and "DMETA_TEST_NO_SUCH_KEY" in res.output
 
 
@@ -386,8 +424,25 @@ def test_cli_serve_sigterm_finishes_queued_work_and_exits_0(tiny_export: Path, e
     base = f"http://127.0.0.1:{port}"
     # --batch-size 1 runs each input on its own, so six 1024-input requests keep the worker busy
     # long enough for SIGTERM to arrive while some of them still wait in the queue
-    cmd = [sys.executable, "-m", "dmeta_embed.cli", "serve", "-m", str(tiny_export), "--port", str(port),
-           "--variant", "fp32", "--batch-size", "1", "--threads", "1", "--max-queue", "8192", "--no-spin"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dmeta_embed.cli",
+        "serve",
+        "-m",
+        str(tiny_export),
+        "--port",
+        str(port),
+        "--variant",
+        "fp32",
+        "--batch-size",
+        "1",
+        "--threads",
+        "1",
+        "--max-queue",
+        "8192",
+        "--no-spin",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=base, timeout=60) as c:

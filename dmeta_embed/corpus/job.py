@@ -113,11 +113,14 @@ class PartWorker:
     def __init__(self, spec: JobSpec, threads: int | None = None, embedder: Embedder | None = None) -> None:
         self.spec = spec
         self.out = Path(spec.output)
-        self.embedder = embedder or Embedder.load(spec.model, variant=spec.variant, provider=spec.provider,
-                                                  threads=threads)
+        self.embedder = embedder or Embedder.load(
+            spec.model, variant=spec.variant, provider=spec.provider, threads=threads
+        )
         got = loaded_as(self.embedder)
         if got != (spec.variant, spec.provider):
-            raise CorpusError(f"worker loaded {got[0]} on {got[1]}, the job uses {spec.variant} on {spec.provider}")
+            raise CorpusError(
+                f"worker loaded {got[0]} on {got[1]}, the job uses {spec.variant} on {spec.provider}"
+            )
 
     def run(self, part: Part, on_rows: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Embed one part and write it atomically; returns its counts (also kept in its footer)."""
@@ -132,27 +135,38 @@ class PartWorker:
         with _quiet_truncation():
             # the runtime's own chunk size: a part's rows are batched exactly as encode(part) would
             for s in range(0, n, CHUNK):
-                chunk = texts[s:s + CHUNK]
-                n_tokens[s:s + len(chunk)] = self.embedder.count_tokens(chunk)
-                emb[s:s + len(chunk)] = self.embedder.encode(chunk)
+                chunk = texts[s : s + CHUNK]
+                n_tokens[s : s + len(chunk)] = self.embedder.count_tokens(chunk)
+                emb[s : s + len(chunk)] = self.embedder.encode(chunk)
                 truncated += len(self.embedder.last_truncated)
                 if on_rows:
                     on_rows(len(chunk))
-        stats = {"part": part.index, "rows": n, "tokens": int(n_tokens.sum()), "truncated": truncated,
-                 "seconds": round(time.perf_counter() - t0, 3)}
-        table = pa.table({
-            self.spec.id_column or ROW_COLUMN: ids,
-            "n_tokens": pa.array(n_tokens, type=pa.int32()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), dim),
-        }).replace_schema_metadata({META_KEY: json.dumps(stats).encode()})
+        stats = {
+            "part": part.index,
+            "rows": n,
+            "tokens": int(n_tokens.sum()),
+            "truncated": truncated,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        table = pa.table(
+            {
+                self.spec.id_column or ROW_COLUMN: ids,
+                "n_tokens": pa.array(n_tokens, type=pa.int32()),
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(emb.reshape(-1), type=pa.float32()), dim
+                ),
+            }
+        ).replace_schema_metadata({META_KEY: json.dumps(stats).encode()})
         write_part(table, self.out / part.name)
         return stats
 
 
 def loaded_as(embedder: Embedder) -> tuple[str, str]:
     """(variant, provider) an Embedder resolved ``auto`` to, as plain strings."""
-    return (str(getattr(embedder.variant, "value", embedder.variant)),
-            str(getattr(embedder.provider, "value", embedder.provider)))
+    return (
+        str(getattr(embedder.variant, "value", embedder.variant)),
+        str(getattr(embedder.provider, "value", embedder.provider)),
+    )
 
 
 def write_part(table: pa.Table, path: Path) -> None:
@@ -174,8 +188,11 @@ def part_stats(path: Path) -> dict[str, Any] | None:
 
 
 def _our_file(name: str) -> bool:
-    return name in (JOB_FILE, SUCCESS_FILE) or (name.startswith("part-") and name.endswith(".parquet")) \
+    return (
+        name in (JOB_FILE, SUCCESS_FILE)
+        or (name.startswith("part-") and name.endswith(".parquet"))
         or (name.startswith((".part-", f".{JOB_FILE}", f".{SUCCESS_FILE}")) and name.endswith(".tmp"))
+    )
 
 
 def prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
@@ -186,8 +203,10 @@ def prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> dict[str,
     names = [p.name for p in out.iterdir()]
     foreign = [n for n in names if not _our_file(n)]
     if foreign:
-        raise CorpusError(f"{out}: holds files that are not an embed-corpus output ({', '.join(sorted(foreign)[:3])}); "
-                          "choose an empty or new folder")
+        raise CorpusError(
+            f"{out}: holds files that are not an embed-corpus output ({', '.join(sorted(foreign)[:3])}); "
+            "choose an empty or new folder"
+        )
     if overwrite:
         for n in names:
             (out / n).unlink()
@@ -199,8 +218,10 @@ def prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> dict[str,
             raise CorpusError(f"{out / JOB_FILE}: unreadable ({e}); pass --overwrite to start again") from e
         differ = [k for k, v in job["key"].items() if old.get("key", {}).get(k) != v]
         if differ:
-            raise CorpusError(f"{out}: was started for a different job ({', '.join(differ)} changed); "
-                              "use a new OUTPUT or pass --overwrite to start again")
+            raise CorpusError(
+                f"{out}: was started for a different job ({', '.join(differ)} changed); "
+                "use a new OUTPUT or pass --overwrite to start again"
+            )
         if SUCCESS_FILE in names:
             return json.loads((out / SUCCESS_FILE).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
     elif names:
@@ -255,36 +276,72 @@ def embed_corpus(
     plan = scan(input, text_column, id_column, part_rows, on_null)
     # in-process this is the worker's embedder; for Ray it only decides variant/provider once
     embedder = Embedder.load(model, variant=variant, provider=provider, threads=1 if ray else threads)
-    spec = JobSpec(str(output.resolve()), str(Path(model).resolve()), *loaded_as(embedder), text_column,
-                   id_column, on_null)
+    spec = JobSpec(
+        str(output.resolve()),
+        str(Path(model).resolve()),
+        *loaded_as(embedder),
+        text_column,
+        id_column,
+        on_null,
+    )
     m = embedder.manifest
-    model_info = {"path": spec.model, "source": m.source.get("model"), "variant": spec.variant,
-                  "provider": spec.provider, "sha256": m.variants[spec.variant].sha256, "dim": m.dim,
-                  "max_length": m.max_length, "normalize": m.normalize}
-    key = {"files": [list(f) for f in file_fingerprint(plan.files)], "text_column": text_column,
-           "id_column": id_column, "on_null": on_null, "part_rows": part_rows, "variant": spec.variant,
-           "model_sha256": model_info["sha256"]}
-    job = {"format": FORMAT, "key": key, "input": str(input.resolve()), "input_format": plan.fmt,
-           "files": plan.files, "rows": plan.rows, "skipped_null": plan.skipped_null, "id_type": plan.id_type,
-           "model": model_info, "parts": [p.to_dict() for p in plan.parts]}
+    model_info = {
+        "path": spec.model,
+        "source": m.source.get("model"),
+        "variant": spec.variant,
+        "provider": spec.provider,
+        "sha256": m.variants[spec.variant].sha256,
+        "dim": m.dim,
+        "max_length": m.max_length,
+        "normalize": m.normalize,
+    }
+    key = {
+        "files": [list(f) for f in file_fingerprint(plan.files)],
+        "text_column": text_column,
+        "id_column": id_column,
+        "on_null": on_null,
+        "part_rows": part_rows,
+        "variant": spec.variant,
+        "model_sha256": model_info["sha256"],
+    }
+    job = {
+        "format": FORMAT,
+        "key": key,
+        "input": str(input.resolve()),
+        "input_format": plan.fmt,
+        "files": plan.files,
+        "rows": plan.rows,
+        "skipped_null": plan.skipped_null,
+        "id_type": plan.id_type,
+        "model": model_info,
+        "parts": [p.to_dict() for p in plan.parts],
+    }
     done_before = prepare_output(output, job, overwrite)
     if done_before is not None:
         if progress:
-            print(f"embed-corpus: {output} is already complete ({done_before.get('rows_written')} rows)",
-                  file=sys.stderr)
+            print(
+                f"embed-corpus: {output} is already complete ({done_before.get('rows_written')} rows)",
+                file=sys.stderr,
+            )
         return done_before
     pending = [p for p in plan.parts if finished(output, p) is None]
     rows_out = sum(p.rows for p in plan.parts)
-    bar = Progress(rows_out, len(plan.parts), rows_out - sum(p.rows for p in pending),
-                   len(plan.parts) - len(pending), enabled=progress)
+    bar = Progress(
+        rows_out,
+        len(plan.parts),
+        rows_out - sum(p.rows for p in pending),
+        len(plan.parts) - len(pending),
+        enabled=progress,
+    )
     if plan.skipped_null and progress:
-        bar.stream.write(f"embed-corpus: skipping {plan.skipped_null} row(s) whose {text_column!r} is null "
-                         f"(first: row {plan.first_skipped[0]})\n")
+        bar.stream.write(
+            f"embed-corpus: skipping {plan.skipped_null} row(s) whose {text_column!r} is null "
+            f"(first: row {plan.first_skipped[0]})\n"
+        )
     engine = "in-process"
     if pending and ray:
         del embedder  # the driver embeds nothing
-        engine = run_parts(spec, pending, address=ray, workers=workers, worker_cpus=worker_cpus,
-                           progress=bar)
+        engine = run_parts(spec, pending, address=ray, workers=workers, worker_cpus=worker_cpus, progress=bar)
     elif pending:
         worker = PartWorker(spec, embedder=embedder)
         for part in pending:
@@ -294,8 +351,9 @@ def embed_corpus(
     return _finish(output, job, plan.parts, engine, bar, time.perf_counter() - t0)
 
 
-def _finish(out: Path, job: dict[str, Any], parts: list[Part], engine: str, bar: Progress,
-            seconds: float) -> dict[str, Any]:
+def _finish(
+    out: Path, job: dict[str, Any], parts: list[Part], engine: str, bar: Progress, seconds: float
+) -> dict[str, Any]:
     """Check every part, then write _SUCCESS: only now does the output look finished."""
     totals = {"rows": 0, "tokens": 0, "truncated": 0}
     for p in parts:
@@ -307,14 +365,23 @@ def _finish(out: Path, job: dict[str, Any], parts: list[Part], engine: str, bar:
     import importlib.metadata as md
 
     summary = {
-        "format": FORMAT, "input": job["input"], "text_column": job["key"]["text_column"],
-        "id_column": job["key"]["id_column"] or ROW_COLUMN, "rows_input": job["rows"],
-        "rows_written": totals["rows"], "skipped_null": job["skipped_null"], "tokens": totals["tokens"],
-        "truncated": totals["truncated"], "parts": len(parts), "model": job["model"], "engine": engine,
+        "format": FORMAT,
+        "input": job["input"],
+        "text_column": job["key"]["text_column"],
+        "id_column": job["key"]["id_column"] or ROW_COLUMN,
+        "rows_input": job["rows"],
+        "rows_written": totals["rows"],
+        "skipped_null": job["skipped_null"],
+        "tokens": totals["tokens"],
+        "truncated": totals["truncated"],
+        "parts": len(parts),
+        "model": job["model"],
+        "engine": engine,
         "this_run": {"rows": bar.new_rows, "seconds": round(seconds, 2), "rows_per_s": round(bar.rate, 1)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": {name: md.version(name) for name in ("dmeta-embed", "pyarrow", "onnxruntime")
-                     if _installed(name)},
+        "versions": {
+            name: md.version(name) for name in ("dmeta-embed", "pyarrow", "onnxruntime") if _installed(name)
+        },
     }
     _write_json(out / SUCCESS_FILE, summary)
     return summary

@@ -11,8 +11,17 @@ class Progress:
     """Rows and parts done out of a total; rewrites one line on a terminal, prints a line every
     ``every`` seconds elsewhere (logs, CI). ``rows_done``/``parts_done``: finished before this run."""
 
-    def __init__(self, rows: int, parts: int, rows_done: int = 0, parts_done: int = 0, *,
-                 stream: TextIO | None = None, enabled: bool = True, every: float | None = None) -> None:
+    def __init__(
+        self,
+        rows: int,
+        parts: int,
+        rows_done: int = 0,
+        parts_done: int = 0,
+        *,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        every: float | None = None,
+    ) -> None:
         self.rows, self.parts = rows, parts
         self.rows_done, self.parts_done = rows_done, parts_done
         self.stream = stream or sys.stderr
@@ -42,8 +51,10 @@ class Progress:
         left = self.rows - self.rows_done
         eta = f"  eta {left / rate:,.0f} s" if rate > 0 and left > 0 else ""
         pct = 100.0 * self.rows_done / max(self.rows, 1)
-        return (f"embed-corpus: {self.rows_done:,}/{self.rows:,} rows ({pct:.0f}%)  "
-                f"{self.parts_done}/{self.parts} parts  {rate:,.1f} rows/s{eta}")
+        return (
+            f"embed-corpus: {self.rows_done:,}/{self.rows:,} rows ({pct:.0f}%)  "
+            f"{self.parts_done}/{self.parts} parts  {rate:,.1f} rows/s{eta}"
+        )
 
     def _show(self) -> None:
         if self.enabled:

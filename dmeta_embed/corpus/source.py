@@ -73,8 +73,11 @@ def input_files(path: Path) -> tuple[str, list[Path]]:
     """(format, files) of INPUT: a ``.parquet``/``.pq`` file, a ``.jsonl``/``.ndjson`` file, or a
     folder of parquet files (names starting with ``_`` or ``.`` ignored, as Spark and pyarrow do)."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES
-                       and not p.name.startswith(("_", ".")))
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES and not p.name.startswith(("_", "."))
+        )
         if not files:
             raise CorpusError(f"{path}: folder has no .parquet files")
         return "parquet", files
@@ -85,8 +88,10 @@ def input_files(path: Path) -> tuple[str, list[Path]]:
         return "parquet", [path]
     if suffix in JSONL_SUFFIXES:
         return "jsonl", [path]
-    raise CorpusError(f"{path}: unknown input format {suffix or '(no extension)'!r}; "
-                      "give a .parquet or .jsonl file, or a folder of .parquet files")
+    raise CorpusError(
+        f"{path}: unknown input format {suffix or '(no extension)'!r}; "
+        "give a .parquet or .jsonl file, or a folder of .parquet files"
+    )
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -120,20 +125,26 @@ class _Scanner:
 
     def null_text(self, row: int, at: str) -> None:
         if self.on_null == "error":
-            raise CorpusError(f"{at}: column {self.text_column!r} is null or missing in row {row}"
-                              " (pass --on-null skip to leave such rows out)")
+            raise CorpusError(
+                f"{at}: column {self.text_column!r} is null or missing in row {row}"
+                " (pass --on-null skip to leave such rows out)"
+            )
         self.nulls.append(row)
 
     def add_ids(self, arr: pa.Array, file: Path) -> None:
         if self.id_column is None:
             return
         if self.id_type is not None and arr.type != self.id_type:
-            raise CorpusError(f"{file}: column {self.id_column!r} is {arr.type}, but earlier files have {self.id_type}")
+            raise CorpusError(
+                f"{file}: column {self.id_column!r} is {arr.type}, but earlier files have {self.id_type}"
+            )
         self.id_type = arr.type
         if arr.null_count:
             first = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-            raise CorpusError(f"{self.where_of(self.rows + first, file)}: column {self.id_column!r} is null "
-                              f"in row {self.rows + first}")
+            raise CorpusError(
+                f"{self.where_of(self.rows + first, file)}: column {self.id_column!r} is null "
+                f"in row {self.rows + first}"
+            )
         self.ids.append(arr)
 
     def where_of(self, row: int, file: Path) -> str:
@@ -146,8 +157,11 @@ class _Scanner:
             lo, hi = self.rows + start, self.rows + stop
             skipped = int(np.count_nonzero((nulls >= lo) & (nulls < hi)))
             off, line = offsets[k] if offsets else (0, 0)
-            self.parts.append(Part(len(self.parts), str(file), fmt, start, stop, self.rows, stop - start - skipped,
-                                   off, line))
+            self.parts.append(
+                Part(
+                    len(self.parts), str(file), fmt, start, stop, self.rows, stop - start - skipped, off, line
+                )
+            )
         self.rows += n
 
     def check_duplicates(self) -> None:
@@ -159,8 +173,10 @@ class _Scanner:
         if len(dup):
             value = dup.field("values")[0]
             rows = np.flatnonzero(pc.equal(ids, value).to_numpy(zero_copy_only=False))[:2]
-            raise CorpusError(f"column {self.id_column!r} has duplicate id {value.as_py()!r} "
-                              f"(rows {rows[0]} and {rows[1]}; {len(dup)} duplicated value(s) in all)")
+            raise CorpusError(
+                f"column {self.id_column!r} has duplicate id {value.as_py()!r} "
+                f"(rows {rows[0]} and {rows[1]}; {len(dup)} duplicated value(s) in all)"
+            )
 
 
 def scan(path: Path, text_column: str, id_column: str | None, part_rows: int, on_null: str = "error") -> Scan:
@@ -181,8 +197,14 @@ def scan(path: Path, text_column: str, id_column: str | None, part_rows: int, on
             _scan_parquet(sc, file)
         else:
             _scan_jsonl(sc, file)
-        described.append({"path": str(file.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                          "rows": sc.rows - before})
+        described.append(
+            {
+                "path": str(file.resolve()),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "rows": sc.rows - before,
+            }
+        )
     if sc.rows == 0:
         raise CorpusError(f"{path}: no rows")
     if sc.rows == len(sc.nulls):
@@ -195,7 +217,10 @@ def scan(path: Path, text_column: str, id_column: str | None, part_rows: int, on
 def _scan_parquet(sc: _Scanner, file: Path) -> None:
     pf = _open_parquet(file)
     schema = pf.schema_arrow
-    for col, check, what in ((sc.text_column, _is_text, "text (string)"), (sc.id_column, _is_id, "integer or string")):
+    for col, check, what in (
+        (sc.text_column, _is_text, "text (string)"),
+        (sc.id_column, _is_id, "integer or string"),
+    ):
         if col is None:
             continue
         if col not in schema.names:
@@ -255,7 +280,9 @@ def _scan_jsonl(sc: _Scanner, file: Path) -> None:
         if n == 0:
             for col in (sc.text_column, sc.id_column):
                 if col is not None and col not in obj:
-                    raise CorpusError(f"{at}: column {col!r} not found (first row has: {', '.join(obj) or 'nothing'})")
+                    raise CorpusError(
+                        f"{at}: column {col!r} not found (first row has: {', '.join(obj) or 'nothing'})"
+                    )
         if n % sc.part_rows == 0:
             offsets.append((offset, line))
         text = obj.get(sc.text_column)
@@ -263,7 +290,9 @@ def _scan_jsonl(sc: _Scanner, file: Path) -> None:
             sc.where[sc.rows + n] = at
             sc.null_text(sc.rows + n, at)
         elif not isinstance(text, str):
-            raise CorpusError(f"{at}: column {sc.text_column!r} is {type(text).__name__}, expected a string (row {sc.rows + n})")
+            raise CorpusError(
+                f"{at}: column {sc.text_column!r} is {type(text).__name__}, expected a string (row {sc.rows + n})"
+            )
         if sc.id_column is not None:
             value = _json_id(obj.get(sc.id_column), at, sc.id_column)
             if ids and type(value) is not type(ids[0]):
@@ -275,7 +304,9 @@ def _scan_jsonl(sc: _Scanner, file: Path) -> None:
     sc.plan_file(file, "jsonl", n, offsets)
 
 
-def read_part(part: Part, text_column: str, id_column: str | None, on_null: str) -> tuple[pa.Array, list[str]]:
+def read_part(
+    part: Part, text_column: str, id_column: str | None, on_null: str
+) -> tuple[pa.Array, list[str]]:
     """(ids, texts) of one part, in input order, null texts left out when ``on_null='skip'``.
     Raises :class:`CorpusError` if the file no longer matches the plan."""
     want = part.stop - part.start
@@ -284,19 +315,25 @@ def read_part(part: Part, text_column: str, id_column: str | None, on_null: str)
     else:
         ids, texts = _read_jsonl_rows(part, text_column, id_column, want)
     if len(texts) != want:
-        raise CorpusError(f"{part.file}: has changed since the job was planned (expected {want} rows "
-                          f"from row {part.start}, read {len(texts)})")
+        raise CorpusError(
+            f"{part.file}: has changed since the job was planned (expected {want} rows "
+            f"from row {part.start}, read {len(texts)})"
+        )
     if id_column is None:
         ids = pa.array(np.arange(part.row_base + part.start, part.row_base + part.stop, dtype=np.int64))
     keep = [t is not None for t in texts]
     if not all(keep):
         if on_null != "skip":
             first = keep.index(False)
-            raise CorpusError(f"{part.file}: column {text_column!r} is null in row {part.row_base + part.start + first}")
+            raise CorpusError(
+                f"{part.file}: column {text_column!r} is null in row {part.row_base + part.start + first}"
+            )
         ids = ids.filter(pa.array(keep))
         texts = [t for t in texts if t is not None]
     if len(texts) != part.rows or not all(isinstance(t, str) for t in texts):
-        raise CorpusError(f"{part.file}: has changed since the job was planned (rows {part.start}–{part.stop})")
+        raise CorpusError(
+            f"{part.file}: has changed since the job was planned (rows {part.start}–{part.stop})"
+        )
     return ids, texts
 
 
@@ -324,7 +361,9 @@ def _read_parquet_rows(part: Part, text_column: str, id_column: str | None) -> t
     return ids, table.column(text_column).to_pylist()
 
 
-def _read_jsonl_rows(part: Part, text_column: str, id_column: str | None, want: int) -> tuple[pa.Array, list[Any]]:
+def _read_jsonl_rows(
+    part: Part, text_column: str, id_column: str | None, want: int
+) -> tuple[pa.Array, list[Any]]:
     ids: list[Any] = []
     texts: list[Any] = []
     for _, _, obj in _jsonl_rows(Path(part.file), part.offset, part.line):
@@ -345,4 +384,3 @@ def _read_jsonl_rows(part: Part, text_column: str, id_column: str | None, want: 
 def file_fingerprint(files: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
     """What must not change between a job's runs: each file's path, size and mtime."""
     return [(f["path"], f["size"], f["mtime_ns"]) for f in files]
-

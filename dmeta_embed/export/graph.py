@@ -28,14 +28,21 @@ def load_model(model_dir: Path, trust_remote_code: bool = False):  # type: ignor
 
     hf_logging.set_verbosity_error()
     try:
-        return AutoModel.from_pretrained(model_dir, attn_implementation="eager", add_pooling_layer=False,
-                                         trust_remote_code=trust_remote_code).eval()
+        return AutoModel.from_pretrained(
+            model_dir,
+            attn_implementation="eager",
+            add_pooling_layer=False,
+            trust_remote_code=trust_remote_code,
+        ).eval()
     except TypeError:  # architectures without a pooler take no add_pooling_layer
-        return AutoModel.from_pretrained(model_dir, attn_implementation="eager",
-                                         trust_remote_code=trust_remote_code).eval()
+        return AutoModel.from_pretrained(
+            model_dir, attn_implementation="eager", trust_remote_code=trust_remote_code
+        ).eval()
 
 
-def export_backbone(model_dir: Path, out_path: Path, *, opset: int = OPSET, trust_remote_code: bool = False) -> None:
+def export_backbone(
+    model_dir: Path, out_path: Path, *, opset: int = OPSET, trust_remote_code: bool = False
+) -> None:
     """Export the transformer (no pooling) with dynamic batch and sequence axes.
 
     Token type ids are not an input: for one-sequence embeddings they are all zeros, and the
@@ -60,9 +67,15 @@ def export_backbone(model_dir: Path, out_path: Path, *, opset: int = OPSET, trus
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, (ids, mask), str(out_path), input_names=list(INPUTS), output_names=[HIDDEN],
+            wrapper,
+            (ids, mask),
+            str(out_path),
+            input_names=list(INPUTS),
+            output_names=[HIDDEN],
             dynamic_axes={"input_ids": axes, "attention_mask": axes, HIDDEN: axes},
-            opset_version=opset, do_constant_folding=True, dynamo=False,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
 
 
@@ -71,8 +84,9 @@ def fuse(raw_path: Path, num_heads: int, hidden_size: int) -> tuple[onnx.ModelPr
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
-    opt = optimize_model(str(raw_path), model_type="bert", num_heads=num_heads,
-                         hidden_size=hidden_size, opt_level=0)
+    opt = optimize_model(
+        str(raw_path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+    )
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     model = opt.model
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
@@ -225,8 +239,11 @@ def unfuse_skip_layernorm(model: onnx.ModelProto) -> int:
     new_nodes = []
     replaced = 0
     for n in g.node:
-        if not (n.op_type == "SkipLayerNormalization" and n.domain == "com.microsoft"
-                and all(o == "" or o not in used for o in n.output[1:])):
+        if not (
+            n.op_type == "SkipLayerNormalization"
+            and n.domain == "com.microsoft"
+            and all(o == "" or o not in used for o in n.output[1:])
+        ):
             new_nodes.append(n)
             continue
         x, skip, gamma = n.input[0], n.input[1], n.input[2]
@@ -236,10 +253,20 @@ def unfuse_skip_layernorm(model: onnx.ModelProto) -> int:
         total = f"{n.name}/sum"
         new_nodes.append(helper.make_node("Add", [x, skip], [total], name=f"{n.name}/add"))
         if bias:
-            new_nodes.append(helper.make_node("Add", [total, bias], [f"{total}_bias"], name=f"{n.name}/add_bias"))
+            new_nodes.append(
+                helper.make_node("Add", [total, bias], [f"{total}_bias"], name=f"{n.name}/add_bias")
+            )
             total = f"{total}_bias"
-        new_nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []),
-                                          [n.output[0]], name=f"{n.name}/layernorm", axis=-1, epsilon=eps))
+        new_nodes.append(
+            helper.make_node(
+                "LayerNormalization",
+                [total, gamma] + ([beta] if beta else []),
+                [n.output[0]],
+                name=f"{n.name}/layernorm",
+                axis=-1,
+                epsilon=eps,
+            )
+        )
         replaced += 1
     del g.node[:]
     g.node.extend(new_nodes)

@@ -148,15 +148,25 @@ def quantize_static(model: onnx.ModelProto, calib: Tokenized) -> onnx.ModelProto
         AdvancedSmoothQuantParameters,
     )
 
-    items = [{"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-             for ids in calib.ids]
-    no_smooth_quant = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
-    return nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=len(items), advanced_parameters=no_smooth_quant)
+    items = [
+        {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+        for ids in calib.ids
+    ]
+    no_smooth_quant = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)
+    )
+    return nncf.quantize(
+        model,
+        nncf.Dataset(items),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(items),
+        advanced_parameters=no_smooth_quant,
+    )
 
 
-def compile_runner(workdir: Path, model: onnx.ModelProto, properties: dict[str, str],
-                   threads: int | None = None) -> OpenVINORunner:
+def compile_runner(
+    workdir: Path, model: onnx.ModelProto, properties: dict[str, str], threads: int | None = None
+) -> OpenVINORunner:
     """``model`` compiled with ``properties`` by the runtime's own OpenVINO runner: the export
     validates and times int8-ov with the code and settings that will run it."""
     import onnx
@@ -168,8 +178,9 @@ def compile_runner(workdir: Path, model: onnx.ModelProto, properties: dict[str, 
     return OpenVINORunner(path, threads, properties)
 
 
-def openvino_embedder(workdir: Path, properties: dict[str, str], pad_id: int, threads: int | None = None
-                      ) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
+def openvino_embedder(
+    workdir: Path, properties: dict[str, str], pad_id: int, threads: int | None = None
+) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
     """``embed(model, tokenized)`` through OpenVINO's CPU plugin, batched as the runtime batches."""
     from ..manifest import Provider
     from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
@@ -177,8 +188,14 @@ def openvino_embedder(workdir: Path, properties: dict[str, str], pad_id: int, th
     def embed(model: onnx.ModelProto, tok: Tokenized) -> np.ndarray:
         runner = compile_runner(workdir, model, properties, threads)
         dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value  # [batch, dim] from append_head
-        return embed_tokenized(runner, tok, pad_id=pad_id, dim=dim,  # type: ignore[arg-type]
-                               max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO], batch_size=DEFAULT_BATCH_SIZE)
+        return embed_tokenized(
+            runner,
+            tok,
+            pad_id=pad_id,
+            dim=dim,  # type: ignore[arg-type]
+            max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO],
+            batch_size=DEFAULT_BATCH_SIZE,
+        )
 
     return embed
 
@@ -191,8 +208,12 @@ class OpenVinoInt8:
     trials: int
 
 
-def search(model: onnx.ModelProto, calib: Tokenized, embed: Callable[[onnx.ModelProto, Tokenized], np.ndarray],
-           target: Bar) -> OpenVinoInt8:
+def search(
+    model: onnx.ModelProto,
+    calib: Tokenized,
+    embed: Callable[[onnx.ModelProto, Tokenized], np.ndarray],
+    target: Bar,
+) -> OpenVinoInt8:
     """Static int8 of ``model`` (fp32 with the pooling head), with roles unquantized in
     ``ROLE_ORDER`` until OpenVINO's output on the calibration texts meets ``target`` vs fp32."""
     from .reference import cosines
@@ -205,8 +226,13 @@ def search(model: onnx.ModelProto, calib: Tokenized, embed: Callable[[onnx.Model
     roles = [r for r in ROLE_ORDER if any(q.role == r for q in quantizers)]
     for trials in range(1, len(roles) + 2):
         c = cosines(embed(candidate, calib), reference)
-        log.info("int8-ov: %d/%d activation quantizers static: calibration min cos %.5f, mean %.5f",
-                 len(quantizers) - len(removed), len(quantizers), c.min(), c.mean())
+        log.info(
+            "int8-ov: %d/%d activation quantizers static: calibration min cos %.5f, mean %.5f",
+            len(quantizers) - len(removed),
+            len(quantizers),
+            c.min(),
+            c.mean(),
+        )
         if (c.min() >= target.min_cos and c.mean() >= target.mean_cos) or trials > len(roles):
             break
         role = roles[trials - 1]

@@ -59,8 +59,16 @@ def _tool_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"dmeta-embed": __version__}
-    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers", "nncf",
-                "openvino"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tokenizers",
+        "nncf",
+        "openvino",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -128,11 +136,23 @@ def export_model(
     bars = {**BARS, **(bars or {})}
     output = Path(output)
     _prepare_output(output, force)
-    src = resolve(model, revision=revision, pooling=Pooling(pooling) if pooling else None,
-                  normalize=normalize, max_length=max_length, trust_remote_code=trust_remote_code,
-                  truncate_dims=tuple(truncate_dims))
-    log.info("exporting %s (%s, pooling=%s from %s, max_length=%d)", src.model_id, src.model_type,
-             src.pooling.value, src.pooling_origin, src.max_length)
+    src = resolve(
+        model,
+        revision=revision,
+        pooling=Pooling(pooling) if pooling else None,
+        normalize=normalize,
+        max_length=max_length,
+        trust_remote_code=trust_remote_code,
+        truncate_dims=tuple(truncate_dims),
+    )
+    log.info(
+        "exporting %s (%s, pooling=%s from %s, max_length=%d)",
+        src.model_id,
+        src.model_type,
+        src.pooling.value,
+        src.pooling_origin,
+        src.max_length,
+    )
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
@@ -148,8 +168,14 @@ def export_model(
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision, Bar],
-           allow_low_fidelity: bool, t0: float) -> Manifest:
+def _build(
+    src: Source,
+    out: Path,
+    wanted: list[Precision],
+    bars: dict[Precision, Bar],
+    allow_low_fidelity: bool,
+    t0: float,
+) -> Manifest:
     import onnx
 
     timings: dict[str, float] = {}
@@ -172,8 +198,14 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     if not probe_tok.truncated:
         raise ExportError("internal: the probe set has no over-length text")
     with stage(f"reference: PyTorch embeddings of {len(probes)} probe texts"):
-        reference = torch_embeddings(src.path, probes, src.pooling, src.normalize, src.max_length,
-                                     trust_remote_code=src.trust_remote_code)
+        reference = torch_embeddings(
+            src.path,
+            probes,
+            src.pooling,
+            src.normalize,
+            src.max_length,
+            trust_remote_code=src.trust_remote_code,
+        )
     t = lap("reference", t)
 
     work = out / ".work"
@@ -184,7 +216,9 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     with stage("fuse: ONNX Runtime's BERT fusions and graph passes"):
         backbone, fusion = graph.fuse(work / "raw.onnx", heads, hidden)
         if not fusion.get("Attention"):
-            log.warning("ONNX Runtime did not fuse Attention for %s: the graph will be slower", src.model_type)
+            log.warning(
+                "ONNX Runtime did not fuse Attention for %s: the graph will be slower", src.model_type
+            )
         passes = []
         if src.pooling == Pooling.CLS and graph.cls_only_last_layer(backbone):
             passes.append("cls_only_last_layer")
@@ -199,13 +233,22 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     # exact, shifted to u8 where they saturate (runtime.cpu); the runtime feeds it the same way
     int8_weights = "u8" if cpu.int8_weights == "u8" else None
 
-    def runner(model: onnx.ModelProto, provider: Provider = Provider.CPU, weights: str | None = None) -> Runner:
+    def runner(
+        model: onnx.ModelProto, provider: Provider = Provider.CPU, weights: str | None = None
+    ) -> Runner:
         return Runner(model.SerializeToString(), provider, int8_weights=weights)
 
-    def embed(model: onnx.ModelProto, tok=probe_tok, provider: Provider = Provider.CPU,
-              weights: str | None = None) -> np.ndarray:
-        return embed_tokenized(runner(model, provider, weights), tok, pad_id=tok_info.pad_token_id, dim=hidden,
-                               max_batch_tokens=4096, batch_size=16)
+    def embed(
+        model: onnx.ModelProto, tok=probe_tok, provider: Provider = Provider.CPU, weights: str | None = None
+    ) -> np.ndarray:
+        return embed_tokenized(
+            runner(model, provider, weights),
+            tok,
+            pad_id=tok_info.pad_token_id,
+            dim=hidden,
+            max_batch_tokens=4096,
+            batch_size=16,
+        )
 
     def head(m: onnx.ModelProto) -> onnx.ModelProto:
         return graph.append_head(m, src.pooling, src.normalize, hidden)
@@ -241,18 +284,27 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
         elif precision == Precision.INT8:
             weights = int8_weights
             n = len(derive.quantizable_nodes(cpu_backbone))
-            with stage(f"int8: dynamic int8 search over {n} nodes ({weights or 's8'} weights on {cpu.cpu_class.value})"):
+            with stage(
+                f"int8: dynamic int8 search over {n} nodes ({weights or 's8'} weights on {cpu.cpu_class.value})"
+            ):
                 result = derive.search_int8(
-                    cpu_backbone, lambda m, t=calib_tok, w=weights: embed(head(m), t, weights=w), calibration_reference(),
-                    bars[precision])
+                    cpu_backbone,
+                    lambda m, t=calib_tok, w=weights: embed(head(m), t, weights=w),
+                    calibration_reference(),
+                    bars[precision],
+                )
             final, kept = head(result.model), result.kept_float
             int8_tensors = derive.check_int8_tensors(final)
         else:  # INT8_OV: from the raw export (OpenVINO fuses on its own and cannot run ORT's contrib ops)
             properties = openvino.cpu_properties()
             ov_embed = openvino.openvino_embedder(work, properties, tok_info.pad_token_id)
             with stage("int8-ov: NNCF static int8, searched through OpenVINO"):
-                found = openvino.search(head(onnx.load(str(work / "raw.onnx"))), calib_tok, ov_embed,
-                                        derive.target(bars[precision]))
+                found = openvino.search(
+                    head(onnx.load(str(work / "raw.onnx"))),
+                    calib_tok,
+                    ov_embed,
+                    derive.target(bars[precision]),
+                )
             final, kept, validated_on = found.model, found.unquantized, openvino.engine_version()
         with stage(f"{precision.value}: validation on {len(probes)} probe texts"):
             if precision == Precision.INT8_OV:
@@ -260,8 +312,14 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
             else:
                 vectors = embed(final, provider=provider, weights=weights)
         fid = fidelity(vectors, reference, bars[precision], max_tokens)
-        log.info("%s: min cos %.6f, mean cos %.6f (bar %.5f / %.5f)", precision.value, fid.min_cos,
-                 fid.mean_cos, fid.bar_min_cos, fid.bar_mean_cos)
+        log.info(
+            "%s: min cos %.6f, mean cos %.6f (bar %.5f / %.5f)",
+            precision.value,
+            fid.min_cos,
+            fid.mean_cos,
+            fid.bar_min_cos,
+            fid.bar_mean_cos,
+        )
         int8 = precision in (Precision.INT8, Precision.INT8_OV)
         if not fid.passed and not (int8 and allow_low_fidelity):
             raise FidelityError(
@@ -273,18 +331,27 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
             # bf16 for the float parts where this CPU computes bf16 natively: a candidate, kept
             # below only if it meets the bar and runs faster (docs/performance.md, "OpenVINO")
             with stage("int8-ov: validation with bf16 float parts"):
-                bf16 = openvino.openvino_embedder(work, openvino.BF16, tok_info.pad_token_id)(final, probe_tok)
+                bf16 = openvino.openvino_embedder(work, openvino.BF16, tok_info.pad_token_id)(
+                    final, probe_tok
+                )
             ov_bf16 = fidelity(bf16, reference, bars[precision], max_tokens)
             log.info("int8-ov, bf16: min cos %.6f, mean cos %.6f", ov_bf16.min_cos, ov_bf16.mean_cos)
         path = out / VARIANT_FILES[precision]
         onnx.save(final, str(path))
         finals[precision] = final
         built[precision.value] = Variant(
-            precision=precision, file=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size,
-            provider=VARIANT_PROVIDERS[precision].ort_name, fidelity=fid, kept_float=kept,
-            ops=graph.op_counts(final), validated_on=validated_on,
+            precision=precision,
+            file=path.name,
+            sha256=sha256_file(path),
+            size_bytes=path.stat().st_size,
+            provider=VARIANT_PROVIDERS[precision].ort_name,
+            fidelity=fid,
+            kept_float=kept,
+            ops=graph.op_counts(final),
+            validated_on=validated_on,
             validated_cpu=cpu.to_dict() if provider != Provider.CUDA else {},
-            engine_properties=properties, int8_tensors=int8_tensors,
+            engine_properties=properties,
+            int8_tensors=int8_tensors,
         )
         t = lap(precision.value, t)
 
@@ -292,9 +359,18 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
     if cpu_variants:
         alternative = openvino.BF16 if ov_bf16 is not None and ov_bf16.passed else None
         with stage(f"speed: {', '.join(p.value for p in cpu_variants)} vs fp32 on {cpu.cpu_class.value}"):
-            speeds = _speeds(fp32_model, finals, calib_tok, cpu.cpu_class.value, runner, int8_weights,
-                             lambda m, props: openvino.compile_runner(work, m, props),
-                             tok_info.pad_token_id, hidden, ov_alternative=alternative)
+            speeds = _speeds(
+                fp32_model,
+                finals,
+                calib_tok,
+                cpu.cpu_class.value,
+                runner,
+                int8_weights,
+                lambda m, props: openvino.compile_runner(work, m, props),
+                tok_info.pad_token_id,
+                hidden,
+                ov_alternative=alternative,
+            )
         for p, sp in speeds.items():
             if isinstance(p, Precision) and p.value in built:
                 built[p.value] = dataclasses.replace(built[p.value], speed=sp)
@@ -303,29 +379,56 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
             f32_rate = speeds[Precision.INT8_OV]["tokens_per_s"]
             if bf16_speed["tokens_per_s"] > f32_rate:
                 built[Precision.INT8_OV.value] = dataclasses.replace(
-                    built[Precision.INT8_OV.value], engine_properties=openvino.BF16, fidelity=ov_bf16,
-                    speed={**bf16_speed, "f32_tokens_per_s": f32_rate})
+                    built[Precision.INT8_OV.value],
+                    engine_properties=openvino.BF16,
+                    fidelity=ov_bf16,
+                    speed={**bf16_speed, "f32_tokens_per_s": f32_rate},
+                )
             else:
                 built[Precision.INT8_OV.value] = dataclasses.replace(
                     built[Precision.INT8_OV.value],
-                    speed={**speeds[Precision.INT8_OV], "bf16_tokens_per_s": bf16_speed["tokens_per_s"]})
-            log.info("int8-ov: bf16 float parts %d tokens/s vs f32 %d: keeping %s", bf16_speed["tokens_per_s"],
-                     f32_rate, built[Precision.INT8_OV.value].engine_properties["INFERENCE_PRECISION_HINT"])
+                    speed={**speeds[Precision.INT8_OV], "bf16_tokens_per_s": bf16_speed["tokens_per_s"]},
+                )
+            log.info(
+                "int8-ov: bf16 float parts %d tokens/s vs f32 %d: keeping %s",
+                bf16_speed["tokens_per_s"],
+                f32_rate,
+                built[Precision.INT8_OV.value].engine_properties["INFERENCE_PRECISION_HINT"],
+            )
         t = lap("speed", t)
 
     shutil.rmtree(work)
     revision = src.revision or (src.path.name if src.model_id != str(src.path.resolve()) else None)
     manifest = Manifest(
-        source={"model": src.model_id, "revision": revision, "model_type": src.model_type,
-                "pooling_from": src.pooling_origin, "normalize_from": src.normalize_origin},
-        pooling=src.pooling, normalize=src.normalize, max_length=src.max_length, dim=hidden,
-        tokenizer=tok_info, inputs=graph.INPUTS, output=OUTPUT_NAME, variants=built,
-        export={"opset": graph.OPSET, "fusion": fusion, "graph_passes": passes, "tools": _tool_versions(),
-                "probe_texts": len(probes), "stage_seconds": timings,
-                "wall_seconds": round(time.perf_counter() - t0, 2),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        prompts=src.prompts, default_prompt_name=src.default_prompt_name,
-        similarity_fn_name=src.similarity_fn_name, truncate_dims=src.truncate_dims,
+        source={
+            "model": src.model_id,
+            "revision": revision,
+            "model_type": src.model_type,
+            "pooling_from": src.pooling_origin,
+            "normalize_from": src.normalize_origin,
+        },
+        pooling=src.pooling,
+        normalize=src.normalize,
+        max_length=src.max_length,
+        dim=hidden,
+        tokenizer=tok_info,
+        inputs=graph.INPUTS,
+        output=OUTPUT_NAME,
+        variants=built,
+        export={
+            "opset": graph.OPSET,
+            "fusion": fusion,
+            "graph_passes": passes,
+            "tools": _tool_versions(),
+            "probe_texts": len(probes),
+            "stage_seconds": timings,
+            "wall_seconds": round(time.perf_counter() - t0, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        prompts=src.prompts,
+        default_prompt_name=src.default_prompt_name,
+        similarity_fn_name=src.similarity_fn_name,
+        truncate_dims=src.truncate_dims,
     )
     manifest.save(out)
     return manifest
@@ -335,9 +438,19 @@ def _build(src: Source, out: Path, wanted: list[Precision], bars: dict[Precision
 BF16_RUN = "int8-ov+bf16"
 
 
-def _speeds(fp32: onnx.ModelProto, finals: dict[Precision, onnx.ModelProto], tok: Tokenized, cpu_class: str,
-            runner, int8_weights: str | None, ov_compile, pad_id: int, dim: int,  # type: ignore[no-untyped-def]
-            rounds: int = 3, ov_alternative: dict[str, str] | None = None) -> dict[Precision | str, dict[str, Any]]:
+def _speeds(
+    fp32: onnx.ModelProto,
+    finals: dict[Precision, onnx.ModelProto],
+    tok: Tokenized,
+    cpu_class: str,
+    runner,
+    int8_weights: str | None,
+    ov_compile,
+    pad_id: int,
+    dim: int,  # type: ignore[no-untyped-def]
+    rounds: int = 3,
+    ov_alternative: dict[str, str] | None = None,
+) -> dict[Precision | str, dict[str, Any]]:
     """Tokens/s of fp32 and each CPU variant on the calibration texts, batched as the runtime
     batches, on this machine: what ``auto`` needs to never pick a variant slower than fp32 here.
     The variants take turns (``rounds`` passes each) and keep their fastest, so a burst of other
@@ -346,8 +459,14 @@ def _speeds(fp32: onnx.ModelProto, finals: dict[Precision, onnx.ModelProto], tok
     tokens = int(tok.lengths.sum())
 
     def batches(r):  # type: ignore[no-untyped-def]
-        return lambda: embed_tokenized(r, tok, pad_id=pad_id, dim=dim, max_batch_tokens=DEFAULT_BATCH_TOKENS[
-            Provider.CPU], batch_size=DEFAULT_BATCH_SIZE)
+        return lambda: embed_tokenized(
+            r,
+            tok,
+            pad_id=pad_id,
+            dim=dim,
+            max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.CPU],
+            batch_size=DEFAULT_BATCH_SIZE,
+        )
 
     runs: dict[Precision | str, Any] = {Precision.FP32: batches(runner(fp32, Provider.CPU))}
     for p, model in finals.items():
@@ -374,8 +493,12 @@ def _speeds(fp32: onnx.ModelProto, finals: dict[Precision, onnx.ModelProto], tok
     out: dict[Precision | str, dict[str, Any]] = {}
     for p, seconds in best.items():
         rate = tokens / seconds
-        out[p] = {"cpu_class": cpu_class, "tokens_per_s": round(rate), "vs_fp32": round(rate / base, 3),
-                  "engine": "openvino" if p in (Precision.INT8_OV, BF16_RUN) else "onnxruntime"}
+        out[p] = {
+            "cpu_class": cpu_class,
+            "tokens_per_s": round(rate),
+            "vs_fp32": round(rate / base, 3),
+            "engine": "openvino" if p in (Precision.INT8_OV, BF16_RUN) else "onnxruntime",
+        }
         if p != Precision.FP32:
             name = p.value if isinstance(p, Precision) else p
             log.info("%s: %.0f tokens/s, %.2fx fp32 (%.0f) on %s", name, rate, rate / base, base, cpu_class)

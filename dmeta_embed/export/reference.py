@@ -9,8 +9,15 @@ import numpy as np
 from ..manifest import Bar, Fidelity, Pooling
 
 
-def torch_embeddings(model_dir: Path, texts: list[str], pooling: Pooling, normalize: bool,
-                     max_length: int, batch_size: int = 8, trust_remote_code: bool = False) -> np.ndarray:
+def torch_embeddings(
+    model_dir: Path,
+    texts: list[str],
+    pooling: Pooling,
+    normalize: bool,
+    max_length: int,
+    batch_size: int = 8,
+    trust_remote_code: bool = False,
+) -> np.ndarray:
     """transformers + torch fp32 with the same pooling and normalisation as the graph head."""
     import torch
     from transformers import AutoTokenizer
@@ -23,9 +30,15 @@ def torch_embeddings(model_dir: Path, texts: list[str], pooling: Pooling, normal
     out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
     with torch.no_grad():
         for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt", return_token_type_ids=False)
+            idx = order[s : s + batch_size]
+            enc = tok(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+                return_token_type_ids=False,
+            )
             h = model(**enc).last_hidden_state
             mask = enc["attention_mask"]
             if pooling == Pooling.CLS:
@@ -53,7 +66,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def fidelity(candidate: np.ndarray, reference: np.ndarray, bar: Bar, max_tokens: int) -> Fidelity:
     c = cosines(candidate, reference)
     return Fidelity(
-        min_cos=float(c.min()), mean_cos=float(c.mean()),
-        max_abs_diff=float(np.abs(candidate - reference).max()), n_texts=len(c),
-        max_tokens=max_tokens, bar_min_cos=bar.min_cos, bar_mean_cos=bar.mean_cos,
+        min_cos=float(c.min()),
+        mean_cos=float(c.mean()),
+        max_abs_diff=float(np.abs(candidate - reference).max()),
+        n_texts=len(c),
+        max_tokens=max_tokens,
+        bar_min_cos=bar.min_cos,
+        bar_mean_cos=bar.mean_cos,
     )

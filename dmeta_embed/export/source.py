@@ -60,8 +60,14 @@ def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
 
 
 #: files a fast tokenizer can be built from (tokenizer.json, or a slow tokenizer's vocabulary)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
-                   "vocab.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+    "vocab.json",
+)
 
 
 def check_safetensors(path: Path) -> None:
@@ -81,10 +87,14 @@ def check_safetensors(path: Path) -> None:
             raise ValueError("header is not a JSON object")
         ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise ModelLoadError(f"{path}: damaged safetensors file ({e}); download or save the model again") from e
+        raise ModelLoadError(
+            f"{path}: damaged safetensors file ({e}); download or save the model again"
+        ) from e
     if ends and max(ends) > size - 8 - n:
-        raise ModelLoadError(f"{path}: truncated safetensors file (tensors need {max(ends) + 8 + n} bytes, "
-                             f"the file has {size}); download or save the model again")
+        raise ModelLoadError(
+            f"{path}: truncated safetensors file (tensors need {max(ends) + 8 + n} bytes, "
+            f"the file has {size}); download or save the model again"
+        )
 
 
 def check_tokenizer_files(folder: Path) -> None:
@@ -101,13 +111,13 @@ def download(model_id: str, revision: str | None) -> Path:
     patterns = ["*.json", "*.txt", "*.safetensors", "*.model", "1_Pooling/*", "*.bin"]
     try:
         # the local cache first: no network when the model was fetched before
-        return Path(snapshot_download(model_id, revision=revision, local_files_only=True,
-                                      allow_patterns=patterns))
+        return Path(
+            snapshot_download(model_id, revision=revision, local_files_only=True, allow_patterns=patterns)
+        )
     except (LocalEntryNotFoundError, FileNotFoundError):
         pass
     try:
-        return Path(snapshot_download(model_id, revision=revision, allow_patterns=patterns,
-                                      etag_timeout=10))
+        return Path(snapshot_download(model_id, revision=revision, allow_patterns=patterns, etag_timeout=10))
     except (LocalEntryNotFoundError, OSError, HfHubHTTPError) as e:
         raise ModelLoadError(
             f"cannot download '{model_id}' from the Hugging Face hub ({type(e).__name__}); "
@@ -137,9 +147,7 @@ def _pooling_from_st(folder: Path) -> Pooling | None:
 
 def _has_normalize(folder: Path) -> bool:
     modules = _read_json(folder / "modules.json")
-    return isinstance(modules, list) and any(
-        str(m.get("type", "")).endswith("Normalize") for m in modules
-    )
+    return isinstance(modules, list) and any(str(m.get("type", "")).endswith("Normalize") for m in modules)
 
 
 def st_prompts(folder: Path) -> tuple[dict[str, str], str | None, str]:
@@ -150,16 +158,23 @@ def st_prompts(folder: Path) -> tuple[dict[str, str], str | None, str]:
         return {}, None, "cosine"
     raw = cfg.get("prompts") or {}
     if not isinstance(raw, dict) or not all(isinstance(v, (str, type(None))) for v in raw.values()):
-        raise ModelLoadError(f"{folder}/config_sentence_transformers.json: 'prompts' is not a name → text map")
+        raise ModelLoadError(
+            f"{folder}/config_sentence_transformers.json: 'prompts' is not a name → text map"
+        )
     prompts = {str(k): v or "" for k, v in raw.items()}
     default = cfg.get("default_prompt_name")
     if default is not None and default not in prompts:
-        raise ModelLoadError(f"{folder}/config_sentence_transformers.json: default_prompt_name {default!r} "
-                             f"is not one of its prompts ({', '.join(prompts) or 'none'})")
+        raise ModelLoadError(
+            f"{folder}/config_sentence_transformers.json: default_prompt_name {default!r} "
+            f"is not one of its prompts ({', '.join(prompts) or 'none'})"
+        )
     if any(prompts.values()) and _pooling_excludes_prompt(folder):
         # our graph pools every token it is given; sentence-transformers would skip the prompt's
-        log.warning("%s pools without its prompt tokens (include_prompt=false); prompted embeddings "
-                    "will differ from sentence-transformers'", folder)
+        log.warning(
+            "%s pools without its prompt tokens (include_prompt=false); prompted embeddings "
+            "will differ from sentence-transformers'",
+            folder,
+        )
     return prompts, default, str(cfg.get("similarity_fn_name") or "cosine")
 
 
@@ -191,11 +206,16 @@ def resolve(
 
     config = _read_json(path / "config.json")
     if not isinstance(config, dict):
-        raise ModelLoadError(f"{model}: no config.json; not a transformers or sentence-transformers model folder")
+        raise ModelLoadError(
+            f"{model}: no config.json; not a transformers or sentence-transformers model folder"
+        )
     model_type = str(config.get("model_type", ""))
     if model_type not in SUPPORTED_MODEL_TYPES and trust_remote_code:
-        log.warning("model_type %r is not a known BERT-style type: exporting with its remote code; "
-                    "ONNX Runtime's fusions may not apply", model_type)
+        log.warning(
+            "model_type %r is not a known BERT-style type: exporting with its remote code; "
+            "ONNX Runtime's fusions may not apply",
+            model_type,
+        )
     elif model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(
             f"{model}: unsupported architecture model_type={model_type!r}; "
@@ -209,8 +229,7 @@ def resolve(
     st_pooling = _pooling_from_st(path)
     if st_pooling is not None:
         if pooling is not None and pooling != st_pooling:
-            log.warning("model files say pooling=%s; ignoring --pooling %s",
-                        st_pooling.value, pooling.value)
+            log.warning("model files say pooling=%s; ignoring --pooling %s", st_pooling.value, pooling.value)
         chosen, origin = st_pooling, "1_Pooling/config.json"
     elif pooling is not None:
         chosen, origin = pooling, "flag"
@@ -249,9 +268,19 @@ def resolve(
     if bad:
         raise ExportError(f"--truncate-dims {bad} outside 1..{hidden} (the model's hidden size)")
     return Source(
-        path=path, model_id=model_id, revision=revision, model_type=model_type,
-        pooling=chosen, pooling_origin=origin, normalize=normalize, normalize_origin=normalize_origin, max_length=limit,
-        config=config, trust_remote_code=trust_remote_code,
-        prompts=prompts, default_prompt_name=default_prompt, similarity_fn_name=similarity,
+        path=path,
+        model_id=model_id,
+        revision=revision,
+        model_type=model_type,
+        pooling=chosen,
+        pooling_origin=origin,
+        normalize=normalize,
+        normalize_origin=normalize_origin,
+        max_length=limit,
+        config=config,
+        trust_remote_code=trust_remote_code,
+        prompts=prompts,
+        default_prompt_name=default_prompt,
+        similarity_fn_name=similarity,
         truncate_dims=tuple(sorted(set(truncate_dims), reverse=True)),
     )

@@ -45,8 +45,11 @@ def to_fp16(backbone: onnx.ModelProto) -> onnx.ModelProto:
 def quantizable_nodes(backbone: onnx.ModelProto) -> list[str]:
     """MatMul nodes with a constant weight, and fused Attention nodes, in graph order."""
     inits = {i.name for i in backbone.graph.initializer}
-    return [n.name for n in backbone.graph.node
-            if n.op_type == "Attention" or (n.op_type == "MatMul" and n.input[1] in inits)]
+    return [
+        n.name
+        for n in backbone.graph.node
+        if n.op_type == "Attention" or (n.op_type == "MatMul" and n.input[1] in inits)
+    ]
 
 
 def quantize_int8(backbone: onnx.ModelProto, exclude: list[str], workdir: Path) -> onnx.ModelProto:
@@ -55,8 +58,13 @@ def quantize_int8(backbone: onnx.ModelProto, exclude: list[str], workdir: Path) 
 
     out = workdir / "q.onnx"
     quantize_dynamic(
-        backbone, out, op_types_to_quantize=list(QUANTIZABLE), per_channel=True, reduce_range=False,
-        weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+        backbone,
+        out,
+        op_types_to_quantize=list(QUANTIZABLE),
+        per_channel=True,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
         # the fused graph lacks value_info for some weights; without this quantize_dynamic fails
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
     )
@@ -91,7 +99,9 @@ def check_int8_tensors(model: onnx.ModelProto) -> int:
         w, z = (n.input[i] if i < len(n.input) else "" for i in positions)
         if w in int8:
             if z not in int8:
-                raise ValueError(f"int8 node {n.name} has no int8 weight zero point: the u8 shift would be wrong")
+                raise ValueError(
+                    f"int8 node {n.name} has no int8 weight zero point: the u8 shift would be wrong"
+                )
             used |= {w, z}
     stray = int8 - used
     if stray:
@@ -128,8 +138,14 @@ def search_int8(
         work = Path(tmp)
         full = quantize_int8(backbone, [], work)
         c = score(full)
-        log.info("int8, all %d nodes quantized: min cos %.5f mean %.5f (target %.5f / %.5f)", len(nodes), c.min(),
-                 c.mean(), goal.min_cos, goal.mean_cos)
+        log.info(
+            "int8, all %d nodes quantized: min cos %.5f mean %.5f (target %.5f / %.5f)",
+            len(nodes),
+            c.min(),
+            c.mean(),
+            goal.min_cos,
+            goal.mean_cos,
+        )
         if ok(c):
             return Int8Result(full, {}, trials)
         log.info("int8: measuring each node's sensitivity (%d trials)", len(nodes))
@@ -168,7 +184,8 @@ def search_int8(
             else:
                 lo = mid
         k, model = best
-        kept = {n: f"sensitivity {sens[n]:.2e} (rank {i + 1} of {len(nodes)})"
-                for i, n in enumerate(ranked[:k])}
+        kept = {
+            n: f"sensitivity {sens[n]:.2e} (rank {i + 1} of {len(nodes)})" for i, n in enumerate(ranked[:k])
+        }
         log.info("int8: kept %d of %d nodes in fp32 after %d trials", k, len(nodes), trials)
         return Int8Result(model, kept, trials)

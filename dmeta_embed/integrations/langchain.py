@@ -1,8 +1,8 @@
 """LangChain: :class:`DmetaEmbeddings`, a ``langchain_core.embeddings.Embeddings`` over ``Embedder``.
 
-    from dmeta_embed.integrations.langchain import DmetaEmbeddings
-    emb = DmetaEmbeddings(model_path="out/dmeta", variant="int8")
-    vectors = emb.embed_documents(["第一段", "第二段"])
+from dmeta_embed.integrations.langchain import DmetaEmbeddings
+emb = DmetaEmbeddings(model_path="out/dmeta", variant="int8")
+vectors = emb.embed_documents(["第一段", "第二段"])
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ class DmetaEmbeddings(Embeddings):  # type: ignore[misc,valid-type]
     encode in a worker thread (onnxruntime releases the GIL), so the event loop keeps running.
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, embedder: Embedder | None = None,
-                 **load_options: Any) -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, *, embedder: Embedder | None = None, **load_options: Any
+    ) -> None:
         if (model_path is None) == (embedder is None):
             raise TypeError("pass exactly one of model_path= (an exported folder) or embedder=")
         self.embedder = embedder if embedder is not None else Embedder.load(model_path, **load_options)

@@ -1,8 +1,8 @@
 """LlamaIndex: :class:`DmetaEmbedding`, a ``BaseEmbedding`` over ``Embedder``.
 
-    from llama_index.core import Settings
-    from dmeta_embed.integrations.llama_index import DmetaEmbedding
-    Settings.embed_model = DmetaEmbedding(model_path="out/dmeta", variant="int8")
+from llama_index.core import Settings
+from dmeta_embed.integrations.llama_index import DmetaEmbedding
+Settings.embed_model = DmetaEmbedding(model_path="out/dmeta", variant="int8")
 """
 
 from __future__ import annotations
@@ -34,8 +34,14 @@ class DmetaEmbedding(BaseEmbedding):  # type: ignore[misc,valid-type]
     model_path: str = _bridge.Field(default="", description="The exported dmeta-embed folder.")
     _embedder: Embedder = _bridge.PrivateAttr()
 
-    def __init__(self, model_path: str | Path | None = None, *, embedder: Embedder | None = None,
-                 embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE, **options: Any) -> None:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        embedder: Embedder | None = None,
+        embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
+        **options: Any,
+    ) -> None:
         if (model_path is None) == (embedder is None):
             raise TypeError("pass exactly one of model_path= (an exported folder) or embedder=")
         # BaseEmbedding's own fields (callback_manager, num_workers, ...) go to it, the rest to load

@@ -50,7 +50,9 @@ def model_meta(embedder: Embedder) -> Any:
         public_training_data=None,
         framework=["ONNX"],
         reference=f"https://huggingface.co/{source}" if hub_id else None,
-        similarity_fn_name=embedder.similarity_fn_name if embedder.similarity_fn_name in _MTEB_SCORES else None,
+        similarity_fn_name=embedder.similarity_fn_name
+        if embedder.similarity_fn_name in _MTEB_SCORES
+        else None,
         use_instructions=any(embedder.prompts.values()),
         training_datasets=None,
         adapted_from=source if hub_id else None,
@@ -65,20 +67,30 @@ class DmetaEncoder(AbsEncoder):  # type: ignore[misc,valid-type]
     then task type, then "query"/"document"), else ``encode_query``/``encode_document``'s defaults.
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, embedder: Embedder | None = None,
-                 **load_options: Any) -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, *, embedder: Embedder | None = None, **load_options: Any
+    ) -> None:
         if (model_path is None) == (embedder is None):
             raise TypeError("pass exactly one of model_path= (an exported folder) or embedder=")
         self.model = embedder if embedder is not None else Embedder.load(model_path, **load_options)
         self.model_prompts = dict(self.model.prompts) or None
         self.mteb_model_meta = model_meta(self.model)
 
-    def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
-               prompt_type: Any = None, **kwargs: Any) -> np.ndarray:
+    def encode(
+        self,
+        inputs: Any,
+        *,
+        task_metadata: Any,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: Any = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
         name = self.get_prompt_name(task_metadata, prompt_type)
         prompt = self.model.prompts[name] if name else None
         kind = getattr(prompt_type, "value", prompt_type)
         encode = {"query": self.model.encode_query, "document": self.model.encode_document}.get(
-            kind, self.model.encode)
+            kind, self.model.encode
+        )
         return encode(texts, prompt=prompt)

@@ -54,14 +54,26 @@ def actor_plan(total_cpus: float, worker_cpus: int, workers: int | None, parts: 
     cpus = max(1, min(worker_cpus, spare))
     fit = max(1, spare // cpus)
     if workers is not None and workers > fit:
-        log.warning("--workers %d: only %d actor(s) of %d CPU(s) fit in %g CPUs (one left for reading)",
-                    workers, fit, cpus, total_cpus)
+        log.warning(
+            "--workers %d: only %d actor(s) of %d CPU(s) fit in %g CPUs (one left for reading)",
+            workers,
+            fit,
+            cpus,
+            total_cpus,
+        )
     n = min(workers or fit, fit, max(parts, 1))
     return n, cpus
 
 
-def run_parts(spec: JobSpec, parts: list[Part], *, address: str | bool = True, workers: int | None = None,
-              worker_cpus: int = 1, progress: Progress | None = None) -> str:
+def run_parts(
+    spec: JobSpec,
+    parts: list[Part],
+    *,
+    address: str | bool = True,
+    workers: int | None = None,
+    worker_cpus: int = 1,
+    progress: Progress | None = None,
+) -> str:
     """Embed ``parts`` on Ray Data actors; returns a description of the pool. ``address``: True for
     ``ray.init()`` (RAY_ADDRESS, a running local cluster, else a new local one), or an address
     (``"auto"``, ``"ray://head:10001"``, ``"local"``). An already initialised Ray is used as is and
@@ -75,11 +87,17 @@ def run_parts(spec: JobSpec, parts: list[Part], *, address: str | bool = True, w
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts rows; Ray's would count parts on a second line
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # keep stderr to our progress line
-        ds = ray.data.from_items([{"part": json.dumps(p.to_dict())} for p in parts],
-                                 override_num_blocks=len(parts))
-        ds = ds.map_batches(PartActor, batch_size=1, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpus,
-                            fn_constructor_kwargs={"spec": spec.to_dict(), "threads": cpus})
+        ds = ray.data.from_items(
+            [{"part": json.dumps(p.to_dict())} for p in parts], override_num_blocks=len(parts)
+        )
+        ds = ds.map_batches(
+            PartActor,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n),
+            num_cpus=cpus,
+            fn_constructor_kwargs={"spec": spec.to_dict(), "threads": cpus},
+        )
         for row in ds.iter_rows():
             if row["error"]:
                 raise CorpusError(str(row["error"]))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def plan_batches(lengths: np.ndarray, max_batch_tokens: int, batch_size: int,
-                 pad_ratio: float = 2.0) -> list[np.ndarray]:
+def plan_batches(
+    lengths: np.ndarray, max_batch_tokens: int, batch_size: int, pad_ratio: float = 2.0
+) -> list[np.ndarray]:
     """Split indices into batches of similar length.
 
     Longest first (the memory peak comes early, not after an hour), each batch at most

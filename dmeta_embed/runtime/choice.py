@@ -17,7 +17,9 @@ from .cpu import CpuClass, CpuInfo
 #: (OpenVINO static int8) leads only where it was measured faster than onnxruntime's int8 (AMX);
 #: on AVX2 it was measured slower than fp32 (docs/performance.md), so elsewhere it waits for
 #: an export-time measurement on that class
-CPU_ORDER: dict[CpuClass, tuple[Precision, ...]] = {CpuClass.AMX: (Precision.INT8_OV, Precision.INT8, Precision.FP32)}
+CPU_ORDER: dict[CpuClass, tuple[Precision, ...]] = {
+    CpuClass.AMX: (Precision.INT8_OV, Precision.INT8, Precision.FP32)
+}
 DEFAULT_CPU_ORDER = (Precision.INT8, Precision.FP32)
 #: the OpenVINO CPU property that sets the float parts' precision (``f32`` or ``bf16``)
 PRECISION_HINT = "INFERENCE_PRECISION_HINT"
@@ -75,12 +77,23 @@ def _cpu_choice(manifest: Manifest, variant: Precision, cpu: CpuInfo, why: str) 
         return Choice(variant, Provider.CPU, "u8", f"{why}; {where}: weights shifted to u8 at load (exact)")
     if weights == "s8":
         return Choice(variant, Provider.CPU, "s8", f"{why}; {where}: s8 weights run as exported (exact)")
-    return Choice(variant, Provider.CPU, "s8", f"{why}; {where}: its int8 kernels are unknown, results may differ "
-                                               "from the validated ones")
+    return Choice(
+        variant,
+        Provider.CPU,
+        "s8",
+        f"{why}; {where}: its int8 kernels are unknown, results may differ from the validated ones",
+    )
 
 
-def choose(manifest: Manifest, variant: str = "auto", provider: str = "auto", *, cpu: CpuInfo,
-           installed: Installed, prefer_latency: bool = False) -> Choice:
+def choose(
+    manifest: Manifest,
+    variant: str = "auto",
+    provider: str = "auto",
+    *,
+    cpu: CpuInfo,
+    installed: Installed,
+    prefer_latency: bool = False,
+) -> Choice:
     """The variant and provider to load for ``variant``/``provider`` (``auto`` or a name).
 
     Explicit requests are honoured or refused with a :class:`ProviderError`, never replaced.
@@ -97,22 +110,33 @@ def choose(manifest: Manifest, variant: str = "auto", provider: str = "auto", *,
     have = manifest.variants
     ov = Precision.INT8_OV
     if provider == Provider.CUDA and not installed.cuda:
-        raise ProviderError("provider='cuda' asked for, but no CUDA provider is available "
-                            "(pip install 'dmeta-embed[gpu]' on a machine with an NVIDIA GPU)")
+        raise ProviderError(
+            "provider='cuda' asked for, but no CUDA provider is available "
+            "(pip install 'dmeta-embed[gpu]' on a machine with an NVIDIA GPU)"
+        )
     if provider == Provider.OPENVINO or variant == ov:
         # int8-ov is the only graph built for OpenVINO (the others use onnxruntime's contrib ops)
         if provider not in {"auto", Provider.OPENVINO} or variant not in {"auto", ov}:
-            raise ProviderError(f"variant {ov.value!r} runs on provider 'openvino' only, and provider 'openvino' "
-                                f"runs only variant {ov.value!r} (asked: variant={variant!r}, provider={provider!r})")
+            raise ProviderError(
+                f"variant {ov.value!r} runs on provider 'openvino' only, and provider 'openvino' "
+                f"runs only variant {ov.value!r} (asked: variant={variant!r}, provider={provider!r})"
+            )
         if not installed.openvino:
-            raise ProviderError(f"variant {ov.value!r} runs on OpenVINO, which is not installed: pip install "
-                                "'dmeta-embed[openvino]' (beside [cpu], in the same environment)")
+            raise ProviderError(
+                f"variant {ov.value!r} runs on OpenVINO, which is not installed: pip install "
+                "'dmeta-embed[openvino]' (beside [cpu], in the same environment)"
+            )
         if ov.value not in have:
-            raise ProviderError(f"variant {ov.value!r} is not in this folder (it has: {', '.join(have)}); "
-                                "export it with --variants ...,int8-ov")
-        return _openvino_choice(manifest, cpu, f"asked for; int8-ov {_validated(manifest, ov)}, this CPU is "
-                                               f"{cpu.cpu_class.value}")
-    use_cuda = provider == Provider.CUDA or (provider == "auto" and installed.cuda and variant != Precision.INT8)
+            raise ProviderError(
+                f"variant {ov.value!r} is not in this folder (it has: {', '.join(have)}); "
+                "export it with --variants ...,int8-ov"
+            )
+        return _openvino_choice(
+            manifest, cpu, f"asked for; int8-ov {_validated(manifest, ov)}, this CPU is {cpu.cpu_class.value}"
+        )
+    use_cuda = provider == Provider.CUDA or (
+        provider == "auto" and installed.cuda and variant != Precision.INT8
+    )
     if variant != "auto":
         if variant not in have:
             raise ProviderError(f"variant {variant!r} is not in this folder (it has: {', '.join(have)})")
@@ -126,8 +150,9 @@ def choose(manifest: Manifest, variant: str = "auto", provider: str = "auto", *,
     return _auto_cpu(manifest, cpu, installed, prefer_latency, provider)
 
 
-def _auto_cpu(manifest: Manifest, cpu: CpuInfo, installed: Installed, prefer_latency: bool,
-              provider: str) -> Choice:
+def _auto_cpu(
+    manifest: Manifest, cpu: CpuInfo, installed: Installed, prefer_latency: bool, provider: str
+) -> Choice:
     have = manifest.variants
     cls = cpu.cpu_class.value
     skipped: list[str] = []
@@ -148,11 +173,17 @@ def _auto_cpu(manifest: Manifest, cpu: CpuInfo, installed: Installed, prefer_lat
             candidates.append(p)
     if not candidates:
         if Precision.INT8.value in have:
-            return _cpu_choice(manifest, Precision.INT8, cpu, "the only CPU variant here ("
-                               + "; ".join(skipped) + ")")
-        raise ProviderError(f"no CPU variant in this folder (it has: {', '.join(have)}); pass provider='cuda'")
-    measured = {p: float(have[p.value].speed["tokens_per_s"]) for p in candidates
-                if have[p.value].speed.get("cpu_class") == cls and "tokens_per_s" in have[p.value].speed}
+            return _cpu_choice(
+                manifest, Precision.INT8, cpu, "the only CPU variant here (" + "; ".join(skipped) + ")"
+            )
+        raise ProviderError(
+            f"no CPU variant in this folder (it has: {', '.join(have)}); pass provider='cuda'"
+        )
+    measured = {
+        p: float(have[p.value].speed["tokens_per_s"])
+        for p in candidates
+        if have[p.value].speed.get("cpu_class") == cls and "tokens_per_s" in have[p.value].speed
+    }
     if len(candidates) == 1:
         order, basis = candidates, "the only CPU variant left"
     elif len(measured) == len(candidates):

@@ -21,8 +21,17 @@ CPUINFO = "/proc/cpuinfo"
 ARM = frozenset({"aarch64", "arm64", "armv8l"})
 X86 = frozenset({"x86_64", "amd64", "x64", "i386", "i686", "x86"})
 #: flags worth naming when explaining a choice (the full line has 100+ entries)
-SIMD = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
-        "amx_bf16")
+SIMD = (
+    "avx2",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 class CpuClass(str, Enum):
@@ -86,8 +95,13 @@ class CpuInfo:
 
     def to_dict(self) -> dict[str, str]:
         """What the manifest records about the CPU a variant was validated on."""
-        return {"cpu_class": self.cpu_class.value, "vendor": self.vendor, "model": self.model, "arch": self.arch,
-                "int8_weights": self.int8_weights or "untrusted"}
+        return {
+            "cpu_class": self.cpu_class.value,
+            "vendor": self.vendor,
+            "model": self.model,
+            "arch": self.arch,
+            "int8_weights": self.int8_weights or "untrusted",
+        }
 
 
 def classify(flags: frozenset[str] | set[str] | None, machine: str) -> CpuClass:
@@ -146,4 +160,3 @@ def cpu_info(cpuinfo: dict[str, str] | None, machine: str) -> CpuInfo:
 def detect() -> CpuInfo:
     """This machine's CPU (read once per process)."""
     return cpu_info(read_cpuinfo(), platform.machine())
-

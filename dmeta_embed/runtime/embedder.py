@@ -34,7 +34,13 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def embed_tokenized(
-    runner: Runner | OpenVINORunner, tok: Tokenized, *, pad_id: int, dim: int, max_batch_tokens: int, batch_size: int,
+    runner: Runner | OpenVINORunner,
+    tok: Tokenized,
+    *,
+    pad_id: int,
+    dim: int,
+    max_batch_tokens: int,
+    batch_size: int,
 ) -> np.ndarray:
     """Run length-sorted batches and write each row back to its input position."""
     out = np.empty((len(tok.ids), dim), dtype=np.float32)
@@ -72,15 +78,28 @@ class Embedder(SentenceTransformerAPI):
             raise ModelLoadError(f"model folder not found: {path}")
         self.manifest = Manifest.load(self.path)
         if self.manifest.tokenizer.padding_side != "right":
-            raise ModelLoadError(f"{self.path}: the manifest says padding_side="
-                                 f"{self.manifest.tokenizer.padding_side!r}; this runtime pads right")
+            raise ModelLoadError(
+                f"{self.path}: the manifest says padding_side="
+                f"{self.manifest.tokenizer.padding_side!r}; this runtime pads right"
+            )
         #: this CPU's class and int8 kernels (``runtime.cpu.detect``)
         self.cpu: CpuInfo = detect()
         #: what ``variant``/``provider`` resolved to here, and why (``runtime.choice.choose``)
-        self.choice: Choice = choose(self.manifest, variant, provider, cpu=self.cpu, installed=installed(),
-                                     prefer_latency=prefer_latency)
-        log.info("%s: %s on %s (%s)", self.path, self.choice.variant.value, self.choice.provider.value,
-                 self.choice.reason)
+        self.choice: Choice = choose(
+            self.manifest,
+            variant,
+            provider,
+            cpu=self.cpu,
+            installed=installed(),
+            prefer_latency=prefer_latency,
+        )
+        log.info(
+            "%s: %s on %s (%s)",
+            self.path,
+            self.choice.variant.value,
+            self.choice.provider.value,
+            self.choice.reason,
+        )
         self.variant, self.provider = self.choice.variant, self.choice.provider
         spec = self.manifest.variants[self.variant.value]
         model_file = self.path / spec.file
@@ -91,8 +110,10 @@ class Embedder(SentenceTransformerAPI):
         if verify:
             digest = sha256_file(model_file)
             if digest != spec.sha256:
-                raise ModelLoadError(f"{model_file}: checksum mismatch (file is corrupted or was "
-                                     f"changed after export): {digest[:12]} != {spec.sha256[:12]}")
+                raise ModelLoadError(
+                    f"{model_file}: checksum mismatch (file is corrupted or was "
+                    f"changed after export): {digest[:12]} != {spec.sha256[:12]}"
+                )
         self.tokenizer = TextTokenizer(tok_file, self.manifest.max_length)
         self._runner: Runner | OpenVINORunner
         try:
@@ -100,14 +121,25 @@ class Embedder(SentenceTransformerAPI):
                 # imports openvino: only for this variant
                 from .openvino import OpenVINORunner, default_cache_dir
 
-                self._runner = OpenVINORunner(model_file, threads, self.choice.engine_properties,
-                                              inputs=self.manifest.inputs, output=self.manifest.output,
-                                              cache_dir=default_cache_dir())
+                self._runner = OpenVINORunner(
+                    model_file,
+                    threads,
+                    self.choice.engine_properties,
+                    inputs=self.manifest.inputs,
+                    output=self.manifest.output,
+                    cache_dir=default_cache_dir(),
+                )
             else:
-                self._runner = Runner(model_file, self.provider, threads, spin,
-                                      inputs=self.manifest.inputs, output=self.manifest.output,
-                                      int8_weights=self.choice.int8_weights,
-                                      expect_int8_tensors=spec.int8_tensors or None)
+                self._runner = Runner(
+                    model_file,
+                    self.provider,
+                    threads,
+                    spin,
+                    inputs=self.manifest.inputs,
+                    output=self.manifest.output,
+                    int8_weights=self.choice.int8_weights,
+                    expect_int8_tensors=spec.int8_tensors or None,
+                )
         except (ProviderError, MissingDependencyError):
             raise
         except Exception as e:  # onnxruntime and OpenVINO raise their own error types
@@ -160,8 +192,10 @@ class Embedder(SentenceTransformerAPI):
         """
         if normalize_embeddings is False and self.manifest.normalize:
             # refuse before embedding anything: the raw vectors are not in this graph
-            raise InputError("this folder was exported with normalisation inside the graph; "
-                             "re-export with --no-normalize to get raw vectors")
+            raise InputError(
+                "this folder was exported with normalisation inside the graph; "
+                "re-export with --no-normalize to get raw vectors"
+            )
         single = isinstance(texts, str)
         items = self._prompted(check_texts(texts), prompt_name, prompt)
         truncate = self.truncate if truncate is None else truncate
@@ -169,19 +203,25 @@ class Embedder(SentenceTransformerAPI):
         self.last_truncated = []
         progress = _progress(len(items), show_progress_bar)
         for start in range(0, len(items), CHUNK):
-            chunk = items[start:start + CHUNK]
+            chunk = items[start : start + CHUNK]
             tok = self.tokenizer.encode(chunk)
             if tok.truncated:
                 first = start + tok.truncated[0]
                 if not truncate:
-                    raise InputError(f"texts[{first}] is longer than max_length={self.max_length} "
-                                     "tokens (truncate=False)", index=first)
+                    raise InputError(
+                        f"texts[{first}] is longer than max_length={self.max_length} tokens (truncate=False)",
+                        index=first,
+                    )
                 self.last_truncated.extend(start + i for i in tok.truncated)
-            out[start:start + len(chunk)] = self.encode_tokenized(tok, batch_size=batch_size)
+            out[start : start + len(chunk)] = self.encode_tokenized(tok, batch_size=batch_size)
             progress(len(chunk))
         if self.last_truncated:
-            log.warning("%d text(s) longer than max_length=%d tokens were truncated (first: index %d)",
-                        len(self.last_truncated), self.max_length, self.last_truncated[0])
+            log.warning(
+                "%d text(s) longer than max_length=%d tokens were truncated (first: index %d)",
+                len(self.last_truncated),
+                self.max_length,
+                self.last_truncated[0],
+            )
         # sentence-transformers cuts after the model's Normalize and renormalises only when asked
         out, cut = self._truncated(out, truncate_dim)
         if normalize_embeddings and (cut or not self.manifest.normalize):
@@ -190,18 +230,26 @@ class Embedder(SentenceTransformerAPI):
             return list(out)  # type: ignore[return-value]
         return out[0] if single else out
 
-    def encode_tokenized(self, tok: Tokenized, *, batch_size: int | None = None,
-                         max_batch_tokens: int | None = None) -> np.ndarray:
+    def encode_tokenized(
+        self, tok: Tokenized, *, batch_size: int | None = None, max_batch_tokens: int | None = None
+    ) -> np.ndarray:
         """Embed already-tokenised texts (``self.tokenizer.encode``), rows in their order, pooled as
         the manifest says; for callers that tokenise once and batch themselves (the server)."""
         return embed_tokenized(
-            self._runner, tok, pad_id=self.manifest.tokenizer.pad_token_id, dim=self.dim,
-            max_batch_tokens=max_batch_tokens or self.max_batch_tokens, batch_size=batch_size or self.batch_size)
+            self._runner,
+            tok,
+            pad_id=self.manifest.tokenizer.pad_token_id,
+            dim=self.dim,
+            max_batch_tokens=max_batch_tokens or self.max_batch_tokens,
+            batch_size=batch_size or self.batch_size,
+        )
 
     def __repr__(self) -> str:
         weights = f", int8_weights={self.choice.int8_weights!r}" if self.choice.int8_weights else ""
-        return (f"Embedder({str(self.path)!r}, variant={self.variant.value!r}, provider={self.provider.value!r}"
-                f"{weights}, dim={self.dim}, max_length={self.max_length}, cpu={self.cpu.cpu_class.value!r})")
+        return (
+            f"Embedder({str(self.path)!r}, variant={self.variant.value!r}, provider={self.provider.value!r}"
+            f"{weights}, dim={self.dim}, max_length={self.max_length}, cpu={self.cpu.cpu_class.value!r})"
+        )
 
 
 def _progress(total: int, show: bool):  # type: ignore[no-untyped-def]

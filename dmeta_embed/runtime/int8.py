@@ -108,10 +108,18 @@ def _int8_values(buf: memoryview, start: int, end: int) -> np.ndarray | None:
 
 
 def _shift_tensor(buf: memoryview, start: int, end: int, values: np.ndarray) -> bytes:
-    keep = b"".join(bytes(buf[f:e]) for n, _, _, e, f in _fields(buf, start, end)
-                    if n not in (TENSOR_DATA_TYPE, TENSOR_RAW_DATA, TENSOR_INT32_DATA))
+    keep = b"".join(
+        bytes(buf[f:e])
+        for n, _, _, e, f in _fields(buf, start, end)
+        if n not in (TENSOR_DATA_TYPE, TENSOR_RAW_DATA, TENSOR_INT32_DATA)
+    )
     shifted = (values.view(np.uint8) ^ 0x80).tobytes()  # w + 128 in two's complement
-    return keep + _encode_varint(TENSOR_DATA_TYPE << 3) + _encode_varint(UINT8) + _field(TENSOR_RAW_DATA, shifted)
+    return (
+        keep
+        + _encode_varint(TENSOR_DATA_TYPE << 3)
+        + _encode_varint(UINT8)
+        + _field(TENSOR_RAW_DATA, shifted)
+    )
 
 
 def shift_int8_weights(model: bytes) -> tuple[bytes, int]:

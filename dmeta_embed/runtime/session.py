@@ -96,10 +96,18 @@ class Runner:
     whose u8×s8 kernels saturate; ``expect_int8_tensors`` (the manifest's count) guards that rewrite.
     """
 
-    def __init__(self, model: str | Path | bytes, provider: Provider | str = Provider.CPU, threads: int | None = None,
-                 spin: bool = True, *,
-                 inputs: tuple[str, ...] = INPUT_NAMES, output: str = OUTPUT_NAME,
-                 int8_weights: str | None = None, expect_int8_tensors: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        provider: Provider | str = Provider.CPU,
+        threads: int | None = None,
+        spin: bool = True,
+        *,
+        inputs: tuple[str, ...] = INPUT_NAMES,
+        output: str = OUTPUT_NAME,
+        int8_weights: str | None = None,
+        expect_int8_tensors: int | None = None,
+    ) -> None:
         provider = Provider.parse(provider)
         so = session_options(threads, spin)
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
@@ -111,18 +119,25 @@ class Runner:
                 )
             providers = [(CUDA, {"cudnn_conv_algo_search": "DEFAULT"}), CPU]
         elif provider == Provider.OPENVINO:
-            raise ProviderError("the OpenVINO variant runs on OpenVINO's own runtime "
-                                "(dmeta_embed.runtime.openvino.OpenVINORunner), not an onnxruntime session")
+            raise ProviderError(
+                "the OpenVINO variant runs on OpenVINO's own runtime "
+                "(dmeta_embed.runtime.openvino.OpenVINORunner), not an onnxruntime session"
+            )
         model_arg: str | bytes = model if isinstance(model, bytes) else str(model)
         if int8_weights == "u8":
             data = model_arg if isinstance(model_arg, bytes) else Path(model_arg).read_bytes()
             model_arg, shifted = shift_int8_weights(data)
             if expect_int8_tensors is not None and shifted != expect_int8_tensors:
-                raise ProviderError(f"int8 weight shift found {shifted} int8 tensors, the manifest says "
-                                    f"{expect_int8_tensors}; load variant='fp32' instead")
+                raise ProviderError(
+                    f"int8 weight shift found {shifted} int8 tensors, the manifest says "
+                    f"{expect_int8_tensors}; load variant='fp32' instead"
+                )
         self.session = ort.InferenceSession(
-            model_arg, sess_options=so, providers=providers,
-            disabled_optimizers=CPU_DISABLED_OPTIMIZERS if provider == Provider.CPU else None)
+            model_arg,
+            sess_options=so,
+            providers=providers,
+            disabled_optimizers=CPU_DISABLED_OPTIMIZERS if provider == Provider.CPU else None,
+        )
         if provider != Provider.CPU and self.session.get_providers()[0] != provider.ort_name:
             # onnxruntime silently falls back to CPU when a provider's libraries are missing
             raise ProviderError(

@@ -38,6 +38,7 @@ class SentenceTransformerAPI:
     tokenizer: TextTokenizer
 
     if TYPE_CHECKING:
+
         def encode(self, texts: Any, *args: Any, **kwargs: Any) -> np.ndarray: ...
 
     # -- state sentence-transformers keeps on the model, here per instance and set lazily so that
@@ -62,8 +63,10 @@ class SentenceTransformerAPI:
     @default_prompt_name.setter
     def default_prompt_name(self, value: str | None) -> None:
         if value is not None and value not in self.prompts:
-            raise InputError(f"default_prompt_name {value!r} is not one of the prompts "
-                             f"({', '.join(self.prompts) or 'none'})")
+            raise InputError(
+                f"default_prompt_name {value!r} is not one of the prompts "
+                f"({', '.join(self.prompts) or 'none'})"
+            )
         self.__dict__["_default_prompt_name"] = value
 
     @property
@@ -97,8 +100,9 @@ class SentenceTransformerAPI:
         from .tokenize import TextTokenizer
 
         if not 2 <= int(value) <= self.manifest.max_length:
-            raise InputError(f"max_seq_length must be 2..{self.manifest.max_length} "
-                             f"(the export's max_length), got {value}")
+            raise InputError(
+                f"max_seq_length must be 2..{self.manifest.max_length} (the export's max_length), got {value}"
+            )
         self.tokenizer = TextTokenizer(self.path / self.manifest.tokenizer.file, int(value))
 
     def get_embedding_dimension(self) -> int:
@@ -124,8 +128,14 @@ class SentenceTransformerAPI:
         and the model has one (else the default prompt, as ``encode``)."""
         if prompt_name is None and prompt is None and "query" in self.prompts:
             prompt_name = "query"
-        return self.encode(texts, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                           prompt_name=prompt_name, prompt=prompt, **kwargs)
+        return self.encode(
+            texts,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            prompt_name=prompt_name,
+            prompt=prompt,
+            **kwargs,
+        )
 
     def encode_document(
         self,
@@ -140,8 +150,14 @@ class SentenceTransformerAPI:
         when neither ``prompt`` nor ``prompt_name`` is given (else the default prompt)."""
         if prompt_name is None and prompt is None:
             prompt_name = next((n for n in DOCUMENT_PROMPTS if n in self.prompts), None)
-        return self.encode(texts, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                           prompt_name=prompt_name, prompt=prompt, **kwargs)
+        return self.encode(
+            texts,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            prompt_name=prompt_name,
+            prompt=prompt,
+            **kwargs,
+        )
 
     def similarity(self, a: Any, b: Any) -> np.ndarray:
         """Score matrix ``(len(a), len(b))`` float32 with :attr:`similarity_fn_name` (a 1-d input is
@@ -173,13 +189,17 @@ class SentenceTransformerAPI:
         if prompt is None:
             if prompt_name is not None:
                 if prompt_name not in self.prompts:
-                    raise InputError(f"prompt_name {prompt_name!r} is not one of this model's prompts "
-                                     f"({', '.join(self.prompts) or 'none'})")
+                    raise InputError(
+                        f"prompt_name {prompt_name!r} is not one of this model's prompts "
+                        f"({', '.join(self.prompts) or 'none'})"
+                    )
                 prompt = self.prompts[prompt_name]
             elif self.default_prompt_name is not None:
                 prompt = self.prompts.get(self.default_prompt_name)
         elif prompt_name is not None:
-            log.warning("both prompt and prompt_name given: using prompt, ignoring prompt_name %r", prompt_name)
+            log.warning(
+                "both prompt and prompt_name given: using prompt, ignoring prompt_name %r", prompt_name
+            )
         return [prompt + t for t in texts] if prompt else texts
 
     def _check_truncate_dim(self, dim: int | None) -> int | None:
@@ -188,10 +208,14 @@ class SentenceTransformerAPI:
         supported = self.manifest.truncate_dims
         if dim not in supported:
             if not supported:
-                raise InputError(f"truncate_dim={dim}: this export lists no Matryoshka dims; re-export "
-                                 "with --truncate-dims D1,D2,... if the model was trained for them")
-            raise InputError(f"truncate_dim={dim} is not one of this export's Matryoshka dims "
-                             f"({', '.join(map(str, supported))})")
+                raise InputError(
+                    f"truncate_dim={dim}: this export lists no Matryoshka dims; re-export "
+                    "with --truncate-dims D1,D2,... if the model was trained for them"
+                )
+            raise InputError(
+                f"truncate_dim={dim} is not one of this export's Matryoshka dims "
+                f"({', '.join(map(str, supported))})"
+            )
         return dim
 
     def _truncated(self, out: np.ndarray, truncate_dim: int | None) -> tuple[np.ndarray, bool]:

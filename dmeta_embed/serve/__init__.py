@@ -28,8 +28,12 @@ def _require() -> None:
         require(module, "server")
 
 
-def create_app(embedder: Embedder, config: ServerConfig | None = None, *,
-               warmup: Callable[[Embedder], None] | None = None) -> Starlette:
+def create_app(
+    embedder: Embedder,
+    config: ServerConfig | None = None,
+    *,
+    warmup: Callable[[Embedder], None] | None = None,
+) -> Starlette:
     """The ASGI app serving ``embedder`` (run it with any ASGI server; :func:`serve` uses uvicorn).
 
     ``warmup`` runs on the inference thread before the first job (None: a few shapes through the model)."""
@@ -39,9 +43,17 @@ def create_app(embedder: Embedder, config: ServerConfig | None = None, *,
     return _create(embedder, config, warmup=warmup)
 
 
-def serve(model_dir: str | Path, config: ServerConfig | None = None, *, host: str = "127.0.0.1",
-          port: int = 8080, variant: str = "auto", provider: str = "auto", threads: int | None = None,
-          log_level: str = "info") -> None:
+def serve(
+    model_dir: str | Path,
+    config: ServerConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    variant: str = "auto",
+    provider: str = "auto",
+    threads: int | None = None,
+    log_level: str = "info",
+) -> None:
     """Load the model (errors surface here, before any port is bound), then serve until SIGTERM/SIGINT.
 
     SIGTERM: stop accepting connections, finish the requests in flight and the queue, return.
@@ -52,17 +64,38 @@ def serve(model_dir: str | Path, config: ServerConfig | None = None, *, host: st
     from ..runtime import Embedder
 
     cfg = config or ServerConfig()
-    embedder = Embedder.load(model_dir, variant=variant, provider=provider, threads=threads,
-                             max_batch_tokens=cfg.max_batch_tokens, batch_size=cfg.batch_size,
-                             spin=cfg.spin,  # see ServerConfig.spin
-                             prefer_latency=True)  # auto: int8 before int8-ov (see runtime.choice.choose)
+    embedder = Embedder.load(
+        model_dir,
+        variant=variant,
+        provider=provider,
+        threads=threads,
+        max_batch_tokens=cfg.max_batch_tokens,
+        batch_size=cfg.batch_size,
+        spin=cfg.spin,  # see ServerConfig.spin
+        prefer_latency=True,
+    )  # auto: int8 before int8-ov (see runtime.choice.choose)
     app = create_app(embedder, cfg)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-        server_header=False, timeout_graceful_shutdown=int(cfg.request_timeout_s) + 5))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            timeout_graceful_shutdown=int(cfg.request_timeout_s) + 5,
+        )
+    )
     # uvicorn's own logger: configured by uvicorn.Config, so this line appears beside its start-up lines
-    logging.getLogger("uvicorn.error").info("serving %r (%s, %s) on http://%s:%d", app.state.service.name, embedder.variant.value,
-             embedder.provider.value, host, port)
+    logging.getLogger("uvicorn.error").info(
+        "serving %r (%s, %s) on http://%s:%d",
+        app.state.service.name,
+        embedder.variant.value,
+        embedder.provider.value,
+        host,
+        port,
+    )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so the process dies
     # "by signal" (status 143); a handler installed here receives that second delivery, so a
     # graceful stop exits 0 as service managers expect

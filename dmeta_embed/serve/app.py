@@ -108,7 +108,9 @@ class Service:
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ApiError(400, f"the request body is not valid JSON: {e}") from e
 
-    async def embed(self, request: Request, req: EmbedRequest, field: str, bad: int) -> tuple[np.ndarray, int]:
+    async def embed(
+        self, request: Request, req: EmbedRequest, field: str, bad: int
+    ) -> tuple[np.ndarray, int]:
         """Tokenise, queue, wait: the request's vectors (input order) and its token count.
 
         A client that disconnects while its request waits gets its work dropped from the queue:
@@ -126,8 +128,13 @@ class Service:
             raise ApiError(bad, f"{where} cannot be tokenised: {e}", param=field) from e
         if tok.truncated and not req.truncate:
             i = tok.truncated[0]
-            raise ApiError(413, f"'{field}[{i}]' is longer than max_length={self.embedder.max_length} tokens; "
-                           "send \"truncate\": true to cut it", param=f"{field}[{i}]", code="max_length")
+            raise ApiError(
+                413,
+                f"'{field}[{i}]' is longer than max_length={self.embedder.max_length} tokens; "
+                'send "truncate": true to cut it',
+                param=f"{field}[{i}]",
+                code="max_length",
+            )
         try:
             vectors = await self._wait(request, self.batcher.submit(tok))
         except Overloaded as e:  # refused at submit, or the server stopped before the request ran
@@ -143,18 +150,26 @@ class Service:
             gone = asyncio.ensure_future(_client_gone(request))
             either: set[asyncio.Future[Any]] = {future, gone}
             try:
-                done, _ = await asyncio.wait(either, timeout=max(0.0, timeout - WATCH_AFTER_S),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    either, timeout=max(0.0, timeout - WATCH_AFTER_S), return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 gone.cancel()
         if future not in done:
             future.cancel()  # frees its place in the queue; a batch already running just discards it
             if gone is not None and gone in done:
                 self.metrics.abandoned.inc()
-                raise ApiError(499, "the client closed the connection before its vectors were ready",
-                               code="client_closed")
-            raise ApiError(503, f"the request was not served within request_timeout_s={timeout}",
-                           retry_after=1, code="timeout")
+                raise ApiError(
+                    499,
+                    "the client closed the connection before its vectors were ready",
+                    code="client_closed",
+                )
+            raise ApiError(
+                503,
+                f"the request was not served within request_timeout_s={timeout}",
+                retry_after=1,
+                code="timeout",
+            )
         return future.result()
 
     # -- routes -------------------------------------------------------------------------------------
@@ -168,18 +183,24 @@ class Service:
             rows: list[Any] = [base64.b64encode(v.tobytes()).decode("ascii") for v in little]
         else:
             rows = vectors.tolist()
-        body = {"object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)],
-                "model": self.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        body = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)],
+            "model": self.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return await self._big_json(body, vectors.size if req.encoding_format == "float" else 0)
 
     async def tei_embed(self, request: Request) -> Response:
         req = parse_tei(await self.read_json(request), self.cfg)
         normalized_export = self.embedder.manifest.normalize
         if req.normalize is False and normalized_export:
-            raise ApiError(422, "'normalize': false is not available: this model was exported with "
-                           "normalisation inside the graph (re-export with --no-normalize)", param="normalize")
+            raise ApiError(
+                422,
+                "'normalize': false is not available: this model was exported with "
+                "normalisation inside the graph (re-export with --no-normalize)",
+                param="normalize",
+            )
         vectors, _ = await self.embed(request, req, "inputs", 422)
         if req.normalize and not normalized_export:
             vectors = normalize(vectors)
@@ -191,8 +212,12 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(None, json_response, body)
 
     async def models(self, request: Request) -> Response:
-        return json_response({"object": "list", "data": [
-            {"id": self.name, "object": "model", "created": 0, "owned_by": "dmeta-embed"}]})
+        return json_response(
+            {
+                "object": "list",
+                "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "dmeta-embed"}],
+            }
+        )
 
     async def health(self, request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -204,15 +229,33 @@ class Service:
 
     async def info(self, request: Request) -> Response:
         e, c = self.embedder, self.cfg
-        return json_response({
-            "model": self.name, "variant": e.variant.value, "provider": e.provider.value, "dim": e.dim,
-            "max_length": e.max_length, "pooling": e.manifest.pooling.value, "normalize": e.manifest.normalize,
-            "version": __version__, "ready": self.batcher.ready,
-            "batching": {"max_wait_ms": c.max_wait_ms, "batch_size": c.batch_size,
-                         "max_batch_tokens": self.batcher.max_batch_tokens, "spin": c.spin},
-            "limits": {"max_inputs": c.max_inputs, "max_chars": c.max_chars, "max_queue": c.max_queue,
-                       "max_body_bytes": c.max_body_bytes, "request_timeout_s": c.request_timeout_s},
-            "auth": self._key is not None})
+        return json_response(
+            {
+                "model": self.name,
+                "variant": e.variant.value,
+                "provider": e.provider.value,
+                "dim": e.dim,
+                "max_length": e.max_length,
+                "pooling": e.manifest.pooling.value,
+                "normalize": e.manifest.normalize,
+                "version": __version__,
+                "ready": self.batcher.ready,
+                "batching": {
+                    "max_wait_ms": c.max_wait_ms,
+                    "batch_size": c.batch_size,
+                    "max_batch_tokens": self.batcher.max_batch_tokens,
+                    "spin": c.spin,
+                },
+                "limits": {
+                    "max_inputs": c.max_inputs,
+                    "max_chars": c.max_chars,
+                    "max_queue": c.max_queue,
+                    "max_body_bytes": c.max_body_bytes,
+                    "request_timeout_s": c.request_timeout_s,
+                },
+                "auth": self._key is not None,
+            }
+        )
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
@@ -262,8 +305,12 @@ def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei
     return endpoint
 
 
-def create_app(embedder: Embedder, config: ServerConfig | None = None, *,
-               warmup: Callable[[Embedder], None] | None = None) -> Starlette:
+def create_app(
+    embedder: Embedder,
+    config: ServerConfig | None = None,
+    *,
+    warmup: Callable[[Embedder], None] | None = None,
+) -> Starlette:
     """The ASGI app serving ``embedder``. The batcher starts (and warms up) with the app's lifespan."""
     cfg = config or ServerConfig()
     svc = Service(embedder, cfg, Metrics())
@@ -280,8 +327,9 @@ def create_app(embedder: Embedder, config: ServerConfig | None = None, *,
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return json_response(ApiError(exc.status_code, message).openai_body(), exc.status_code, exc.headers)
 
-    def route(path: str, name: str, handler: Handler, method: str, protected: bool = True,
-              tei: bool = False) -> Route:
+    def route(
+        path: str, name: str, handler: Handler, method: str, protected: bool = True, tei: bool = False
+    ) -> Route:
         return Route(path, _endpoint(svc, name, handler, protected=protected, tei=tei), methods=[method])
 
     routes = [

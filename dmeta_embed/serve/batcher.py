@@ -97,7 +97,9 @@ class Batcher:
         n = len(tok.ids)
         # an empty queue always admits one request, so one larger than max_queue is not refused forever
         if self._queued and self._queued + n > self._max_queue:
-            raise Overloaded(f"the queue is full ({self._queued} inputs waiting, max_queue={self._max_queue})")
+            raise Overloaded(
+                f"the queue is full ({self._queued} inputs waiting, max_queue={self._max_queue})"
+            )
         loop = asyncio.get_running_loop()
         job = _Job(tok, int(tok.lengths.max()), loop.create_future(), loop.time())
         self._pending.append(job)
@@ -203,7 +205,7 @@ class Batcher:
         offset = tokens = 0
         for job in jobs:
             if not job.future.done():
-                job.future.set_result(out[offset:offset + job.size])
+                job.future.set_result(out[offset : offset + job.size])
             offset += job.size
             tokens += int(job.tok.lengths.sum())
         m = self._metrics
@@ -215,5 +217,6 @@ class Batcher:
 
     def _embed(self, toks: list[Tokenized]) -> np.ndarray:
         # the runtime's batching sorts by length and keeps each batch's padding under 2×
-        return self._embedder.encode_tokenized(merge(toks), batch_size=self._batch_size,
-                                               max_batch_tokens=self.max_batch_tokens)
+        return self._embedder.encode_tokenized(
+            merge(toks), batch_size=self._batch_size, max_batch_tokens=self.max_batch_tokens
+        )

@@ -37,9 +37,14 @@ class ServerConfig:
     spin: bool = True
 
     def __post_init__(self) -> None:
-        positive = {"batch_size": self.batch_size, "max_queue": self.max_queue,
-                    "max_inputs": self.max_inputs, "max_chars": self.max_chars,
-                    "max_body_bytes": self.max_body_bytes, "request_timeout_s": self.request_timeout_s}
+        positive = {
+            "batch_size": self.batch_size,
+            "max_queue": self.max_queue,
+            "max_inputs": self.max_inputs,
+            "max_chars": self.max_chars,
+            "max_body_bytes": self.max_body_bytes,
+            "request_timeout_s": self.request_timeout_s,
+        }
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         if self.max_wait_ms < 0:
             bad.append(f"max_wait_ms={self.max_wait_ms}")

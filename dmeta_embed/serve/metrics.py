@@ -15,25 +15,62 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("dmeta_embed_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "status"], registry=r)
-        self.latency = Histogram("dmeta_embed_request_duration_seconds", "Request latency, arrival to response",
-                                 ["endpoint"], registry=r,
-                                 buckets=(.001, .0025, .005, .0075, .01, .025, .05, .075, .1, .25, .5, 1, 2.5,
-                                          5, 10, 30))
+        self.requests = Counter(
+            "dmeta_embed_requests",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "dmeta_embed_request_duration_seconds",
+            "Request latency, arrival to response",
+            ["endpoint"],
+            registry=r,
+            buckets=(
+                0.001,
+                0.0025,
+                0.005,
+                0.0075,
+                0.01,
+                0.025,
+                0.05,
+                0.075,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+                30,
+            ),
+        )
         self.in_progress = Gauge("dmeta_embed_requests_in_progress", "Requests being handled now", registry=r)
-        self.batch_size = Histogram("dmeta_embed_batch_size", "Inputs per inference step (merged requests)",
-                                    registry=r, buckets=_POW2[:11])
-        self.batch_requests = Histogram("dmeta_embed_batch_requests", "Requests merged into one inference step",
-                                        registry=r, buckets=_POW2[:11])
-        self.batch_tokens = Histogram("dmeta_embed_batch_tokens", "Tokens per inference step (unpadded)",
-                                      registry=r, buckets=_POW2)
-        self.queue_depth = Gauge("dmeta_embed_queue_depth", "Inputs waiting for the inference worker", registry=r)
+        self.batch_size = Histogram(
+            "dmeta_embed_batch_size",
+            "Inputs per inference step (merged requests)",
+            registry=r,
+            buckets=_POW2[:11],
+        )
+        self.batch_requests = Histogram(
+            "dmeta_embed_batch_requests",
+            "Requests merged into one inference step",
+            registry=r,
+            buckets=_POW2[:11],
+        )
+        self.batch_tokens = Histogram(
+            "dmeta_embed_batch_tokens", "Tokens per inference step (unpadded)", registry=r, buckets=_POW2
+        )
+        self.queue_depth = Gauge(
+            "dmeta_embed_queue_depth", "Inputs waiting for the inference worker", registry=r
+        )
         self.tokens = Counter("dmeta_embed_tokens_embedded", "Tokens embedded (after truncation)", registry=r)
         self.inputs = Counter("dmeta_embed_inputs_embedded", "Texts embedded", registry=r)
-        self.abandoned = Counter("dmeta_embed_requests_abandoned",
-                                 "Requests whose client went away before their vectors were ready "
-                                 "(their queued work is dropped)", registry=r)
+        self.abandoned = Counter(
+            "dmeta_embed_requests_abandoned",
+            "Requests whose client went away before their vectors were ready (their queued work is dropped)",
+            registry=r,
+        )
         self.ready = Gauge("dmeta_embed_ready", "1 once the model is loaded and warmed up", registry=r)
 
     def render(self) -> bytes:

@@ -52,19 +52,33 @@ def _texts(value: object, name: str, cfg: ServerConfig, bad: int) -> list[str]:
             raise ApiError(bad, f"'{name}' is an empty array; send at least one string", param=name)
         items = value
     else:
-        raise ApiError(bad, f"'{name}' must be a string or an array of strings, got {json_type(value)}",
-                       param=name)
+        raise ApiError(
+            bad, f"'{name}' must be a string or an array of strings, got {json_type(value)}", param=name
+        )
     if len(items) > cfg.max_inputs:
-        raise ApiError(413, f"'{name}' has {len(items)} items; the limit is max_inputs={cfg.max_inputs} "
-                       "per request", param=name, code="max_inputs")
+        raise ApiError(
+            413,
+            f"'{name}' has {len(items)} items; the limit is max_inputs={cfg.max_inputs} per request",
+            param=name,
+            code="max_inputs",
+        )
     for i, t in enumerate(items):
         if not isinstance(t, str):
-            hint = ("; token-id input is not supported, send the text" if json_type(t) in ("number", "array")
-                    else "")
-            raise ApiError(bad, f"'{name}[{i}]' is {json_type(t)}, expected a string{hint}", param=f"{name}[{i}]")
+            hint = (
+                "; token-id input is not supported, send the text"
+                if json_type(t) in ("number", "array")
+                else ""
+            )
+            raise ApiError(
+                bad, f"'{name}[{i}]' is {json_type(t)}, expected a string{hint}", param=f"{name}[{i}]"
+            )
         if len(t) > cfg.max_chars:
-            raise ApiError(413, f"'{name}[{i}]' has {len(t)} characters; the limit is max_chars={cfg.max_chars}",
-                           param=f"{name}[{i}]", code="max_chars")
+            raise ApiError(
+                413,
+                f"'{name}[{i}]' has {len(t)} characters; the limit is max_chars={cfg.max_chars}",
+                param=f"{name}[{i}]",
+                code="max_chars",
+            )
     return items
 
 
@@ -93,15 +107,20 @@ def parse_openai(body: object, cfg: ServerConfig, dim: int) -> EmbedRequest:
     fmt = body.get("encoding_format")
     fmt = "float" if fmt is None else fmt
     if fmt not in ENCODINGS:
-        raise ApiError(400, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}",
-                       param="encoding_format")
+        raise ApiError(
+            400, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}", param="encoding_format"
+        )
     dims = body.get("dimensions")
     if dims is not None:
         if not isinstance(dims, int) or isinstance(dims, bool):
             raise ApiError(400, f"'dimensions' must be an integer, got {json_type(dims)}", param="dimensions")
         if dims != dim:
-            raise ApiError(400, f"'dimensions'={dims} is not supported: this model returns {dim}-dimensional "
-                           f"embeddings only (omit 'dimensions' or send {dim})", param="dimensions")
+            raise ApiError(
+                400,
+                f"'dimensions'={dims} is not supported: this model returns {dim}-dimensional "
+                f"embeddings only (omit 'dimensions' or send {dim})",
+                param="dimensions",
+            )
     return EmbedRequest(texts=texts, encoding_format=fmt)
 
 
@@ -111,10 +130,20 @@ def parse_tei(body: object, cfg: ServerConfig) -> EmbedRequest:
     texts = _texts(body.get("inputs"), "inputs", cfg, 422)
     direction = body.get("truncation_direction")
     if direction is not None and direction not in ("right", "Right"):
-        raise ApiError(422, f"'truncation_direction'={direction!r} is not supported; only 'right'",
-                       param="truncation_direction")
+        raise ApiError(
+            422,
+            f"'truncation_direction'={direction!r} is not supported; only 'right'",
+            param="truncation_direction",
+        )
     if body.get("prompt_name") is not None:
-        raise ApiError(422, "'prompt_name' is not supported: this export has no named prompts; "
-                       "prepend the prompt to each input", param="prompt_name")
-    return EmbedRequest(texts=texts, normalize=_bool(body, "normalize", True, 422),
-                        truncate=_bool(body, "truncate", False, 422))
+        raise ApiError(
+            422,
+            "'prompt_name' is not supported: this export has no named prompts; "
+            "prepend the prompt to each input",
+            param="prompt_name",
+        )
+    return EmbedRequest(
+        texts=texts,
+        normalize=_bool(body, "normalize", True, 422),
+        truncate=_bool(body, "truncate", False, 422),
+    )
