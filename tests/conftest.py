@@ -12,12 +12,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DMETA_EMBED_OPENVINO_CACHE", "")  # no compiled-model cache in ~/.cache from tests
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    """The CPU class the suite runs on, in every CI log: the int8 and engine paths differ by class."""
+def cpu_line() -> str:
     from dmeta_embed.runtime.cpu import detect
 
     cpu = detect()
     return f"cpu: {cpu.describe()}; int8 weights fed as {cpu.int8_weights or 'untrusted'}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The CPU class the suite runs on, in every CI log: the int8 and engine paths differ by class."""
+    return cpu_line()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # `pytest -q` (make test) prints no header: say the CPU class anyway
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        reporter.write_line(cpu_line())
 
 
 @pytest.fixture(scope="session")
