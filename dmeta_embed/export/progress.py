@@ -59,4 +59,4 @@ def stage(what: str) -> Iterator[None]:
     log.info("%s ...", what)
     t = time.perf_counter()
     yield
-    log.info("%s: done in %.1f s", what.split(":")[0], time.perf_counter() - t)
+    log.info("%s: done in %.1f s", what.split(" (")[0], time.perf_counter() - t)
