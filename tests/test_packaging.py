@@ -49,6 +49,44 @@ def test_wheel_installs_only_the_package(tmp_path: Path) -> None:
     assert "dmeta_embed/py.typed" in names and "dmeta_embed/cli.py" in names
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert "dmeta-embed = dmeta_embed.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # installed: only dmeta_embed lands in site-packages, and it imports from there with no
+    # `benchmarks` beside it (the checkout is not on the path: another working directory)
+    site = tmp_path / "site"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    installed = {p.name for p in site.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin"}
+    assert installed == {"dmeta_embed"}, installed
+    probe = (
+        "import importlib.util, dmeta_embed; "
+        "print(dmeta_embed.__file__); print(importlib.util.find_spec('benchmarks') is None)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    where, no_benchmarks = r.stdout.split()
+    assert Path(where).is_relative_to(site) and no_benchmarks == "True"
 
 
 def _run(code: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
