@@ -15,7 +15,7 @@ from .errors import (
     ModelLoadError,
     ProviderError,
 )
-from .manifest import Manifest, Pooling, Precision
+from .manifest import Manifest, Pooling, Precision, Provider
 
 if TYPE_CHECKING:
     from .runtime import Embedder
@@ -25,6 +25,7 @@ __all__ = [
     "Manifest",
     "Pooling",
     "Precision",
+    "Provider",
     "DmetaEmbedError",
     "ExportError",
     "FidelityError",
