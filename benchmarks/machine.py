@@ -58,18 +58,10 @@ def results_dir(model: str) -> Path:
 
 
 def cpuinfo() -> dict[str, str]:
-    """The first CPU's fields of /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    first = text.split("\n\n", 1)[0]
-    out: dict[str, str] = {}
-    for line in first.splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            out[k.strip()] = v.strip()
-    return out
+    """The first CPU's fields of /proc/cpuinfo (empty where there is none): the runtime's reader."""
+    from dmeta_embed.runtime.cpu import read_cpuinfo
+
+    return read_cpuinfo() or {}
 
 
 def _clock_ghz(info: dict[str, str]) -> tuple[float, str]:
