@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..errors import ProviderError
 from ..manifest import INPUT_NAMES, OUTPUT_NAME, Provider
-from .session import available_cpus
+from .session import available_cpus, feed_names
 
 #: environment variable naming OpenVINO's compiled-model cache folder ("" turns the cache off)
 CACHE_ENV = "DMETA_EMBED_OPENVINO_CACHE"
@@ -82,10 +81,7 @@ class OpenVINORunner:
                 cache_dir = None
         self.config = compile_config(properties or {}, threads, cache_dir)
         self.compiled = ov.Core().compile_model(str(model), "CPU", self.config)
-        names = [next(iter(i.get_names())) for i in self.compiled.inputs]
-        if sorted(names) != sorted(inputs) or len(inputs) != 2:
-            raise ProviderError(f"the graph's inputs are {names}, the manifest says {list(inputs)}")
-        self._ids, self._mask = inputs
+        self._ids, self._mask = feed_names([next(iter(i.get_names())) for i in self.compiled.inputs], inputs)
         self._output = self.compiled.output(output)
         self._request = self.compiled.create_infer_request()
         # one infer request: calls from several threads (an executor) take turns

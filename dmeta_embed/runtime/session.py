@@ -87,6 +87,13 @@ def session_options(threads: int | None, spin: bool = True) -> onnxruntime.Sessi
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
+def feed_names(graph_inputs: list[str], inputs: tuple[str, ...]) -> tuple[str, str]:
+    """The (input_ids, attention_mask) names the manifest gives, checked against the graph's."""
+    if sorted(graph_inputs) != sorted(inputs) or len(inputs) != 2:
+        raise ProviderError(f"the graph's inputs are {graph_inputs}, the manifest says {list(inputs)}")
+    return inputs[0], inputs[1]
+
+
 class Runner:
     """One onnxruntime session over an embedding graph: (input_ids, attention_mask) → [B, dim].
     (int8-ov runs on OpenVINO instead: ``runtime.openvino.OpenVINORunner``, same ``run`` call.)
@@ -146,10 +153,7 @@ class Runner:
                 + "; see onnxruntime's log above, or use provider='cpu'"
             )
         self.provider = provider
-        names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(inputs) or len(inputs) != 2:
-            raise ProviderError(f"the graph's inputs are {names}, the manifest says {list(inputs)}")
-        self._ids, self._mask = inputs
+        self._ids, self._mask = feed_names([i.name for i in self.session.get_inputs()], inputs)
         self._output = output
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
