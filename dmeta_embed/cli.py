@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from .errors import DmetaEmbedError
-from .manifest import Precision
+from .manifest import Precision, Variant
 from .serve.config import ServerConfig  # a plain dataclass: imports nothing of the server stack
 
 MODEL_ENV = "DMETA_EMBED_MODEL"
@@ -287,20 +287,20 @@ def summary(folder: Path) -> str:
     return "\n".join(out)
 
 
-def _validated(v) -> str:  # type: ignore[no-untyped-def]
+def _validated(v: Variant) -> str:
     """``int8 on avx2 (u8)``-style: the engine, the CPU class and the int8 weight format (int8-ov:
     the float parts' precision)."""
     cpu = v.validated_cpu
     engine = v.validated_on.replace("ExecutionProvider", "")
     if not cpu:
         return engine
-    weights = f", {cpu['int8_weights']}" if v.precision.value == "int8" and cpu.get("int8_weights") else ""
+    weights = f", {cpu['int8_weights']}" if v.precision == Precision.INT8 and cpu.get("int8_weights") else ""
     if v.engine_properties.get("INFERENCE_PRECISION_HINT"):
         weights = f", {v.engine_properties['INFERENCE_PRECISION_HINT']}"
     return f"{engine} on {cpu.get('cpu_class')}{weights}"
 
 
-def _speed(v) -> str:  # type: ignore[no-untyped-def]
+def _speed(v: Variant) -> str:
     sp = v.speed
     return f"{sp['vs_fp32']:.2f}x on {sp['cpu_class']}" if sp.get("vs_fp32") else "-"
 
