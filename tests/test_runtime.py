@@ -102,6 +102,7 @@ def test_count_tokens_and_truncation(fp32, caplog):
         e = fp32.encode(["你好", long, "好"])
     assert e.shape == (3, 64)
     assert fp32.last_truncated == [1]
+    assert fp32.last_lengths.tolist() == fp32.count_tokens(["你好", long, "好"]) == [4, 1024, 3]
     assert "truncated" in caplog.text
     with pytest.raises(InputError, match=r"texts\[1\] is longer than max_length=1024") as ei:
         fp32.encode(["你好", long], truncate=False)

@@ -136,8 +136,8 @@ class PartWorker:
             # the runtime's own chunk size: a part's rows are batched exactly as encode(part) would
             for s in range(0, n, CHUNK):
                 chunk = texts[s : s + CHUNK]
-                n_tokens[s : s + len(chunk)] = self.embedder.count_tokens(chunk)
                 emb[s : s + len(chunk)] = self.embedder.encode(chunk)
+                n_tokens[s : s + len(chunk)] = self.embedder.last_lengths  # tokenised once, by encode
                 truncated += len(self.embedder.last_truncated)
                 if on_rows:
                     on_rows(len(chunk))

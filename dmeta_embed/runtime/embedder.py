@@ -150,6 +150,9 @@ class Embedder(SentenceTransformerAPI):
         self.truncate = truncate
         #: indices of the texts the last encode() call truncated at max_length
         self.last_truncated: list[int] = []
+        #: tokens each text of the last encode() call was fed as (prompt and special tokens included,
+        #: after truncation): callers that record token counts need not tokenise again
+        self.last_lengths: np.ndarray = np.zeros(0, dtype=np.int64)
         #: Matryoshka dims every encode keeps (st_compat: only the dims the manifest lists)
         self.truncate_dim = truncate_dim
 
@@ -201,10 +204,12 @@ class Embedder(SentenceTransformerAPI):
         truncate = self.truncate if truncate is None else truncate
         out = np.empty((len(items), self.dim), dtype=np.float32)
         self.last_truncated = []
+        self.last_lengths = np.empty(len(items), dtype=np.int64)
         progress = _progress(len(items), show_progress_bar)
         for start in range(0, len(items), CHUNK):
             chunk = items[start : start + CHUNK]
             tok = self.tokenizer.encode(chunk)
+            self.last_lengths[start : start + len(chunk)] = tok.lengths
             if tok.truncated:
                 first = start + tok.truncated[0]
                 if not truncate:
