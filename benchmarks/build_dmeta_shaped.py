@@ -23,7 +23,7 @@ def build(out: Path, force: bool = False, seed: int = 0) -> Path:
     from dmeta_embed.errors import ModelLoadError
     from dmeta_embed.export import export_model
     from dmeta_embed.manifest import Manifest
-    from dmeta_embed.testing import build_model
+    from tests.random_models import build_model
 
     src = out.with_name(out.name + "-src")
     if force or not (src / "config.json").is_file():

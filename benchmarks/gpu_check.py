@@ -28,7 +28,7 @@ def main() -> int:
     from dmeta_embed import Embedder
     from dmeta_embed.export import export_model
     from dmeta_embed.export.reference import cosines
-    from dmeta_embed.testing import build_model
+    from tests.random_models import build_model
 
     report: dict = {"onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
     work = Path(a.work)

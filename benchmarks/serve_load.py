@@ -487,7 +487,7 @@ def default_model(workdir: Path) -> Path:
     if (bundled / "manifest.json").is_file():
         return bundled
     from dmeta_embed.export import export_model
-    from dmeta_embed.testing import build_model
+    from tests.random_models import build_model
 
     out = workdir / "tiny-export"
     export_model(str(build_model(workdir / "tiny-src", "tiny")), out)

@@ -34,7 +34,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Chinese BERT with Dmeta's config keys, CLS pooling, only vocab.txt."""
-    from dmeta_embed.testing import build_model
+    from tests.random_models import build_model
 
     return build_model(tmp_path_factory.mktemp("tiny-src"), "tiny")
 

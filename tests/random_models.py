@@ -1,8 +1,12 @@
-"""Test fixtures: random-weight BERT folders with Dmeta's config keys and a synthetic CJK vocab.
+"""Random-weight BERT folders with Dmeta's config keys and a synthetic CJK vocab.
 
-The real Dmeta weights need the hub; speed depends on shape, not on weights, and the export
-pipeline depends only on the architecture. ``tiny`` is for tests, ``dmeta`` for benchmarks.
-``build_model`` needs the ``export`` extra (torch, transformers).
+Repository tooling, not part of the wheel: the tests build their models from it
+(``tests/conftest.py``) and the benchmarks their Dmeta-shaped stand-in
+(``benchmarks/build_dmeta_shaped.py``), both as ``tests.random_models`` from a checkout. The export
+pipeline depends only on the architecture, so ``tiny`` serves the tests; ``dmeta`` has the real
+model's shape for the shape run (speed of a variant whose quantized nodes a fidelity search picks
+still depends on the weights: see docs/performance.md). ``build_model`` needs the ``export``
+extra (torch, transformers).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .manifest import Pooling
+from dmeta_embed.manifest import Pooling
 
 DMETA_CONFIG: dict[str, Any] = {
     "architectures": ["BertModel"],

@@ -235,7 +235,7 @@ def test_int8_search_keeps_sensitive_nodes_when_bar_is_strict(tiny_src, tiny_exp
 
 def test_max_length_and_pooling_flags(tiny_src, tmp_path, caplog):
     from dmeta_embed.export import export_model
-    from dmeta_embed.testing import build_model
+    from tests.random_models import build_model
 
     m = export_model(str(tiny_src), tmp_path / "short", variants=["fp32"], max_length=128)
     assert m.max_length == 128 and m.variants["fp32"].fidelity.max_tokens == 128

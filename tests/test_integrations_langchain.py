@@ -97,9 +97,8 @@ def test_async_does_not_block_the_loop(tiny_export: Path) -> None:
 def test_openai_embeddings_against_the_server(tiny_export: Path) -> None:
     lc_openai = pytest.importorskip("langchain_openai", reason="needs langchain-openai (dev extra)")
     pytest.importorskip("starlette", reason="needs the server extra")
-    from test_serve import running
-
     from dmeta_embed.serve import create_app
+    from tests.helpers import running
 
     embedder = Embedder.load(tiny_export, variant="fp32")
     with running(create_app(embedder)) as base:

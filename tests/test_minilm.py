@@ -94,7 +94,7 @@ def test_auto_picks_int8_on_cpu_with_the_weights_each_class_needs(
 
 
 def test_tokenisation_identical_to_hf(minilm_export, minilm_src):
-    from test_runtime import assert_same_tokens_as_hf
+    from tests.helpers import assert_same_tokens_as_hf
 
     assert_same_tokens_as_hf(minilm_export, minilm_src)
 
@@ -102,9 +102,9 @@ def test_tokenisation_identical_to_hf(minilm_export, minilm_src):
 def test_batch_invariance(minilm_export):
     """Same text, different batch-mates. fp32 exact; int8's per-batch activation scale moves
     vectors slightly: the measured minimum is printed for the record (run pytest -s)."""
-    from benchmarks.workloads import workload
+    from tests.helpers import mixed_texts
 
-    texts = workload("mixed", 64, seed=5) + EN
+    texts = mixed_texts(64, seed=5) + EN
     for variant, bar in (("fp32", 0.99999), ("int8", 0.99)):
         emb = Embedder.load(minilm_export, variant=variant)
         base = emb.encode(texts, batch_size=64)

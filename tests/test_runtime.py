@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.workloads import workload
 from dmeta_embed import Embedder, InputError, ModelLoadError, ProviderError
 from dmeta_embed.export.reference import cosines, torch_embeddings
 from dmeta_embed.manifest import Manifest, Pooling, Precision
@@ -20,10 +19,7 @@ from dmeta_embed.runtime.choice import choose
 from dmeta_embed.runtime.cpu import cpu_info, detect
 from dmeta_embed.runtime.embedder import installed
 from dmeta_embed.texts import EN, MIXED, ZH
-
-TOKENIZE_CASES = (
-    ZH[:4] + EN[:3] + MIXED + ["😀🚀 emoji 表情", "ＡＢＣ１２３　全角", "Ünïcödé café", "tab\tand\nnewline"]
-)
+from tests.helpers import assert_same_tokens_as_hf, mixed_texts
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +44,7 @@ def test_shapes_and_dtype(fp32):
 
 
 def test_parity_with_torch(fp32, tiny_src):
-    texts = workload("mixed", 40, seed=3)
+    texts = mixed_texts(40, seed=3)
     ref = torch_embeddings(tiny_src, texts, Pooling.CLS, True, 1024)
     assert cosines(fp32.encode(texts), ref).min() >= 0.99999
 
@@ -57,7 +53,7 @@ def test_order_and_batch_size_invariance(fp32, int8):
     """fp32: exact up to float noise. int8: dynamic quantization picks one activation scale per
     batch tensor, so batch-mates move a text's vector slightly (measured on this random model,
     whose activations are wider than real ones: min cos ~0.991; MiniLM: see test_minilm)."""
-    texts = workload("mixed", 60, seed=1)
+    texts = mixed_texts(60, seed=1)
     for model, bar in ((fp32, 0.99999), (int8, 0.98)):
         base = model.encode(texts, batch_size=64)
         for bs in (1, 3, 17):
@@ -78,17 +74,6 @@ def test_outputs_are_distinct_per_text(fp32):
     e = fp32.encode(ZH[:6])
     sims = e @ e.T
     assert (sims[~np.eye(6, dtype=bool)] < 0.995).all()  # rows are not all the same vector
-
-
-def assert_same_tokens_as_hf(folder, src) -> None:
-    from transformers import AutoTokenizer
-
-    emb = Embedder.load(folder, variant="fp32")
-    hf = AutoTokenizer.from_pretrained(src)
-    texts = TOKENIZE_CASES + ["长" * 3000]
-    ours = emb.tokenizer.encode(texts).ids
-    theirs = hf(texts, truncation=True, max_length=emb.max_length)["input_ids"]
-    assert ours == theirs
 
 
 def test_tokenisation_identical_to_hf(tiny_export, tiny_src):

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ httpx = pytest.importorskip("httpx")
 
 from dmeta_embed.runtime import Embedder  # noqa: E402
 from dmeta_embed.serve import ServerConfig, create_app  # noqa: E402
+from tests.helpers import running  # noqa: E402
 
 TEXTS = [
     "维生素C可以预防感冒吗",
@@ -49,27 +49,6 @@ def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def embedder(tiny_export: Path) -> Embedder:
     return Embedder.load(tiny_export, variant="fp32")
-
-
-@contextmanager
-def running(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """Serve ``app`` with uvicorn on a thread, on a port the OS picks; always stopped on exit."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        end = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < end, "server did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def gate() -> tuple[threading.Event, Callable[[Embedder], None]]:
