@@ -34,31 +34,48 @@ class Precision(str, Enum):
     FP16 = "fp16"
     #: dynamic int8 (weights per channel, activations per batch at run time): onnxruntime's CPU kernels
     INT8 = "int8"
-    #: static int8 QDQ (NNCF-calibrated activation scales) for onnxruntime's OpenVINO execution
-    #: provider; the export moves layers whose static scales miss the bar to int8 weights only
+    #: static int8 QDQ (NNCF-calibrated activation scales) run by OpenVINO's own runtime (not
+    #: onnxruntime); the export moves layers whose static scales miss the bar to int8 weights only
     INT8_OV = "int8-ov"
 
 
 class Provider(str, Enum):
     """Where a variant runs: one vocabulary for the CLI, the runtime and the manifest."""
 
+    #: onnxruntime's CPU execution provider
     CPU = "cpu"
+    #: onnxruntime's CUDA execution provider
     CUDA = "cuda"
-    #: OpenVINO (the int8-ov variant)
+    #: OpenVINO's own runtime (the int8-ov variant; no onnxruntime involved)
     OPENVINO = "openvino"
 
     @property
     def ort_name(self) -> str:
-        """onnxruntime's name for this execution provider (what the manifest records)."""
+        """onnxruntime's name for this execution provider (``CPUExecutionProvider``...). For
+        OPENVINO it is the name of onnxruntime's OpenVINO EP, which int8-ov no longer uses: kept
+        so that name still parses."""
         return ORT_NAMES[self]
+
+    @property
+    def manifest_name(self) -> str:
+        """What a manifest's ``provider`` field records: onnxruntime's execution-provider name
+        for CPU and CUDA, ``openvino`` for OpenVINO's own runtime."""
+        return MANIFEST_NAMES[self]
+
+    @property
+    def engine(self) -> str:
+        """The inference engine that runs it: ``onnxruntime`` or ``openvino``."""
+        return "openvino" if self == Provider.OPENVINO else "onnxruntime"
 
     @classmethod
     def parse(cls, name: str | Provider) -> Provider:
-        """``cpu``/``cuda``/``openvino`` or onnxruntime's ``CPUExecutionProvider``-style name."""
+        """``cpu``/``cuda``/``openvino``, onnxruntime's ``CPUExecutionProvider``-style name, or
+        ``OpenVINOExecutionProvider`` (what int8-ov entries recorded before they named OpenVINO's
+        own runtime)."""
         if isinstance(name, Provider):
             return name
         for p in cls:
-            if name in (p.value, p.ort_name):
+            if name in (p.value, p.ort_name, p.manifest_name):
                 return p
         raise ValueError(f"unknown provider {name!r} (cpu, cuda or openvino)")
 
@@ -68,6 +85,11 @@ ORT_NAMES = {
     Provider.CUDA: "CUDAExecutionProvider",
     Provider.OPENVINO: "OpenVINOExecutionProvider",
 }
+MANIFEST_NAMES = {
+    Provider.CPU: "CPUExecutionProvider",
+    Provider.CUDA: "CUDAExecutionProvider",
+    Provider.OPENVINO: "openvino",
+}
 
 #: file name of each variant inside an exported folder
 VARIANT_FILES = {
@@ -76,7 +98,7 @@ VARIANT_FILES = {
     Precision.INT8: "model.int8.onnx",
     Precision.INT8_OV: "model.int8-ov.onnx",
 }
-#: the execution provider each variant is built for
+#: where each variant is built to run (the manifest records ``Provider.manifest_name``)
 VARIANT_PROVIDERS = {
     Precision.FP32: Provider.CPU,
     Precision.FP16: Provider.CUDA,
@@ -134,7 +156,10 @@ class Variant:
     file: str
     sha256: str
     size_bytes: int
-    #: onnxruntime's name of the execution provider it is built for (``Provider.ort_name``)
+    #: where it is built to run (``Provider.manifest_name``): onnxruntime's execution-provider
+    #: name (``CPUExecutionProvider``, ``CUDAExecutionProvider``), or ``openvino`` for int8-ov, which
+    #: OpenVINO's own runtime runs. Folders exported before said ``OpenVINOExecutionProvider`` there;
+    #: :meth:`from_dict` reads that as ``openvino``
     provider: str
     fidelity: Fidelity
     #: what the export left in float, each with the measured reason. int8: whole nodes kept fp32;
@@ -157,6 +182,11 @@ class Variant:
     speed: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def engine(self) -> str:
+        """The engine that runs this file: ``onnxruntime`` or ``openvino``."""
+        return "openvino" if self.provider == Provider.OPENVINO.manifest_name else "onnxruntime"
+
+    @property
     def validated_class(self) -> str | None:
         return self.validated_cpu.get("cpu_class")
 
@@ -177,7 +207,7 @@ class Variant:
             file=d["file"],
             sha256=d["sha256"],
             size_bytes=int(d["size_bytes"]),
-            provider=d["provider"],
+            provider=_provider_name(d["provider"]),
             fidelity=Fidelity.from_dict(d["fidelity"]),
             # "kept_fp32" in folders exported before the rename
             kept_float=dict(d.get("kept_float", d.get("kept_fp32", {}))),
@@ -188,6 +218,16 @@ class Variant:
             int8_tensors=int(d.get("int8_tensors", 0)),
             speed=dict(d.get("speed", {})),
         )
+
+
+def _provider_name(recorded: str) -> str:
+    """A manifest's ``provider`` in today's vocabulary: old int8-ov entries named onnxruntime's
+    OpenVINO EP (``OpenVINOExecutionProvider``), which reads as ``openvino``; a name this version
+    does not know is kept as written."""
+    try:
+        return Provider.parse(recorded).manifest_name
+    except ValueError:
+        return recorded
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dmeta_embed.manifest import (
     Manifest,
     Pooling,
     Precision,
+    Provider,
     TokenizerInfo,
     Variant,
     sha256_file,
@@ -66,6 +67,26 @@ def test_round_trip(tmp_path):
     assert raw["pooling"] == "cls"
     assert raw["variants"]["int8"]["fidelity"]["passed"] is True
     assert raw["variants"]["int8"]["kept_float"] == {"n1": "sensitivity 1e-3"}
+
+
+def test_old_int8_ov_entries_that_named_the_openvino_ep_still_load(tmp_path):
+    """Folders exported before int8-ov named OpenVINO's own runtime recorded onnxruntime's EP
+    name; they load, and read in today's vocabulary (what runs the file: OpenVINO)."""
+    d = _manifest().to_dict()
+    old = d["variants"]["int8"] | {
+        "precision": "int8-ov",
+        "file": "model.int8-ov.onnx",
+        "provider": "OpenVINOExecutionProvider",
+    }
+    d["variants"] = {"int8": d["variants"]["int8"], "int8-ov": old}
+    (tmp_path / "manifest.json").write_text(json.dumps(d))
+    m = Manifest.load(tmp_path)
+    ov, i8 = m.variants["int8-ov"], m.variants["int8"]
+    assert (ov.provider, ov.engine) == ("openvino", "openvino")
+    assert (i8.provider, i8.engine) == ("CPUExecutionProvider", "onnxruntime")
+    assert Provider.parse("OpenVINOExecutionProvider") is Provider.parse("openvino") is Provider.OPENVINO
+    m.save(tmp_path)  # and a re-save writes the new name only
+    assert '"OpenVINOExecutionProvider"' not in (tmp_path / "manifest.json").read_text()
 
 
 def test_fidelity_passed_uses_both_bars():
