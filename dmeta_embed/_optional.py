@@ -1,21 +1,78 @@
-"""The one way to say "an optional dependency is missing": :func:`require`.
+"""The one way to say "an optional dependency is missing": :func:`require`, reading one table.
 
 Every extra-backed import goes through it, so a base install (no ``[cpu]``, ``[export]`` or
-``[server]``) answers with the ``pip install`` line to run, never a traceback. Standard library only.
+``[server]``) answers with the ``pip install`` line to run, never a traceback. Which extra
+installs which module lives only here (:data:`EXTRAS`), beside what each feature needs
+(:data:`FEATURES`). Standard library only.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata as md
 from types import ModuleType
 
 from .errors import MissingDependencyError
 
+#: top-level module → the extra that installs it (``pip install 'dmeta-embed[extra]'``)
+EXTRAS: dict[str, str] = {
+    "onnxruntime": "cpu",
+    "openvino": "openvino",
+    "nncf": "export-openvino",
+    "torch": "export",
+    "transformers": "export",
+    "onnx": "export",
+    "huggingface_hub": "export",
+    "starlette": "server",
+    "uvicorn": "server",
+    "prometheus_client": "server",
+    "pyarrow": "corpus",
+    "ray": "ray",
+    "langchain_core": "langchain",
+    "llama_index": "llama-index",
+    "mteb": "mteb",
+}
+#: what the error adds for a module, where the extra alone would mislead
+NOTES: dict[str, str] = {
+    "onnxruntime": "or [gpu] on an NVIDIA machine; never both",
+    "openvino": "the int8-ov variant's engine",
+    "mteb": "mteb needs torch; the runtime does not",
+}
+#: the modules a feature needs, checked together before it starts (an extra's name)
+FEATURES: dict[str, tuple[str, ...]] = {
+    "export": ("torch", "transformers", "onnx", "huggingface_hub"),
+    "export-openvino": ("nncf", "openvino"),
+    "server": ("starlette", "uvicorn", "prometheus_client"),
+    "corpus": ("pyarrow",),
+    "ray": ("pyarrow", "ray", "ray.data"),
+}
 
-def require(module: str, extra: str, note: str = "") -> ModuleType:
-    """Import ``module`` and return it, or raise :class:`MissingDependencyError` naming the extra
-    (``pip install 'dmeta-embed[extra]'``) and ``note``, chained from the ImportError."""
+
+def require(*modules: str, extra: str | None = None) -> ModuleType:
+    """Import each module and return the first, or raise :class:`MissingDependencyError` naming
+    the extra that installs it (``extra`` when given, else :data:`EXTRAS`), chained from the
+    ImportError."""
+    if not modules:
+        raise TypeError("require() needs at least one module name")
+    loaded = []
+    for module in modules:
+        top = module.split(".")[0]
+        name = extra or EXTRAS[top]  # a module missing from the table fails here, installed or not
+        try:
+            loaded.append(importlib.import_module(module))
+        except ImportError as e:
+            raise MissingDependencyError(module, name, NOTES.get(top, "")) from e
+    return loaded[0]
+
+
+def require_feature(feature: str) -> None:
+    """Check every module ``feature`` (a key of :data:`FEATURES`) needs; the error names that extra."""
+    require(*FEATURES[feature], extra=feature)
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (``pip``'s name), or None when it is not installed."""
     try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingDependencyError(module, extra, note) from e
+        return md.version(distribution)
+    except md.PackageNotFoundError:
+        return None

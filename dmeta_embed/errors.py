@@ -27,6 +27,10 @@ class InputError(DmetaEmbedError, ValueError):
         self.index = index
 
 
+class TooLongError(InputError):
+    """A text is longer than max_length tokens and truncation was turned off."""
+
+
 class ProviderError(DmetaEmbedError):
     """An execution provider or variant that was asked for explicitly cannot be used."""
 

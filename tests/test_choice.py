@@ -140,9 +140,28 @@ def test_missed_bar_is_skipped_and_said() -> None:
     m = manifest(variant(Precision.FP32), variant(Precision.INT8, passed=False))
     ch = choose(m, cpu=cpu(CpuClass.AVX2), installed=NOTHING)
     assert ch.variant == Precision.FP32 and "int8 missed its fidelity bar" in ch.reason
+    # the only CPU variant missed its bar: auto refuses it and says how to ask for it by name
     only = manifest(variant(Precision.INT8, passed=False))
-    ch = choose(only, cpu=cpu(CpuClass.AVX2), installed=NOTHING)
-    assert (ch.variant, ch.int8_weights) == (Precision.INT8, "u8") and "only CPU variant" in ch.reason
+    with pytest.raises(ProviderError, match=r"int8 missed its fidelity bar.*variant='int8' \(CLI: --variant int8\)"):
+        choose(only, cpu=cpu(CpuClass.AVX2), installed=NOTHING)
+    named = choose(only, "int8", cpu=cpu(CpuClass.AVX2), installed=NOTHING)
+    assert (named.variant, named.int8_weights) == (Precision.INT8, "u8")
+    assert "missed its fidelity bar" in named.warning and "asked for by name" in named.warning
+    assert choose(m, "int8", cpu=cpu(CpuClass.AVX2), installed=NOTHING).warning  # named, with fp32 there
+    assert choose(m, cpu=cpu(CpuClass.AVX2), installed=NOTHING).warning == ""
+
+
+def test_unknown_int8_kernels_are_never_auto() -> None:
+    """On a CPU whose int8 kernels are unknown, auto refuses an int8-only folder (naming the
+    variant and how to ask for it); by name it loads, with the warning."""
+    only = manifest(variant(Precision.INT8))
+    unknown = cpu(CpuClass.UNKNOWN)
+    with pytest.raises(ProviderError, match=r"int8 kernels are unknown.*variant='int8'"):
+        choose(only, cpu=unknown, installed=NOTHING)
+    named = choose(only, "int8", cpu=unknown, installed=NOTHING)
+    assert named.variant == Precision.INT8 and "int8 kernels are unknown" in named.warning
+    # a CPU with known kernels gets no warning for the same request
+    assert choose(only, "int8", cpu=cpu(CpuClass.AVX2), installed=NOTHING).warning == ""
 
 
 @pytest.mark.parametrize("c", CLASSES)

@@ -1,4 +1,5 @@
-"""The one L2 normalisation, used by Embedder.encode and the server's /embed."""
+"""The one L2 normalisation (runtime.pipeline.finish and Embedder.similarity use it; that encode,
+the server and the adapters return the same vectors is tests/test_parity.py's)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,3 @@ def test_zero_rows_stay_zero() -> None:
 
 def test_one_vector() -> None:
     np.testing.assert_allclose(normalize(np.array([0, 2, 0], dtype=np.float64)), [0, 1, 0])
-
-
-def test_encode_and_server_share_it() -> None:
-    from dmeta_embed.runtime import embedder
-
-    assert embedder.normalize is normalize
-    try:
-        from dmeta_embed.serve import app
-    except ImportError:  # no server extra
-        return
-    assert app.normalize is normalize

@@ -7,7 +7,7 @@ installed. Everything is passed in, so every CPU class can be tested on any mach
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import ProviderError
 from ..manifest import Manifest, Precision, Provider
@@ -27,11 +27,13 @@ PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 
 @dataclass(frozen=True)
 class Installed:
-    """Which optional engines this process can use: onnxruntime's CUDA provider, and the
-    ``openvino`` package (the int8-ov variant's engine, installed beside onnxruntime)."""
+    """Which optional engines this process can use: onnxruntime (the fp32/fp16/int8 variants'),
+    its CUDA provider, and the ``openvino`` package (the int8-ov variant's engine, installed
+    beside onnxruntime or alone)."""
 
     cuda: bool = False
     openvino: bool = False
+    onnxruntime: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,35 @@ class Choice:
     reason: str
     #: int8-ov: the OpenVINO CPU properties to compile with (the manifest's, bf16 only where native)
     engine_properties: dict[str, str] = field(default_factory=dict)
+    #: why this variant, asked for by name, may not give the validated vectors ("" when it will):
+    #: ``auto`` never chooses such a variant; the Embedder logs this as a warning
+    warning: str = ""
+
+
+def _caveat(manifest: Manifest, variant: Precision, cpu: CpuInfo) -> str:
+    """Why ``variant`` would not reproduce its validated vectors here: it missed its bar, or it is
+    int8 and this CPU's int8 kernels are unknown ("" when neither)."""
+    v = manifest.variants[variant.value]
+    f = v.fidelity
+    if not f.passed:
+        return (
+            f"{variant.value} missed its fidelity bar at export (min cos {f.min_cos:.6f}, "
+            f"bar {f.bar_min_cos}; mean cos {f.mean_cos:.6f}, bar {f.bar_mean_cos})"
+        )
+    if variant == Precision.INT8 and cpu.int8_weights is None:
+        return (
+            f"int8: this CPU's int8 kernels are unknown (class {cpu.cpu_class.value}), "
+            "so its vectors may differ from the validated ones"
+        )
+    return ""
+
+
+def _named(choice: Choice, manifest: Manifest, cpu: CpuInfo) -> Choice:
+    """An explicitly asked-for choice, with the warning its variant deserves."""
+    caveat = _caveat(manifest, choice.variant, cpu)
+    if not caveat:
+        return choice
+    return replace(choice, warning=caveat + "; loaded because it was asked for by name")
 
 
 def _validated(manifest: Manifest, variant: Precision) -> str:
@@ -131,9 +162,8 @@ def choose(
                 f"variant {ov.value!r} is not in this folder (it has: {', '.join(have)}); "
                 "export it with --variants ...,int8-ov"
             )
-        return _openvino_choice(
-            manifest, cpu, f"asked for; int8-ov {_validated(manifest, ov)}, this CPU is {cpu.cpu_class.value}"
-        )
+        why = f"asked for; int8-ov {_validated(manifest, ov)}, this CPU is {cpu.cpu_class.value}"
+        return _named(_openvino_choice(manifest, cpu, why), manifest, cpu)
     use_cuda = provider == Provider.CUDA or (
         provider == "auto" and installed.cuda and variant != Precision.INT8
     )
@@ -141,8 +171,8 @@ def choose(
         if variant not in have:
             raise ProviderError(f"variant {variant!r} is not in this folder (it has: {', '.join(have)})")
         if use_cuda:
-            return Choice(Precision(variant), Provider.CUDA, None, "asked for")
-        return _cpu_choice(manifest, Precision(variant), cpu, "asked for")
+            return _named(Choice(Precision(variant), Provider.CUDA, None, "asked for"), manifest, cpu)
+        return _named(_cpu_choice(manifest, Precision(variant), cpu, "asked for"), manifest, cpu)
     if use_cuda:
         for p in (Precision.FP16, Precision.FP32):
             if p.value in have:
@@ -156,28 +186,42 @@ def _auto_cpu(
     have = manifest.variants
     cls = cpu.cpu_class.value
     skipped: list[str] = []
+    #: variants auto never loads here: they would not give the vectors they were validated with
+    refused: list[tuple[Precision, str]] = []
+    #: correct here, only measured slower than fp32: loaded when nothing else is left
+    slow: list[tuple[Precision, str]] = []
     candidates: list[Precision] = []
     for p in (Precision.INT8_OV, Precision.INT8, Precision.FP32):
         v = have.get(p.value)
         if v is None:
             continue
-        if not v.fidelity.passed:
-            skipped.append(f"{p.value} missed its fidelity bar")
+        if p == Precision.INT8_OV and (provider == Provider.CPU or not installed.openvino):
+            continue  # not installed (or onnxruntime's own CPU provider asked for): nothing to explain
+        if p != Precision.INT8_OV and not installed.onnxruntime:
+            skipped.append(f"{p.value}: onnxruntime is not installed")
+            continue
+        caveat = _caveat(manifest, p, cpu)
+        if caveat:
+            refused.append((p, caveat))
         elif p != Precision.FP32 and v.slower_than_fp32_on(cls):
-            skipped.append(f"{p.value} was measured slower than fp32 on {cls} ({v.speed['vs_fp32']:.2f}x)")
-        elif p == Precision.INT8 and cpu.int8_weights is None:
-            skipped.append(f"int8: this CPU's int8 kernels are unknown (class {cls})")
-        elif p == Precision.INT8_OV and (provider == Provider.CPU or not installed.openvino):
-            pass  # not installed (or onnxruntime's own CPU provider asked for): nothing to explain
+            slow.append((p, f"{p.value} was measured slower than fp32 on {cls} ({v.speed['vs_fp32']:.2f}x)"))
         else:
             candidates.append(p)
+    if not candidates and slow:
+        candidates = [slow.pop(0)[0]]
+    skipped += [note for _, note in refused + slow]
     if not candidates:
-        if Precision.INT8.value in have:
-            return _cpu_choice(
-                manifest, Precision.INT8, cpu, "the only CPU variant here (" + "; ".join(skipped) + ")"
+        if refused:
+            raise ProviderError(
+                "auto loads no variant that would not reproduce its validated vectors here: "
+                + "; ".join(skipped)
+                + ". To load one anyway, ask for it by name: "
+                + " or ".join(f"variant={p.value!r} (CLI: --variant {p.value})" for p, _ in refused)
             )
         raise ProviderError(
-            f"no CPU variant in this folder (it has: {', '.join(have)}); pass provider='cuda'"
+            f"no CPU variant in this folder that this process can run (it has: {', '.join(have)}"
+            + (f"; {'; '.join(skipped)}" if skipped else "")
+            + "); pass provider='cuda'"
         )
     measured = {
         p: float(have[p.value].speed["tokens_per_s"])

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MissingDependencyError, ModelLoadError, ProviderError
+from ..errors import InputError, MissingDependencyError, ModelLoadError, ProviderError, TooLongError
 from ..manifest import Manifest, Provider, sha256_file
-from .batching import pad, plan_batches
-from .choice import Choice, Installed, choose
+from ..texts import calibration_texts
+from .choice import Choice, choose
 from .cpu import CpuInfo, detect
-from .session import Runner, cuda_available, openvino_available
+from .engines import installed
+from .pipeline import Encoded, OutputSpec, Prepared, embed_tokenized, finish
+from .quantize import RANGED, check_precision, ranges_of
+from .runner import Runner
 from .st_compat import SentenceTransformerAPI
-from .tokenize import TextTokenizer, Tokenized, check_texts
-from .vectors import normalize
-
-if TYPE_CHECKING:
-    from .openvino import OpenVINORunner
+from .tokenize import TextTokenizer, Token, Tokenized, check_texts
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +32,6 @@ CHUNK = 4096
 DEFAULT_BATCH_TOKENS = {Provider.CPU: 1024, Provider.CUDA: 32768, Provider.OPENVINO: 1024}
 #: texts per batch: 32 ran faster than 128 on both mixed texts and queries (docs/performance.md)
 DEFAULT_BATCH_SIZE = 32
-
-
-def embed_tokenized(
-    runner: Runner | OpenVINORunner,
-    tok: Tokenized,
-    *,
-    pad_id: int,
-    dim: int,
-    max_batch_tokens: int,
-    batch_size: int,
-) -> np.ndarray:
-    """Run length-sorted batches and write each row back to its input position."""
-    out = np.empty((len(tok.ids), dim), dtype=np.float32)
-    for index in plan_batches(tok.lengths, max_batch_tokens, batch_size):
-        input_ids, mask = pad(tok.ids, index, pad_id)
-        out[index] = runner.run(input_ids, mask)
-    return out
-
-
-def installed() -> Installed:
-    """The optional engines this process can use: onnxruntime's CUDA provider, the openvino package."""
-    return Installed(cuda=cuda_available(), openvino=openvino_available())
 
 
 class Embedder(SentenceTransformerAPI):
@@ -115,7 +94,9 @@ class Embedder(SentenceTransformerAPI):
                     f"changed after export): {digest[:12]} != {spec.sha256[:12]}"
                 )
         self.tokenizer = TextTokenizer(tok_file, self.manifest.max_length)
-        self._runner: Runner | OpenVINORunner
+        if self.choice.warning:
+            log.warning("%s: %s", self.path, self.choice.warning)
+        self._runner: Runner
         try:
             if self.provider == Provider.OPENVINO:
                 # imports openvino: only for this variant
@@ -130,7 +111,9 @@ class Embedder(SentenceTransformerAPI):
                     cache_dir=default_cache_dir(),
                 )
             else:
-                self._runner = Runner(
+                from .session import OnnxRuntimeRunner
+
+                self._runner = OnnxRuntimeRunner(
                     model_file,
                     self.provider,
                     threads,
@@ -148,13 +131,12 @@ class Embedder(SentenceTransformerAPI):
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS[self.provider]
         self.batch_size = batch_size
         self.truncate = truncate
-        #: indices of the texts the last encode() call truncated at max_length
-        self.last_truncated: list[int] = []
-        #: tokens each text of the last encode() call was fed as (prompt and special tokens included,
-        #: after truncation): callers that record token counts need not tokenise again
-        self.last_lengths: np.ndarray = np.zeros(0, dtype=np.int64)
         #: Matryoshka dims every encode keeps (st_compat: only the dims the manifest lists)
         self.truncate_dim = truncate_dim
+        #: texts this Embedder has cut at max_length so far (the first cut is logged, once)
+        self.truncated_count = 0
+        self._lock = threading.Lock()
+        self._calibration: np.ndarray | None = None
 
     @classmethod
     def load(cls, path: str | Path, variant: str = "auto", provider: str = "auto", **kwargs: Any) -> Embedder:
@@ -175,6 +157,142 @@ class Embedder(SentenceTransformerAPI):
         """Tokens each text is fed as (after truncation, special tokens included)."""
         return self.tokenizer.count_tokens(check_texts(texts))
 
+    # -- the text → vector step (runtime.pipeline), in the pieces the server runs apart
+
+    def prepare(
+        self,
+        texts: str | list[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate: bool | None = None,
+    ) -> Prepared:
+        """Texts as the model will see them: the prompt resolved as sentence-transformers resolves
+        it (``prompt``, else ``prompt_name``, else the default prompt), tokenised, and cut at
+        max_length (``truncate``, default the Embedder's) or refused with an InputError naming the
+        first text that is too long."""
+        items = check_texts(texts)
+        return self._prepare(items, self.resolve_prompt(prompt_name, prompt), truncate, 0)
+
+    def _prepare(
+        self, items: list[str], prompt: str, truncate: bool | None, offset: int, *, count: bool = True
+    ) -> Prepared:
+        tok = self.tokenizer.encode([prompt + t for t in items] if prompt else items)
+        if tok.truncated and count:
+            first = offset + tok.truncated[0]
+            if not (self.truncate if truncate is None else truncate):
+                raise TooLongError(
+                    f"texts[{first}] is longer than max_length={self.max_seq_length} tokens (truncate=False)",
+                    index=first,
+                )
+            self._count_truncated(len(tok.truncated), first)
+        return Prepared(tok, prompt)
+
+    def tokens(
+        self,
+        texts: str | list[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        add_special_tokens: bool = True,
+    ) -> list[list[Token]]:
+        """Each text's tokens as the model is fed them (prompt first, truncated at max_length),
+        with character offsets into the prompted text: what TEI's ``/tokenize`` answers."""
+        p = self.resolve_prompt(prompt_name, prompt)
+        items = check_texts(texts)
+        return self.tokenizer.tokens([p + t for t in items] if p else items, add_special_tokens)
+
+    def _count_truncated(self, n: int, first: int) -> None:
+        # once per Embedder, not per call: a loop of encode calls on long texts says it once
+        with self._lock:
+            self.truncated_count += n
+            once = self.truncated_count == n
+        if once:
+            log.warning(
+                "%d text(s) longer than max_length=%d tokens were truncated (first: index %d); "
+                "later truncations are counted in Embedder.truncated_count, not logged",
+                n,
+                self.max_seq_length,
+                first,
+            )
+
+    def output_spec(
+        self,
+        truncate_dim: int | None = None,
+        normalize_embeddings: bool | None = None,
+        precision: str = "float32",
+        *,
+        ranges: np.ndarray | None = None,
+        calibration_embeddings: np.ndarray | None = None,
+    ) -> OutputSpec:
+        """What :meth:`finish` does to the model's vectors, checked before anything is embedded.
+
+        ``truncate_dim``: a Matryoshka dim the manifest lists (None: this Embedder's
+        ``truncate_dim``). ``normalize_embeddings``: None keeps the manifest's choice (inside the
+        graph); True L2-normalises (after a cut too); False is refused for a normalised export.
+        ``precision``: float32|int8|uint8|binary|ubinary; int8/uint8 use ``ranges`` (2, dim), else
+        the min/max of ``calibration_embeddings``, else :meth:`calibration_ranges`."""
+        if normalize_embeddings is False and self.manifest.normalize:
+            raise InputError(
+                "this folder was exported with normalisation inside the graph; "
+                "re-export with --no-normalize to get raw vectors"
+            )
+        dim = self._check_truncate_dim(truncate_dim) if truncate_dim is not None else self.truncate_dim
+        if dim is not None and dim >= self.dim:
+            dim = None
+        renorm = bool(normalize_embeddings) and (dim is not None or not self.manifest.normalize)
+        spec = OutputSpec(dim, renorm, check_precision(precision))
+        if precision not in RANGED:
+            return spec
+        if ranges is None:
+            if calibration_embeddings is not None:
+                ranges = ranges_of(np.asarray(calibration_embeddings, dtype=np.float32))
+            else:
+                ranges = self.calibration_ranges(spec)
+        return OutputSpec(dim, renorm, precision, np.asarray(ranges, dtype=np.float32))
+
+    def calibration_ranges(self, spec: OutputSpec | None = None) -> np.ndarray:
+        """int8/uint8 buckets: per-dimension ``[min, max]`` (2, dim) of the built-in calibration
+        texts (``dmeta_embed.texts.calibration_texts``, with the default prompt) after ``spec``'s
+        cut and normalisation. Fixed per model, so a text's integers do not depend on its batch."""
+        with self._lock:
+            if self._calibration is None:
+                prepared = self._prepare(calibration_texts(), self.resolve_prompt(None, None), True, 0, count=False)
+                self._calibration = self.encode_tokenized(prepared.tokens)
+            raw = self._calibration
+        spec = spec or OutputSpec()
+        return ranges_of(finish(raw, OutputSpec(spec.dim, spec.normalize)))
+
+    def embed(
+        self,
+        texts: str | list[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate: bool | None = None,
+        spec: OutputSpec | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Encoded:
+        """Embed texts in input order; the result carries this call's token counts and truncated
+        indices (nothing is kept on the Embedder, so concurrent calls cannot mix them up).
+        ``spec``: :meth:`output_spec` (None: the model's vectors, cut to ``truncate_dim``)."""
+        items = check_texts(texts)
+        spec = spec or self.output_spec()
+        prompt_text = self.resolve_prompt(prompt_name, prompt)
+        raw = np.empty((len(items), self.dim), dtype=np.float32)
+        lengths = np.empty(len(items), dtype=np.int64)
+        truncated: list[int] = []
+        for start in range(0, len(items), CHUNK):  # bounds memory for huge inputs
+            prepared = self._prepare(items[start : start + CHUNK], prompt_text, truncate, start)
+            n = len(prepared.lengths)
+            raw[start : start + n] = self.encode_tokenized(prepared.tokens, batch_size=batch_size)
+            lengths[start : start + n] = prepared.lengths
+            truncated.extend(start + i for i in prepared.truncated)
+            if progress is not None:
+                progress(n)
+        return Encoded(finish(raw, spec), lengths, tuple(truncated))
+
     def encode(
         self,
         texts: str | list[str],
@@ -187,59 +305,45 @@ class Embedder(SentenceTransformerAPI):
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
+        precision: str = "float32",
+        ranges: np.ndarray | None = None,
+        calibration_embeddings: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Embed texts in input order: float32 ``(n, dim)`` for a list, ``(dim,)`` for one str.
+        """Embed texts in input order: ``(n, dim)`` for a list, ``(dim,)`` for one str; float32, or
+        int8/uint8 for a quantized ``precision`` (see :meth:`output_spec`).
 
         ``normalize_embeddings``: None keeps the manifest's choice (already applied in the graph);
         True L2-normalises; False is refused for a normalised export (the raw vectors are gone).
+        :meth:`embed` returns the same vectors with the call's token counts and truncated indices.
         """
-        if normalize_embeddings is False and self.manifest.normalize:
-            # refuse before embedding anything: the raw vectors are not in this graph
-            raise InputError(
-                "this folder was exported with normalisation inside the graph; "
-                "re-export with --no-normalize to get raw vectors"
-            )
-        single = isinstance(texts, str)
-        items = self._prompted(check_texts(texts), prompt_name, prompt)
-        truncate = self.truncate if truncate is None else truncate
-        out = np.empty((len(items), self.dim), dtype=np.float32)
-        self.last_truncated = []
-        self.last_lengths = np.empty(len(items), dtype=np.int64)
-        progress = _progress(len(items), show_progress_bar)
-        for start in range(0, len(items), CHUNK):
-            chunk = items[start : start + CHUNK]
-            tok = self.tokenizer.encode(chunk)
-            self.last_lengths[start : start + len(chunk)] = tok.lengths
-            if tok.truncated:
-                first = start + tok.truncated[0]
-                if not truncate:
-                    raise InputError(
-                        f"texts[{first}] is longer than max_length={self.max_length} tokens (truncate=False)",
-                        index=first,
-                    )
-                self.last_truncated.extend(start + i for i in tok.truncated)
-            out[start : start + len(chunk)] = self.encode_tokenized(tok, batch_size=batch_size)
-            progress(len(chunk))
-        if self.last_truncated:
-            log.warning(
-                "%d text(s) longer than max_length=%d tokens were truncated (first: index %d)",
-                len(self.last_truncated),
-                self.max_length,
-                self.last_truncated[0],
-            )
-        # sentence-transformers cuts after the model's Normalize and renormalises only when asked
-        out, cut = self._truncated(out, truncate_dim)
-        if normalize_embeddings and (cut or not self.manifest.normalize):
-            out = normalize(out)
+        # checked before embedding anything: a refused option wastes no inference
+        spec = self.output_spec(
+            truncate_dim,
+            normalize_embeddings,
+            precision,
+            ranges=ranges,
+            calibration_embeddings=calibration_embeddings,
+        )
+        n = len(texts) if isinstance(texts, list) else 1
+        out = self.embed(
+            texts,
+            prompt_name=prompt_name,
+            prompt=prompt,
+            truncate=truncate,
+            spec=spec,
+            batch_size=batch_size,
+            progress=_progress(n, show_progress_bar),
+        ).vectors
         if not convert_to_numpy:
             return list(out)  # type: ignore[return-value]
-        return out[0] if single else out
+        return out[0] if isinstance(texts, str) else out
 
     def encode_tokenized(
         self, tok: Tokenized, *, batch_size: int | None = None, max_batch_tokens: int | None = None
     ) -> np.ndarray:
-        """Embed already-tokenised texts (``self.tokenizer.encode``), rows in their order, pooled as
-        the manifest says; for callers that tokenise once and batch themselves (the server)."""
+        """The model's vectors for already-prepared texts (:meth:`prepare`), rows in their order:
+        for callers that prepare once and batch themselves (the server's batcher); then
+        :func:`~dmeta_embed.runtime.pipeline.finish` with :meth:`output_spec`."""
         return embed_tokenized(
             self._runner,
             tok,
@@ -257,9 +361,9 @@ class Embedder(SentenceTransformerAPI):
         )
 
 
-def _progress(total: int, show: bool):  # type: ignore[no-untyped-def]
+def _progress(total: int, show: bool) -> Callable[[int], None] | None:
     if not show or total <= CHUNK:
-        return lambda n: None
+        return None
     import sys
 
     done = [0]

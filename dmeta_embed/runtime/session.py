@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import math
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +19,13 @@ from .int8 import shift_int8_weights
 if TYPE_CHECKING:
     import onnxruntime
 
-ort = require("onnxruntime", "cpu", "or [gpu] on an NVIDIA machine; never both")
+
+@functools.cache
+def ort() -> ModuleType:
+    """onnxruntime, imported on first use: ``runtime.cpu``/``runtime.choice`` and ``inspect`` work
+    without it (an OpenVINO-only install, say)."""
+    return require("onnxruntime")
+
 
 CPU = Provider.CPU.ort_name
 CUDA = Provider.CUDA.ort_name
@@ -51,19 +58,6 @@ def _cgroup_quota() -> int | None:
     return None
 
 
-def cuda_available() -> bool:
-    return CUDA in ort.get_available_providers()
-
-
-def openvino_available() -> bool:
-    """Whether the ``openvino`` package (the int8-ov variant's engine, ``runtime.openvino``) can be
-    imported here; it is looked up, not imported."""
-    try:
-        return importlib.util.find_spec("openvino") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def session_options(threads: int | None, spin: bool = True) -> onnxruntime.SessionOptions:
     """CPU options chosen by measurement (see README, "Memory"): sequential, one inter-op thread,
     no memory pattern (shapes change every batch, and the pattern cache grows per shape).
@@ -71,12 +65,13 @@ def session_options(threads: int | None, spin: bool = True) -> onnxruntime.Sessi
     ``spin=False`` stops idle worker threads from busy-waiting between ops: on a machine shared
     with other work (a server's event loop, the client) that busy-waiting steals the CPU the
     request needs."""
-    so = ort.SessionOptions()
+    rt = ort()
+    so = rt.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.intra_op_num_threads = threads or available_cpus()
     so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = rt.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.enable_mem_pattern = False
     so.log_severity_level = 3
     return so
@@ -94,9 +89,10 @@ def feed_names(graph_inputs: list[str], inputs: tuple[str, ...]) -> tuple[str, s
     return inputs[0], inputs[1]
 
 
-class Runner:
-    """One onnxruntime session over an embedding graph: (input_ids, attention_mask) → [B, dim].
-    (int8-ov runs on OpenVINO instead: ``runtime.openvino.OpenVINORunner``, same ``run`` call.)
+class OnnxRuntimeRunner:
+    """One onnxruntime session over an embedding graph: (input_ids, attention_mask) → [B, dim]
+    (a :class:`~dmeta_embed.runtime.runner.Runner`; int8-ov runs on OpenVINO instead:
+    ``runtime.openvino.OpenVINORunner``).
 
     ``inputs``/``output``: the graph's tensor names (the manifest's). ``int8_weights="u8"``
     shifts the file's s8 weights to u8 before onnxruntime sees it (``runtime.int8``), for CPUs
@@ -115,6 +111,8 @@ class Runner:
         int8_weights: str | None = None,
         expect_int8_tensors: int | None = None,
     ) -> None:
+        from .engines import cuda_available
+
         provider = Provider.parse(provider)
         so = session_options(threads, spin)
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
@@ -139,7 +137,7 @@ class Runner:
                     f"int8 weight shift found {shifted} int8 tensors, the manifest says "
                     f"{expect_int8_tensors}; load variant='fp32' instead"
                 )
-        self.session = ort.InferenceSession(
+        self.session = ort().InferenceSession(
             model_arg,
             sess_options=so,
             providers=providers,
@@ -167,3 +165,7 @@ class Runner:
             return io.copy_outputs_to_cpu()[0]  # type: ignore[no-any-return]
         out = self.session.run([self._output], {self._ids: input_ids, self._mask: attention_mask})
         return out[0]  # type: ignore[no-any-return]
+
+
+#: the onnxruntime runner's earlier name, for callers outside the runtime (export, benchmarks)
+Runner = OnnxRuntimeRunner

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from .vectors import normalize
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -165,7 +166,7 @@ class SentenceTransformerAPI:
         x, y = _as_batch(a), _as_batch(b)
         fn = self.similarity_fn_name
         if fn == "cosine":
-            return _unit(x) @ _unit(y).T  # type: ignore[no-any-return]
+            return normalize(x) @ normalize(y).T  # type: ignore[no-any-return]
         if fn == "dot":
             return x @ y.T  # type: ignore[no-any-return]
         order = 2 if fn == "euclidean" else 1
@@ -176,7 +177,7 @@ class SentenceTransformerAPI:
         x, y = _as_batch(a), _as_batch(b)
         fn = self.similarity_fn_name
         if fn == "cosine":
-            return (_unit(x) * _unit(y)).sum(axis=-1)  # type: ignore[no-any-return]
+            return (normalize(x) * normalize(y)).sum(axis=-1)  # type: ignore[no-any-return]
         if fn == "dot":
             return (x * y).sum(axis=-1)  # type: ignore[no-any-return]
         order = 2 if fn == "euclidean" else 1
@@ -184,8 +185,8 @@ class SentenceTransformerAPI:
 
     # -- helpers ``Embedder.encode`` calls
 
-    def _prompted(self, texts: list[str], prompt_name: str | None, prompt: str | None) -> list[str]:
-        """``texts`` with the resolved prompt in front, as sentence-transformers resolves it."""
+    def resolve_prompt(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
+        """The text put before each input ("" for none), resolved as sentence-transformers does."""
         if prompt is None:
             if prompt_name is not None:
                 if prompt_name not in self.prompts:
@@ -200,7 +201,7 @@ class SentenceTransformerAPI:
             log.warning(
                 "both prompt and prompt_name given: using prompt, ignoring prompt_name %r", prompt_name
             )
-        return [prompt + t for t in texts] if prompt else texts
+        return prompt or ""
 
     def _check_truncate_dim(self, dim: int | None) -> int | None:
         if dim is None or dim == self.manifest.dim:
@@ -218,20 +219,9 @@ class SentenceTransformerAPI:
             )
         return dim
 
-    def _truncated(self, out: np.ndarray, truncate_dim: int | None) -> tuple[np.ndarray, bool]:
-        """(``out`` cut to ``truncate_dim`` or else this instance's ``truncate_dim``, whether it was cut)."""
-        dim = self._check_truncate_dim(truncate_dim) if truncate_dim is not None else self.truncate_dim
-        if dim is None or dim >= out.shape[-1]:
-            return out, False
-        return np.ascontiguousarray(out[..., :dim]), True
-
 
 def _as_batch(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor from code that mixes both
         x = x.detach().cpu().numpy()
     arr = np.asarray(x, dtype=np.float32)
     return arr[None, :] if arr.ndim == 1 else arr
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

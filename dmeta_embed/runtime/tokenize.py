@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -19,6 +20,18 @@ class Tokenized:
     ids: list[list[int]]
     lengths: np.ndarray  # int64 [n]
     truncated: list[int]  # indices into the input
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token of a text as the model sees it (TEI's ``/tokenize`` shape): its id, its text,
+    whether it is a special token, and its character span in the text (None for special tokens)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
 
 
 def check_texts(texts: object) -> list[str]:
@@ -62,19 +75,37 @@ class TextTokenizer:
         self._tok.enable_truncation(max_length)
         self.max_length = max_length
 
-    def encode(self, texts: list[str]) -> Tokenized:
-        """Tokenise checked texts (see :func:`check_texts`)."""
+    def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[Any]:
         try:
-            encs = self._tok.encode_batch(texts, add_special_tokens=True)
+            return self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)  # type: ignore[no-any-return]
         except (TypeError, ValueError, UnicodeError) as e:
             bad = _find_unencodable(texts)
             if bad is not None:
                 raise bad from e
             raise InputError(f"tokenizer rejected the input: {e}") from e
+
+    def encode(self, texts: list[str]) -> Tokenized:
+        """Tokenise checked texts (see :func:`check_texts`)."""
+        encs = self._encode_batch(texts, True)
         ids = [e.ids for e in encs]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         truncated = [i for i, e in enumerate(encs) if e.overflowing]
         return Tokenized(ids=ids, lengths=lengths, truncated=truncated)
+
+    def tokens(self, texts: list[str], add_special_tokens: bool = True) -> list[list[Token]]:
+        """Each text's tokens with their character offsets, truncated at max_length as
+        :meth:`encode` truncates (so their count is the count the model is fed)."""
+        encs = self._encode_batch(texts, add_special_tokens)
+        out = []
+        for text, enc in zip(texts, encs):
+            row = []
+            for tid, tstr, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets):
+                if special:
+                    row.append(Token(tid, tstr, True, None, None))
+                else:
+                    row.append(Token(tid, text[a:b], False, a, b))
+            out.append(row)
+        return out
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text becomes (after truncation, special tokens included)."""

@@ -1,0 +1,28 @@
+"""The one call every inference engine answers: padded token ids in, pooled vectors out.
+
+onnxruntime (:class:`~dmeta_embed.runtime.session.OnnxRuntimeRunner`) and OpenVINO
+(:class:`~dmeta_embed.runtime.openvino.OpenVINORunner`) implement it; the runtime's text → vector
+step (:mod:`dmeta_embed.runtime.pipeline`) needs nothing else from an engine. numpy only.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..manifest import Provider
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """An embedding graph loaded on one engine: ``(input_ids, attention_mask)`` int64 ``[B, T]``
+    → float32 ``[B, dim]``, pooled (and normalised) as the manifest says. Safe to call from
+    several threads (an engine that cannot run two calls at once serialises them itself)."""
+
+    #: where the graph runs
+    provider: Provider
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The pooled vectors of one padded batch, one row per sequence."""
+        ...
