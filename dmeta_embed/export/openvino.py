@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._optional import require as _require
+from .._optional import require_feature
 from ..manifest import Bar
 
 if TYPE_CHECKING:
@@ -54,8 +54,7 @@ _ROLES = (
 
 def require() -> None:
     """Fail early, with the pip line, when the ``export-openvino`` extra is missing."""
-    for module in ("nncf", "openvino"):
-        _require(module, "export-openvino")
+    require_feature("export-openvino")
 
 
 #: the float parts in bf16: tried by the export on CPUs with native bf16 (``CpuInfo.bf16``: AMX,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
-from .._optional import require
+from .._optional import require_feature
 from ..errors import ExportError, FidelityError, ModelLoadError
 from ..manifest import (
     BARS,
@@ -32,8 +32,10 @@ from ..manifest import (
     sha256_file,
 )
 from ..runtime.cpu import detect
-from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
-from ..runtime.session import Runner, cuda_available
+from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
+from ..runtime.pipeline import embed_tokenized
+from ..runtime.engines import cuda_available
+from ..runtime.session import OnnxRuntimeRunner as Runner
 from ..runtime.tokenize import TextTokenizer
 from ..texts import calibration_texts, probe_texts
 from . import graph, openvino
@@ -51,8 +53,7 @@ log = logging.getLogger(__name__)
 
 
 def _require_export_deps() -> None:
-    for module in ("torch", "transformers", "onnx", "huggingface_hub"):
-        require(module, "export")
+    require_feature("export")
 
 
 def _tool_versions() -> dict[str, str]:
