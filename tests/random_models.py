@@ -54,6 +54,10 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
+#: written into every folder built here: the benchmark reads it to label a run on random weights
+#: the "shape run" (its speed is the shape's; its fidelity says nothing about real weights)
+MARKER = "random_weights.json"
+
 
 def synthetic_vocab(size: int = 21128) -> list[str]:
     """A WordPiece vocab shaped like bert-base-chinese: specials, ASCII, CJK, ``##`` pieces."""
@@ -112,6 +116,8 @@ def build_model(
     model = BertModel(BertConfig(**cfg), add_pooling_layer=False).eval()
     model.save_pretrained(folder, safe_serialization=True)
 
+    marker = {"shape": shape, "seed": seed, "note": "random weights: a shape stand-in, not a trained model"}
+    (folder / MARKER).write_text(json.dumps(marker), "utf-8")
     (folder / "vocab.txt").write_text("\n".join(synthetic_vocab(cfg["vocab_size"])) + "\n", "utf-8")
     tok_cfg = {
         "do_lower_case": True,
@@ -128,9 +134,9 @@ def build_model(
     if with_tokenizer_json:
         from transformers import BertTokenizerFast
 
-        BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).backend_tokenizer.save(
-            str(folder / "tokenizer.json")
-        )
+        # from_pretrained reads vocab.txt on transformers 4 and 5 alike; the constructor's
+        # vocab_file= is ignored on 5 (every character becomes [UNK])
+        BertTokenizerFast.from_pretrained(folder).backend_tokenizer.save(str(folder / "tokenizer.json"))
     if sentence_transformers_files:
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
