@@ -1,8 +1,10 @@
 """Build the Dmeta-shaped benchmark model: random weights, DMetaSoul/Dmeta-embedding's real config
 (BERT-base: 12 layers, hidden 768, vocab 21128, 1024 positions, CLS pooling) and a synthetic CJK
-vocab, then export it with all variants (int8-ov where the export-openvino extra is installed). Speed depends on shape, not weights, so this stands in
-for the real model offline. Fidelity on random weights says little about real ones (int8 in
-particular quantizes far better here): measure real fidelity with the real model.
+vocab, then export it with all variants (int8-ov where the export-openvino extra is installed).
+The benchmark on it is the **shape run**: it shows what the engines do at BERT-base size, but not
+what real weights do to int8 (random weights quantize far better: every node stays int8, where
+the export's fidelity search keeps some in float on real weights, which changes the speed too).
+The real-weights runs (``make bench``: all-MiniLM-L6-v2, all-mpnet-base-v2) are the headline.
 
     python -m benchmarks.build_dmeta_shaped [--out out/dmeta-shaped] [--force]
     python -m benchmarks -m out/dmeta-shaped --peers
@@ -13,6 +15,7 @@ With network, skip this and run ``python -m benchmarks -m DMetaSoul/Dmeta-embedd
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -23,11 +26,13 @@ def build(out: Path, force: bool = False, seed: int = 0) -> Path:
     from dmeta_embed.errors import ModelLoadError
     from dmeta_embed.export import export_model
     from dmeta_embed.manifest import Manifest
-    from tests.random_models import build_model
+    from tests.random_models import MARKER, build_model
 
     src = out.with_name(out.name + "-src")
     if force or not (src / "config.json").is_file():
         build_model(src, "dmeta", seed=seed)
+    elif not (src / MARKER).is_file():  # built before the marker existed: it is random all the same
+        (src / MARKER).write_text(json.dumps({"shape": "dmeta", "seed": seed}), "utf-8")
     try:
         if not force and Manifest.load(out).source.get("model") == str(src.resolve()):
             print(f"{out} is already exported from {src}; pass --force to rebuild")

@@ -165,7 +165,8 @@ def bench(
     for w, s in result["summary"].items():
         if "throughput_ratio" in s:
             click.echo(
-                f"{w}: {s['best_ours']} vs {s['best_peer']}: {s['throughput_ratio']:.2f}× tokens/s"
+                f"{w}: {s['best_ours']} vs {s['best_peer']} (both at the fidelity bar): "
+                f"{s['throughput_ratio']:.2f}× tokens/s"
                 + (
                     f", p50 {s['p50_ratio']:.2f}× ({s['fastest_ours']} vs {s['fastest_peer']})"
                     if "p50_ratio" in s

@@ -1,10 +1,10 @@
-"""Timing primitives, run inside one system's worker process: bulk throughput, single-text
-latency, peak RSS. No statistics beyond medians and percentiles; ratios are made by the parent."""
+"""Timing loops run inside one system's worker process: bulk throughput and single-text latency
+(percentiles and RSS come from ``benchmarks.timing``). No statistics beyond medians and
+percentiles; ratios are made by the parent."""
 
 from __future__ import annotations
 
 import gc
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,36 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from .timing import rss_mb
+
 Encode = Callable[[list[str]], np.ndarray]
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def rss_mb() -> float | None:
-    """Current resident set size, from /proc (None where there is no /proc)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
-
-
-def percentiles(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms, dtype=np.float64)
-    return {
-        "p50": float(np.percentile(a, 50)),
-        "p95": float(np.percentile(a, 95)),
-        "p99": float(np.percentile(a, 99)),
-        "mean": float(a.mean()),
-        "min": float(a.min()),
-        "max": float(a.max()),
-        "calls": len(ms),
-    }
 
 
 def time_bulk(

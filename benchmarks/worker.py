@@ -37,7 +37,8 @@ def _reference(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure(job: dict[str, Any], stem: str, adapter: Any) -> dict[str, Any]:
-    from .harness import measure_workload, peak_rss_mb, rss_mb
+    from .harness import measure_workload
+    from .timing import peak_rss_mb, rss_mb
 
     t = time.perf_counter()
     adapter.load()

