@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._optional import require
+from .._optional import require_feature
 from .config import ServerConfig
 
 if TYPE_CHECKING:
@@ -21,11 +21,6 @@ if TYPE_CHECKING:
     from ..runtime import Embedder
 
 __all__ = ["ServerConfig", "create_app", "serve"]
-
-
-def _require() -> None:
-    for module in ("starlette", "uvicorn", "prometheus_client"):
-        require(module, "server")
 
 
 def create_app(
@@ -37,7 +32,7 @@ def create_app(
     """The ASGI app serving ``embedder`` (run it with any ASGI server; :func:`serve` uses uvicorn).
 
     ``warmup`` runs on the inference thread before the first job (None: a few shapes through the model)."""
-    _require()
+    require_feature("server")
     from .app import create_app as _create
 
     return _create(embedder, config, warmup=warmup)
@@ -58,7 +53,7 @@ def serve(
 
     SIGTERM: stop accepting connections, finish the requests in flight and the queue, return.
     """
-    _require()
+    require_feature("server")
     import uvicorn
 
     from ..runtime import Embedder

@@ -1,4 +1,9 @@
-"""HTTP routes: OpenAI's ``/v1/embeddings``, TEI's ``/embed``, health, readiness, info, metrics.
+"""HTTP routes: OpenAI's ``/v1/embeddings``, TEI's ``/embed`` and ``/tokenize``, health,
+readiness, info, metrics.
+
+The routes parse, queue and render; every step from text to vector is the runtime's
+(``Embedder.prepare`` → the batcher's ``encode_tokenized`` → ``runtime.pipeline.finish``), so the
+server returns exactly what ``Embedder.encode`` returns for the same text and options.
 
 Nothing a request sends names a file or a model to load: ``model`` is checked to be a string and
 otherwise ignored (the server serves the one model it was started with).
@@ -25,14 +30,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, TooLongError
 from ..runtime import Embedder
-from ..runtime.vectors import normalize
+from ..runtime.pipeline import OutputSpec, Prepared, finish
 from .batcher import Batcher, Overloaded, warm_up
 from .config import ServerConfig
 from .errors import ApiError
 from .metrics import Metrics
-from .schemas import EmbedRequest, parse_openai, parse_tei
+from .schemas import EmbedRequest, parse_openai, parse_tei, parse_tokenize
 
 log = logging.getLogger(__name__)
 #: a request still waiting after this long starts watching for its client's disconnect; most are
@@ -108,38 +113,68 @@ class Service:
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ApiError(400, f"the request body is not valid JSON: {e}") from e
 
+    def spec(self, req: EmbedRequest, normalize: bool | None, bad: int) -> OutputSpec:
+        """The request's output options as the runtime checks them (before anything is queued)."""
+        e = self.embedder
+        dims = req.dimensions
+        if dims is not None and dims != e.dim and dims not in e.manifest.truncate_dims:
+            cuts = sorted(e.manifest.truncate_dims, reverse=True)
+            also = (
+                f", or one of the Matryoshka dims it was exported with: {', '.join(map(str, cuts))}"
+                if cuts
+                else " only (it was exported without --truncate-dims)"
+            )
+            raise ApiError(
+                bad,
+                f"'dimensions'={dims} is not supported: this model returns {e.dim}-dimensional embeddings{also}",
+                param="dimensions",
+            )
+        try:
+            return e.output_spec(dims, normalize, req.precision)
+        except InputError as err:
+            raise ApiError(bad, str(err), param="normalize") from err
+
+    async def prepare(self, req: EmbedRequest, field: str, bad: int) -> Prepared:
+        """The runtime's prompt, tokenise and truncate step: on the event loop for small requests,
+        on a thread for big ones (one large request must not stall everyone else's I/O)."""
+        e = self.embedder
+
+        def run() -> Prepared:
+            return e.prepare(req.texts, prompt_name=req.prompt_name, truncate=req.truncate)
+
+        try:
+            if sum(map(len, req.texts)) <= INLINE_TOKENIZE_CHARS:
+                return run()
+            return await asyncio.get_running_loop().run_in_executor(None, run)
+        except TooLongError as err:
+            i = err.index
+            raise ApiError(
+                413,
+                f"'{field}[{i}]' is longer than max_length={e.max_seq_length} tokens; "
+                'send "truncate": true to cut it',
+                param=f"{field}[{i}]",
+                code="max_length",
+            ) from err
+        except InputError as err:
+            if err.index is None and req.prompt_name is not None and "prompt_name" in str(err):
+                raise ApiError(bad, str(err), param="prompt_name") from err
+            where = f"'{field}[{err.index}]'" if err.index is not None else f"'{field}'"
+            raise ApiError(bad, f"{where} cannot be tokenised: {err}", param=field) from err
+
     async def embed(
-        self, request: Request, req: EmbedRequest, field: str, bad: int
+        self, request: Request, req: EmbedRequest, spec: OutputSpec, field: str, bad: int
     ) -> tuple[np.ndarray, int]:
-        """Tokenise, queue, wait: the request's vectors (input order) and its token count.
+        """Prepare, queue, wait, finish: the request's vectors (input order) and its token count.
 
         A client that disconnects while its request waits gets its work dropped from the queue:
         under overload, clients time out and retry, and serving the abandoned copies first is
         how a busy server tips into serving nobody."""
-        texts = req.texts
-        tokenizer = self.embedder.tokenizer
+        prepared = await self.prepare(req, field, bad)
         try:
-            if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
-                tok = tokenizer.encode(texts)
-            else:
-                tok = await asyncio.get_running_loop().run_in_executor(None, tokenizer.encode, texts)
-        except InputError as e:
-            where = f"'{field}[{e.index}]'" if e.index is not None else f"'{field}'"
-            raise ApiError(bad, f"{where} cannot be tokenised: {e}", param=field) from e
-        if tok.truncated and not req.truncate:
-            i = tok.truncated[0]
-            raise ApiError(
-                413,
-                f"'{field}[{i}]' is longer than max_length={self.embedder.max_length} tokens; "
-                'send "truncate": true to cut it',
-                param=f"{field}[{i}]",
-                code="max_length",
-            )
-        try:
-            vectors = await self._wait(request, self.batcher.submit(tok))
+            vectors = await self._wait(request, self.batcher.submit(prepared.tokens))
         except Overloaded as e:  # refused at submit, or the server stopped before the request ran
             raise ApiError(503, f"{e}; retry later", retry_after=1, code="overloaded") from e
-        return vectors, int(tok.lengths.sum())
+        return finish(vectors, spec), int(prepared.lengths.sum())
 
     async def _wait(self, request: Request, future: asyncio.Future[np.ndarray]) -> np.ndarray:
         """The future's vectors, or 503 after request_timeout_s, or 499 once the client has left."""
@@ -175,11 +210,16 @@ class Service:
     # -- routes -------------------------------------------------------------------------------------
 
     async def openai_embeddings(self, request: Request) -> Response:
-        req = parse_openai(await self.read_json(request), self.cfg, self.embedder.dim)
-        vectors, tokens = await self.embed(request, req, "input", 400)
+        req = parse_openai(await self.read_json(request), self.cfg)
+        # a cut keeps the export's choice: a normalised model's shorter vectors are unit length
+        # again (as OpenAI's are), a raw model's stay raw
+        cut = req.dimensions is not None and req.dimensions != self.embedder.dim
+        spec = self.spec(req, True if cut and self.embedder.manifest.normalize else None, 400)
+        vectors, tokens = await self.embed(request, req, spec, "input", 400)
         if req.encoding_format == "base64":
-            # float32 already; astype only byte-swaps on a big-endian host (once, not per row)
-            little = vectors.astype("<f4", copy=False)
+            # little-endian float32 (OpenAI's), or the quantized bytes as they are (int8/uint8);
+            # astype only byte-swaps on a big-endian host (once, not per row)
+            little = vectors.astype("<f4", copy=False) if vectors.dtype == np.float32 else vectors
             rows: list[Any] = [base64.b64encode(v.tobytes()).decode("ascii") for v in little]
         else:
             rows = vectors.tolist()
@@ -193,18 +233,30 @@ class Service:
 
     async def tei_embed(self, request: Request) -> Response:
         req = parse_tei(await self.read_json(request), self.cfg)
-        normalized_export = self.embedder.manifest.normalize
-        if req.normalize is False and normalized_export:
+        if req.normalize is False and self.embedder.manifest.normalize:
             raise ApiError(
                 422,
                 "'normalize': false is not available: this model was exported with "
                 "normalisation inside the graph (re-export with --no-normalize)",
                 param="normalize",
             )
-        vectors, _ = await self.embed(request, req, "inputs", 422)
-        if req.normalize and not normalized_export:
-            vectors = normalize(vectors)
+        spec = self.spec(req, req.normalize, 422)
+        vectors, _ = await self.embed(request, req, spec, "inputs", 422)
         return await self._big_json(vectors.tolist(), vectors.size)
+
+    async def tei_tokenize(self, request: Request) -> Response:
+        """TEI's ``/tokenize``: each input's tokens (id, text, special, start, stop: character
+        offsets into the text as the model sees it, the prompt first), truncated as embedding
+        truncates, so each list's length is the count the model is fed."""
+        req = parse_tokenize(await self.read_json(request), self.cfg)
+        e = self.embedder
+        try:
+            tokens = e.tokens(req.texts, prompt_name=req.prompt_name, add_special_tokens=req.add_special_tokens)
+        except InputError as err:
+            param = "prompt_name" if err.index is None and req.prompt_name is not None else "inputs"
+            raise ApiError(422, str(err), param=param) from err
+        body = [[t.__dict__ for t in row] for row in tokens]
+        return await self._big_json(body, sum(map(len, tokens)))
 
     async def _big_json(self, body: object, floats: int) -> Response:
         if floats <= INLINE_JSON_FLOATS:
@@ -235,6 +287,9 @@ class Service:
                 "variant": e.variant.value,
                 "provider": e.provider.value,
                 "dim": e.dim,
+                "dimensions": sorted({e.dim, *e.manifest.truncate_dims}, reverse=True),
+                "prompts": sorted(e.prompts),
+                "default_prompt_name": e.default_prompt_name,
                 "max_length": e.max_length,
                 "pooling": e.manifest.pooling.value,
                 "normalize": e.manifest.normalize,
@@ -337,6 +392,7 @@ def create_app(
         route("/embeddings", "openai", svc.openai_embeddings, "POST"),
         route("/v1/models", "models", svc.models, "GET"),
         route("/embed", "tei", svc.tei_embed, "POST", tei=True),
+        route("/tokenize", "tokenize", svc.tei_tokenize, "POST", tei=True),
         route("/health", "health", svc.health, "GET", protected=False),
         route("/ready", "ready", svc.ready, "GET", protected=False),
         route("/info", "info", svc.info, "GET"),

@@ -1,7 +1,7 @@
 """Dynamic batching: requests from many clients → token-budget batches on one inference thread.
 
-Each request is tokenised once (before it is queued, so its size is known and usage can be
-counted); the worker merges queued requests into one batch, runs the runtime's length-sorted
+Each request is prepared once by the runtime (``Embedder.prepare``: prompt, tokens, truncation;
+before it is queued, so its size is known and usage can be counted); the worker merges queued requests into one batch, runs the runtime's length-sorted
 batching over it on a dedicated thread (the event loop never runs inference), and hands each
 request the rows of its own slice, in its own order.
 """
@@ -50,6 +50,9 @@ def warm_up(embedder: Embedder) -> None:
         long = long[: len(long) // 2]  # stay under max_length: truncation would log a warning
     for n, text in ((1, "warm up"), (32, "warm up the model " * 3), (4, long)):
         embedder.encode([text] * n)
+    # int8/uint8 requests use fixed calibration ranges: computed here, on the inference thread,
+    # rather than by the first such request on the event loop
+    embedder.calibration_ranges()
 
 
 def merge(toks: list[Tokenized]) -> Tokenized:

@@ -9,10 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..runtime.quantize import PRECISIONS
 from .config import ServerConfig
 from .errors import ApiError
 
 ENCODINGS = ("float", "base64")
+#: the request field naming the output precision (infinity's embedding dtype, sentence-transformers'
+#: names); ``encoding_format`` still says how the numbers are written (JSON or base64 bytes)
+PRECISION_FIELD = "precision"
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,21 @@ class EmbedRequest:
     #: False: refuse texts longer than max_length tokens instead of truncating them
     truncate: bool = True
     encoding_format: str = "float"
+    #: Matryoshka dims to return (OpenAI ``dimensions``, TEI ``dimensions``); None: all
+    dimensions: int | None = None
+    #: one of the model's named prompts (TEI ``prompt_name``); None: the default prompt
+    prompt_name: str | None = None
+    #: float32, int8, uint8, binary or ubinary (sentence-transformers' quantization)
+    precision: str = "float32"
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """TEI's ``POST /tokenize``."""
+
+    texts: list[str]
+    add_special_tokens: bool = True
+    prompt_name: str | None = None
 
 
 def json_type(value: object) -> str:
@@ -97,8 +116,9 @@ def _bool(body: dict[str, Any], key: str, default: bool, bad: int) -> bool:
     return value
 
 
-def parse_openai(body: object, cfg: ServerConfig, dim: int) -> EmbedRequest:
-    """``POST /v1/embeddings``: input, model, encoding_format, dimensions (user is ignored)."""
+def parse_openai(body: object, cfg: ServerConfig) -> EmbedRequest:
+    """``POST /v1/embeddings``: input, model, encoding_format, dimensions, precision (user is
+    ignored). Whether ``dimensions`` is one of the model's is the runtime's check."""
     body = _object(body, 400)
     texts = _texts(body.get("input"), "input", cfg, 400)
     model = body.get("model")
@@ -110,22 +130,44 @@ def parse_openai(body: object, cfg: ServerConfig, dim: int) -> EmbedRequest:
         raise ApiError(
             400, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}", param="encoding_format"
         )
-    dims = body.get("dimensions")
-    if dims is not None:
-        if not isinstance(dims, int) or isinstance(dims, bool):
-            raise ApiError(400, f"'dimensions' must be an integer, got {json_type(dims)}", param="dimensions")
-        if dims != dim:
-            raise ApiError(
-                400,
-                f"'dimensions'={dims} is not supported: this model returns {dim}-dimensional "
-                f"embeddings only (omit 'dimensions' or send {dim})",
-                param="dimensions",
-            )
-    return EmbedRequest(texts=texts, encoding_format=fmt)
+    return EmbedRequest(
+        texts=texts,
+        encoding_format=fmt,
+        dimensions=_int(body, "dimensions", 400),
+        precision=_precision(body, 400),
+    )
+
+
+def _int(body: dict[str, Any], key: str, bad: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ApiError(bad, f"'{key}' must be an integer of at least 1, got {json_type(value)} {value!r}", param=key)
+    return value
+
+
+def _str(body: dict[str, Any], key: str, bad: int) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(bad, f"'{key}' must be a string, got {json_type(value)}", param=key)
+    return value
+
+
+def _precision(body: dict[str, Any], bad: int) -> str:
+    value = _str(body, PRECISION_FIELD, bad) or "float32"
+    if value not in PRECISIONS:
+        raise ApiError(
+            bad,
+            f"'{PRECISION_FIELD}' must be one of {', '.join(PRECISIONS)}, got {value!r}",
+            param=PRECISION_FIELD,
+        )
+    return value
 
 
 def parse_tei(body: object, cfg: ServerConfig) -> EmbedRequest:
-    """``POST /embed`` as text-embeddings-inference takes it: inputs, normalize, truncate."""
+    """``POST /embed`` as text-embeddings-inference takes it: inputs, normalize, truncate,
+    truncation_direction (right only), prompt_name, dimensions; plus ``precision``."""
     body = _object(body, 422)
     texts = _texts(body.get("inputs"), "inputs", cfg, 422)
     direction = body.get("truncation_direction")
@@ -135,15 +177,22 @@ def parse_tei(body: object, cfg: ServerConfig) -> EmbedRequest:
             f"'truncation_direction'={direction!r} is not supported; only 'right'",
             param="truncation_direction",
         )
-    if body.get("prompt_name") is not None:
-        raise ApiError(
-            422,
-            "'prompt_name' is not supported: this export has no named prompts; "
-            "prepend the prompt to each input",
-            param="prompt_name",
-        )
     return EmbedRequest(
         texts=texts,
         normalize=_bool(body, "normalize", True, 422),
         truncate=_bool(body, "truncate", False, 422),
+        dimensions=_int(body, "dimensions", 422),
+        prompt_name=_str(body, "prompt_name", 422),
+        precision=_precision(body, 422),
+    )
+
+
+def parse_tokenize(body: object, cfg: ServerConfig) -> TokenizeRequest:
+    """``POST /tokenize`` as text-embeddings-inference takes it: inputs, add_special_tokens,
+    prompt_name."""
+    body = _object(body, 422)
+    return TokenizeRequest(
+        texts=_texts(body.get("inputs"), "inputs", cfg, 422),
+        add_special_tokens=_bool(body, "add_special_tokens", True, 422),
+        prompt_name=_str(body, "prompt_name", 422),
     )
