@@ -20,6 +20,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from dmeta_embed import Embedder  # noqa: E402
 from dmeta_embed.corpus import CorpusError, embed_corpus  # noqa: E402
 from dmeta_embed.corpus import job as job_mod  # noqa: E402
+from dmeta_embed.corpus import worker as worker_mod  # noqa: E402
 
 N = 230
 PART = 64
@@ -195,7 +196,7 @@ def test_resume_after_interrupt_no_duplicates(
     clean_run, parquet_in, tiny_export, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "out"
-    real = job_mod.write_part
+    real = worker_mod.write_part
     calls: list[str] = []
 
     def failing(table, path):
@@ -204,14 +205,14 @@ def test_resume_after_interrupt_no_duplicates(
         calls.append(path.name)
         real(table, path)
 
-    monkeypatch.setattr(job_mod, "write_part", failing)
+    monkeypatch.setattr(worker_mod, "write_part", failing)
     kw = dict(text_column="body", id_column="id", part_rows=PART, variant="fp32", threads=1)
     with pytest.raises(RuntimeError, match="injected"):
         embed_corpus(parquet_in, out, tiny_export, **kw)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["_job.json", "part-00000.parquet", "part-00001.parquet"]  # not finished, no tmp
     (out / ".part-00002.parquet.999-dead.tmp").write_bytes(b"PAR1 half a part")  # as a kill -9 leaves it
-    monkeypatch.setattr(job_mod, "write_part", lambda t, p: (calls.append(p.name), real(t, p)))
+    monkeypatch.setattr(worker_mod, "write_part", lambda t, p: (calls.append(p.name), real(t, p)))
     calls.clear()
     summary = embed_corpus(parquet_in, out, tiny_export, progress=True, **kw)
     assert calls == ["part-00002.parquet", "part-00003.parquet"]  # only the missing parts

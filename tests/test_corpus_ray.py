@@ -19,8 +19,9 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from dmeta_embed.corpus import CorpusError, embed_corpus  # noqa: E402
 from dmeta_embed.corpus import job as job_mod  # noqa: E402
+from dmeta_embed.corpus import worker as worker_mod  # noqa: E402
 from dmeta_embed.corpus.source import Part  # noqa: E402
-from dmeta_embed.integrations.ray import actor_plan, run_parts  # noqa: E402
+from dmeta_embed.corpus.ray import RayExecutor, actor_plan  # noqa: E402
 
 N = 300
 PART = 64
@@ -93,7 +94,7 @@ def test_ray_equals_in_process_row_by_row(local_ray, corpus_in, in_process, tiny
 
 def test_ray_resumes_an_interrupted_run(local_ray, corpus_in, in_process, tiny_export, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = job_mod.write_part
+    real = worker_mod.write_part
     written: list[str] = []
 
     def failing(table, path):
@@ -102,10 +103,10 @@ def test_ray_resumes_an_interrupted_run(local_ray, corpus_in, in_process, tiny_e
         written.append(path.name)
         real(table, path)
 
-    monkeypatch.setattr(job_mod, "write_part", failing)
+    monkeypatch.setattr(worker_mod, "write_part", failing)
     with pytest.raises(KeyboardInterrupt):
         embed_corpus(corpus_in[0], out, tiny_export, progress=False, **KW)
-    monkeypatch.setattr(job_mod, "write_part", real)
+    monkeypatch.setattr(worker_mod, "write_part", real)
     assert sorted(p.name for p in out.iterdir()) == ["_job.json", "part-00000.parquet", "part-00001.parquet"]
     (out / ".part-00003.parquet.1-dead.tmp").write_bytes(b"PAR1")
     s = embed_corpus(corpus_in[0], out, tiny_export, ray=True, progress=False, **KW)
@@ -123,13 +124,13 @@ def test_ray_resumes_an_interrupted_run(local_ray, corpus_in, in_process, tiny_e
 def test_ray_worker_error_is_one_clean_error(local_ray, corpus_in, tiny_export, tmp_path):
     """A part that no longer matches its file fails in the actor; the driver gets the CorpusError's
     own line, not Ray's traceback."""
-    from dmeta_embed.corpus.job import JobSpec
+    from dmeta_embed.corpus.worker import JobSpec
 
     (tmp_path / "out").mkdir()
     spec = JobSpec(str(tmp_path / "out"), str(tiny_export), "fp32", "cpu", "body", "doc", "error")
     bad = Part(0, str(corpus_in[0]), "parquet", N - 10, N + 10, 0, 20)  # past the file's end
     with pytest.raises(CorpusError) as e:
-        run_parts(spec, [bad])
+        RayExecutor().run(spec, [bad])
     assert str(e.value).startswith(f"{corpus_in[0]}: has changed since the job was planned (expected 20 rows")
     assert "Traceback" not in str(e.value)
     assert list((tmp_path / "out").iterdir()) == []

@@ -13,8 +13,9 @@ from typing import Any
 
 from .._optional import require
 from ..runtime import Embedder
+from ._common import embedder_from
 
-Embeddings = require("langchain_core.embeddings", "langchain").Embeddings
+Embeddings = require("langchain_core.embeddings").Embeddings
 
 
 class DmetaEmbeddings(Embeddings):  # type: ignore[misc,valid-type]
@@ -28,9 +29,7 @@ class DmetaEmbeddings(Embeddings):  # type: ignore[misc,valid-type]
     def __init__(
         self, model_path: str | Path | None = None, *, embedder: Embedder | None = None, **load_options: Any
     ) -> None:
-        if (model_path is None) == (embedder is None):
-            raise TypeError("pass exactly one of model_path= (an exported folder) or embedder=")
-        self.embedder = embedder if embedder is not None else Embedder.load(model_path, **load_options)
+        self.embedder = embedder_from(model_path, embedder, load_options)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:

@@ -13,9 +13,10 @@ from typing import Any
 
 from .._optional import require
 from ..runtime import Embedder
+from ._common import embedder_from
 
-_base = require("llama_index.core.base.embeddings.base", "llama-index")
-_bridge = require("llama_index.core.bridge.pydantic", "llama-index")
+_base = require("llama_index.core.base.embeddings.base")
+_bridge = require("llama_index.core.bridge.pydantic")
 BaseEmbedding = _base.BaseEmbedding
 
 #: texts per call LlamaIndex hands us: the Embedder sorts each call's texts by length into its own
@@ -42,11 +43,9 @@ class DmetaEmbedding(BaseEmbedding):  # type: ignore[misc,valid-type]
         embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
         **options: Any,
     ) -> None:
-        if (model_path is None) == (embedder is None):
-            raise TypeError("pass exactly one of model_path= (an exported folder) or embedder=")
         # BaseEmbedding's own fields (callback_manager, num_workers, ...) go to it, the rest to load
         base = {k: options.pop(k) for k in list(options) if k in BaseEmbedding.model_fields}
-        emb = embedder if embedder is not None else Embedder.load(model_path, **options)
+        emb = embedder_from(model_path, embedder, options)
         base.setdefault("model_name", str(emb.manifest.source.get("model", emb.path)))
         super().__init__(model_path=str(emb.path), embed_batch_size=embed_batch_size, **base)
         self._embedder = emb

@@ -18,10 +18,10 @@ import numpy as np
 
 from .._optional import require
 from ..runtime import Embedder
+from ._common import embedder_from
 
-_NOTE = "mteb needs torch; the runtime does not"
-AbsEncoder = require("mteb.models.abs_encoder", "mteb", _NOTE).AbsEncoder
-ModelMeta = require("mteb.models.model_meta", "mteb", _NOTE).ModelMeta
+AbsEncoder = require("mteb.models.abs_encoder").AbsEncoder
+ModelMeta = require("mteb.models.model_meta").ModelMeta
 
 #: mteb scores these itself; the others go through Embedder.similarity
 _MTEB_SCORES = {"cosine", "dot"}
@@ -70,9 +70,7 @@ class DmetaEncoder(AbsEncoder):  # type: ignore[misc,valid-type]
     def __init__(
         self, model_path: str | Path | None = None, *, embedder: Embedder | None = None, **load_options: Any
     ) -> None:
-        if (model_path is None) == (embedder is None):
-            raise TypeError("pass exactly one of model_path= (an exported folder) or embedder=")
-        self.model = embedder if embedder is not None else Embedder.load(model_path, **load_options)
+        self.model = embedder_from(model_path, embedder, load_options)
         self.model_prompts = dict(self.model.prompts) or None
         self.mteb_model_meta = model_meta(self.model)
 

@@ -1,6 +1,7 @@
-"""``embed-corpus --ray``: the corpus job's parts as a Ray Data ``map_batches`` over an actor pool.
+"""``embed-corpus --ray``: the corpus job's executor on Ray, its parts as a Ray Data
+``map_batches`` over an actor pool.
 
-Each actor holds one :class:`~dmeta_embed.corpus.job.PartWorker` (one ``Embedder``, onnxruntime
+Each actor holds one :class:`~dmeta_embed.corpus.worker.PartWorker` (one ``Embedder``, onnxruntime
 threads = the actor's CPUs) and turns one part spec into one finished part file, exactly as the
 in-process loop does; the driver plans, resumes and writes ``_SUCCESS``. Actors read their own rows,
 so input, output and model folder must be paths every node sees (a shared filesystem).
@@ -15,14 +16,13 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..corpus import CorpusError
-from ..corpus.job import JobSpec, PartWorker
-from ..corpus.progress import Progress
-from ..corpus.source import Part
 from ..errors import DmetaEmbedError
+from .errors import CorpusError
+from .progress import Progress
+from .source import Part
+from .worker import JobSpec, PartWorker
 
-ray = require("ray", "ray")
-require("ray.data", "ray")
+ray = require("ray", "ray.data")
 
 log = logging.getLogger(__name__)
 _STATS = ("part", "rows", "tokens", "truncated", "seconds")
@@ -65,19 +65,31 @@ def actor_plan(total_cpus: float, worker_cpus: int, workers: int | None, parts: 
     return n, cpus
 
 
-def run_parts(
+class RayExecutor:
+    """The corpus job's parts on Ray Data actors (``corpus.executors.Executor``).
+
+    ``address``: True for ``ray.init()`` (RAY_ADDRESS, a running local cluster, else a new local
+    one), or an address (``"auto"``, ``"ray://head:10001"``, ``"local"``). An already initialised
+    Ray is used as is and left running. ``workers``/``worker_cpus``: see :func:`actor_plan`."""
+
+    name = "ray"
+
+    def __init__(self, address: str | bool = True, workers: int | None = None, worker_cpus: int = 1) -> None:
+        self.address, self.workers, self.worker_cpus = address, workers, worker_cpus
+
+    def run(self, spec: JobSpec, parts: list[Part], progress: Progress | None = None) -> str:
+        """Embed ``parts`` on the actor pool; returns a description of it."""
+        return _run(spec, parts, self.address, self.workers, self.worker_cpus, progress)
+
+
+def _run(
     spec: JobSpec,
     parts: list[Part],
-    *,
-    address: str | bool = True,
-    workers: int | None = None,
-    worker_cpus: int = 1,
-    progress: Progress | None = None,
+    address: str | bool,
+    workers: int | None,
+    worker_cpus: int,
+    progress: Progress | None,
 ) -> str:
-    """Embed ``parts`` on Ray Data actors; returns a description of the pool. ``address``: True for
-    ``ray.init()`` (RAY_ADDRESS, a running local cluster, else a new local one), or an address
-    (``"auto"``, ``"ray://head:10001"``, ``"local"``). An already initialised Ray is used as is and
-    left running."""
     started = not ray.is_initialized()
     if started:
         ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)
