@@ -63,7 +63,10 @@ def test_encode_jsonl_input_and_env_model(runner, tiny_export, tmp_path):
     src.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(DOCS)), encoding="utf-8")
     r = runner.invoke(cli, ["encode", "-i", str(src)], env={"DMETA_EMBED_MODEL": str(tiny_export)})
     assert r.exit_code == 0, r.output
-    assert len(r.output.splitlines()) == 4
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1, 2, 3]  # every text, in order
+    want = Embedder.load(tiny_export).encode(DOCS)  # the same auto choice, the same batch
+    np.testing.assert_allclose([row["embedding"] for row in rows], want, atol=1e-6)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "no"}\n')
     r = runner.invoke(cli, ["encode", "-m", str(tiny_export), "-i", str(bad)])
@@ -79,7 +82,10 @@ def test_encode_stdin_subprocess(tiny_export):
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.splitlines()) == 2
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1]
+    want = Embedder.load(tiny_export).encode(QUERIES)
+    np.testing.assert_allclose([row["embedding"] for row in rows], want, atol=1e-6)
 
 
 def test_encode_usage_errors(runner, tiny_export, tmp_path):

@@ -217,20 +217,35 @@ def test_wrong_method_and_path(client: httpx.Client) -> None:
     assert client.get("/health").status_code == 200  # still up after every bad request
 
 
-def test_metrics(client: httpx.Client) -> None:
-    client.post("/v1/embeddings", json={"input": ["m1", "m2"]})
-    text = client.get("/metrics").text
-    for name in (
-        'dmeta_embed_requests_total{endpoint="openai",status="200"}',
-        "dmeta_embed_request_duration_seconds_bucket",
-        "dmeta_embed_batch_size_bucket",
-        "dmeta_embed_batch_tokens_bucket",
-        "dmeta_embed_queue_depth",
-        "dmeta_embed_tokens_embedded_total",
-        'dmeta_embed_requests_total{endpoint="openai",status="413"}',
-        "dmeta_embed_ready 1.0",
-    ):
-        assert name in text, name
+def test_metrics(client: httpx.Client, embedder: Embedder) -> None:
+    """Each counter moves by what the requests did: one 200 with two inputs, one 413."""
+    names = {
+        "ok": 'dmeta_embed_requests_total{endpoint="openai",status="200"}',
+        "too_many": 'dmeta_embed_requests_total{endpoint="openai",status="413"}',
+        "latency_count": 'dmeta_embed_request_duration_seconds_count{endpoint="openai"}',
+        "inputs": "dmeta_embed_inputs_embedded_total",
+        "tokens": "dmeta_embed_tokens_embedded_total",
+        "batches": "dmeta_embed_batch_size_count",
+        "batch_inputs": "dmeta_embed_batch_size_sum",
+        "batch_tokens": "dmeta_embed_batch_tokens_sum",
+    }
+    before = {k: metric(client, n) for k, n in names.items()}
+    texts = ["m1", "维生素C可以预防感冒吗"]
+    assert client.post("/v1/embeddings", json={"input": texts}).status_code == 200
+    assert client.post("/v1/embeddings", json={"input": ["x"] * 33}).status_code == 413
+    delta = {k: metric(client, n) - before[k] for k, n in names.items()}
+    tokens = sum(embedder.count_tokens(texts))
+    assert delta == {
+        "ok": 1,
+        "too_many": 1,
+        "latency_count": 2,
+        "inputs": 2,
+        "tokens": tokens,
+        "batches": 1,
+        "batch_inputs": 2,
+        "batch_tokens": tokens,
+    }
+    assert metric(client, "dmeta_embed_ready") == 1.0 and metric(client, "dmeta_embed_queue_depth") == 0
 
 
 def test_concurrent_requests_get_their_own_vectors(client: httpx.Client, embedder: Embedder) -> None:
