@@ -83,21 +83,24 @@ def test_tokenisation_identical_to_hf(tiny_export, tiny_src):
 def test_count_tokens_and_truncation(fp32, caplog):
     long = "深度学习" * 600  # 2400 chars → truncated at 1024
     assert fp32.count_tokens(["你好", long]) == [4, 1024]
+    before = fp32.truncated_count
     with caplog.at_level(logging.WARNING):
         e = fp32.encode(["你好", long, "好"])
+        res = fp32.embed(["你好", long, "好"])
     assert e.shape == (3, 64)
-    assert fp32.last_truncated == [1]
-    assert fp32.last_lengths.tolist() == fp32.count_tokens(["你好", long, "好"]) == [4, 1024, 3]
-    assert "truncated" in caplog.text
+    np.testing.assert_array_equal(res.vectors, e)
+    assert res.truncated == (1,)
+    assert res.lengths.tolist() == fp32.count_tokens(["你好", long, "好"]) == [4, 1024, 3]
+    assert fp32.truncated_count == before + 2
     with pytest.raises(InputError, match=r"texts\[1\] is longer than max_length=1024") as ei:
         fp32.encode(["你好", long], truncate=False)
     assert ei.value.index == 1
 
 
 def test_hundred_thousand_chars(fp32):
-    e = fp32.encode(["字" * 100_000, "短"])
-    assert e.shape == (2, 64) and np.isfinite(e).all()
-    assert fp32.last_truncated == [0]
+    res = fp32.embed(["字" * 100_000, "短"])
+    assert res.vectors.shape == (2, 64) and np.isfinite(res.vectors).all()
+    assert res.truncated == (0,) and res.lengths.tolist() == [1024, 3]
 
 
 @pytest.mark.parametrize(
@@ -236,9 +239,30 @@ def test_runtime_never_imports_torch(tiny_export):
     assert r.stdout.strip() == "clean"
 
 
-def test_threads_default_to_usable_cpus():
-    import os
+def test_threads_default_to_usable_cpus(monkeypatch, tmp_path):
+    """The affinity mask and the cgroup quota (v2, else v1) cap the default thread count, with
+    the machine's facts injected: 4 CPUs allowed, then quotas of 1.5, 0.5 and 2.5 CPUs."""
+    from pathlib import Path
 
-    from dmeta_embed.runtime.session import available_cpus
+    from dmeta_embed.runtime import session
 
-    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+    monkeypatch.setattr(session, "Path", lambda p: Path(tmp_path, str(p).lstrip("/")))
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert session.available_cpus() == 4  # no cgroup files: the affinity mask
+    v2 = tmp_path / "sys/fs/cgroup/cpu.max"
+    v2.parent.mkdir(parents=True)
+    for quota, want in (("max 100000", 4), ("150000 100000", 2), ("50000 100000", 1), ("900000 100000", 4)):
+        v2.write_text(quota)
+        assert session.available_cpus() == want, quota
+    v2.write_text("150000 100000")
+    assert session.session_options(None).intra_op_num_threads == 2
+    assert session.session_options(3).intra_op_num_threads == 3  # an explicit count wins
+    v2.unlink()
+    v1 = tmp_path / "sys/fs/cgroup/cpu"
+    v1.mkdir()
+    (v1 / "cpu.cfs_period_us").write_text("100000")
+    for quota, want in (("250000", 3), ("-1", 4)):
+        (v1 / "cpu.cfs_quota_us").write_text(quota)
+        assert session.available_cpus() == want, quota
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: {0})
+    assert session.available_cpus() == 1
