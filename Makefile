@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install qemu demo test test-tf5 lint bench bench-openvino clean
+.PHONY: install qemu demo test test-tf5 lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -93,7 +93,7 @@ bench: bench-real bench-shape
 
 # the same flow on real MiniLM in a few minutes (8 query texts, 1 pass, every peer), written to
 # out/bench-smoke/ (ignored), not to the recorded results: proves fetch → export → harness end to end
-bench-smoke: bench-deps
+bench-smoke:
 	$(MAKE) bench-real BENCH_MODELS=minilm BENCH_ARGS="$(SMOKE_ARGS)" BENCH_RESULTS=out/bench-smoke
 
 clean:
