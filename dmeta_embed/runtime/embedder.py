@@ -257,7 +257,9 @@ class Embedder(SentenceTransformerAPI):
         cut and normalisation. Fixed per model, so a text's integers do not depend on its batch."""
         with self._lock:
             if self._calibration is None:
-                prepared = self._prepare(calibration_texts(), self.resolve_prompt(None, None), True, 0, count=False)
+                prepared = self._prepare(
+                    calibration_texts(), self.resolve_prompt(None, None), True, 0, count=False
+                )
                 self._calibration = self.encode_tokenized(prepared.tokens)
             raw = self._calibration
         spec = spec or OutputSpec()

@@ -73,7 +73,7 @@ class OpenVINORunner:
         output: str = OUTPUT_NAME,
         cache_dir: str | Path | None = None,
     ) -> None:
-        ov = require("openvino", "openvino", "the int8-ov variant's engine")
+        ov = require("openvino")
         if cache_dir is not None:
             try:
                 Path(cache_dir).mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,10 @@ class Runner(Protocol):
     → float32 ``[B, dim]``, pooled (and normalised) as the manifest says. Safe to call from
     several threads (an engine that cannot run two calls at once serialises them itself)."""
 
-    #: where the graph runs
-    provider: Provider
+    @property
+    def provider(self) -> Provider:
+        """Where the graph runs."""
+        ...
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """The pooled vectors of one padded batch, one row per sequence."""

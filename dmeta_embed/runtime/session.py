@@ -150,7 +150,7 @@ class OnnxRuntimeRunner:
                 + (" (CUDA 12/13 and cuDNN 9 libraries missing?)" if provider == Provider.CUDA else "")
                 + "; see onnxruntime's log above, or use provider='cpu'"
             )
-        self.provider = provider
+        self.provider: Provider = provider
         self._ids, self._mask = feed_names([i.name for i in self.session.get_inputs()], inputs)
         self._output = output
 

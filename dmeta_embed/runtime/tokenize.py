@@ -97,9 +97,11 @@ class TextTokenizer:
         :meth:`encode` truncates (so their count is the count the model is fed)."""
         encs = self._encode_batch(texts, add_special_tokens)
         out = []
-        for text, enc in zip(texts, encs):
+        for text, enc in zip(texts, encs, strict=True):
             row = []
-            for tid, tstr, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets):
+            for tid, tstr, special, (a, b) in zip(
+                enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets, strict=True
+            ):
                 if special:
                     row.append(Token(tid, tstr, True, None, None))
                 else:

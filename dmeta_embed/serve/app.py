@@ -217,9 +217,11 @@ class Service:
         spec = self.spec(req, True if cut and self.embedder.manifest.normalize else None, 400)
         vectors, tokens = await self.embed(request, req, spec, "input", 400)
         if req.encoding_format == "base64":
-            # little-endian float32 (OpenAI's), or the quantized bytes as they are (int8/uint8);
+            # little-endian float32, OpenAI's wire format, for every precision: the OpenAI client
+            # asks for base64 by default and decodes float32, so quantized values travel as the
+            # float32 of their integers (exact) rather than as bytes it would misread.
             # astype only byte-swaps on a big-endian host (once, not per row)
-            little = vectors.astype("<f4", copy=False) if vectors.dtype == np.float32 else vectors
+            little = vectors.astype("<f4", copy=False)
             rows: list[Any] = [base64.b64encode(v.tobytes()).decode("ascii") for v in little]
         else:
             rows = vectors.tolist()
@@ -251,7 +253,9 @@ class Service:
         req = parse_tokenize(await self.read_json(request), self.cfg)
         e = self.embedder
         try:
-            tokens = e.tokens(req.texts, prompt_name=req.prompt_name, add_special_tokens=req.add_special_tokens)
+            tokens = e.tokens(
+                req.texts, prompt_name=req.prompt_name, add_special_tokens=req.add_special_tokens
+            )
         except InputError as err:
             param = "prompt_name" if err.index is None and req.prompt_name is not None else "inputs"
             raise ApiError(422, str(err), param=param) from err

@@ -117,8 +117,9 @@ def _bool(body: dict[str, Any], key: str, default: bool, bad: int) -> bool:
 
 
 def parse_openai(body: object, cfg: ServerConfig) -> EmbedRequest:
-    """``POST /v1/embeddings``: input, model, encoding_format, dimensions, precision (user is
-    ignored). Whether ``dimensions`` is one of the model's is the runtime's check."""
+    """``POST /v1/embeddings``: input, model, encoding_format, dimensions, and TEI's prompt_name
+    and ``precision`` as extensions (user is ignored). Whether ``dimensions`` is one of the
+    model's is the runtime's check."""
     body = _object(body, 400)
     texts = _texts(body.get("input"), "input", cfg, 400)
     model = body.get("model")
@@ -134,6 +135,7 @@ def parse_openai(body: object, cfg: ServerConfig) -> EmbedRequest:
         texts=texts,
         encoding_format=fmt,
         dimensions=_int(body, "dimensions", 400),
+        prompt_name=_str(body, "prompt_name", 400),
         precision=_precision(body, 400),
     )
 
@@ -143,7 +145,9 @@ def _int(body: dict[str, Any], key: str, bad: int) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ApiError(bad, f"'{key}' must be an integer of at least 1, got {json_type(value)} {value!r}", param=key)
+        raise ApiError(
+            bad, f"'{key}' must be an integer of at least 1, got {json_type(value)} {value!r}", param=key
+        )
     return value
 
 
