@@ -144,7 +144,9 @@ def test_missed_bar_is_skipped_and_said() -> None:
     assert ch.variant == Precision.FP32 and "int8 missed its fidelity bar" in ch.reason
     # the only CPU variant missed its bar: auto refuses it and says how to ask for it by name
     only = manifest(variant(Precision.INT8, passed=False))
-    with pytest.raises(ProviderError, match=r"int8 missed its fidelity bar.*variant='int8' \(CLI: --variant int8\)"):
+    with pytest.raises(
+        ProviderError, match=r"int8 missed its fidelity bar.*variant='int8' \(CLI: --variant int8\)"
+    ):
         choose(only, cpu=cpu(CpuClass.AVX2), installed=NOTHING)
     named = choose(only, "int8", cpu=cpu(CpuClass.AVX2), installed=NOTHING)
     assert (named.variant, named.int8_weights) == (Precision.INT8, "u8")
