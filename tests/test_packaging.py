@@ -49,7 +49,7 @@ def test_wheel_installs_only_the_package(tmp_path: Path) -> None:
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"dmeta_embed"}
     assert not [n for n in names if n.startswith(("benchmarks/", "tests/", "scripts/"))]
-    assert "dmeta_embed/py.typed" in names and "dmeta_embed/cli.py" in names
+    assert "dmeta_embed/py.typed" in names and "dmeta_embed/cli/__init__.py" in names
     # the random-model builder is repository tooling (tests/random_models.py), not product: it
     # imports torch, which the runtime never needs
     modules = {Path(n).stem for n in names if n.endswith(".py")}

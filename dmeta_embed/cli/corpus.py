@@ -1,0 +1,107 @@
+"""``dmeta-embed embed-corpus``: a parquet / JSON-lines corpus → a folder of parquet parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import model_option, provider_option, variant_option
+
+
+@click.command("embed-corpus")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@model_option
+@click.option("--column", "text_column", default="text", show_default=True, help="Column with the texts.")
+@click.option(
+    "--id-column",
+    default=None,
+    help="Column of unique ids to write beside each vector "
+    "(default: a 'row' column with the input row index).",
+)
+@click.option(
+    "--part-rows",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Rows per output part: the unit of resume and of Ray work.",
+)
+@click.option(
+    "--on-null",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="A null or missing text: stop with an error, or leave the row out (counted).",
+)
+@click.option("--overwrite", is_flag=True, help="Discard OUTPUT's parts and start again.")
+@variant_option
+@provider_option
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="In-process onnxruntime threads.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on Ray Data: alone for ray.init() (RAY_ADDRESS or a local cluster), or an address "
+    "(auto, ray://head:10001). Put it last or write --ray=ADDRESS.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ray: actors (default: as many as fit, one CPU left for reading).",
+)
+@click.option(
+    "--worker-cpus",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Ray: CPUs (= onnxruntime threads) per actor.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+def embed_corpus(
+    input_path: Path,
+    output: Path,
+    model_dir: Path,
+    text_column: str,
+    id_column: str | None,
+    part_rows: int,
+    on_null: str,
+    overwrite: bool,
+    variant: str,
+    provider: str,
+    threads: int | None,
+    ray_address: str | None,
+    workers: int | None,
+    worker_cpus: int,
+    quiet: bool,
+) -> None:
+    """Embed a parquet / JSON-lines corpus into OUTPUT, a folder of parquet parts (id, n_tokens,
+    embedding) that a rerun resumes (docs/corpus.md)."""
+    from ..corpus import embed_corpus as run
+
+    done = run(
+        input_path,
+        output,
+        model_dir,
+        text_column=text_column,
+        id_column=id_column,
+        part_rows=part_rows,
+        on_null=on_null,
+        variant=variant,
+        provider=provider,
+        threads=threads,
+        ray=False if ray_address is None else (ray_address or True),
+        workers=workers,
+        worker_cpus=worker_cpus,
+        progress=not quiet,
+        overwrite=overwrite,
+    )
+    click.echo(
+        f"wrote {done['rows_written']:,} rows in {done['parts']} part(s) to {output} "
+        f"({done['model']['variant']}, {done['skipped_null']} skipped null)",
+        err=True,
+    )

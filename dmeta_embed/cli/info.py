@@ -1,0 +1,82 @@
+"""``dmeta-embed inspect``: an exported folder's manifest, and what ``auto`` would load on this
+machine. Needs no engine: the choice reads the manifest, this CPU and what is installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import DmetaEmbedError
+from ..manifest import Precision, Variant
+
+
+def summary(folder: Path) -> str:
+    """A readable summary of an export folder's manifest."""
+    from ..manifest import Manifest
+    from ..runtime.cpu import detect
+
+    m = Manifest.load(folder)
+    src = m.source
+    out = [
+        f"model     {src.get('model')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
+        f"type      {src.get('model_type')}  dim {m.dim}  max_length {m.max_length}",
+        f"pooling   {m.pooling.value} (from {src.get('pooling_from')})  normalize {m.normalize}",
+        "fusion    " + ", ".join(f"{k} {v}" for k, v in m.export.get("fusion", {}).items()),
+        "passes    " + (", ".join(m.export.get("graph_passes") or []) or "none"),
+        f"exported  {m.export.get('created')} in {m.export.get('wall_seconds')} s, opset {m.export.get('opset')}",
+        "",
+        f"{'variant':8} {'file':19} {'size MB':>8} {'min cos':>10} {'mean cos':>10} {'bar (min/mean)':>16}  ok  "
+        "kept float  validated on          speed vs fp32",
+    ]
+    for name, v in m.variants.items():
+        f = v.fidelity
+        out.append(
+            f"{name:8} {v.file:19} {v.size_bytes / 1e6:8.1f} {f.min_cos:10.6f} {f.mean_cos:10.6f} "
+            f"{f.bar_min_cos:>7}/{f.bar_mean_cos:<8}  {'yes' if f.passed else 'NO ':3} {len(v.kept_float):10}  "
+            f"{_validated(v):24}  {_speed(v)}"
+        )
+    # this machine, not the folder: the choice depends on its CPU class and installed providers
+    cpu = detect()
+    out += ["", f"this cpu  {cpu.describe()}"]
+    try:
+        from ..runtime.choice import choose
+        from ..runtime.engines import installed
+
+        choice = choose(m, cpu=cpu, installed=installed())
+        out.append(f"auto      {choice.variant.value} on {choice.provider.value}: {choice.reason}")
+    except DmetaEmbedError as e:  # no onnxruntime here, or no variant this machine can run
+        out.append(f"auto      cannot load here: {e}")
+    return "\n".join(out)
+
+
+def _validated(v: Variant) -> str:
+    """``int8 on avx2 (u8)``-style: the engine, the CPU class and the int8 weight format (int8-ov:
+    the float parts' precision)."""
+    cpu = v.validated_cpu
+    engine = v.validated_on.replace("ExecutionProvider", "")
+    if not cpu:
+        return engine
+    weights = f", {cpu['int8_weights']}" if v.precision == Precision.INT8 and cpu.get("int8_weights") else ""
+    if v.engine_properties.get("INFERENCE_PRECISION_HINT"):
+        weights = f", {v.engine_properties['INFERENCE_PRECISION_HINT']}"
+    return f"{engine} on {cpu.get('cpu_class')}{weights}"
+
+
+def _speed(v: Variant) -> str:
+    sp = v.speed
+    return f"{sp['vs_fp32']:.2f}x on {sp['cpu_class']}" if sp.get("vs_fp32") else "-"
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+def inspect(folder: Path, as_json: bool) -> None:
+    """Summarise an exported folder: variants, sizes, fidelity."""
+    if as_json:
+        from ..manifest import Manifest
+
+        click.echo(json.dumps(Manifest.load(folder).to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(summary(folder))

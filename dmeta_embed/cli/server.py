@@ -1,0 +1,142 @@
+"""``dmeta-embed serve`` (a thin wrapper over ``dmeta_embed.serve``) and the ``bench`` pointer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..serve.config import ServerConfig  # a plain dataclass: imports nothing of the server stack
+from .options import model_option, provider_option, variant_option
+
+
+def server_option(flag: str, field: str, text: str, kind: click.ParamType | None = None):  # type: ignore[no-untyped-def]
+    """An option for one ``ServerConfig`` field, with the dataclass's default (one source of truth)."""
+    return click.option(
+        flag,
+        field,
+        type=kind or click.IntRange(min=1),
+        default=getattr(ServerConfig(), field),
+        show_default=True,
+        help=text,
+    )
+
+
+@click.command()
+@model_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="DMETA_EMBED_HOST",
+    help="Address to bind; 0.0.0.0 exposes the server to the network.",
+)
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), envvar="DMETA_EMBED_PORT"
+)
+@variant_option
+@provider_option
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="onnxruntime threads (default: CPUs available).",
+)
+@click.option(
+    "--max-batch-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Padded tokens per inference batch (default: the runtime's for the provider).",
+)
+@server_option("--batch-size", "batch_size", "Inputs per inference batch; 1 turns dynamic batching off.")
+@server_option(
+    "--max-wait-ms",
+    "max_wait_ms",
+    "How long a request may wait for others to share its batch.",
+    click.FloatRange(min=0),
+)
+@server_option(
+    "--max-queue", "max_queue", "Inputs allowed to wait; beyond it requests get 503 with Retry-After."
+)
+@server_option("--max-inputs", "max_inputs", "Inputs allowed in one request.")
+@server_option("--max-chars", "max_chars", "Characters allowed in one input.")
+@server_option(
+    "--request-timeout",
+    "request_timeout_s",
+    "Seconds a request may wait in the queue and inference before it gets 503.",
+    click.FloatRange(min=0.001),
+)
+@click.option(
+    "--api-key-env",
+    default=None,
+    metavar="NAME",
+    help="Require 'Authorization: Bearer <key>', the key read from environment variable NAME.",
+)
+@click.option(
+    "--model-name", default=None, help="Name reported as 'model' (default: the export's source model)."
+)
+@click.option(
+    "--spin/--no-spin",
+    default=True,
+    show_default=True,
+    help="Let onnxruntime threads busy-wait between ops: faster on cores the server has to itself; "
+    "use --no-spin when other busy processes share them.",
+)
+def serve(
+    model_dir: Path,
+    host: str,
+    port: int,
+    variant: str,
+    provider: str,
+    threads: int | None,
+    max_batch_tokens: int | None,
+    batch_size: int,
+    max_wait_ms: float,
+    max_queue: int,
+    max_inputs: int,
+    max_chars: int,
+    request_timeout_s: float,
+    api_key_env: str | None,
+    model_name: str | None,
+    spin: bool,
+) -> None:
+    """Serve the model over HTTP: OpenAI /v1/embeddings, TEI /embed, /health, /ready, /info, /metrics."""
+    import os
+
+    from ..serve import serve as run_server
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key:
+            raise click.UsageError(
+                f"--api-key-env {api_key_env}: that environment variable is not set or empty"
+            )
+    config = ServerConfig(
+        max_wait_ms=max_wait_ms,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        max_queue=max_queue,
+        max_inputs=max_inputs,
+        max_chars=max_chars,
+        request_timeout_s=request_timeout_s,
+        api_key=api_key,
+        model_name=model_name,
+        spin=spin,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        click.echo(f"warning: serving on {host} without an API key (see --api-key-env)", err=True)
+    run_server(model_dir, config, host=host, port=port, variant=variant, provider=provider, threads=threads)
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False
+)
+def bench() -> None:
+    """Benchmarks run from a source checkout: python -m benchmarks (see docs/performance.md)."""
+    # the harness is not part of the package (it would install a top-level `benchmarks` module and
+    # import the CLI back); this stub only says where it lives
+    raise click.ClickException(
+        "the benchmark runs from a source checkout of dmeta-embed: "
+        "python -m benchmarks --help (see docs/performance.md)"
+    )
