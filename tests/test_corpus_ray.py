@@ -18,10 +18,9 @@ pytest.importorskip("ray.data", reason="the ray extra is not installed: pip inst
 import pyarrow.parquet as pq  # noqa: E402
 
 from dmeta_embed.corpus import CorpusError, embed_corpus  # noqa: E402
-from dmeta_embed.corpus import job as job_mod  # noqa: E402
 from dmeta_embed.corpus import worker as worker_mod  # noqa: E402
-from dmeta_embed.corpus.source import Part  # noqa: E402
 from dmeta_embed.corpus.ray import RayExecutor, actor_plan  # noqa: E402
+from dmeta_embed.corpus.source import Part  # noqa: E402
 
 N = 300
 PART = 64
