@@ -40,7 +40,7 @@ test: install qemu
 # 2 cores; .ci/run calls it after `make test` when the 15-minute budget leaves room.
 TF5_VENV  := .venv-tf5
 TF5_STAMP := $(TF5_VENV)/.installed-stamp
-TF5_TESTS ?= tests/test_export.py tests/test_export_errors.py tests/test_tf5_env.py
+TF5_TESTS ?= tests/test_export.py tests/test_export_errors.py tests/test_gpu_check.py tests/test_tf5_env.py
 
 $(TF5_STAMP): pyproject.toml Makefile
 	test -x $(TF5_VENV)/bin/python || $(PY) -m venv $(TF5_VENV)
