@@ -19,6 +19,15 @@ class FidelityError(ExportError):
     """A variant missed its fidelity bar against the PyTorch reference."""
 
 
+class VariantsLeftOutError(FidelityError):
+    """Some variants missed their bar and were left out; the ones that met theirs were written
+    (``output``, ``written``: their names; ``left_out``: name → why)."""
+
+    def __init__(self, message: str, output: str, written: list[str], left_out: dict[str, str]) -> None:
+        super().__init__(message)
+        self.output, self.written, self.left_out = output, written, left_out
+
+
 class InputError(DmetaEmbedError, ValueError):
     """Bad input to encode(); the message names the offending index."""
 

@@ -168,7 +168,7 @@ def test_int8_below_bar_refused_unless_allowed(tiny_src, tmp_path, monkeypatch):
     impossible = {Precision.INT8: Bar(min_cos=1.0000001, mean_cos=1.0000001)}
 
     # keep the search cheap: pretend no node can be kept in fp32 (search returns plain int8)
-    def plain(backbone, evaluate, reference, bar):
+    def plain(backbone, evaluate, reference, bar, **_):
         return variants.Int8Result(variants.quantize_int8(backbone, [], tmp_path), {}, 1)
 
     monkeypatch.setattr(variants, "search_int8", plain)

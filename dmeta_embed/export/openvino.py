@@ -7,10 +7,12 @@ on real weights (all-MiniLM-L6-v2: min cos 0.983 with every MatMul quantized). S
 1. NNCF quantizes the raw export (``ModelType.TRANSFORMER``; SmoothQuant off: on real MiniLM it
    took min cos from 0.983 down to 0.954), calibrated on the calibration texts;
 2. each candidate is run through OpenVINO's CPU plugin (the runtime's engine for it) on the
-   calibration texts against the fp32 graph; while it misses the tightened bar, the activation
-   quantizers of the next role in ``ROLE_ORDER`` are removed (those MatMuls keep int8 weights and
-   run in the float precision below). On real MiniLM the FFN output projection is the role that
-   matters (min cos 0.983 → 0.992 without it; 0.995 without both FFN projections).
+   calibration texts against the fp32 graph: every activation static; if that misses the
+   tightened bar, every activation float (int8 weights only; if even that misses, the variant
+   cannot meet its bar and the search stops); then the number of roles of ``ROLE_ORDER`` whose
+   activation quantizers are removed is bisected (those MatMuls keep int8 weights and run in the
+   float precision below). On real MiniLM the FFN output projection is the role that matters
+   (min cos 0.983 → 0.992 without it; 0.995 without both FFN projections).
 
 The float parts run in f32, or in bf16 where the export machine computes bf16 natively and bf16
 met the bar and ran faster (``BF16``; the manifest's ``engine_properties`` say which).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,9 +49,9 @@ log = logging.getLogger(__name__)
 ROLE_ORDER = ("ffn_output", "ffn_intermediate", "attention_output", "qkv", "other")
 _ROLES = (
     ("ffn_intermediate", re.compile(r"intermediate/dense/MatMul$")),
-    ("attention_output", re.compile(r"attention/output/dense/MatMul$")),
+    ("attention_output", re.compile(r"attention/(output/dense|attn/o)/MatMul$")),  # BERT | MPNet
     ("ffn_output", re.compile(r"output/dense/MatMul$")),
-    ("qkv", re.compile(r"attention/self/(query|key|value)/MatMul$")),
+    ("qkv", re.compile(r"attention/(self/(query|key|value)|attn/[qkv])/MatMul$")),
 )
 
 
@@ -213,29 +216,66 @@ def search(
     embed: Callable[[onnx.ModelProto, Tokenized], np.ndarray],
     target: Bar,
 ) -> OpenVinoInt8:
-    """Static int8 of ``model`` (fp32 with the pooling head), with roles unquantized in
-    ``ROLE_ORDER`` until OpenVINO's output on the calibration texts meets ``target`` vs fp32."""
+    """Static int8 of ``model`` (fp32 with the pooling head), with the activation quantizers of
+    the first roles of ``ROLE_ORDER`` removed: the fewest roles with which OpenVINO's output on the
+    calibration texts meets ``target`` vs fp32.
+
+    Every activation static first; then every one removed (int8 weights only, the most exact
+    candidate): when even that misses, the search stops there (two trials; the caller leaves the
+    variant out). Otherwise the number of roles removed is bisected (a role removed never
+    lowers fidelity much), about log2(roles) more trials."""
+    from .progress import Progress
     from .reference import cosines
 
     reference = embed(model, calib)
     static = quantize_static(model, calib)
     quantizers = activation_quantizers(static)
-    removed: dict[str, str] = {}
-    candidate = static
     roles = [r for r in ROLE_ORDER if any(q.role == r for q in quantizers)]
-    for trials in range(1, len(roles) + 2):
+    progress = Progress("int8-ov search trials", 2 + math.ceil(math.log2(max(2, len(roles)))), bound=True)
+    trials = 0
+    scores: dict[int, np.ndarray] = {}
+
+    def removed_for(k: int) -> dict[str, str]:
+        """The first ``k`` roles' quantizers, each with why (the score of the candidate before)."""
+        out: dict[str, str] = {}
+        for j, role in enumerate(roles[:k]):
+            before = scores[max(x for x in scores if x <= j)]
+            why = (
+                f"role {role}: static scales missed the bar "
+                f"(calibration min cos {before.min():.5f}, mean {before.mean():.5f})"
+            )
+            out |= {q.name: why for q in quantizers if q.role == role}
+        return out
+
+    def trial(k: int) -> bool:
+        nonlocal trials
+        trials += 1
+        candidate = static if k == 0 else unquantize(static, set(removed_for(k)))
         c = cosines(embed(candidate, calib), reference)
+        scores[k] = c
+        static_left = sum(1 for q in quantizers if q.role not in roles[:k])
+        passed = bool(c.min() >= target.min_cos and c.mean() >= target.mean_cos)
         log.info(
             "int8-ov: %d/%d activation quantizers static: calibration min cos %.5f, mean %.5f",
-            len(quantizers) - len(removed),
+            static_left,
             len(quantizers),
             c.min(),
             c.mean(),
         )
-        if (c.min() >= target.min_cos and c.mean() >= target.mean_cos) or trials > len(roles):
-            break
-        role = roles[trials - 1]
-        why = f"role {role}: static scales missed the bar (calibration min cos {c.min():.5f}, mean {c.mean():.5f})"
-        removed |= {q.name: why for q in quantizers if q.role == role}
-        candidate = unquantize(static, set(removed))
-    return OpenVinoInt8(candidate, removed, trials)
+        progress.step(f"{len(roles[:k])} of {len(roles)} roles float{': ok' if passed else ''}")
+        return passed
+
+    if trial(0) or not roles:
+        return OpenVinoInt8(static, {}, trials)
+    if not trial(len(roles)):
+        # even int8 weights alone miss the target: nothing in between can pass
+        return OpenVinoInt8(unquantize(static, set(removed_for(len(roles)))), removed_for(len(roles)), trials)
+    lo, hi = 0, len(roles)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if trial(mid):
+            hi = mid
+        else:
+            lo = mid
+    removed = removed_for(hi)
+    return OpenVinoInt8(unquantize(static, set(removed)), removed, trials)

@@ -1,7 +1,9 @@
 """Export progress: one line per stage with its time, and third-party chatter kept out of the way.
 
 An export of a BERT-base takes minutes on a small CPU; the user sees which stage runs and how long
-each took (``dmeta_embed.export`` INFO lines, shown by ``dmeta-embed export``). The quantizers,
+each took (``dmeta_embed.export`` INFO lines, shown by ``dmeta-embed export``); a stage made of
+steps (the int8 searches, the speed runs) logs each step with the time left (:class:`Progress`).
+The quantizers,
 the exporters and the optimizers of onnxruntime, torch, transformers and NNCF print warnings that
 say nothing actionable about our graphs (onnxruntime's quantizer alone asks to "run
 pre-processing before quantization" once per trial); :func:`quiet_third_party` drops them for the
@@ -60,3 +62,33 @@ def stage(what: str) -> Iterator[None]:
     t = time.perf_counter()
     yield
     log.info("%s: done in %.1f s", what.split(" (")[0], time.perf_counter() - t)
+
+
+class Progress:
+    """Steps of one long stage, each logged with the time so far and an estimate of the time left
+    (from the mean step so far). ``total`` may be an upper bound (a search that can stop early):
+    the line then says "at most"."""
+
+    def __init__(self, what: str, total: int, *, bound: bool = False) -> None:
+        self.what, self.total, self.bound = what, max(1, total), bound
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def step(self, note: str = "", *, total: int | None = None) -> None:
+        """One step finished (``note`` says what it found); ``total`` revises the step count."""
+        self.done += 1
+        if total is not None:
+            self.total = max(total, self.done)
+        spent = time.perf_counter() - self.t0
+        left = spent / self.done * max(0, self.total - self.done)
+        of = f"{'at most ' if self.bound else ''}{self.total}"
+        log.info(
+            "%s: %d of %s%s; %.0f s so far, %s%.0f s left",
+            self.what,
+            self.done,
+            of,
+            f" ({note})" if note else "",
+            spent,
+            "at most " if self.bound else "about ",
+            left,
+        )

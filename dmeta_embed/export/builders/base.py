@@ -1,0 +1,92 @@
+"""What a variant builder is: the :class:`Builder` protocol, its result, and the defaults most
+builders share (:class:`BaseBuilder`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ...manifest import Fidelity, Precision, Provider, Variant
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ..context import Context
+    from ..speed import SpeedRun
+
+
+@dataclass
+class Candidate:
+    """A built and validated variant, before it is written: the graph and what the manifest
+    records about it."""
+
+    model: onnx.ModelProto
+    #: measured on the probe texts against the PyTorch reference, at the variant's bar
+    fidelity: Fidelity
+    #: what was left in float, each with the measured reason
+    kept_float: dict[str, str] = field(default_factory=dict)
+    #: the engine the fidelity was measured on
+    validated_on: str = Provider.CPU.ort_name
+    #: measured on a GPU (the manifest then records no CPU)
+    on_gpu: bool = False
+    engine_properties: dict[str, str] = field(default_factory=dict)
+    int8_tensors: int = 0
+    #: builder-specific results :meth:`Builder.settle` reads (int8-ov: the bf16 alternative)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Builder(Protocol):
+    """One variant: how to build it from the shared :class:`~dmeta_embed.export.context.Context`,
+    how to time it, and how the timings settle what is written. Register a new one in
+    :data:`dmeta_embed.export.builders.BUILDERS`."""
+
+    precision: Precision
+    #: whether a build below its bar may be kept with ``allow_low_fidelity`` (the int8 kinds)
+    lossy: bool
+
+    def unavailable(self) -> str | None:
+        """Why this variant cannot be built here (its engine is not installed), or None."""
+        ...
+
+    def require(self) -> None:
+        """Raise :class:`~dmeta_embed.errors.MissingDependencyError` when it cannot be built here."""
+        ...
+
+    def build(self, ctx: Context) -> Candidate:
+        """Derive, search (where the variant has a search) and validate the variant."""
+        ...
+
+    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
+        """The timed runs of this variant (none: it is not timed at export)."""
+        ...
+
+    def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, dict[str, Any]]) -> Variant:
+        """The manifest entry once the speed runs are in (records the speed; may pick among
+        alternatives that met the bar)."""
+        ...
+
+
+class BaseBuilder:
+    """Defaults: always available, not lossy, not timed; ``settle`` records its own run's speed."""
+
+    precision: ClassVar[Precision]
+    lossy: ClassVar[bool] = False
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def require(self) -> None:
+        return None
+
+    def build(self, ctx: Context) -> Candidate:  # pragma: no cover - every builder overrides it
+        raise NotImplementedError
+
+    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
+        return {}
+
+    def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, dict[str, Any]]) -> Variant:
+        from ..speed import SpeedRun
+
+        own = speeds.get(SpeedRun.of(self.precision, cand.engine_properties))
+        return replace(variant, speed=own) if own is not None else variant

@@ -1,0 +1,102 @@
+"""int8-ov for OpenVINO's own runtime: NNCF static int8 searched through OpenVINO
+(``export.openvino``), from the raw export (OpenVINO fuses on its own and cannot run onnxruntime's
+contrib ops). Where this CPU computes bf16 natively, bf16 float parts are a second candidate, kept
+when they meet the bar and run faster."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ...manifest import Precision, Provider, Variant
+from .. import openvino
+from .. import variants as derive
+from ..progress import stage
+from ..speed import SpeedRun, calibration_pass
+from .base import BaseBuilder, Candidate
+
+if TYPE_CHECKING:
+    from ..context import Context
+
+
+class INT8OV(BaseBuilder):
+    precision = Precision.INT8_OV
+    lossy = True
+
+    def unavailable(self) -> str | None:
+        import importlib.util
+
+        from ..._optional import FEATURES
+
+        missing = [m for m in FEATURES["export-openvino"] if importlib.util.find_spec(m) is None]
+        return f"needs {', '.join(missing)} (pip install 'dmeta-embed[export-openvino]')" if missing else None
+
+    def require(self) -> None:
+        openvino.require()
+
+    def build(self, ctx: Context) -> Candidate:
+        import onnx
+
+        properties = openvino.cpu_properties()
+        embed = openvino.openvino_embedder(ctx.work, properties, ctx.tok_info.pad_token_id)
+        with stage("int8-ov: NNCF static int8, searched through OpenVINO"):
+            found = openvino.search(
+                ctx.head(onnx.load(str(ctx.raw_path))),
+                ctx.calib_tok,
+                embed,
+                derive.target(ctx.bars[self.precision]),
+            )
+        with stage(f"int8-ov: validation on {len(ctx.reference)} probe texts"):
+            fid = ctx.fidelity(embed(found.model, ctx.probe_tok), self.precision)
+        cand = Candidate(
+            found.model,
+            fid,
+            kept_float=found.unquantized,
+            validated_on=openvino.engine_version(),
+            engine_properties=properties,
+        )
+        if ctx.cpu.bf16 and fid.passed:
+            # bf16 float parts where this CPU computes bf16 natively: kept in settle() only if it
+            # meets the bar and runs faster (docs/performance.md, "OpenVINO")
+            with stage("int8-ov: validation with bf16 float parts"):
+                bf16 = openvino.openvino_embedder(ctx.work, openvino.BF16, ctx.tok_info.pad_token_id)
+                cand.extra["bf16"] = ctx.fidelity(bf16(found.model, ctx.probe_tok), self.precision)
+        return cand
+
+    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
+        def run(properties: dict[str, str]) -> Callable[[], object]:
+            return calibration_pass(
+                ctx, openvino.compile_runner(ctx.work, cand.model, properties), Provider.OPENVINO
+            )
+
+        runs = {SpeedRun.of(self.precision, cand.engine_properties): run(cand.engine_properties)}
+        bf16 = cand.extra.get("bf16")
+        if bf16 is not None and bf16.passed:
+            runs[SpeedRun.of(self.precision, openvino.BF16)] = run(openvino.BF16)
+        return runs
+
+    def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, dict[str, Any]]) -> Variant:
+        import logging
+
+        f32 = speeds.get(SpeedRun.of(self.precision, cand.engine_properties))
+        bf16 = speeds.get(SpeedRun.of(self.precision, openvino.BF16))
+        if f32 is None:
+            return variant
+        if bf16 is None:
+            return replace(variant, speed=f32)
+        faster = bf16["tokens_per_s"] > f32["tokens_per_s"]
+        logging.getLogger(__name__).info(
+            "int8-ov: bf16 float parts %d tokens/s vs f32 %d: keeping %s",
+            bf16["tokens_per_s"],
+            f32["tokens_per_s"],
+            "bf16" if faster else "f32",
+        )
+        if faster:
+            return replace(
+                variant,
+                engine_properties=dict(openvino.BF16),
+                fidelity=cand.extra["bf16"],
+                speed={**bf16, "f32_tokens_per_s": f32["tokens_per_s"]},
+            )
+        return replace(variant, speed={**f32, "bf16_tokens_per_s": bf16["tokens_per_s"]})

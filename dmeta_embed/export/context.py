@@ -1,0 +1,230 @@
+"""What every variant builder starts from: the graphs, the texts, the reference and the helpers
+to run a candidate the way the runtime will (:func:`prepare` builds it once per export)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import ExportError, ModelLoadError
+from ..manifest import Bar, Fidelity, Pooling, Precision, Provider, TokenizerInfo
+from ..runtime.cpu import CpuInfo, detect
+from ..runtime.pipeline import embed_tokenized
+from ..runtime.session import OnnxRuntimeRunner
+from ..runtime.tokenize import TextTokenizer
+from ..texts import calibration_texts, probe_texts
+from . import graph
+from .progress import stage
+from .reference import fidelity, torch_embeddings
+from .relative_attention import fuse_relative_attention
+from .source import Source
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ..runtime.tokenize import Tokenized
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """One export's shared state. The graphs are never modified by a builder (each derives a copy)."""
+
+    src: Source
+    out: Path
+    #: scratch folder inside the staging folder (the raw export, OpenVINO candidates)
+    work: Path
+    cpu: CpuInfo
+    bars: dict[Precision, Bar]
+    tok_info: TokenizerInfo
+    hidden: int
+    probe_tok: Tokenized
+    calib_tok: Tokenized
+    #: PyTorch fp32 embeddings of the probe texts: what every variant is measured against
+    reference: np.ndarray
+    #: the TorchScript export, unfused (int8-ov starts from it: OpenVINO fuses on its own)
+    raw_path: Path
+    #: the fused graph without pooling head (fp16 starts from it: SkipLayerNormalization kept)
+    backbone: onnx.ModelProto
+    #: the CPU graph (SkipLayerNormalization unfused) fp32 is made of
+    cpu_backbone: onnx.ModelProto
+    #: the CPU graph int8 quantizes: ``cpu_backbone`` before the relative-position Attention
+    #: fusion (``QAttention`` has no attention-bias input); the same graph when there is none
+    int8_backbone: onnx.ModelProto
+    fusion: dict[str, int]
+    passes: list[str]
+    #: s8 weights where this CPU's u8×s8 kernels are exact, shifted to u8 where they saturate
+    #: (``runtime.cpu``); int8 is validated as the runtime will feed it
+    int8_weights: str | None
+    _calib_ref: np.ndarray | None = field(default=None, repr=False)
+    _fp32_model: onnx.ModelProto | None = field(default=None, repr=False)
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.probe_tok.lengths.max())
+
+    def head(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """``model`` with the pooling (and normalisation) head appended, on a copy."""
+        return graph.append_head(model, self.src.pooling, self.src.normalize, self.hidden)
+
+    @property
+    def fp32_model(self) -> onnx.ModelProto:
+        """The fp32 CPU graph with its head: the fp32 variant, and every speed run's baseline."""
+        if self._fp32_model is None:
+            self._fp32_model = self.head(self.cpu_backbone)
+        return self._fp32_model
+
+    def runner(
+        self, model: onnx.ModelProto, provider: Provider = Provider.CPU, weights: str | None = None
+    ) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(model.SerializeToString(), provider, int8_weights=weights)
+
+    def embed(
+        self,
+        model: onnx.ModelProto,
+        tok: Tokenized | None = None,
+        provider: Provider = Provider.CPU,
+        weights: str | None = None,
+    ) -> np.ndarray:
+        """Embeddings of ``tok`` (default: the probe texts) through onnxruntime, batched as the
+        runtime batches."""
+        tok = self.probe_tok if tok is None else tok
+        return embed_tokenized(
+            self.runner(model, provider, weights),
+            tok,
+            pad_id=self.tok_info.pad_token_id,
+            dim=self.hidden,
+            max_batch_tokens=4096,
+            batch_size=16,
+        )
+
+    def calibration_reference(self) -> np.ndarray:
+        """fp32 (ONNX) embeddings of the calibration texts, computed once: the searches' target."""
+        if self._calib_ref is None:
+            self._calib_ref = self.embed(self.fp32_model, self.calib_tok)
+        return self._calib_ref
+
+    def fidelity(self, vectors: np.ndarray, precision: Precision) -> Fidelity:
+        """``vectors`` (of the probe texts) against the PyTorch reference, at ``precision``'s bar."""
+        return fidelity(vectors, self.reference, self.bars[precision], self.max_tokens)
+
+
+def write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
+    """Save the fast tokenizer (converted from vocab.txt when the model has no tokenizer.json)
+    with truncation at max length and no padding (the runtime pads each batch)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path, use_fast=True, trust_remote_code=src.trust_remote_code)
+    except Exception as e:
+        raise ModelLoadError(f"{src.model_id}: cannot load its tokenizer ({e})") from e
+    if not tok.is_fast:
+        raise ExportError(f"{src.model_id}: no fast tokenizer could be built from its files")
+    backend = tok.backend_tokenizer
+    backend.no_padding()
+    backend.enable_truncation(src.max_length)
+    backend.save(str(folder / "tokenizer.json"))
+    if tok.padding_side != "right":
+        log.warning("tokenizer pads on the %s; the runtime pads right", tok.padding_side)
+    return TokenizerInfo(file="tokenizer.json", pad_token_id=int(tok.pad_token_id or 0))
+
+
+def prepare(src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[str, float]) -> Context:
+    """Tokenizer, reference embeddings, the TorchScript export and the fused graphs, with each
+    stage's seconds added to ``timings``."""
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[name] = round(now - t, 2)
+        t = now
+
+    cpu = detect()
+    log.info("export on %s", cpu.describe())
+    tok_info = write_tokenizer(src, out)
+    tokenizer = TextTokenizer(out / "tokenizer.json", src.max_length)
+    hidden = int(src.config["hidden_size"])
+    heads = int(src.config["num_attention_heads"])
+
+    probes = probe_texts(src.max_length)
+    probe_tok = tokenizer.encode(probes)
+    if not probe_tok.truncated:
+        raise ExportError("internal: the probe set has no over-length text")
+    with stage(f"reference: PyTorch embeddings of {len(probes)} probe texts"):
+        reference = torch_embeddings(
+            src.path,
+            probes,
+            src.pooling,
+            src.normalize,
+            src.max_length,
+            trust_remote_code=src.trust_remote_code,
+        )
+    lap("reference")
+
+    work = out / ".work"
+    work.mkdir()
+    raw = work / "raw.onnx"
+    with stage("export: TorchScript → ONNX"):
+        graph.export_backbone(src.path, raw, trust_remote_code=src.trust_remote_code)
+    lap("torch_export")
+    with stage("fuse: ONNX Runtime's BERT fusions and graph passes"):
+        backbone, fusion = graph.fuse(raw, heads, hidden)
+        passes = []
+        if src.pooling == Pooling.CLS and graph.cls_only_last_layer(backbone):
+            passes.append("cls_only_last_layer")
+        before_relative = None
+        if not fusion.get("Attention"):
+            # MPNet: attention with a relative-position bias, which onnxruntime's patterns miss
+            before_relative = _copy(backbone)
+            n = fuse_relative_attention(backbone, heads)
+            if n:
+                fusion["Attention"] = n
+                passes.append("relative_position_attention")
+            else:
+                before_relative = None
+                log.warning(
+                    "ONNX Runtime did not fuse Attention for %s: the graph will be slower", src.model_type
+                )
+        # the CPU variants get SkipLayerNormalization unfused; fp16 (CUDA) keeps it
+        cpu_backbone = _copy(backbone)
+        if graph.unfuse_skip_layernorm(cpu_backbone):
+            passes.append("unfuse_skip_layernorm")
+        int8_backbone = cpu_backbone
+        if before_relative is not None:
+            int8_backbone = before_relative
+            graph.unfuse_skip_layernorm(int8_backbone)
+    lap("fuse")
+    return Context(
+        src=src,
+        out=out,
+        work=work,
+        cpu=cpu,
+        bars=bars,
+        tok_info=tok_info,
+        hidden=hidden,
+        probe_tok=probe_tok,
+        calib_tok=tokenizer.encode(calibration_texts()),
+        reference=reference,
+        raw_path=raw,
+        backbone=backbone,
+        cpu_backbone=cpu_backbone,
+        int8_backbone=int8_backbone,
+        fusion=fusion,
+        passes=passes,
+        int8_weights="u8" if cpu.int8_weights == "u8" else None,
+    )
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
