@@ -476,6 +476,10 @@ def _run_system(
     if missing:
         log(f"{system.key}: skipped (not installed: {', '.join(missing)})")
         return {**row, "status": "skipped", "reason": f"not installed: {', '.join(missing)} ({INSTALL_HINT})"}
+    unsupported = system.unsupported()
+    if unsupported:
+        log(f"{system.key}: skipped ({unsupported})")
+        return {**row, "status": "skipped", "reason": unsupported}
     stem = system.stem
     job = {**base_job, "system": system.to_dict()}
     try:

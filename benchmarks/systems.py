@@ -36,6 +36,9 @@ class System:
     requires: tuple[str, ...] = ()  # importable modules; a missing one skips the system
     ours: bool = False
     note: str = ""
+    #: a CPU feature the system needs in hardware (``"bf16"``): without it the library emulates
+    #: it at a cost no user would pick, so the row is skipped with the reason
+    cpu_feature: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,6 +67,16 @@ class System:
             if not found:
                 out.append(mod)
         return out
+
+    def unsupported(self) -> str:
+        """Why this CPU cannot run the system as its users would ("" when it can)."""
+        if self.cpu_feature == "bf16":
+            from dmeta_embed.runtime.cpu import detect
+
+            cpu = detect()
+            if not cpu.bf16:
+                return f"no native bf16 on this CPU ({cpu.cpu_class.value}): torch would emulate it"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,7 @@ def peer_systems() -> list[System]:
             "benchmarks.peers:TorchHF",
             {"dtype": "bf16"},
             _TORCH,
+            cpu_feature="bf16",
         ),
         System(
             "st:torch",

@@ -536,6 +536,21 @@ def test_serve_load_summary_arithmetic() -> None:
     assert s["c32_throughput_gain"] == 3.0 and s["c32_p99_over_single_p99"] == round(47.0 / 2.5, 2)
 
 
+def test_bf16_torch_peer_is_skipped_where_bf16_is_emulated(monkeypatch) -> None:
+    """torch bf16 without AMX-BF16 / AVX512-BF16 runs emulated for many minutes: a skipped row."""
+    from benchmarks.systems import peer_systems
+    from dmeta_embed.runtime import cpu as cpu_module
+    from dmeta_embed.runtime.cpu import CpuClass, CpuInfo
+
+    (bf16,) = [s for s in peer_systems() if s.key == "torch:bf16"]
+    monkeypatch.setattr(cpu_module, "detect", lambda: CpuInfo(CpuClass.AVX2, flags=frozenset({"avx2"})))
+    assert "no native bf16 on this CPU (avx2)" in bf16.unsupported()
+    zen4 = frozenset({"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"})
+    monkeypatch.setattr(cpu_module, "detect", lambda: CpuInfo(CpuClass.AVX512_VNNI, flags=zen4))
+    assert bf16.unsupported() == ""
+    assert all(s.unsupported() == "" for s in peer_systems() if s.key != "torch:bf16")
+
+
 def test_int8_ov_system_runs_in_this_environment() -> None:
     """int8-ov runs on OpenVINO beside onnxruntime: same interpreter, openvino a required module."""
     from benchmarks.systems import our_systems
