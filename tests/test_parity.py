@@ -189,3 +189,118 @@ def test_openai_client_and_langchain_openai_embeddings(url: str, ref: dict[str, 
     )
     close(lc.embed_documents(TEXTS), unit(ref[DEFAULT][:, :8]))
     close(lc.embed_query(TEXTS[0]), unit(ref[DEFAULT][:1, :8])[0])
+
+
+# -- each new request option through the OpenAI client, TEI's documented bodies and LangChain ----
+
+
+def test_prompt_name_through_the_openai_client_and_langchain(url: str, ref: dict[str, np.ndarray]) -> None:
+    openai = pytest.importorskip("openai")
+    oc = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    got = oc.embeddings.create(model="m", input=TEXTS, extra_body={"prompt_name": "query"}).data
+    close([d.embedding for d in got], ref["query"])
+    lco = pytest.importorskip("langchain_openai")
+    lc = lco.OpenAIEmbeddings(
+        model="m",
+        base_url=f"{url}/v1",
+        api_key="unused",
+        check_embedding_ctx_length=False,
+        model_kwargs={"extra_body": {"prompt_name": "document"}},  # how LangChain passes extra fields
+    )
+    close(lc.embed_documents(TEXTS), ref["document"])
+
+
+def _quantized(ref: np.ndarray, emb: Embedder, precision: str) -> np.ndarray:
+    """sentence-transformers' integers for these floats, ranges from the built-in calibration
+    texts embedded the same way (the documented default)."""
+    from dmeta_embed.texts import calibration_texts
+
+    util = pytest.importorskip("sentence_transformers.util")
+    calib = emb.encode(calibration_texts())
+    return util.quantize_embeddings(ref.astype(np.float32), precision, calibration_embeddings=calib)  # type: ignore[no-any-return]
+
+
+def close_ints(got: object, want: np.ndarray) -> None:
+    """Integers from floats that may differ by rounding across batches: a value on a bucket edge
+    may land one bucket over; none may be further, and nearly all are equal."""
+    got = np.asarray(got)
+    assert got.shape == want.shape
+    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.99, diff.max()
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_precision_through_every_client(
+    url: str, client: httpx.Client, emb: Embedder, ref: dict[str, np.ndarray], precision: str
+) -> None:
+    want = _quantized(ref[DEFAULT], emb, precision)
+    # TEI's body
+    r = client.post("/embed", json={"inputs": TEXTS, "precision": precision})
+    assert r.status_code == 200, r.text
+    close_ints(r.json(), want)
+    # OpenAI's body, float and base64
+    r = client.post("/v1/embeddings", json={"input": TEXTS, "model": "m", "precision": precision})
+    close_ints([d["embedding"] for d in r.json()["data"]], want)
+    openai = pytest.importorskip("openai")
+    oc = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    got = oc.embeddings.create(model="m", input=TEXTS, extra_body={"precision": precision}).data  # base64
+    close_ints([d.embedding for d in got], want)
+    lco = pytest.importorskip("langchain_openai")
+    lc = lco.OpenAIEmbeddings(
+        model="m",
+        base_url=f"{url}/v1",
+        api_key="unused",
+        check_embedding_ctx_length=False,
+        model_kwargs={"extra_body": {"precision": precision}},
+    )
+    close_ints(lc.embed_documents(TEXTS), want)
+    # with a cut: the ranges follow the cut, renormalised vectors
+    d = DIMS[0]
+    r = client.post("/embed", json={"inputs": TEXTS, "precision": precision, "dimensions": d})
+    cut = unit(ref[DEFAULT][:, :d])
+    from dmeta_embed.texts import calibration_texts
+
+    util = pytest.importorskip("sentence_transformers.util")
+    calib = emb.encode(calibration_texts(), truncate_dim=d, normalize_embeddings=True)
+    close_ints(
+        r.json(), util.quantize_embeddings(cut.astype(np.float32), precision, calibration_embeddings=calib)
+    )
+
+
+def test_bad_options_are_named(client: httpx.Client) -> None:
+    r = client.post("/embed", json={"inputs": "x", "precision": "int4"})
+    assert r.status_code == 422 and "'precision' must be one of float32, int8" in r.json()["error"]
+    r = client.post("/v1/embeddings", json={"input": "x", "dimensions": 12})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "dimensions" and "16, 8" in err["message"]
+    r = client.post("/v1/embeddings", json={"input": "x", "prompt_name": "nope"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_name"
+    info = client.get("/info").json()
+    assert info["dimensions"] == [64, 16, 8] and info["prompts"] == sorted(PROMPTS)
+    assert info["default_prompt_name"] == DEFAULT
+
+
+def test_tokenize_as_tei_documents_it(client: httpx.Client, prompted: Path) -> None:
+    """TEI's body and shape; ids and offsets checked against the tokenizers library directly."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(prompted / "tokenizer.json"))
+    r = client.post("/tokenize", json={"inputs": TEXTS[1], "add_special_tokens": True})
+    assert r.status_code == 200, r.text
+    (row,) = r.json()
+    text = PROMPTS[DEFAULT] + TEXTS[1]  # what the model sees: the default prompt first
+    enc = tok.encode(text)
+    assert [t["id"] for t in row] == enc.ids
+    assert row[0] == {"id": enc.ids[0], "text": "[CLS]", "special": True, "start": None, "stop": None}
+    for t, (a, b) in zip(row[1:-1], enc.offsets[1:-1], strict=True):
+        assert (t["start"], t["stop"], t["text"], t["special"]) == (a, b, text[a:b], False)
+    # no special tokens, a named prompt, a batch; counts are what /embed feeds (truncated at max length)
+    r = client.post(
+        "/tokenize",
+        json={"inputs": [TEXTS[0], "长" * 3000], "add_special_tokens": False, "prompt_name": "query"},
+    )
+    rows = r.json()
+    assert [t["id"] for t in rows[0]] == tok.encode(PROMPTS["query"] + TEXTS[0], add_special_tokens=False).ids
+    assert len(rows[1]) == 1024 and not any(t["special"] for t in rows[0])
+    r = client.post("/tokenize", json={"inputs": "x", "prompt_name": "nope"})
+    assert r.status_code == 422 and "nope" in r.json()["error"]

@@ -136,6 +136,8 @@ class Embedder(SentenceTransformerAPI):
         #: texts this Embedder has cut at max_length so far (the first cut is logged, once)
         self.truncated_count = 0
         self._lock = threading.Lock()
+        # its own lock: computing the calibration vectors must not hold up truncation counting
+        self._calibration_lock = threading.Lock()
         self._calibration: np.ndarray | None = None
 
     @classmethod
@@ -255,7 +257,7 @@ class Embedder(SentenceTransformerAPI):
         """int8/uint8 buckets: per-dimension ``[min, max]`` (2, dim) of the built-in calibration
         texts (``dmeta_embed.texts.calibration_texts``, with the default prompt) after ``spec``'s
         cut and normalisation. Fixed per model, so a text's integers do not depend on its batch."""
-        with self._lock:
+        with self._calibration_lock:
             if self._calibration is None:
                 prepared = self._prepare(
                     calibration_texts(), self.resolve_prompt(None, None), True, 0, count=False
