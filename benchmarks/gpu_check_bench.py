@@ -149,7 +149,8 @@ class Ours:
         from dmeta_embed.runtime import Embedder
 
         self.embedder = Embedder.load(model, variant=variant, provider=device)
-        session = getattr(self.embedder._runner, "session", None)
+        # the onnxruntime session, where this runtime version keeps one (not a public attribute)
+        session = getattr(getattr(self.embedder, "_runner", None), "session", None)
         self.info = {
             "variant": self.embedder.variant.value,
             "provider": self.embedder.provider.value,

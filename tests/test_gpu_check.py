@@ -283,3 +283,29 @@ def test_whole_check_on_the_cpu(tiny_src, tiny_export, tmp_path):
     # both systems were fed the same texts: the same token counts
     assert r["ours"]["mixed"]["tokens"] == r["torch_fp16"]["mixed"]["tokens"]
     assert "**PASSED**" in (out / "gpu_check.md").read_text()
+
+
+def _cuda_here() -> bool:
+    try:
+        import onnxruntime as ort
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and gc.CUDA_EP in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+def test_whole_check_on_cuda(request, tmp_path):
+    # the tiny model through every CUDA step (the Dmeta-shaped run is benchmarks/gpu_check.sh)
+    if not _cuda_here():
+        pytest.skip("needs a CUDA GPU, torch with CUDA and onnxruntime-gpu")
+    tiny_src, tiny_export = request.getfixturevalue("tiny_src"), request.getfixturevalue("tiny_export")
+    out = tmp_path / "report"
+    argv = ["--src", str(tiny_src), "--export", str(tiny_export), "--work", str(tmp_path)]
+    argv += ["--output", str(out), "--n-mixed", "64", "--n-queries", "64", "--passes", "1"]
+    assert gc.main(argv + ["--latency-runs", "20"]) == 0
+    r = json.loads((out / "gpu_check.json").read_text())
+    assert r["providers"]["session"][0] == gc.CUDA_EP and r["providers"]["problems"] == []
+    assert r["ours"]["info"]["session_providers"][0] == gc.CUDA_EP
+    assert r["ours"]["gpu_memory"]["peak_above_baseline_mib"] > 0
+    assert all(p["min_cos"] >= rep.PARITY_BAR for p in r["parity"].values())
