@@ -138,7 +138,14 @@ class SentenceTransformers(Adapter):
             return None
         if self.options.get("backend") != "onnx":
             return ST_OV_QINT8
-        return ST_ONNX_FILES[export].format(config=qint8_config())
+        name = ST_ONNX_FILES[export].format(config=qint8_config())
+        if export == "qint8":
+            # the file is named after the preset's weight type: qint8 on most presets, quint8 on
+            # avx2 (model_quint8_avx2.onnx); take whichever the export wrote
+            found = sorted((self._folder() / "onnx").glob(f"model_*int8_{qint8_config()}.onnx"))
+            if found:
+                return str(found[0].relative_to(self._folder()))
+        return name
 
     @classmethod
     def is_prepared(cls, ctx: Context, **options: Any) -> bool:

@@ -232,7 +232,7 @@ def peer_systems() -> list[System]:
         System(
             "st:onnx-qint8",
             "sentence-transformers",
-            f"backend=onnx qint8 ({qint8_config()})",
+            f"backend=onnx dynamic int8 ({qint8_config()} preset)",
             "ONNX Runtime CPU",
             "int8",
             "benchmarks.peers:SentenceTransformers",

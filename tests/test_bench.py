@@ -551,6 +551,25 @@ def test_bf16_torch_peer_is_skipped_where_bf16_is_emulated(monkeypatch) -> None:
     assert all(s.unsupported() == "" for s in peer_systems() if s.key != "torch:bf16")
 
 
+def test_st_onnx_int8_file_follows_the_preset_weight_type(tmp_path: Path, monkeypatch) -> None:
+    """sentence-transformers names the dynamic int8 file after the preset's weight type: on the
+    avx2 preset it writes model_quint8_avx2.onnx, which the peer must find (it looked for qint8)."""
+    from benchmarks import peers
+    from benchmarks.systems import Context
+
+    monkeypatch.setattr(peers, "qint8_config", lambda: "avx2")
+    ctx = Context(tmp_path, tmp_path, tmp_path / "cache", 1, 32, 128, "mean", True, 8)
+    st = peers.SentenceTransformers(ctx, backend="onnx", export="qint8")
+    assert st._file() == "onnx/model_qint8_avx2.onnx"  # nothing exported yet: the preset's usual name
+    assert not peers.SentenceTransformers.is_prepared(ctx, backend="onnx", export="qint8")
+    onnx_dir = tmp_path / "cache" / peers.ST_ONNX_DIR / "onnx"
+    onnx_dir.mkdir(parents=True)
+    for name in ("model.onnx", "model_quint8_avx2.onnx"):
+        (onnx_dir / name).write_bytes(b"")
+    assert st._file() == "onnx/model_quint8_avx2.onnx"
+    assert peers.SentenceTransformers.is_prepared(ctx, backend="onnx", export="qint8")
+
+
 def test_int8_ov_system_runs_in_this_environment() -> None:
     """int8-ov runs on OpenVINO beside onnxruntime: same interpreter, openvino a required module."""
     from benchmarks.systems import our_systems
