@@ -157,3 +157,77 @@ def build_model(
         }
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool, indent=2), "utf-8")
     return folder
+
+
+#: a tiny MPNet (all-mpnet-base-v2's architecture: relative-position attention bias, RoBERTa-style
+#: position ids, padding id 1), mean pooling + Normalize as all-mpnet-base-v2
+MPNET_TINY: dict[str, Any] = {
+    "architectures": ["MPNetModel"],
+    "model_type": "mpnet",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 514,
+    "relative_attention_num_buckets": 32,
+    "layer_norm_eps": 1e-5,
+    "initializer_range": 0.1,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "vocab_size": 8000,
+}
+_MPNET_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]"]
+
+
+def build_mpnet(folder: str | Path, *, seed: int = 0, max_seq_length: int = 384) -> Path:
+    """Write a random-weight MPNet sentence-transformers folder (vocab.txt only, as the export must
+    convert it) into ``folder`` and return it. Every bias, LayerNorm and the relative-position
+    table are random too (a fresh MPNet has them at 0/1, which would hide a wrong bias path)."""
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = dict(MPNET_TINY)
+    torch.manual_seed(seed)
+    model = MPNetModel(MPNetConfig(**cfg), add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+            if "relative_attention_bias" in name:
+                p.normal_(0.0, 1.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    words = [w for w in synthetic_vocab(cfg["vocab_size"]) if w not in _SPECIALS]
+    vocab = (_MPNET_SPECIALS + words)[: cfg["vocab_size"] - 1] + ["<mask>"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", "utf-8")
+    tok_cfg = {
+        "do_lower_case": True,
+        "tokenize_chinese_chars": True,
+        "tokenizer_class": "MPNetTokenizer",
+        "model_max_length": 512,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "cls_token": "<s>",
+        "unk_token": "[UNK]",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), "utf-8")
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2), "utf-8")
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}), "utf-8"
+    )
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    pool = {"word_embedding_dimension": cfg["hidden_size"], "pooling_mode_mean_tokens": True}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool, indent=2), "utf-8")
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    return folder

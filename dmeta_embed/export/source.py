@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "DMetaSoul/Dmeta-embedding"
 
-#: model_types whose ONNX graph ONNX Runtime's "bert" optimizer knows how to fuse
-SUPPORTED_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
+#: model_types whose ONNX graph ONNX Runtime's "bert" optimizer knows how to fuse (MPNet's
+#: attention, which adds a relative-position bias, is fused by ``export.relative_attention``)
+SUPPORTED_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet"})
+#: model_types whose position ids start after padding_idx + 1 (RoBERTa's scheme): two of their
+#: ``max_position_embeddings`` are never a text position
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet"})
 
 #: tokenizer "model_max_length" values that mean "no limit set"
 _UNSET_MAX = 10**9
@@ -245,7 +249,7 @@ def resolve(
         normalize_origin = "Normalize module" if _has_normalize(path) else "default (on)"
 
     positions = int(config.get("max_position_embeddings", 512))
-    if model_type in {"roberta", "xlm-roberta", "camembert"}:
+    if model_type in OFFSET_POSITIONS:
         positions -= 2  # position ids start after padding_idx + 1
     st_cfg = _read_json(path / "sentence_bert_config.json")
     tok_cfg = _read_json(path / "tokenizer_config.json")
