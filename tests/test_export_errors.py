@@ -207,3 +207,70 @@ def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
     assert "local model folder" in err[0]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_variant_below_its_bar_is_left_out_and_the_others_are_written(
+    tiny_src, tmp_path, monkeypatch, capsys
+):
+    """int8 at a bar nothing can reach: fp32, which met its bar, is written and in the manifest;
+    int8 is named in one Error line and the exit status is 1 (a user keeps what passed)."""
+    from dmeta_embed.cli import main
+    from dmeta_embed.export import pipeline
+    from dmeta_embed.manifest import Manifest, sha256_file
+
+    impossible = Bar(min_cos=1.0000001, mean_cos=1.0000001)
+    monkeypatch.setattr(pipeline, "BARS", {**pipeline.BARS, Precision.INT8: impossible})
+    out = tmp_path / "out"
+    argv = ["dmeta-embed", "export", str(tiny_src), "-o", str(out), "--variants", "fp32,int8"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as e:
+        main()
+    captured = capsys.readouterr()
+    assert e.value.code == 1 and "Traceback" not in captured.err
+    lines = [line for line in captured.err.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "left out int8" in lines[0] and "wrote fp32" in lines[0], captured.err
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "tokenizer.json", "model.onnx"}
+    m = Manifest.load(out)
+    assert set(m.variants) == {"fp32"} and m.variants["fp32"].fidelity.passed
+    assert sha256_file(out / "model.onnx") == m.variants["fp32"].sha256
+    assert "fp32" in captured.out  # the summary of what was written
+    assert _leftovers(tmp_path) == []
+
+
+def test_default_variants_are_those_auto_can_choose_where_their_engine_imports(monkeypatch):
+    import importlib.util
+
+    from dmeta_embed.export.builders import default_variants
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("nncf", "openvino") else real(name, *a)
+    )
+    chosen, skipped = default_variants()
+    assert chosen == [Precision.FP32, Precision.FP16, Precision.INT8]
+    assert set(skipped) == {Precision.INT8_OV} and "export-openvino" in skipped[Precision.INT8_OV]
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: real("json") if name in ("nncf", "openvino") else real(name, *a),
+    )
+    assert default_variants() == ([Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT8_OV], {})
+
+
+def test_cli_export_without_variants_asks_for_the_default(tiny_src, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dmeta_embed import export as export_pkg
+    from dmeta_embed.cli import cli
+
+    seen = {}
+
+    def fake(model, output, **kw):
+        seen.update(kw)
+        raise ExportError("stop here")
+
+    monkeypatch.setattr(export_pkg, "export_model", fake)
+    CliRunner().invoke(cli, ["export", str(tiny_src), "-o", str(tmp_path / "o")])
+    assert seen["variants"] is None  # export_model(variants=None): every variant auto can choose here
+    CliRunner().invoke(cli, ["export", str(tiny_src), "-o", str(tmp_path / "o"), "--variants", "fp32,int8"])
+    assert seen["variants"] == ["fp32", "int8"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..manifest import INPUT_NAMES, OUTPUT_NAME, Pooling
 
@@ -118,7 +118,7 @@ def append_head(model: onnx.ModelProto, pooling: Pooling, normalize: bool, dim: 
         g.initializer.append(numpy_helper.from_array(value, name))
         return name
 
-    def node(op: str, inputs: list[str], out: str, **attrs: object) -> str:
+    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> str:
         g.node.append(helper.make_node(op, inputs, [out], name=f"head/{out}", **attrs))
         return out
 

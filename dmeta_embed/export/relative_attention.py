@@ -18,7 +18,7 @@ int8 variant is quantized from the graph *before* this fusion (``export.builders
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -146,7 +146,7 @@ def fuse_relative_attention(
             [numpy_helper.from_array(w, f"{name}/qkv_weight"), numpy_helper.from_array(b, f"{name}/qkv_bias")]
         )
         hidden = w.shape[0]
-        attrs: dict[str, object] = {"num_heads": num_heads}
+        attrs: dict[str, Any] = {"num_heads": num_heads}
         scale = 1.0 / float(divisor.item())
         if not np.isclose(scale, 1.0 / np.sqrt(hidden // num_heads), rtol=1e-6):
             attrs["scale"] = scale

@@ -41,9 +41,15 @@ class Builder(Protocol):
     how to time it, and how the timings settle what is written. Register a new one in
     :data:`dmeta_embed.export.builders.BUILDERS`."""
 
-    precision: Precision
-    #: whether a build below its bar may be kept with ``allow_low_fidelity`` (the int8 kinds)
-    lossy: bool
+    @property
+    def precision(self) -> Precision:
+        """The variant it builds."""
+        ...
+
+    @property
+    def lossy(self) -> bool:
+        """Whether a build below its bar may be kept with ``allow_low_fidelity`` (the int8 kinds)."""
+        ...
 
     def unavailable(self) -> str | None:
         """Why this variant cannot be built here (its engine is not installed), or None."""

@@ -13,6 +13,7 @@ from ..speed import SpeedRun, calibration_pass
 from .base import BaseBuilder, Candidate
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
     from ..context import Context
@@ -30,7 +31,7 @@ class INT8(BaseBuilder):
             f"int8: dynamic int8 search over {n} nodes ({weights or 's8'} weights on {ctx.cpu.cpu_class.value})"
         ):
 
-            def evaluate(m: onnx.ModelProto) -> object:
+            def evaluate(m: onnx.ModelProto) -> np.ndarray:
                 return ctx.embed(ctx.head(m), ctx.calib_tok, weights=weights)
 
             # looked up on the module so tests can replace the search
