@@ -86,4 +86,8 @@ elif [ -z "${SKIP_INSTALL:-}" ]; then
   PY="$VENV/bin/python"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+set +e
 "$PY" -m benchmarks.gpu_check "${ARGS[@]}"
+rc=$?
+[ -z "${OUT:-}" ] || sleep 1 # tee's last lines into $OUT/gpu_check.log before the command returns
+exit $rc
