@@ -137,7 +137,8 @@ def markdown(result: dict[str, Any], png_name: str | None = PNG_NAME) -> str:
     st = result["settings"]
     load = result["load"]
     timed = max((len(r["bulk_s"]) for r in result["results"]), default=st["repeats"])
-    title = Path(str(model["source"].get("model"))).name
+    # the exported folder's name (minilm, mpnet, dmeta-shaped): sources can be named just "model"
+    title = Path(str(model.get("export_dir") or model["source"].get("model"))).name
     shape_run = " (shape run, random weights)" if model.get("weights") == "random" else ""
     lines = [
         f"# dmeta-embed benchmark: {title}{shape_run}",
