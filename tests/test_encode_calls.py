@@ -144,3 +144,29 @@ def test_embedder_without_onnxruntime_names_the_install(tiny_export: Path) -> No
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "onnxruntime is not installed; run: pip install 'dmeta-embed[cpu]'" in r.stdout
+
+
+def test_auto_refuses_an_int8_that_missed_its_bar_and_by_name_warns(
+    tiny_export: Path, tmp_path: Path, caplog
+) -> None:
+    """A folder whose only CPU variant is an int8 below its bar (as --allow-low-fidelity keeps):
+    auto refuses it with the variant and how to ask for it; by name it loads, with the warning."""
+    import json
+    import shutil
+
+    from dmeta_embed import ProviderError
+
+    folder = tmp_path / "low"
+    shutil.copytree(tiny_export, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["variants"] = {k: v for k, v in m["variants"].items() if k == "int8"}
+    m["variants"]["int8"]["fidelity"]["bar_min_cos"] = 1.01  # no min cos meets it
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(
+        ProviderError, match=r"int8 missed its fidelity bar .*variant='int8' \(CLI: --variant int8\)"
+    ):
+        Embedder.load(folder)
+    with caplog.at_level(logging.WARNING, logger="dmeta_embed"):
+        e = Embedder.load(folder, variant="int8")
+    assert e.variant.value == "int8" and "missed its fidelity bar" in e.choice.warning
+    assert any("asked for by name" in r.getMessage() for r in caplog.records)

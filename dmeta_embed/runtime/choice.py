@@ -201,10 +201,16 @@ def _auto_cpu(
             skipped.append(f"{p.value}: onnxruntime is not installed")
             continue
         caveat = _caveat(manifest, p, cpu)
-        if caveat:
+        slower = p != Precision.FP32 and v.slower_than_fp32_on(cls)
+        note = (
+            f"{p.value} was measured slower than fp32 on {cls} ({v.speed['vs_fp32']:.2f}x)" if slower else ""
+        )
+        if caveat:  # never auto's, however fast; both reasons are said
             refused.append((p, caveat))
-        elif p != Precision.FP32 and v.slower_than_fp32_on(cls):
-            slow.append((p, f"{p.value} was measured slower than fp32 on {cls} ({v.speed['vs_fp32']:.2f}x)"))
+            if slower:
+                skipped.append(note)
+        elif slower:
+            slow.append((p, note))
         else:
             candidates.append(p)
     if not candidates and slow:
