@@ -32,6 +32,45 @@ def test_encode_args_jsonl(runner, tiny_export):
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+def test_encode_precision_and_refused_options(runner, tiny_export, tmp_path):
+    """--precision gives sentence-transformers' integers (the documented calibration ranges);
+    a prompt or dimension the export lacks is one clean error line."""
+    util = pytest.importorskip("sentence_transformers.util")
+    from dmeta_embed.texts import calibration_texts
+
+    emb = Embedder.load(tiny_export, variant="fp32")
+    want = util.quantize_embeddings(
+        emb.encode(DOCS), "int8", calibration_embeddings=emb.encode(calibration_texts())
+    )
+    r = runner.invoke(
+        cli, ["encode", "-m", str(tiny_export), "--variant", "fp32", "--precision", "int8", *DOCS]
+    )
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal([json.loads(line)["embedding"] for line in r.output.splitlines()], want)
+    r = runner.invoke(
+        cli,
+        [
+            "encode",
+            "-m",
+            str(tiny_export),
+            "--precision",
+            "ubinary",
+            "--format",
+            "npy",
+            "-o",
+            str(tmp_path / "b.npy"),
+            "x",
+        ],
+    )
+    assert r.exit_code == 0 and np.load(tmp_path / "b.npy").shape == (1, emb.dim // 8)
+    for flag, words in (
+        (["--prompt-name", "query"], "prompt_name 'query'"),
+        (["--dimensions", "8"], "no Matryoshka dims"),
+    ):
+        r = runner.invoke(cli, ["encode", "-m", str(tiny_export), *flag, "x"])
+        assert r.exit_code != 0 and words in str(r.exception or r.output)
+
+
 def test_encode_file_to_npy(runner, tiny_export, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(DOCS) + "\n", encoding="utf-8")

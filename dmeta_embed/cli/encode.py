@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..runtime.quantize import PRECISIONS
 from .options import load, model_option, provider_option, variant_option
 
 
@@ -61,6 +62,19 @@ def _read_inputs(texts: tuple[str, ...], input_file: str | None, input_format: s
     help="Output file (default stdout; required for npy).",
 )
 @click.option("--batch-size", type=int, default=None)
+@click.option(
+    "--prompt-name", default=None, help="One of the model's named prompts (default: its default prompt)."
+)
+@click.option(
+    "--dimensions", type=click.IntRange(min=1), default=None, help="A Matryoshka dim the export lists."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(list(PRECISIONS)),
+    default="float32",
+    show_default=True,
+    help="Quantized output as sentence-transformers' quantize_embeddings (docs/serving.md).",
+)
 @variant_option
 @provider_option
 def encode(
@@ -71,6 +85,9 @@ def encode(
     fmt: str,
     output: Path | None,
     batch_size: int | None,
+    prompt_name: str | None,
+    dimensions: int | None,
+    precision: str,
     variant: str,
     provider: str,
 ) -> None:
@@ -81,16 +98,26 @@ def encode(
     if fmt == "npy" and output is None:
         raise click.UsageError("--format npy needs --output FILE")
     model = load(model_dir, variant, provider)
-    emb = model.encode(items, batch_size=batch_size, show_progress_bar=len(items) > 1000)
+    emb = model.encode(
+        items,
+        batch_size=batch_size,
+        show_progress_bar=len(items) > 1000,
+        prompt_name=prompt_name,
+        truncate_dim=dimensions,
+        precision=precision,
+    )
     if fmt == "npy":
         assert output is not None
         np.save(output, emb)
-        click.echo(f"wrote {emb.shape[0]}×{emb.shape[1]} float32 to {output}", err=True)
+        click.echo(f"wrote {emb.shape[0]}×{emb.shape[1]} {emb.dtype} to {output}", err=True)
         return
+    as_json = (
+        (lambda row: [round(float(x), 7) for x in row]) if emb.dtype == np.float32 else np.ndarray.tolist
+    )
     out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     try:
         for i, row in enumerate(emb):
-            out.write(json.dumps({"index": i, "embedding": [round(float(x), 7) for x in row]}) + "\n")
+            out.write(json.dumps({"index": i, "embedding": as_json(row)}) + "\n")
     finally:
         if output:
             out.close()
