@@ -52,3 +52,27 @@ def test_sentence_transformers_fits_transformers_5():
     assert int(md.version("sentence-transformers").split(".")[0]) >= 6
     with pytest.raises(md.PackageNotFoundError):
         md.version("optimum-onnx")
+
+
+@pytest.mark.parametrize(
+    "ort, tf, hinted",
+    [
+        ("1.30.0", "5.17.0", True),
+        ("1.31.1", "5.17.0", False),
+        ("1.32.0", "5.24.0", False),
+        ("1.30.0", "4.57.6", False),
+    ],
+)
+def test_attention_fusion_hint_names_the_onnxruntime_to_install(monkeypatch, ort, tf, hinted):
+    # onnxruntime 1.30 fuses no Attention in transformers 5's BERT graph (1.31 does): the export's
+    # warning then says which onnxruntime to install
+    onnxruntime = pytest.importorskip("onnxruntime")
+    transformers = pytest.importorskip("transformers")
+    from dmeta_embed.export.graph import attention_fusion_hint
+
+    monkeypatch.setattr(onnxruntime, "__version__", ort)
+    monkeypatch.setattr(transformers, "__version__", tf)
+    hint = attention_fusion_hint()
+    assert bool(hint) is hinted
+    if hinted:
+        assert f"onnxruntime {ort}" in hint and "onnxruntime>=1.31" in hint

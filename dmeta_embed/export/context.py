@@ -190,7 +190,9 @@ def prepare(src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[st
             else:
                 before_relative = None
                 log.warning(
-                    "ONNX Runtime did not fuse Attention for %s: the graph will be slower", src.model_type
+                    "ONNX Runtime did not fuse Attention for %s: the graph will be slower%s",
+                    src.model_type,
+                    graph.attention_fusion_hint(),
                 )
         # the CPU variants get SkipLayerNormalization unfused; fp16 (CUDA) keeps it
         cpu_backbone = _copy(backbone)

@@ -79,6 +79,27 @@ def export_backbone(
         )
 
 
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("+")[0].split(".")[:2] if x.isdigit())
+
+
+def attention_fusion_hint() -> str:
+    """Why Attention may not have fused, when the versions explain it: onnxruntime before 1.31
+    misses the attention-mask subgraph of transformers 5's BERT (measured on the tiny BERT with
+    transformers 5.17: onnxruntime 1.30 fused no Attention or EmbedLayerNormalization, 1.31.1 and
+    1.32 fused both, on the same raw graph)."""
+    import onnxruntime
+    import transformers
+
+    ort, tf = onnxruntime.__version__, transformers.__version__
+    if _major_minor(tf) >= (5, 0) and _major_minor(ort) < (1, 31):
+        return (
+            f" (onnxruntime {ort} does not fuse transformers {tf}'s attention; 1.31 and later do: "
+            "pip install -U 'onnxruntime>=1.31', or onnxruntime-gpu>=1.31)"
+        )
+    return ""
+
+
 def fuse(raw_path: Path, num_heads: int, hidden_size: int) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Run ONNX Runtime's BERT fusions; return the fused model and its fused-op counts."""
     import onnx
