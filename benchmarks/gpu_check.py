@@ -339,6 +339,7 @@ def _measure(a: argparse.Namespace, ort: Any, report: dict[str, Any], work: Path
         "fp16_validated_on": fp16.validated_on,
         "fp16_fidelity": fp16.fidelity.to_dict(),
         "tools": m.export.get("tools"),
+        "fusion": m.export.get("fusion"),
     }
     step("exported fp32 + fp16")
 

@@ -63,6 +63,10 @@ def failures(report: dict[str, Any]) -> list[str]:
     out = list(_get(report, "providers", "problems") or [])
     if _get(report, "export", "error"):
         out.append(f"export: {report['export']['error']}")
+    fusion = _get(report, "export", "fusion")
+    if fusion is not None and not fusion.get("Attention"):
+        # an unfused graph would measure onnxruntime's plain ops, not the product (export warns why)
+        out.append(f"export: Attention was not fused ({fusion})")
     parity = report.get("parity") or {}
     if not parity:
         out.append("parity was not measured")
@@ -106,7 +110,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- fp16 session providers: {_get(report, 'providers', 'session') or '–'}; nodes by provider: "
         f"{_get(report, 'providers', 'nodes_by_provider') or '–'}",
         f"- export: {_fmt(_get(report, 'export', 'seconds'))} s; fp16 validated on "
-        f"{_get(report, 'export', 'fp16_validated_on') or '–'}",
+        f"{_get(report, 'export', 'fp16_validated_on') or '–'}; fused: {_get(report, 'export', 'fusion') or '–'}",
         "",
         "## fp16 on the GPU vs fp32 on the CPU (onnxruntime)",
         "",

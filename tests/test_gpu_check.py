@@ -246,6 +246,8 @@ def test_targets_and_failures():
     ]
     del r["torch_fp16"]
     assert len(rep.failures(r)) == 2
+    r["export"] = {"fusion": {"SkipLayerNormalization": 24, "BiasGelu": 12}}  # no Attention
+    assert any("Attention was not fused" in f for f in rep.failures(r))
     assert rep.targets(r)[0]["met"] is None  # no peer: not measured, not a pass
 
 
@@ -273,6 +275,7 @@ def test_whole_check_on_the_cpu(tiny_src, tiny_export, tmp_path):
     assert gc.main(argv) == 0
     r = json.loads((out / "gpu_check.json").read_text())
     assert r["passed"] is True and r["failures"] == []
+    assert r["export"]["fusion"]["Attention"] == 2  # the tiny BERT's two layers
     assert r["providers"]["session"] == [gc.CPU_EP] and r["providers"]["problems"] == []
     assert set(r["parity"]) == {"16", "256", "1024"}
     assert all(p["min_cos"] >= rep.PARITY_BAR and p["tokens"] == int(k) for k, p in r["parity"].items())
