@@ -45,8 +45,6 @@ class Emulator:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
-        from ..runtime.batching import pad, plan_batches
-
         m = onnx.ModelProto()
         m.CopyFrom(model)
         g = m.graph
@@ -105,23 +103,33 @@ class Emulator:
         so.log_severity_level = 3
         self.session = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         self.out = self.session.get_outputs()[0].name
-        self.batches = [
-            (index, *pad(calib.ids, index, pad_id)) for index in plan_batches(calib.lengths, 4096, 16)
-        ]
+        self.ids, self.lengths, self.pad_id = calib.ids, np.asarray(calib.lengths), pad_id
         self.n = len(calib.ids)
         self.gates = set(self.nodes)
+        self._plans: dict[tuple[int, ...] | None, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
-    def run(self, quantized: Iterable[str]) -> np.ndarray:
+    def _plan(self, texts: tuple[int, ...] | None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Batches (positions in ``texts``, ids, mask) as the runtime plans them, built once."""
+        from ..runtime.batching import pad, plan_batches
+
+        if texts not in self._plans:
+            idx = np.arange(self.n) if texts is None else np.asarray(texts)
+            self._plans[texts] = [
+                (b, *pad(self.ids, idx[b], self.pad_id)) for b in plan_batches(self.lengths[idx], 4096, 16)
+            ]
+        return self._plans[texts]
+
+    def run(self, quantized: Iterable[str], texts: tuple[int, ...] | None = None) -> np.ndarray:
+        """Embeddings of the calibration texts (or of those at ``texts``, in that order) with the
+        ``quantized`` nodes in int8 and every other node fp32."""
         on = np.array(True)
         feeds = {_gate(name): on for name in quantized if name in self.gates}
-        rows: list[np.ndarray] = []
-        order: list[np.ndarray] = []
-        for index, ids, mask in self.batches:
-            rows.append(self.session.run([self.out], {"input_ids": ids, "attention_mask": mask, **feeds})[0])
-            order.append(index)
-        out = np.empty((self.n, rows[0].shape[1]), np.float32)
-        for index, r in zip(order, rows, strict=True):
-            out[index] = r
+        out = np.empty((self.n if texts is None else len(texts), 0), np.float32)
+        for positions, ids, mask in self._plan(texts):
+            rows = self.session.run([self.out], {"input_ids": ids, "attention_mask": mask, **feeds})[0]
+            if out.shape[1] == 0:
+                out = np.empty((out.shape[0], rows.shape[1]), np.float32)
+            out[positions] = rows
         return out
 
 
