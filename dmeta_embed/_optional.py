@@ -40,7 +40,8 @@ NOTES: dict[str, str] = {
 }
 #: the modules a feature needs, checked together before it starts (an extra's name)
 FEATURES: dict[str, tuple[str, ...]] = {
-    "export": ("torch", "transformers", "onnx", "huggingface_hub"),
+    # the export validates every variant on onnxruntime: checked first, before any file is read
+    "export": ("onnxruntime", "torch", "transformers", "onnx", "huggingface_hub"),
     "export-openvino": ("nncf", "openvino"),
     "server": ("starlette", "uvicorn", "prometheus_client"),
     "corpus": ("pyarrow",),
@@ -65,9 +66,16 @@ def require(*modules: str, extra: str | None = None) -> ModuleType:
     return loaded[0]
 
 
+#: extras no feature's extra installs: onnxruntime comes from [cpu] or [gpu] (never both)
+ENGINE_EXTRAS = frozenset({"cpu"})
+
+
 def require_feature(feature: str) -> None:
-    """Check every module ``feature`` (a key of :data:`FEATURES`) needs; the error names that extra."""
-    require(*FEATURES[feature], extra=feature)
+    """Check every module ``feature`` (a key of :data:`FEATURES`) needs; the error names that
+    extra (or, for the engine, the extra that installs it)."""
+    for module in FEATURES[feature]:
+        own = EXTRAS[module.split(".")[0]]
+        require(module, extra=own if own in ENGINE_EXTRAS else feature)
 
 
 def installed_version(distribution: str) -> str | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..errors import ProviderError
+from .._optional import EXTRAS, NOTES
+from ..errors import MissingDependencyError, ProviderError
 from ..manifest import Manifest, Precision, Provider
 from .cpu import CpuClass, CpuInfo
 
@@ -217,6 +218,9 @@ def _auto_cpu(
         candidates = [slow.pop(0)[0]]
     skipped += [note for _, note in refused + slow]
     if not candidates:
+        if not installed.onnxruntime and any(p.value in have for p in (Precision.INT8, Precision.FP32)):
+            # the folder's CPU variants need onnxruntime: the pip line, not a list of reasons
+            raise MissingDependencyError("onnxruntime", EXTRAS["onnxruntime"], NOTES["onnxruntime"])
         if refused:
             raise ProviderError(
                 "auto loads no variant that would not reproduce its validated vectors here: "
