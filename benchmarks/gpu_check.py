@@ -306,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         step("stopped")
         print(f"gpu_check: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # the report keeps what broke (the traceback goes to the log)
+        report["failures"] = [f"{type(e).__name__}: {e}"]
+        report["passed"] = False
+        step("crashed")
+        raise
 
 
 def _measure(a: argparse.Namespace, ort: Any, report: dict[str, Any], work: Path, step: Any) -> int:

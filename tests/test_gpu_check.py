@@ -312,3 +312,17 @@ def test_whole_check_on_cuda(request, tmp_path):
     assert r["ours"]["info"]["session_providers"][0] == gc.CUDA_EP
     assert r["ours"]["gpu_memory"]["peak_above_baseline_mib"] > 0
     assert all(p["min_cos"] >= rep.PARITY_BAR for p in r["parity"].values())
+
+
+def test_a_crash_is_recorded_in_the_report(tmp_path):
+    # a broken step leaves its error in the report that comes back from the GPU host
+    bad = tmp_path / "not-an-export"
+    bad.mkdir()
+    argv = ["--device", "cpu", "--src", str(tmp_path), "--export", str(bad), "--work", str(tmp_path / "w")]
+    from dmeta_embed.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError):
+        gc.main(argv + ["--output", str(tmp_path / "report"), "--copy-to", str(tmp_path / "out")])
+    for folder in ("report", "out"):
+        r = json.loads((tmp_path / folder / "gpu_check.json").read_text())
+        assert r["passed"] is False and r["failures"][0].startswith("ModelLoadError: ")
