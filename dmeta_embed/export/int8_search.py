@@ -1,6 +1,6 @@
 """The int8 sensitivity search's measuring instrument: one fp32 session that can emulate dynamic
 int8 on any chosen set of nodes, so a trial is one pass over the calibration texts instead of a
-``quantize_dynamic`` call, a new session and a pass (on a BERT-base: ~3 s instead of ~7-30 s).
+``quantize_dynamic`` call, a new session and a pass.
 
 Each quantizable node becomes an ``If`` on a boolean overridable initializer (default false): the
 else branch is the fp32 node; the then branch reads its input through the

@@ -9,6 +9,7 @@ fp32 that reach the bar.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import tempfile
@@ -148,7 +149,8 @@ def search_int8(
     one emulating session (``export.int8_search.Emulator``: one pass each, no re-quantization):
     each node's damage when it alone is int8 (graphs up to 24 nodes), or, on larger graphs, each
     layer's and each role's (QKV, attention output, FFN in, FFN out) with the node ranked by the
-    product of its layer's and its role's: 12 + 4 passes on a BERT-base instead of 72 trials. The
+    product of its layer's and its role's, each per node of the group: 12 + 4 passes on a BERT-base
+    instead of 72 trials. The
     number kept in fp32 is then found by doubling and bisection on the ranked list, to within 1/24
     of the nodes, and checked with the real quantized graph (raised while that misses). Without
     them each node is ranked by one real trial of its own (slow: 83 trials on a BERT-base)."""
@@ -263,7 +265,19 @@ def _rank_emulated(
             members = [n for n in nodes if (layers[n] if kind == "layer" else roles[n]) == value]
             d[(kind, value)] = damage(members)
             progress.step(f"{kind} {value}: {d[(kind, value)]:.3g}")
-        sens = {n: d[("layer", layers[n])] * d[("role", roles[n])] for n in nodes}
+        # additive damage, separable per node as a(layer) * b(role): a group's damage sums its
+        # members', so each factor is its group's damage over the group's size (Q, K and V are
+        # 3 nodes a layer, the others 1: unnormalised, QKV would rank three times too high)
+        size = collections.Counter(
+            [("layer", layers[n]) for n in nodes] + [("role", roles[n]) for n in nodes]
+        )
+        sens = {
+            n: d[("layer", layers[n])]
+            / size[("layer", layers[n])]
+            * d[("role", roles[n])]
+            / size[("role", roles[n])]
+            for n in nodes
+        }
     # a node the emulator cannot switch alone (a shared weight) is ranked first: kept fp32 early
     top = max(sens.values(), default=1.0) + 1
     sens |= {n: top for n in nodes if n not in emu.nodes}
