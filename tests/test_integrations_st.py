@@ -113,7 +113,9 @@ def tiny_prompted(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 def test_prompts_recorded_and_resolved_like_sentence_transformers(tiny_prompted: tuple[Path, Path]) -> None:
     _, out = tiny_prompted
     e = Embedder.load(out)
-    assert e.prompts == TINY_PROMPTS and e.default_prompt_name == "cls" and e.manifest.truncate_dims == (16, 8)
+    assert (
+        e.prompts == TINY_PROMPTS and e.default_prompt_name == "cls" and e.manifest.truncate_dims == (16, 8)
+    )
     # prompt="" switches the default prompt off: the reference is the prompt written out by hand
     raw = e.encode([TINY_PROMPTS["cls"] + t for t in QUERIES], prompt="")
     np.testing.assert_array_equal(e.encode(QUERIES), raw)  # the default prompt
@@ -121,7 +123,9 @@ def test_prompts_recorded_and_resolved_like_sentence_transformers(tiny_prompted:
     np.testing.assert_array_equal(
         e.encode_query(QUERIES), e.encode([TINY_PROMPTS["query"] + t for t in QUERIES], prompt="")
     )
-    np.testing.assert_array_equal(e.encode_document(QUERIES), e.encode(QUERIES, prompt=TINY_PROMPTS["document"]))
+    np.testing.assert_array_equal(
+        e.encode_document(QUERIES), e.encode(QUERIES, prompt=TINY_PROMPTS["document"])
+    )
     # the routing is visible: the query and document prompts give different vectors
     assert np.abs(e.encode_query(QUERIES) - e.encode_document(QUERIES)).max() > 1e-2
     # prompt wins over prompt_name; an empty prompt switches the default off
