@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..manifest import Bar, Fidelity, Pooling
+from .progress import Progress
 
 
 def torch_embeddings(
@@ -28,6 +29,7 @@ def torch_embeddings(
     model = load_model(model_dir, trust_remote_code)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    progress = Progress("reference batches", -(-len(order) // batch_size))
     with torch.no_grad():
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
@@ -52,6 +54,7 @@ def torch_embeddings(
             if normalize:
                 v = torch.nn.functional.normalize(v, p=2, dim=-1)
             out[idx] = v.numpy()
+            progress.step()
     return out
 
 
