@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 from ..errors import InputError, MissingDependencyError, ModelLoadError, ProviderError, TooLongError
 from ..manifest import Manifest, Provider, sha256_file
 from ..texts import calibration_texts
-from .choice import Choice, choose
+from .choice import Choice, Installed, choose
 from .cpu import CpuInfo, detect
 from .engines import installed
 from .pipeline import Encoded, OutputSpec, Prepared, embed_tokenized, finish
@@ -63,13 +64,51 @@ class Embedder(SentenceTransformerAPI):
             )
         #: this CPU's class and int8 kernels (``runtime.cpu.detect``)
         self.cpu: CpuInfo = detect()
+        found = installed()
+        try:
+            self._start(variant, provider, found, prefer_latency, threads, spin, verify)
+        except ProviderError as e:
+            # onnxruntime-gpu lists CUDA wherever it is installed, also where CUDA cannot start
+            # (no driver, missing libraries): `auto` then runs on the CPU, with the reason logged;
+            # an explicit provider='cuda' still fails
+            if (
+                provider != "auto"
+                or getattr(self, "choice", None) is None
+                or self.choice.provider != Provider.CUDA
+            ):
+                raise
+            log.warning("%s: CUDA is listed but did not start (%s); running on the CPU", self.path, e)
+            self._start(variant, provider, replace(found, cuda=False), prefer_latency, threads, spin, verify)
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS[self.provider]
+        self.batch_size = batch_size
+        self.truncate = truncate
+        #: Matryoshka dims every encode keeps (st_compat: only the dims the manifest lists)
+        self.truncate_dim = truncate_dim
+        #: texts this Embedder has cut at max_length so far (the first cut is logged, once)
+        self.truncated_count = 0
+        self._lock = threading.Lock()
+        # its own lock: computing the calibration vectors must not hold up truncation counting
+        self._calibration_lock = threading.Lock()
+        self._calibration: np.ndarray | None = None
+
+    def _start(
+        self,
+        variant: str,
+        provider: str,
+        found: Installed,
+        prefer_latency: bool,
+        threads: int | None,
+        spin: bool,
+        verify: bool,
+    ) -> None:
+        """Choose what to load on this machine (``runtime.choice.choose``) and start its engine."""
         #: what ``variant``/``provider`` resolved to here, and why (``runtime.choice.choose``)
         self.choice: Choice = choose(
             self.manifest,
             variant,
             provider,
             cpu=self.cpu,
-            installed=installed(),
+            installed=found,
             prefer_latency=prefer_latency,
         )
         log.info(
@@ -128,17 +167,6 @@ class Embedder(SentenceTransformerAPI):
         except Exception as e:  # onnxruntime and OpenVINO raise their own error types
             engine = "OpenVINO" if self.provider == Provider.OPENVINO else "onnxruntime"
             raise ModelLoadError(f"{model_file}: {engine} cannot load it ({e})") from e
-        self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS[self.provider]
-        self.batch_size = batch_size
-        self.truncate = truncate
-        #: Matryoshka dims every encode keeps (st_compat: only the dims the manifest lists)
-        self.truncate_dim = truncate_dim
-        #: texts this Embedder has cut at max_length so far (the first cut is logged, once)
-        self.truncated_count = 0
-        self._lock = threading.Lock()
-        # its own lock: computing the calibration vectors must not hold up truncation counting
-        self._calibration_lock = threading.Lock()
-        self._calibration: np.ndarray | None = None
 
     @classmethod
     def load(cls, path: str | Path, variant: str = "auto", provider: str = "auto", **kwargs: Any) -> Embedder:
