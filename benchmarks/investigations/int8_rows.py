@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated recipe names")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity and invariance checks")
+    p.add_argument("--keep-from", type=Path, default=None, help="a --search run's JSON: keep its nodes float")
     p.add_argument("--passes", type=int, default=3, help="speed passes (recipes take turns)")
     p.add_argument("--speed-texts", type=int, default=256, help="mixed-length texts per speed pass")
     p.add_argument(
@@ -221,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     dim = model.hidden
     texts = held_out(model.src.max_length)
     ids, lengths = model.encode(texts)
+    need_ref = not a.no_fidelity or a.search
     ref = torch_embeddings(
         model.src.path,
-        texts,
+        texts if need_ref else texts[:1],
         model.src.pooling,
         model.src.normalize,
         model.src.max_length,
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     c_ids, c_len = model.encode(calib)
     c_ref = torch_embeddings(
         model.src.path,
-        calib,
+        calib if a.search else calib[:1],
         model.src.pooling,
         model.src.normalize,
         model.src.max_length,
@@ -275,9 +277,13 @@ def main(argv: list[str] | None = None) -> int:
 
     fp32 = model.head(model.backbone)
     models = {"fp32": fp32}
+    # --keep-from: an earlier run's search results, so each recipe is built as its search left it
+    kept_by = {}
+    if a.keep_from:
+        kept_by = {k: v["search"]["kept"] for k, v in json.loads(a.keep_from.read_text())["recipes"].items()}
     for name, make in build.items():
         t0 = time.perf_counter()
-        models[name] = model.head(make([]))
+        models[name] = model.head(make(kept_by.get(name, [])))
         print(f"{name}: built in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     for name, m in models.items() if not a.no_fidelity else ():
         sess = session(m.SerializeToString())
