@@ -189,3 +189,28 @@ def test_same_text_alone_or_in_a_batch(tiny_rows, tiny_export: Path) -> None:
     for text in TEXTS:
         alone, inside = _embed(tiny_rows, tiny_export, [[text], [text, *others]])
         assert _cos(alone, inside[:1])[0] >= 0.9999, text
+
+
+def test_relative_attention_unfuses_with_its_bias(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """MPNet's fused Attention (with attention_bias) splits into QKV MatMul + MultiHeadAttention
+    with the same function, and then quantizes per row like BERT's."""
+    from dmeta_embed.export import export_model
+    from tests.random_models import build_mpnet
+
+    src = build_mpnet(tmp_path_factory.mktemp("rows-mpnet-src"))
+    out = tmp_path_factory.mktemp("rows-mpnet") / "model"
+    export_model(str(src), out, variants=("fp32",))
+    fused = onnx.load(str(out / "model.onnx"))
+    biased = [n for n in fused.graph.node if n.op_type == "Attention" and len(n.input) > 5 and n.input[5]]
+    if not biased:
+        pytest.skip("this export does not fuse MPNet's relative attention")
+    m = onnx.ModelProto()
+    m.CopyFrom(fused)
+    assert unfuse_attention(m) == len(biased)
+    texts = [*TEXTS, "word " * 200]
+    ref = _embed(fused, out, [texts])[0]
+    assert _cos(_embed(m, out, [texts])[0], ref).min() > 0.99999
+    rows = quantize_rows(m)
+    assert [x.op_type for x in rows.graph.node].count("MatMulInteger") == len(row_quantizable(m))
+    c = _cos(_embed(rows, out, [texts])[0], ref)
+    assert c.min() > 0.99, c

@@ -40,9 +40,10 @@ def unfuse_attention(model: onnx.ModelProto) -> int:
     """Replace each fused ``Attention`` by ``MatMul`` (QKV, named ``<attention>/qkv``) →
     ``Split`` → ``MultiHeadAttention`` with the same bias, mask and heads, in place.
 
-    The 1-D mask index (each text's length, right padding) is ``MultiHeadAttention``'s 1-D
-    ``key_padding_mask``. Returns how many nodes were replaced; Attention nodes with inputs or
-    attributes beyond that pattern (past state, unidirectional, 2-D masks) are left fused."""
+    The mask index (1-D lengths or a 2-D 0/1 mask) is ``MultiHeadAttention``'s
+    ``key_padding_mask``, and an additive ``attention_bias`` (MPNet's relative positions, from
+    ``export.relative_attention``) its ``attention_bias``. Returns how many nodes were replaced;
+    Attention nodes beyond that pattern (past state, unidirectional, QKV hidden sizes) stay fused."""
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -54,9 +55,10 @@ def unfuse_attention(model: onnx.ModelProto) -> int:
         simple = (
             n.op_type == "Attention"
             and n.domain == "com.microsoft"
-            and len(n.input) in (3, 4)
+            and 3 <= len(n.input) <= 6
+            and (len(n.input) < 5 or n.input[4] == "")  # no past state
             and n.input[1] in inits
-            and set(attrs) <= {"num_heads", "mask_filter_value"}
+            and set(attrs) <= {"num_heads", "mask_filter_value", "scale"}
             and len(n.output) == 1
         )
         if not simple:
@@ -71,13 +73,13 @@ def unfuse_attention(model: onnx.ModelProto) -> int:
         parts = [f"{split}_{p}" for p in "qkv"]
         nodes.append(helper.make_node("Split", [qkv, sizes], parts, name=split, axis=-1))
         mask = n.input[3] if len(n.input) > 3 else ""
-        mha_attrs = {"num_heads": attrs["num_heads"]}
-        if "mask_filter_value" in attrs:
-            mha_attrs["mask_filter_value"] = attrs["mask_filter_value"]
+        attention_bias = n.input[5] if len(n.input) > 5 else ""
+        mha_attrs = {k: v for k, v in attrs.items() if k in ("num_heads", "mask_filter_value", "scale")}
+        extra = [attention_bias] if attention_bias else []
         nodes.append(
             helper.make_node(
                 "MultiHeadAttention",
-                [*parts, n.input[2], mask],
+                [*parts, n.input[2], mask, *extra],
                 [n.output[0]],
                 name=f"{n.name}/mha",
                 domain="com.microsoft",
