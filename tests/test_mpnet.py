@@ -72,7 +72,9 @@ def test_fp32_matches_sentence_transformers(mpnet_src: Path, mpnet_export: Path)
     from dmeta_embed import Embedder
 
     texts = TEXTS + probe_texts(384)
-    ref = st.SentenceTransformer(str(mpnet_src), device="cpu").encode(texts, batch_size=8, normalize_embeddings=True)
+    ref = st.SentenceTransformer(str(mpnet_src), device="cpu").encode(
+        texts, batch_size=8, normalize_embeddings=True
+    )
     e = Embedder.load(mpnet_export, variant="fp32")
     ours = e.encode(texts)
     c = cosines(ours, ref)
