@@ -196,18 +196,6 @@ def _bench_command(ctx: click.Context) -> str:
 
 def main() -> None:
     """Run :func:`bench`; library errors become one ``Error:`` line, as in ``dmeta-embed``."""
-    import sys
+    from dmeta_embed.cli import run
 
-    from dmeta_embed.errors import DmetaEmbedError
-
-    try:
-        bench(prog_name="python -m benchmarks", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except DmetaEmbedError as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(1)
+    run(bench, prog_name="python -m benchmarks")

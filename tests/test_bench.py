@@ -580,3 +580,34 @@ def test_int8_ov_system_runs_in_this_environment() -> None:
     assert System.from_dict(ov.to_dict()) == ov
     # results recorded when int8-ov ran in a second environment still load
     assert System.from_dict({**ov.to_dict(), "python": "/old/.venv-openvino/bin/python"}) == ov
+
+
+def test_harness_cli_turns_library_errors_into_one_line(tmp_path: Path) -> None:
+    """``python -m benchmarks`` runs through the product's error handling (dmeta_embed.cli.run):
+    a folder that is no model gives one ``Error:`` line naming it and exit status 1."""
+    import subprocess
+    import sys
+
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--model",
+            str(empty),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "-o",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert (
+        r.stderr.strip().splitlines()[-1]
+        == f"Error: {empty}: no config.json; not a transformers or sentence-transformers model folder"
+    )

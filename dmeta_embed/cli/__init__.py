@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -45,8 +46,15 @@ for command in (
 
 
 def main() -> None:
+    """The ``dmeta-embed`` command."""
+    run(cli)
+
+
+def run(command: click.Command, **kwargs: Any) -> None:
+    """Run a click command; library errors become one ``Error:`` line, never a traceback (the
+    benchmark's command line runs through this too)."""
     try:
-        cli(standalone_mode=False)
+        command(standalone_mode=False, **kwargs)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
