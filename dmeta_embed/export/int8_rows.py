@@ -25,7 +25,7 @@ activation outliers into the weights before the per-row quantization.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -179,7 +179,7 @@ def _row_matmul(
     axis1 = const("rows/axis1", np.array([1], np.int64))
     out: list[onnx.NodeProto] = []
 
-    def node(op: str, inputs: Sequence[str], name: str, **attrs: object) -> str:
+    def node(op: str, inputs: Sequence[str], name: str, **attrs: Any) -> str:
         name = f"{p}/rows/{name}"
         out.append(helper.make_node(op, list(inputs), [name], name=name, **attrs))
         return name
