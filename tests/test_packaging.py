@@ -186,3 +186,55 @@ def test_missing_extra_is_one_line(
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(line), r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Each module of the package → the package modules it imports when it is imported: top-level
+    imports only (imports inside functions and ``if TYPE_CHECKING:`` are lazy), plus each imported
+    module's parent packages, which Python runs first."""
+    import ast
+
+    import dmeta_embed
+
+    root = Path(dmeta_embed.__file__).parent
+    mods: dict[str, Path] = {}
+    for f in root.rglob("*.py"):
+        parts = ["dmeta_embed", *f.relative_to(root).with_suffix("").parts]
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph: dict[str, set[str]] = {}
+    for mod, f in mods.items():
+        pkg = mod if f.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        deps: set[str] = set()
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1] if node.level else []
+                name = ".".join(base + ([node.module] if node.module else []))
+                deps.update(n for n in [name, *(f"{name}.{a.name}" for a in node.names)] if n in mods)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in mods)
+        for d in list(deps):
+            parts = d.split(".")
+            deps.update(
+                p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if not mod.startswith(p + ".")
+            )
+        graph[mod] = deps - {mod}
+    return graph
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    graph = _module_imports()
+    # the scan sees real edges (so an empty graph cannot pass): the CLI's package imports its commands
+    assert "dmeta_embed.cli.export" in graph["dmeta_embed.cli"]
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        seen[m] = 1
+        for d in sorted(graph[m]):
+            assert seen.get(d) != 1, "import cycle: " + " -> ".join([*path[path.index(d) :], d])
+            if d not in seen:
+                visit(d, [*path, d])
+        seen[m] = 2
+
+    for m in sorted(graph):
+        if m not in seen:
+            visit(m, [m])
