@@ -132,6 +132,14 @@ def weights_line(model: dict[str, Any]) -> str:
     return "**real weights** (speed and fidelity are this model's)"
 
 
+def auto_lines(model: dict[str, Any]) -> list[str]:
+    """What ``auto`` loads from this folder on the benchmark's machine (bulk, and serve's choice)."""
+    auto = model.get("auto") or {}
+    return [
+        f"- **auto here** ({use}): `{c['variant'] or 'refused'}`: {c['reason']}" for use, c in auto.items()
+    ]
+
+
 def markdown(result: dict[str, Any], png_name: str | None = PNG_NAME) -> str:
     model = result["model"]
     st = result["settings"]
@@ -144,6 +152,7 @@ def markdown(result: dict[str, Any], png_name: str | None = PNG_NAME) -> str:
         f"# dmeta-embed benchmark: {title}{shape_run}",
         "",
         f"- **Weights**: {weights_line(model)}",
+        *auto_lines(model),
         f"- **Date**: {result['created']} (run took {result['wall_seconds']:.0f} s)",
         f"- **Machine**: {machine_line(result)}",
         f"- **Load** before: `{load['before']['uptime'] or load['before']['loadavg']}`; "

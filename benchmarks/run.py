@@ -383,6 +383,8 @@ def run_benchmark(
             "hidden": config.get("hidden_size"),
             "intermediate": config.get("intermediate_size"),
             "export_created": manifest.export.get("created"),
+            # what a user of this folder gets on this machine: Embedder.load(...) and `serve`
+            "auto": auto_choices(manifest),
             "fusion": manifest.export.get("fusion"),
             "variants": {
                 k: {
@@ -616,4 +618,22 @@ def summarize(
             for r in rows:
                 r["vs_best_peer"] = round(r["tokens_per_s"] / bp["tokens_per_s"], 3)
         out[w] = s
+    return out
+
+
+def auto_choices(manifest: Any) -> dict[str, dict[str, str]]:
+    """``auto``'s choice on this machine for bulk work (``Embedder.load``) and for single short
+    texts (``serve``, ``prefer_latency=True``), with its reason, or the error that refuses it."""
+    from dmeta_embed.errors import DmetaEmbedError
+    from dmeta_embed.runtime.choice import choose
+    from dmeta_embed.runtime.cpu import detect
+    from dmeta_embed.runtime.engines import installed
+
+    out: dict[str, dict[str, str]] = {}
+    for use, latency in (("bulk", False), ("serve", True)):
+        try:
+            c = choose(manifest, cpu=detect(), installed=installed(), prefer_latency=latency)
+            out[use] = {"variant": c.variant.value, "provider": c.provider.value, "reason": c.reason}
+        except DmetaEmbedError as e:
+            out[use] = {"variant": "", "provider": "", "reason": str(e)}
     return out

@@ -611,3 +611,27 @@ def test_harness_cli_turns_library_errors_into_one_line(tmp_path: Path) -> None:
         r.stderr.strip().splitlines()[-1]
         == f"Error: {empty}: no config.json; not a transformers or sentence-transformers model folder"
     )
+
+
+def test_report_says_what_auto_loads_here_and_when_it_is_refused(tiny_export: Path) -> None:
+    """bench.md names auto's choice on the benchmark's machine (bulk and serve), so a reader sees
+    which row a user gets; a folder whose only CPU variant missed its bar reads as refused."""
+    import dataclasses
+
+    from benchmarks.report import auto_lines
+    from benchmarks.run import auto_choices
+    from dmeta_embed.manifest import Manifest
+
+    m = Manifest.load(tiny_export)
+    auto = auto_choices(m)
+    assert set(auto) == {"bulk", "serve"}
+    assert all(c["variant"] in m.variants and m.variants[c["variant"]].fidelity.passed for c in auto.values())
+    failed = {
+        k: dataclasses.replace(v, fidelity=dataclasses.replace(v.fidelity, bar_min_cos=1.1))
+        for k, v in m.variants.items()
+        if k == "int8"
+    }
+    refused = auto_choices(dataclasses.replace(m, variants=failed))
+    assert refused["bulk"]["variant"] == "" and "int8" in refused["bulk"]["reason"]
+    lines = auto_lines({"auto": refused})
+    assert lines[0].startswith("- **auto here** (bulk): `refused`: ") and "int8" in lines[0]
