@@ -123,6 +123,10 @@ BARS = {
     Precision.INT8_OV: Bar(min_cos=0.99, mean_cos=0.995),
 }
 
+#: a text's vector alone against the same text inside a batch (cosine): at or above it a variant
+#: counts as batch-invariant, what ``serve`` needs (it batches concurrent requests together)
+INVARIANCE_BAR = 0.9999
+
 
 @dataclass(frozen=True)
 class Fidelity:
@@ -135,17 +139,27 @@ class Fidelity:
     max_tokens: int
     bar_min_cos: float
     bar_mean_cos: float
+    #: the lowest cosine between a probe text embedded alone and the same text inside the
+    #: export's batches (None: not measured, folders exported before it was)
+    batch_min_cos: float | None = None
 
     @property
     def passed(self) -> bool:
         return self.min_cos >= self.bar_min_cos and self.mean_cos >= self.bar_mean_cos
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a text gets the same vector alone and in any batch (to :data:`INVARIANCE_BAR`),
+        as measured at export; False when it was not measured."""
+        return self.batch_min_cos is not None and self.batch_min_cos >= INVARIANCE_BAR
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"passed": self.passed}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fidelity:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        optional = {"batch_min_cos"}
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d or k not in optional})
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,12 @@ class Variant:
     #: throughput measured at export on the export machine: ``cpu_class``, ``tokens_per_s``,
     #: ``vs_fp32`` (this variant's tokens/s over fp32's, same texts, same session settings)
     speed: dict[str, Any] = field(default_factory=dict)
+    #: int8: how it quantizes. ``activations``: ``per-row`` (each token its own scale: batch-
+    #: invariant) or ``per-tensor`` (one scale per batch; folders without this field);
+    #: ``weights``: node count per weight format (``s8``: 8-bit signed, which the runtime shifts
+    #: to u8 where u8×s8 kernels saturate; ``s7``: 7-bit signed, which never saturates; ``u8``:
+    #: 8-bit stored unsigned with zero point 128, u8×u8 kernels, exact everywhere)
+    int8: dict[str, Any] = field(default_factory=dict)
 
     @property
     def engine(self) -> str:
@@ -189,6 +209,13 @@ class Variant:
     @property
     def validated_class(self) -> str | None:
         return self.validated_cpu.get("cpu_class")
+
+    @property
+    def saturation_free(self) -> bool:
+        """int8 whose weights no CPU's u8×s8 kernels saturate on (no 8-bit s8 weights): the
+        runtime loads it as exported everywhere, with no u8 shift."""
+        weights = self.int8.get("weights") or {}
+        return bool(weights) and not weights.get("s8")
 
     def slower_than_fp32_on(self, cpu_class: str) -> bool:
         """Whether the export measured this variant slower than fp32 on CPUs of ``cpu_class``."""
@@ -217,6 +244,7 @@ class Variant:
             engine_properties=dict(d.get("engine_properties", {})),
             int8_tensors=int(d.get("int8_tensors", 0)),
             speed=dict(d.get("speed", {})),
+            int8=dict(d.get("int8", {})),
         )
 
 
