@@ -274,3 +274,31 @@ def test_cli_export_without_variants_asks_for_the_default(tiny_src, tmp_path, mo
     assert seen["variants"] is None  # export_model(variants=None): every variant auto can choose here
     CliRunner().invoke(cli, ["export", str(tiny_src), "-o", str(tmp_path / "o"), "--variants", "fp32,int8"])
     assert seen["variants"] == ["fp32", "int8"]
+
+
+def test_fp16_validates_on_cpu_when_cuda_is_listed_but_does_not_start(
+    tiny_src, tmp_path, monkeypatch, caplog
+):
+    """onnxruntime-gpu lists CUDA also where CUDA cannot start; the CPU build here stands in for
+    that (asked for CUDA, it falls back to CPU, which the session reports as CUDA failing). The
+    export then validates fp16 on the CPU, says so, records it, and the file matches torch."""
+    import logging
+
+    from dmeta_embed import Embedder
+    from dmeta_embed.export.builders import fp16
+    from dmeta_embed.export.reference import cosines, torch_embeddings
+    from dmeta_embed.manifest import Pooling
+    from dmeta_embed.runtime import engines
+
+    monkeypatch.setattr(fp16, "cuda_available", lambda: True)
+    monkeypatch.setattr(engines, "cuda_available", lambda: True)  # the session's own check
+    with caplog.at_level(logging.WARNING, logger="dmeta_embed"):
+        m = export_model(str(tiny_src), tmp_path / "out", variants=["fp32", "fp16"])
+    assert "fp16: CUDA is listed but did not start" in caplog.text
+    v = m.variants["fp16"]
+    assert v.validated_on == "CPUExecutionProvider" and v.provider == "CUDAExecutionProvider"
+    texts = ["胡子长得太快怎么办？", "在香港哪里买手表好", "今天北京的天气怎么样？"]
+    ref = torch_embeddings(tiny_src, texts, Pooling.CLS, True, 1024)
+    monkeypatch.undo()
+    got = Embedder.load(tmp_path / "out", variant="fp16", provider="cpu").encode(texts)
+    assert cosines(got, ref).min() >= 0.9999

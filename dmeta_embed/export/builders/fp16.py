@@ -1,10 +1,14 @@
 """fp16 for CUDA: fp16 weights and compute from the fused graph (SkipLayerNormalization kept),
-validated on CUDA where this machine has it, else on onnxruntime's CPU provider."""
+validated on CUDA where CUDA starts on this machine, else on onnxruntime's CPU provider."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ...errors import ProviderError
 from ...manifest import Precision, Provider
 from ...runtime.engines import cuda_available
 from .. import variants as derive
@@ -12,7 +16,11 @@ from ..progress import stage
 from .base import BaseBuilder, Candidate
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..context import Context
+
+log = logging.getLogger(__name__)
 
 
 class FP16(BaseBuilder):
@@ -20,12 +28,25 @@ class FP16(BaseBuilder):
 
     def build(self, ctx: Context) -> Candidate:
         model = ctx.head(derive.to_fp16(ctx.backbone))
-        provider = Provider.CUDA if cuda_available() else Provider.CPU  # where it will run, when we can
-        with stage(f"fp16: validation on {len(ctx.reference)} probe texts"):
-            vectors = ctx.embed(model, provider=provider)
+        provider, vectors = self._validate(ctx, model)
         return Candidate(
             model,
             ctx.fidelity(vectors, self.precision),
             validated_on=provider.ort_name,
             on_gpu=provider == Provider.CUDA,
         )
+
+    def _validate(self, ctx: Context, model: onnx.ModelProto) -> tuple[Provider, np.ndarray]:
+        """The probe texts' vectors and where they were computed: on CUDA, where it will run, when
+        CUDA starts here; else on the CPU."""
+        n = len(ctx.reference)
+        if cuda_available():
+            try:
+                with stage(f"fp16: validation on {n} probe texts (CUDA)"):
+                    return Provider.CUDA, ctx.embed(model, provider=Provider.CUDA)
+            except ProviderError as e:
+                # onnxruntime-gpu lists CUDA wherever it is installed, also where CUDA cannot start
+                # (no driver, missing libraries); the runtime then runs on the CPU, and so do we
+                log.warning("fp16: CUDA is listed but did not start (%s); validating on the CPU", e)
+        with stage(f"fp16: validation on {n} probe texts (CPU)"):
+            return Provider.CPU, ctx.embed(model, provider=Provider.CPU)
