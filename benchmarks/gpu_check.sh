@@ -81,7 +81,7 @@ elif [ -z "${SKIP_INSTALL:-}" ]; then
   # of the Makefile)
   "$VENV/bin/python" -m pip install -q torch==2.13.0
   # never beside the CPU `onnxruntime`: both provide the same module
-  "$VENV/bin/python" -m pip install -q -e '.[export]' 'onnxruntime-gpu[cuda,cudnn]>=1.20'
+  "$VENV/bin/python" -m pip install -q -e '.[export]' 'onnxruntime-gpu[cuda,cudnn]>=1.31'
   "$VENV/bin/python" -m pip uninstall -q -y onnxruntime 2>/dev/null || true
   PY="$VENV/bin/python"
 fi

@@ -124,6 +124,27 @@ def _cli(args: list[str], block: tuple[str, ...] = ()) -> subprocess.CompletedPr
     )
 
 
+def test_engine_extras_need_an_onnxruntime_that_fuses_transformers_5() -> None:
+    """onnxruntime 1.30 fuses no Attention in transformers 5's BERT graph, 1.31 does (docs/gpu.md):
+    [cpu], [gpu] and the GPU check's own install accept no onnxruntime older than 1.31."""
+    import re
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    gpu_check = re.findall(r"'(onnxruntime-gpu\[[^']*)'", script)
+    assert gpu_check, "benchmarks/gpu_check.sh installs no onnxruntime-gpu"
+    for extra, dist in (("cpu", "onnxruntime"), ("gpu", "onnxruntime-gpu")):
+        reqs = [Requirement(r) for r in extras[extra] if Requirement(r).name == dist]
+        assert len(reqs) == 1, (extra, extras[extra])
+        requirements = reqs + [Requirement(r) for r in gpu_check] if extra == "gpu" else reqs
+        for req in requirements:
+            assert not req.specifier.contains("1.30.0") and not req.specifier.contains("1.30.99"), req
+            assert req.specifier.contains("1.31.0") and req.specifier.contains("1.31.1"), req
+
+
 def test_import_leaves_onnxruntime_out() -> None:
     r = _run(
         "import dmeta_embed\n"
