@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from dmeta_embed.cli.options import number_option
 from dmeta_embed.manifest import Precision
 
 
@@ -54,40 +55,21 @@ from dmeta_embed.manifest import Precision
     type=click.Path(path_type=Path),
     help="Folder for bench.json, bench.md and bench.png.",
 )
-@click.option(
-    "--repeats",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Timed passes per workload (median reported), after one warm-up pass.",
-)
-@click.option(
+@number_option("--repeats", "Timed passes per workload (median reported), after one warm-up pass.", default=3)
+@number_option(
     "--latency-calls",
-    type=click.IntRange(min=0),
+    "Single-text calls per workload for p50/p95/p99.",
     default=200,
-    show_default=True,
-    help="Single-text calls per workload for p50/p95/p99.",
+    kind=click.IntRange(min=0),
 )
-@click.option(
+@number_option(
     "--texts",
-    "n_texts",
-    type=click.IntRange(min=2),
-    default=None,
-    help="Texts per workload (default: built-in sizes, see benchmarks/run.py).",
+    "Texts per workload (default: built-in sizes, see benchmarks/run.py).",
+    kind=click.IntRange(min=2),
+    dest="n_texts",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Threads for every system (default: CPUs available).",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Batch size for peers where the user picks one.",
-)
+@number_option("--threads", "Threads for every system (default: CPUs available).")
+@number_option("--batch-size", "Batch size for peers where the user picks one.", default=32)
 @click.option(
     "--source",
     default=None,
@@ -99,17 +81,13 @@ from dmeta_embed.manifest import Precision
     default=None,
     help="Where exports of the model and of the peers are kept (default: out/bench-cache/<model>).",
 )
-@click.option(
+@number_option(
     "--passes",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Measure each system this many times, alternating order (A…Z, Z…A), repeats and latency calls "
+    "Measure each system this many times, alternating order (A…Z, Z…A), repeats and latency calls "
     "split between passes: evens out drifting load on a shared machine.",
+    default=1,
 )
-@click.option(
-    "--timeout", type=click.FloatRange(min=1), default=1800, show_default=True, help="Seconds per system."
-)
+@number_option("--timeout", "Seconds per system.", default=1800, kind=click.FloatRange(min=1))
 def bench(
     model: str,
     variants: str | None,

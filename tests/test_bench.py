@@ -247,6 +247,36 @@ def test_every_field_is_there(tiny_result: tuple[dict, Path]) -> None:
         assert s["throughput_ratio"] > 0 and s["p50_ratio"] > 0
 
 
+@pytest.mark.parametrize(
+    "flag, bad, floor",
+    [
+        ("--repeats", "0", "x>=1"),
+        ("--latency-calls", "-1", "x>=0"),
+        ("--texts", "1", "x>=2"),
+        ("--timeout", "0.5", "x>=1"),
+    ],
+)
+def test_cli_bench_numeric_options_keep_their_ranges(flag: str, bad: str, floor: str) -> None:
+    """The harness's numeric options (dmeta_embed.cli.options.number_option) keep their own ranges
+    and defaults."""
+    from click.testing import CliRunner
+
+    from benchmarks.cli import bench
+
+    res = CliRunner().invoke(bench, ["-m", "x", flag, bad])
+    assert res.exit_code == 2 and f"Invalid value for '{flag}'" in res.output and floor in res.output
+    params = {p.name: p.default for p in bench.params}
+    want = {
+        "repeats": 3,
+        "latency_calls": 200,
+        "n_texts": None,
+        "threads": None,
+        "batch_size": 32,
+        "passes": 1,
+    }
+    assert {k: params[k] for k in want} == want and params["timeout"] == 1800
+
+
 def test_cli_bench(tiny_export: Path, tmp_path: Path) -> None:
     """``python -m benchmarks``: the run, the command line recorded to reproduce it, the catalogue."""
     from click.testing import CliRunner

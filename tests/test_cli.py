@@ -192,3 +192,40 @@ def test_export_command(runner, tiny_src, tmp_path):
     )
     r = runner.invoke(cli, ["export", str(tiny_src), "-o", str(out), "--variants", "fp64"])
     assert r.exit_code == 2 and "fp64" in r.output
+
+
+@pytest.mark.parametrize(
+    "command, flag, bad, floor",
+    [
+        ("serve", "--threads", "0", "x>=1"),
+        ("serve", "--max-batch-tokens", "0", "x>=1"),
+        ("serve", "--batch-size", "0", "x>=1"),
+        ("serve", "--max-wait-ms", "-1", "x>=0"),
+        ("serve", "--request-timeout", "0", "x>=0.001"),
+        ("embed-corpus", "--part-rows", "0", "x>=1"),
+        ("embed-corpus", "--threads", "0", "x>=1"),
+        ("embed-corpus", "--workers", "0", "x>=1"),
+        ("embed-corpus", "--worker-cpus", "0", "x>=1"),
+    ],
+)
+def test_numeric_options_refuse_values_below_their_floor(runner, tmp_path, command, flag, bad, floor):
+    """The shared numeric option (cli/options.py: number_option) keeps each option's own range."""
+    pre = [str(tmp_path / "in.parquet"), str(tmp_path / "out")] if command == "embed-corpus" else []
+    res = runner.invoke(cli, [command, *pre, "-m", str(tmp_path), flag, bad])
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for '{flag}'" in res.output and floor in res.output
+
+
+def test_numeric_option_defaults():
+    """Shown where there is one: serve's are ServerConfig's, the corpus job's its documented ones."""
+    from dmeta_embed.serve.config import ServerConfig
+
+    serve = {p.name: p for p in cli.commands["serve"].params}
+    config = ServerConfig()
+    for name in ("batch_size", "max_wait_ms", "max_queue", "max_inputs", "max_chars", "request_timeout_s"):
+        assert (serve[name].default, serve[name].show_default) == (getattr(config, name), True), name
+    assert (serve["threads"].default, serve["max_batch_tokens"].default) == (None, None)
+    corpus = {p.name: p for p in cli.commands["embed-corpus"].params}
+    assert (corpus["part_rows"].default, corpus["worker_cpus"].default) == (10_000, 1)
+    assert (corpus["threads"].default, corpus["workers"].default) == (None, None)
+    assert not corpus["threads"].show_default and corpus["part_rows"].show_default

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import model_option, provider_option, variant_option
+from .options import model_option, number_option, provider_option, variant_option
 
 
 @click.command("embed-corpus")
@@ -20,13 +20,7 @@ from .options import model_option, provider_option, variant_option
     help="Column of unique ids to write beside each vector "
     "(default: a 'row' column with the input row index).",
 )
-@click.option(
-    "--part-rows",
-    type=click.IntRange(min=1),
-    default=10_000,
-    show_default=True,
-    help="Rows per output part: the unit of resume and of Ray work.",
-)
+@number_option("--part-rows", "Rows per output part: the unit of resume and of Ray work.", default=10_000)
 @click.option(
     "--on-null",
     type=click.Choice(["error", "skip"]),
@@ -37,7 +31,7 @@ from .options import model_option, provider_option, variant_option
 @click.option("--overwrite", is_flag=True, help="Discard OUTPUT's parts and start again.")
 @variant_option
 @provider_option
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="In-process onnxruntime threads.")
+@number_option("--threads", "In-process onnxruntime threads.")
 @click.option(
     "--ray",
     "ray_address",
@@ -48,19 +42,8 @@ from .options import model_option, provider_option, variant_option
     help="Run on Ray Data: alone for ray.init() (RAY_ADDRESS or a local cluster), or an address "
     "(auto, ray://head:10001). Put it last or write --ray=ADDRESS.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Ray: actors (default: as many as fit, one CPU left for reading).",
-)
-@click.option(
-    "--worker-cpus",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Ray: CPUs (= onnxruntime threads) per actor.",
-)
+@number_option("--workers", "Ray: actors (default: as many as fit, one CPU left for reading).")
+@number_option("--worker-cpus", "Ray: CPUs (= onnxruntime threads) per actor.", default=1)
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
 def embed_corpus(
     input_path: Path,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -24,20 +25,44 @@ model_option = click.option(
 )
 VARIANTS = [p.value for p in Precision]
 PROVIDERS = [p.value for p in Provider]
-variant_option = click.option(
-    "--variant",
-    type=click.Choice(["auto", *VARIANTS]),
-    default="auto",
-    show_default=True,
-    envvar="DMETA_EMBED_VARIANT",
-)
-provider_option = click.option(
-    "--provider",
-    type=click.Choice(["auto", *PROVIDERS]),
-    default="auto",
-    show_default=True,
-    envvar="DMETA_EMBED_PROVIDER",
-)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _auto_choice(name: str, values: list[str]) -> Callable[[F], F]:
+    """``--name`` among ``auto`` and ``values`` (an enum's), default ``auto``, env DMETA_EMBED_NAME."""
+    return click.option(
+        f"--{name}",
+        type=click.Choice(["auto", *values]),
+        default="auto",
+        show_default=True,
+        envvar=f"DMETA_EMBED_{name.upper()}",
+    )
+
+
+variant_option = _auto_choice("variant", VARIANTS)
+provider_option = _auto_choice("provider", PROVIDERS)
+
+
+def number_option(
+    flag: str,
+    text: str,
+    *,
+    default: float | None = None,
+    kind: click.ParamType | None = None,
+    dest: str | None = None,
+) -> Callable[[F], F]:
+    """A numeric option: an int of at least 1 unless ``kind`` says otherwise; its default shown
+    when it has one (``None``: the command works the value out). ``dest`` names the parameter
+    when the flag's own name would not do. Used by the CLI's commands and ``python -m benchmarks``."""
+    return click.option(
+        flag,
+        *([dest] if dest else []),
+        type=kind or click.IntRange(min=1),
+        default=default,
+        show_default=default is not None,
+        help=text,
+    )
 
 
 def load(model_dir: Path, variant: str, provider: str, **kw: Any) -> Embedder:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from ..serve.config import ServerConfig  # a plain dataclass: imports nothing of the server stack
-from .options import model_option, provider_option, variant_option
+from .options import F, model_option, number_option, provider_option, variant_option
 
 
-def server_option(flag: str, field: str, text: str, kind: click.ParamType | None = None):  # type: ignore[no-untyped-def]
+def server_option(flag: str, field: str, text: str, kind: click.ParamType | None = None) -> Callable[[F], F]:
     """An option for one ``ServerConfig`` field, with the dataclass's default (one source of truth)."""
-    return click.option(
-        flag,
-        field,
-        type=kind or click.IntRange(min=1),
-        default=getattr(ServerConfig(), field),
-        show_default=True,
-        help=text,
-    )
+    return number_option(flag, text, default=getattr(ServerConfig(), field), kind=kind, dest=field)
 
 
 @click.command()
@@ -36,17 +30,9 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
 )
 @variant_option
 @provider_option
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="onnxruntime threads (default: CPUs available).",
-)
-@click.option(
-    "--max-batch-tokens",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Padded tokens per inference batch (default: the runtime's for the provider).",
+@number_option("--threads", "onnxruntime threads (default: CPUs available).")
+@number_option(
+    "--max-batch-tokens", "Padded tokens per inference batch (default: the runtime's for the provider)."
 )
 @server_option("--batch-size", "batch_size", "Inputs per inference batch; 1 turns dynamic batching off.")
 @server_option(
