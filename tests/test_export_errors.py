@@ -248,13 +248,20 @@ def test_default_variants_are_those_auto_can_choose_where_their_engine_imports(m
     )
     chosen, skipped = default_variants()
     assert chosen == [Precision.FP32, Precision.FP16, Precision.INT8]
-    assert set(skipped) == {Precision.INT8_OV} and "export-openvino" in skipped[Precision.INT8_OV]
+    # bf16: left out for want of openvino, or of native bf16 (tests/test_bf16.py)
+    assert set(skipped) == {Precision.INT8_OV, Precision.BF16}
+    assert "export-openvino" in skipped[Precision.INT8_OV]
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
         lambda name, *a: real("json") if name in ("nncf", "openvino") else real(name, *a),
     )
-    assert default_variants() == ([Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT8_OV], {})
+    from dmeta_embed.runtime.cpu import detect
+
+    native = [Precision.BF16] if detect().bf16 else []
+    chosen, skipped = default_variants()
+    assert chosen == [Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT8_OV, *native]
+    assert set(skipped) == ({Precision.BF16} if not native else set())
 
 
 def test_cli_export_without_variants_asks_for_the_default(tiny_src, tmp_path, monkeypatch):

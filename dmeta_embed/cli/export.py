@@ -19,9 +19,10 @@ from .options import VARIANTS
 @click.option(
     "--variants",
     default=None,
-    help="Comma-separated: fp32, fp16, int8, int8-ov (needs the export-openvino extra). "
+    help="Comma-separated: fp32, fp16, int8, int8-ov (needs the export-openvino extra), bf16 (needs "
+    "openvino and a CPU with native bf16: AMX or AVX512-BF16). "
     "Default: every variant `auto` can choose whose engine is installed here "
-    "(int8-ov where nncf and openvino import).",
+    "(int8-ov where nncf and openvino import, bf16 where openvino imports and bf16 is native).",
 )
 @click.option(
     "--pooling",

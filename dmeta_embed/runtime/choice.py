@@ -17,10 +17,14 @@ from .cpu import CpuClass, CpuInfo
 #: ``auto``'s CPU order by class when the export measured no speed on this class. int8-ov
 #: (OpenVINO static int8) leads only where it was measured faster than onnxruntime's int8 (AMX);
 #: on AVX2 it was measured slower than fp32 (docs/performance.md), so elsewhere it waits for
-#: an export-time measurement on that class
+#: an export-time measurement on that class. bf16 (the fp32 graph on OpenVINO in bf16) follows it
+#: on AMX, where it ran 1.7-2.1x onnxruntime's int8 on real MiniLM; only where it was built (native
+#: bf16), and elsewhere only when measured fastest (on AVX512-BF16 without AMX it was slower)
 CPU_ORDER: dict[CpuClass, tuple[Precision, ...]] = {
-    CpuClass.AMX: (Precision.INT8_OV, Precision.INT8, Precision.FP32)
+    CpuClass.AMX: (Precision.INT8_OV, Precision.BF16, Precision.INT8, Precision.FP32)
 }
+#: the variants validated on OpenVINO's own runtime (the others run on onnxruntime)
+OPENVINO_VARIANTS = (Precision.INT8_OV, Precision.BF16)
 DEFAULT_CPU_ORDER = (Precision.INT8, Precision.FP32)
 #: the OpenVINO CPU property that sets the float parts' precision (``f32`` or ``bf16``)
 PRECISION_HINT = "INFERENCE_PRECISION_HINT"
@@ -63,6 +67,12 @@ def _caveat(manifest: Manifest, variant: Precision, cpu: CpuInfo) -> str:
             f"{variant.value} missed its fidelity bar at export (min cos {f.min_cos:.6f}, "
             f"bar {f.bar_min_cos}; mean cos {f.mean_cos:.6f}, bar {f.bar_mean_cos})"
         )
+    if variant == Precision.BF16 and not cpu.bf16:
+        # OpenVINO compiles the bf16 hint as f32 here: fp32's vectors, not the speed measured
+        return (
+            f"bf16: this CPU has no native bf16 (class {cpu.cpu_class.value}), so OpenVINO runs "
+            "the graph in f32, not at the speed measured at export"
+        )
     if variant == Precision.INT8 and cpu.int8_weights is None:
         return (
             f"int8: this CPU's int8 kernels are unknown (class {cpu.cpu_class.value}), "
@@ -84,19 +94,21 @@ def _validated(manifest: Manifest, variant: Precision) -> str:
     return f"validated on {cpu['cpu_class']}" if cpu.get("cpu_class") else "validated"
 
 
-def _openvino_choice(manifest: Manifest, cpu: CpuInfo, why: str) -> Choice:
-    """int8-ov on OpenVINO with the properties it was validated with; bf16 float parts only where
-    this CPU computes bf16 natively (elsewhere OpenVINO would emulate it): f32, what the export's
-    search ran in, otherwise."""
-    ov = Precision.INT8_OV
-    props = dict(manifest.variants[ov.value].engine_properties)
+def _openvino_choice(
+    manifest: Manifest, cpu: CpuInfo, why: str, variant: Precision = Precision.INT8_OV
+) -> Choice:
+    """``variant`` (int8-ov or bf16) on OpenVINO with the properties it was validated with; bf16
+    only where this CPU computes bf16 natively (elsewhere OpenVINO would emulate it or fall back):
+    f32 otherwise, said in the reason."""
+    props = dict(manifest.variants[variant.value].engine_properties)
+    part = "float parts" if variant == Precision.INT8_OV else "graph"
     if props.get(PRECISION_HINT) == "bf16":
         if cpu.bf16:
-            why += "; float parts in bf16 (native on this CPU)"
+            why += f"; {part} in bf16 (native on this CPU)"
         else:
             props[PRECISION_HINT] = "f32"
-            why += "; float parts in f32: bf16 was chosen at export, this CPU has no native bf16"
-    return Choice(ov, Provider.OPENVINO, None, why, props)
+            why += f"; {part} in f32: bf16 was chosen at export, this CPU has no native bf16"
+    return Choice(variant, Provider.OPENVINO, None, why, props)
 
 
 def _cpu_choice(manifest: Manifest, variant: Precision, cpu: CpuInfo, why: str) -> Choice:
@@ -146,25 +158,29 @@ def choose(
             "provider='cuda' asked for, but no CUDA provider is available "
             "(pip install 'dmeta-embed[gpu]' on a machine with an NVIDIA GPU)"
         )
-    if provider == Provider.OPENVINO or variant == ov:
-        # int8-ov is the only graph built for OpenVINO (the others use onnxruntime's contrib ops)
-        if provider not in {"auto", Provider.OPENVINO} or variant not in {"auto", ov}:
+    on_ov = [p.value for p in OPENVINO_VARIANTS]
+    if provider == Provider.OPENVINO or variant in on_ov:
+        # int8-ov and bf16 are the entries validated on OpenVINO (the others on onnxruntime)
+        if provider not in {"auto", Provider.OPENVINO} or variant not in {"auto", *on_ov}:
             raise ProviderError(
-                f"variant {ov.value!r} runs on provider 'openvino' only, and provider 'openvino' "
-                f"runs only variant {ov.value!r} (asked: variant={variant!r}, provider={provider!r})"
+                f"variant {' or '.join(map(repr, on_ov))} runs on provider 'openvino' only, and provider "
+                f"'openvino' runs only those (asked: variant={variant!r}, provider={provider!r})"
             )
+        if variant == "auto":  # provider='openvino': the folder's OpenVINO variant, int8-ov first
+            variant = next((n for n in on_ov if n in have), ov.value)
+        asked = Precision(variant)
         if not installed.openvino:
             raise ProviderError(
-                f"variant {ov.value!r} runs on OpenVINO, which is not installed: pip install "
+                f"variant {asked.value!r} runs on OpenVINO, which is not installed: pip install "
                 "'dmeta-embed[openvino]' (beside [cpu], in the same environment)"
             )
-        if ov.value not in have:
+        if asked.value not in have:
             raise ProviderError(
-                f"variant {ov.value!r} is not in this folder (it has: {', '.join(have)}); "
-                "export it with --variants ...,int8-ov"
+                f"variant {asked.value!r} is not in this folder (it has: {', '.join(have)}); "
+                f"export it with --variants ...,{asked.value}"
             )
-        why = f"asked for; int8-ov {_validated(manifest, ov)}, this CPU is {cpu.cpu_class.value}"
-        return _named(_openvino_choice(manifest, cpu, why), manifest, cpu)
+        why = f"asked for; {asked.value} {_validated(manifest, asked)}, this CPU is {cpu.cpu_class.value}"
+        return _named(_openvino_choice(manifest, cpu, why, asked), manifest, cpu)
     use_cuda = provider == Provider.CUDA or (
         provider == "auto" and installed.cuda and variant != Precision.INT8
     )
@@ -192,13 +208,13 @@ def _auto_cpu(
     #: correct here, only measured slower than fp32: loaded when nothing else is left
     slow: list[tuple[Precision, str]] = []
     candidates: list[Precision] = []
-    for p in (Precision.INT8_OV, Precision.INT8, Precision.FP32):
+    for p in (Precision.INT8_OV, Precision.BF16, Precision.INT8, Precision.FP32):
         v = have.get(p.value)
         if v is None:
             continue
-        if p == Precision.INT8_OV and (provider == Provider.CPU or not installed.openvino):
+        if p in OPENVINO_VARIANTS and (provider == Provider.CPU or not installed.openvino):
             continue  # not installed (or onnxruntime's own CPU provider asked for): nothing to explain
-        if p != Precision.INT8_OV and not installed.onnxruntime:
+        if p not in OPENVINO_VARIANTS and not installed.onnxruntime:
             skipped.append(f"{p.value}: onnxruntime is not installed")
             continue
         caveat = _caveat(manifest, p, cpu)
@@ -253,6 +269,6 @@ def _auto_cpu(
         basis = "single short requests: onnxruntime's int8 first (OpenVINO recompiles per input shape)"
     best = order[0]
     why = basis + (f" ({'; '.join(skipped)})" if skipped else "")
-    if best == Precision.INT8_OV:
-        return _openvino_choice(manifest, cpu, why)
+    if best in OPENVINO_VARIANTS:
+        return _openvino_choice(manifest, cpu, why, best)
     return _cpu_choice(manifest, best, cpu, why)

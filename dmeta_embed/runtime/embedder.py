@@ -170,8 +170,9 @@ class Embedder(SentenceTransformerAPI):
 
     @classmethod
     def load(cls, path: str | Path, variant: str = "auto", provider: str = "auto", **kwargs: Any) -> Embedder:
-        """Load an exported folder. ``variant``: auto|fp32|fp16|int8|int8-ov; ``provider``:
-        auto|cpu|cuda|openvino (int8-ov runs on OpenVINO: pip install 'dmeta-embed[openvino]').
+        """Load an exported folder. ``variant``: auto|fp32|fp16|int8|int8-ov|bf16; ``provider``:
+        auto|cpu|cuda|openvino (int8-ov and bf16 run on OpenVINO: pip install 'dmeta-embed[openvino]';
+        bf16 asked for on a CPU without native bf16 loads in f32 with a warning).
         ``prefer_latency=True``: ``auto`` ranks onnxruntime's int8 first (single short texts per call)."""
         return cls(path, variant, provider, **kwargs)
 

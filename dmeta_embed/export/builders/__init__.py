@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from ...manifest import Precision
 from .base import BaseBuilder, Builder, Candidate
+from .bf16 import BF16
 from .fp16 import FP16
 from .fp32 import FP32
 from .int8 import INT8
 from .int8_ov import INT8OV
 
 #: every variant the export can build, in the order it builds them
-BUILDERS: dict[Precision, Builder] = {b.precision: b for b in (FP32(), FP16(), INT8(), INT8OV())}
+BUILDERS: dict[Precision, Builder] = {b.precision: b for b in (FP32(), FP16(), INT8(), INT8OV(), BF16())}
 
 __all__ = ["BUILDERS", "BaseBuilder", "Builder", "Candidate", "default_variants"]
 

@@ -1,0 +1,125 @@
+"""bf16 for OpenVINO's own runtime: the fp32 variant's graph (``model.onnx``, the fused CPU graph
+with its head: OpenVINO compiles its ``com.microsoft`` Attention itself) run with
+``INFERENCE_PRECISION_HINT=bf16``. No file of its own: the manifest entry points at
+``model.onnx`` and records the property.
+
+Built only where this CPU computes bf16 natively (``CpuInfo.bf16``: AMX-bf16 or AVX512-BF16).
+Elsewhere OpenVINO quietly compiles the hint as f32, so the "bf16" entry would be fp32 on another
+engine, measured and chosen as something it is not: a plain export leaves it out with that reason,
+and asking for it by name is an :class:`~dmeta_embed.errors.ExportError`. The build also checks the
+compiled model's execution precision, in case the flags and OpenVINO disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ...errors import ExportError
+from ...manifest import Precision, Provider
+from ...runtime.cpu import CpuInfo, detect
+from ..progress import stage
+from .base import BaseBuilder, Candidate
+
+if TYPE_CHECKING:
+    from ...runtime.openvino import OpenVINORunner
+    from ..context import Context
+    from ..speed import SpeedRun
+
+#: the OpenVINO CPU properties the variant is validated, timed and run with
+PROPERTIES = {"INFERENCE_PRECISION_HINT": "bf16"}
+
+
+class BF16(BaseBuilder):
+    """``cpu``: the CPU to decide availability for (tests inject one; default: this machine)."""
+
+    precision = Precision.BF16
+
+    def __init__(self, cpu: CpuInfo | None = None) -> None:
+        self._cpu = cpu
+
+    @property
+    def cpu(self) -> CpuInfo:
+        return self._cpu if self._cpu is not None else detect()
+
+    def unavailable(self) -> str | None:
+        import importlib.util
+
+        cpu = self.cpu
+        if not cpu.bf16:
+            return (
+                f"this CPU has no native bf16 (AMX-bf16 or AVX512-BF16; it is {cpu.describe()}): "
+                "OpenVINO would run it in f32"
+            )
+        if importlib.util.find_spec("openvino") is None:
+            return "needs openvino (pip install 'dmeta-embed[openvino]')"
+        return None
+
+    def require(self) -> None:
+        from ..._optional import require
+
+        if not self.cpu.bf16:
+            raise ExportError(f"variant bf16 cannot be built here: {self.unavailable()}")
+        require("openvino")
+
+    def build(self, ctx: Context) -> Candidate:
+        from ..openvino import compile_runner, engine_version
+        from ..reference import cosines
+
+        model = ctx.fp32_model
+        with stage(f"bf16: validation on OpenVINO, {len(ctx.reference)} probe texts"):
+            runner = compile_runner(ctx.work, model, PROPERTIES)
+            _check_bf16(runner)
+            vectors = _embed(ctx, runner)
+            # a server batches concurrent requests: bf16 is close to batch-invariant, not exactly
+            alone = _embed(ctx, runner, batch_size=1)
+        fid = replace(
+            ctx.fidelity(vectors, self.precision), batch_min_cos=float(cosines(alone, vectors).min())
+        )
+        return Candidate(
+            model,
+            fid,
+            validated_on=engine_version(),
+            engine_properties=dict(PROPERTIES),
+        )
+
+    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
+        from ..openvino import compile_runner
+        from ..speed import SpeedRun, calibration_pass
+
+        runner = compile_runner(ctx.work, cand.model, cand.engine_properties)
+        return {
+            SpeedRun.of(self.precision, cand.engine_properties): calibration_pass(
+                ctx, runner, Provider.OPENVINO
+            )
+        }
+
+
+def _check_bf16(runner: OpenVINORunner) -> None:
+    """Refuse a compile that OpenVINO turned into f32 (no bf16 units it trusts on this CPU)."""
+    hint = runner.compiled.get_property("INFERENCE_PRECISION_HINT")
+    got = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    if got != "bf16":
+        raise ExportError(
+            f"variant bf16: OpenVINO compiled the graph with execution precision {got}, not bf16, "
+            "on this CPU; export without bf16"
+        )
+
+
+def _embed(ctx: Context, runner: OpenVINORunner, batch_size: int | None = None) -> np.ndarray:
+    """The probe texts through ``runner``, batched as the runtime batches for OpenVINO (or one
+    text per call)."""
+    from ...runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
+    from ...runtime.pipeline import embed_tokenized
+
+    return embed_tokenized(
+        runner,
+        ctx.probe_tok,
+        pad_id=ctx.tok_info.pad_token_id,
+        dim=ctx.hidden,
+        max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO],
+        batch_size=batch_size or DEFAULT_BATCH_SIZE,
+    )
