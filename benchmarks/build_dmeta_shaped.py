@@ -45,6 +45,11 @@ def build(out: Path, force: bool = False, seed: int = 0) -> Path:
     variants = ["fp32", "fp16", "int8"]
     if all(importlib.util.find_spec(m) for m in ("nncf", "openvino")):  # the export-openvino extra
         variants.append("int8-ov")
+    from dmeta_embed.export.builders import BUILDERS
+    from dmeta_embed.manifest import Precision
+
+    if BUILDERS[Precision.BF16].unavailable() is None:  # openvino, on a CPU with native bf16
+        variants.append("bf16")
     export_model(str(src), out, variants=variants, force=True)
     print(f"exported {src} → {out} in {time.perf_counter() - t:.0f} s")
     return out

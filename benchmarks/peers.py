@@ -57,7 +57,7 @@ class Ours(Adapter):
         self.model = Embedder.load(
             self.ctx.export_dir,
             variant=variant,
-            provider="openvino" if variant == "int8-ov" else "cpu",
+            provider="openvino" if variant in ("int8-ov", "bf16") else "cpu",
             threads=self.ctx.threads,
         )
         self.info = {
