@@ -35,7 +35,7 @@ EXTRAS: dict[str, str] = {
 #: what the error adds for a module, where the extra alone would mislead
 NOTES: dict[str, str] = {
     "onnxruntime": "or [gpu] on an NVIDIA machine; never both",
-    "openvino": "the int8-ov variant's engine",
+    "openvino": "the int8-ov and bf16 variants' engine",
     "mteb": "mteb needs torch; the runtime does not",
 }
 #: the modules a feature needs, checked together before it starts (an extra's name)

@@ -21,7 +21,7 @@ def onnxruntime_available() -> bool:
 
 
 def openvino_available() -> bool:
-    """Whether the ``openvino`` package (the int8-ov variant's engine, ``runtime.openvino``) can be
+    """Whether the ``openvino`` package (the int8-ov and bf16 variants' engine, ``runtime.openvino``) can be
     imported here; it is looked up, not imported."""
     return _findable("openvino")
 

@@ -1,7 +1,9 @@
-"""The int8-ov variant on OpenVINO's own runtime: the ``openvino`` package beside onnxruntime.
+"""The int8-ov and bf16 variants on OpenVINO's own runtime: the ``openvino`` package beside
+onnxruntime.
 
 OpenVINO reads our ONNX file directly (``Core.compile_model``), so one environment holds every
-CPU variant: onnxruntime runs fp32/int8, OpenVINO runs int8-ov. The other route, onnxruntime's
+CPU variant: onnxruntime runs fp32/int8, OpenVINO runs int8-ov and bf16 (the fp32 file compiled
+with ``INFERENCE_PRECISION_HINT=bf16``, the manifest's ``engine_properties``). The other route, onnxruntime's
 plugin execution provider (``onnxruntime-ep-openvino``), offers no device on non-Intel CPUs and
 ships a second copy of OpenVINO; why this route was chosen: docs/performance.md, "OpenVINO".
 
