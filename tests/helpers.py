@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -57,6 +58,34 @@ def assert_same_tokens_as_hf(folder: Path, src: Path) -> None:
     ours = emb.tokenizer.encode(texts).ids
     theirs = hf(texts, truncation=True, max_length=emb.max_length)["input_ids"]
     assert ours == theirs
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (closed again: the server started next binds it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def serve_command(model: Path, port: int, variant: str, *extra: str, host: str = "127.0.0.1") -> list[str]:
+    """The argv of ``dmeta-embed serve`` run by this interpreter: ``model``'s ``variant`` on
+    ``host:port``, then ``extra`` options (tests/test_serve.py and
+    benchmarks/investigations/serve_load.py start the server in a subprocess with it)."""
+    return [
+        sys.executable,
+        "-m",
+        "dmeta_embed.cli",
+        "serve",
+        "-m",
+        str(model),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--variant",
+        variant,
+        *extra,
+    ]
 
 
 @contextmanager

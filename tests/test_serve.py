@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ httpx = pytest.importorskip("httpx")
 
 from dmeta_embed.runtime import Embedder  # noqa: E402
 from dmeta_embed.serve import ServerConfig, create_app  # noqa: E402
-from tests.helpers import running  # noqa: E402
+from tests.helpers import free_port, running, serve_command  # noqa: E402
 
 TEXTS = [
     "维生素C可以预防感冒吗",
@@ -407,36 +406,14 @@ def test_api_key_env_must_be_set(tiny_export: Path) -> None:
     assert res.exit_code == 2 and "DMETA_TEST_NO_SUCH_KEY" in res.output
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cli_serve_sigterm_finishes_queued_work_and_exits_0(tiny_export: Path, embedder: Embedder) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     # --batch-size 1 runs each input on its own, so six 1024-input requests keep the worker busy
     # long enough for SIGTERM to arrive while some of them still wait in the queue
-    cmd = [
-        sys.executable,
-        "-m",
-        "dmeta_embed.cli",
-        "serve",
-        "-m",
-        str(tiny_export),
-        "--port",
-        str(port),
-        "--variant",
-        "fp32",
-        "--batch-size",
-        "1",
-        "--threads",
-        "1",
-        "--max-queue",
-        "8192",
-        "--no-spin",
-    ]
+    cmd = serve_command(
+        tiny_export, port, "fp32", "--batch-size", "1", "--threads", "1", "--max-queue", "8192", "--no-spin"
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=base, timeout=60) as c:

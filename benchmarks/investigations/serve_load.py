@@ -24,9 +24,7 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,24 +70,10 @@ class Server:
     """``dmeta-embed serve`` in a subprocess on a free loopback port."""
 
     def __init__(self, model: Path, variant: str, extra: list[str], log: Path) -> None:
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            self.port = int(s.getsockname()[1])
-        cmd = [
-            sys.executable,
-            "-m",
-            "dmeta_embed.cli",
-            "serve",
-            "-m",
-            str(model),
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--variant",
-            variant,
-            *extra,
-        ]
+        from tests.helpers import free_port, serve_command
+
+        self.port = free_port(HOST)
+        cmd = serve_command(model, self.port, variant, *extra, host=HOST)
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
