@@ -622,8 +622,8 @@ def summarize(
 
 
 def auto_choices(manifest: Any) -> dict[str, dict[str, str]]:
-    """``auto``'s choice on this machine for bulk work (``Embedder.load``) and for single short
-    texts (``serve``, ``prefer_latency=True``), with its reason, or the error that refuses it."""
+    """``auto``'s choice on this machine for bulk work (``Embedder.load``) and for ``serve``
+    (``prefer_latency``, ``batched_requests``), with its reason, or the error that refuses it."""
     from dmeta_embed.errors import DmetaEmbedError
     from dmeta_embed.runtime.choice import choose
     from dmeta_embed.runtime.cpu import detect
@@ -632,7 +632,14 @@ def auto_choices(manifest: Any) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for use, latency in (("bulk", False), ("serve", True)):
         try:
-            c = choose(manifest, cpu=detect(), installed=installed(), prefer_latency=latency)
+            # serve: single short requests, batched together (only a batch-invariant variant)
+            c = choose(
+                manifest,
+                cpu=detect(),
+                installed=installed(),
+                prefer_latency=latency,
+                batched_requests=latency,
+            )
             out[use] = {"variant": c.variant.value, "provider": c.provider.value, "reason": c.reason}
         except DmetaEmbedError as e:
             out[use] = {"variant": "", "provider": "", "reason": str(e)}

@@ -224,3 +224,102 @@ def test_int8_ov_float_parts_in_bf16_only_where_native(c: CpuClass, native_bf16:
     ch = choose(manifest(variant(Precision.FP32), f32), "int8-ov", cpu=here, installed=OPENVINO)
     assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "f32"}
     assert choose(ALL, "int8", cpu=here, installed=OPENVINO).engine_properties == {}  # onnxruntime's: none
+
+
+# -- a server batches concurrent requests: only batch-invariant variants ------------------------------
+
+KNOWN = [c for c in CLASSES if c != CpuClass.UNKNOWN]
+
+
+def measured(v: Variant, batch_min_cos: float | None = None, activations: str | None = None) -> Variant:
+    """``v`` with an alone-vs-batch measurement and (int8) an activation scheme."""
+    fidelity = dataclasses.replace(v.fidelity, batch_min_cos=batch_min_cos)
+    return dataclasses.replace(v, fidelity=fidelity, int8={"activations": activations} if activations else {})
+
+
+@pytest.mark.parametrize("c", KNOWN)
+def test_serve_skips_per_tensor_int8_and_says_why(c: CpuClass) -> None:
+    """Unmeasured (older folders): fp32 is invariant, per-tensor int8 (no ``activations`` field, or
+    ``per-tensor``) is not, per-row int8 is; a per-tensor measurement that happened to pass changes
+    nothing (one scale per batch is batch-dependent by construction)."""
+    for int8 in (
+        variant(Precision.INT8),
+        measured(variant(Precision.INT8), None, "per-tensor"),
+        measured(variant(Precision.INT8), 1.0, "per-tensor"),
+    ):
+        m = manifest(variant(Precision.FP32), int8)
+        assert choose(m, cpu=cpu(c), installed=NOTHING).variant == Precision.INT8  # bulk: the faster
+        ch = choose(m, cpu=cpu(c), installed=NOTHING, prefer_latency=True, batched_requests=True)
+        assert (ch.variant, ch.provider) == (Precision.FP32, Provider.CPU) and ch.warning == ""
+        assert "int8 is not batch-invariant" in ch.reason and "per tensor" in ch.reason
+    per_row = manifest(variant(Precision.FP32), measured(variant(Precision.INT8), None, "per-row"))
+    ch = choose(per_row, cpu=cpu(c), installed=NOTHING, prefer_latency=True, batched_requests=True)
+    assert ch.variant == Precision.INT8 and "batch-invariant" not in ch.reason
+
+
+@pytest.mark.parametrize(
+    ("batch_min_cos", "invariant"),
+    [(None, True), (0.9999, True), (0.99995, True), (0.99989, False), (0.9, False)],
+)
+def test_serve_follows_the_export_measurement(batch_min_cos: float | None, invariant: bool) -> None:
+    """Measured alone vs in a batch at export: at or above 0.9999 a variant may serve, below it
+    not; for int8-ov (static scales) and per-row int8 alike."""
+    c = cpu(CpuClass.AMX)
+    for p, activations, installed in (
+        (Precision.INT8, "per-row", NOTHING),
+        (Precision.INT8_OV, None, OPENVINO),
+    ):
+        m = manifest(variant(Precision.FP32), measured(variant(p), batch_min_cos, activations))
+        assert choose(m, cpu=c, installed=installed).variant == p  # bulk: measured or not, the faster
+        ch = choose(m, cpu=c, installed=installed, batched_requests=True)
+        assert ch.variant == (p if invariant else Precision.FP32), (p, batch_min_cos)
+        said = f"{p.value} is not batch-invariant: a text alone vs inside a batch gave min cos"
+        assert (said in ch.reason) == (not invariant)
+        if not invariant:
+            assert f"{batch_min_cos:.6f}" in ch.reason
+
+
+def test_serve_refuses_a_folder_with_no_invariant_variant_and_loads_one_by_name() -> None:
+    only = manifest(variant(Precision.INT8), measured(variant(Precision.FP32), 0.999))
+    avx2 = cpu(CpuClass.AVX2)
+    with pytest.raises(
+        ProviderError, match=r"int8 is not batch-invariant.*fp32 is not batch-invariant.*variant="
+    ):
+        choose(only, cpu=avx2, installed=NOTHING, batched_requests=True)
+    assert choose(only, cpu=avx2, installed=NOTHING).variant == Precision.INT8  # not a server: no matter
+    named = choose(only, "int8", cpu=avx2, installed=NOTHING, batched_requests=True)
+    assert (named.variant, named.int8_weights) == (Precision.INT8, "u8")
+    assert "int8 is not batch-invariant" in named.warning and "asked for by name" in named.warning
+    assert choose(only, "int8", cpu=avx2, installed=NOTHING).warning == ""  # bulk: nothing to warn
+    fp32 = choose(only, "fp32", cpu=avx2, installed=NOTHING, batched_requests=True)
+    assert "min cos 0.999000" in fp32.warning
+
+
+def test_serve_on_cuda_skips_fp16_measured_batch_dependent() -> None:
+    m = manifest(variant(Precision.FP32), measured(variant(Precision.FP16), 0.998))
+    assert choose(m, cpu=cpu(CpuClass.AVX2), installed=CUDA).variant == Precision.FP16
+    ch = choose(m, cpu=cpu(CpuClass.AVX2), installed=CUDA, batched_requests=True)
+    assert (ch.variant, ch.provider) == (Precision.FP32, Provider.CUDA)
+    assert "fp16 is not batch-invariant" in ch.reason
+    # unmeasured fp16 (older folders) is float: invariant
+    old = manifest(variant(Precision.FP32), variant(Precision.FP16))
+    assert (
+        choose(old, cpu=cpu(CpuClass.AVX2), installed=CUDA, batched_requests=True).variant == Precision.FP16
+    )
+
+
+def test_serve_takes_bf16_only_when_measured_invariant() -> None:
+    """bf16 rounding follows the batch shape: unmeasured, it does not serve; measured at or above
+    the bar, it may (where it is auto's choice at all: native bf16, OpenVINO installed)."""
+    if "bf16" not in {p.value for p in Precision} or Precision("bf16") not in BARS:
+        pytest.skip("this version has no bf16 variant")
+    bf16 = Precision("bf16")
+    amx = CpuInfo(CpuClass.AMX, arch="x86_64", flags=frozenset({"amx_bf16", "avx512_bf16"}))
+    for batch_min_cos, served in ((None, False), (0.9995, False), (0.99999, True)):
+        m = manifest(variant(Precision.FP32), measured(variant(bf16), batch_min_cos))
+        bulk = choose(m, cpu=amx, installed=OPENVINO).variant
+        if bulk != bf16:
+            pytest.skip(f"bf16 is not auto's bulk choice on native bf16 here ({bulk.value})")
+        ch = choose(m, cpu=amx, installed=OPENVINO, batched_requests=True)
+        assert (ch.variant == bf16) == served, (batch_min_cos, ch.reason)
+        assert ("bf16 is not" in ch.reason) == (not served)

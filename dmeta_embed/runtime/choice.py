@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from .._optional import EXTRAS, NOTES
 from ..errors import MissingDependencyError, ProviderError
-from ..manifest import Manifest, Precision, Provider
+from ..manifest import INVARIANCE_BAR, Manifest, Precision, Provider
 from .cpu import CpuClass, CpuInfo
 
 #: ``auto``'s CPU order by class when the export measured no speed on this class. int8-ov
@@ -57,9 +57,40 @@ class Choice:
     warning: str = ""
 
 
-def _caveat(manifest: Manifest, variant: Precision, cpu: CpuInfo) -> str:
-    """Why ``variant`` would not reproduce its validated vectors here: it missed its bar, or it is
-    int8 and this CPU's int8 kernels are unknown ("" when neither)."""
+def batch_invariance_problem(manifest: Manifest, variant: Precision) -> str:
+    """Why ``variant`` may give a text another vector inside a batch than alone ("" when it does
+    not): a server batches concurrent requests, so there its answer would depend on its neighbours.
+
+    The export's measurement (``Fidelity.batch_min_cos``) decides when it is there; int8 with one
+    activation scale per batch (``Variant.int8["activations"]`` not ``per-row``; folders without
+    the field are per-tensor) is never invariant, measured or not: the export's batches are a few,
+    a server's are any. Unmeasured, fp32, fp16 and int8-ov (static scales) count as invariant;
+    bf16 does not (OpenVINO's bf16 rounding follows the batch shape: real all-mpnet-base-v2 gave
+    min cos 0.99923 alone vs in a batch, below the bar)."""
+    v = manifest.variants[variant.value]
+    if variant == Precision.INT8 and v.int8.get("activations") != "per-row":
+        return (
+            "int8 is not batch-invariant: it quantizes activations per tensor (one scale for the "
+            "whole batch), so a text's vector depends on the texts batched with it"
+        )
+    measured = v.fidelity.batch_min_cos
+    if measured is None and variant.value == "bf16":
+        return (
+            "bf16 is not known to be batch-invariant: this folder's export did not measure a text "
+            "alone vs inside a batch, and bf16 rounding depends on the batch shape"
+        )
+    if measured is not None and measured < INVARIANCE_BAR:
+        return (
+            f"{variant.value} is not batch-invariant: a text alone vs inside a batch gave min cos "
+            f"{measured:.6f} at export (bar {INVARIANCE_BAR})"
+        )
+    return ""
+
+
+def _caveat(manifest: Manifest, variant: Precision, cpu: CpuInfo, batched: bool = False) -> str:
+    """Why ``variant`` would not reproduce its validated vectors here: it missed its bar, it is
+    int8 and this CPU's int8 kernels are unknown, or ``batched`` (a server merging concurrent
+    requests) and it is not batch-invariant ("" when none)."""
     v = manifest.variants[variant.value]
     f = v.fidelity
     if not f.passed:
@@ -78,12 +109,12 @@ def _caveat(manifest: Manifest, variant: Precision, cpu: CpuInfo) -> str:
             f"int8: this CPU's int8 kernels are unknown (class {cpu.cpu_class.value}), "
             "so its vectors may differ from the validated ones"
         )
-    return ""
+    return batch_invariance_problem(manifest, variant) if batched else ""
 
 
-def _named(choice: Choice, manifest: Manifest, cpu: CpuInfo) -> Choice:
+def _named(choice: Choice, manifest: Manifest, cpu: CpuInfo, batched: bool) -> Choice:
     """An explicitly asked-for choice, with the warning its variant deserves."""
-    caveat = _caveat(manifest, choice.variant, cpu)
+    caveat = _caveat(manifest, choice.variant, cpu, batched)
     if not caveat:
         return choice
     return replace(choice, warning=caveat + "; loaded because it was asked for by name")
@@ -137,6 +168,7 @@ def choose(
     cpu: CpuInfo,
     installed: Installed,
     prefer_latency: bool = False,
+    batched_requests: bool = False,
 ) -> Choice:
     """The variant and provider to load for ``variant``/``provider`` (``auto`` or a name).
 
@@ -145,6 +177,9 @@ def choose(
     its bar and was not measured slower than fp32 on this CPU class, by :data:`CPU_ORDER`.
     ``prefer_latency``: the caller mostly embeds one short text per call (a server); OpenVINO
     pays a recompile whenever the input shape changes, so onnxruntime's int8 ranks first.
+    ``batched_requests``: the caller batches concurrent requests together (a server), so ``auto``
+    skips a variant that is not batch-invariant (:func:`batch_invariance_problem`), saying so in
+    the reason; asked for by name, such a variant loads with that warning.
     """
     names = {p.value for p in Precision}
     if provider not in {"auto", *(p.value for p in Provider)}:
@@ -180,7 +215,7 @@ def choose(
                 f"export it with --variants ...,{asked.value}"
             )
         why = f"asked for; {asked.value} {_validated(manifest, asked)}, this CPU is {cpu.cpu_class.value}"
-        return _named(_openvino_choice(manifest, cpu, why, asked), manifest, cpu)
+        return _named(_openvino_choice(manifest, cpu, why, asked), manifest, cpu, batched_requests)
     use_cuda = provider == Provider.CUDA or (
         provider == "auto" and installed.cuda and variant != Precision.INT8
     )
@@ -188,17 +223,31 @@ def choose(
         if variant not in have:
             raise ProviderError(f"variant {variant!r} is not in this folder (it has: {', '.join(have)})")
         if use_cuda:
-            return _named(Choice(Precision(variant), Provider.CUDA, None, "asked for"), manifest, cpu)
-        return _named(_cpu_choice(manifest, Precision(variant), cpu, "asked for"), manifest, cpu)
+            choice = Choice(Precision(variant), Provider.CUDA, None, "asked for")
+            return _named(choice, manifest, cpu, batched_requests)
+        choice = _cpu_choice(manifest, Precision(variant), cpu, "asked for")
+        return _named(choice, manifest, cpu, batched_requests)
     if use_cuda:
+        not_invariant: list[str] = []
         for p in (Precision.FP16, Precision.FP32):
             if p.value in have:
-                return Choice(p, Provider.CUDA, None, f"CUDA is available and {p.value} is the fastest there")
-    return _auto_cpu(manifest, cpu, installed, prefer_latency, provider)
+                problem = batch_invariance_problem(manifest, p) if batched_requests else ""
+                if problem:
+                    not_invariant.append(problem)
+                    continue
+                why = f"CUDA is available and {p.value} is the fastest there"
+                said = f" ({'; '.join(not_invariant)})" if not_invariant else ""
+                return Choice(p, Provider.CUDA, None, why + said)
+    return _auto_cpu(manifest, cpu, installed, prefer_latency, provider, batched_requests)
 
 
 def _auto_cpu(
-    manifest: Manifest, cpu: CpuInfo, installed: Installed, prefer_latency: bool, provider: str
+    manifest: Manifest,
+    cpu: CpuInfo,
+    installed: Installed,
+    prefer_latency: bool,
+    provider: str,
+    batched: bool = False,
 ) -> Choice:
     have = manifest.variants
     cls = cpu.cpu_class.value
@@ -217,7 +266,7 @@ def _auto_cpu(
         if p not in OPENVINO_VARIANTS and not installed.onnxruntime:
             skipped.append(f"{p.value}: onnxruntime is not installed")
             continue
-        caveat = _caveat(manifest, p, cpu)
+        caveat = _caveat(manifest, p, cpu, batched)
         slower = p != Precision.FP32 and v.slower_than_fp32_on(cls)
         note = (
             f"{p.value} was measured slower than fp32 on {cls} ({v.speed['vs_fp32']:.2f}x)" if slower else ""

@@ -51,6 +51,7 @@ class Embedder(SentenceTransformerAPI):
         verify: bool = True,
         spin: bool = True,
         prefer_latency: bool = False,
+        batched_requests: bool = False,
         truncate_dim: int | None = None,
     ) -> None:
         self.path = Path(path)
@@ -65,8 +66,10 @@ class Embedder(SentenceTransformerAPI):
         #: this CPU's class and int8 kernels (``runtime.cpu.detect``)
         self.cpu: CpuInfo = detect()
         found = installed()
+        # what `auto` must take into account for this caller (runtime.choice.choose)
+        needs = {"prefer_latency": prefer_latency, "batched_requests": batched_requests}
         try:
-            self._start(variant, provider, found, prefer_latency, threads, spin, verify)
+            self._start(variant, provider, found, needs, threads, spin, verify)
         except ProviderError as e:
             # onnxruntime-gpu lists CUDA wherever it is installed, also where CUDA cannot start
             # (no driver, missing libraries): `auto` then runs on the CPU, with the reason logged;
@@ -78,7 +81,7 @@ class Embedder(SentenceTransformerAPI):
             ):
                 raise
             log.warning("%s: CUDA is listed but did not start (%s); running on the CPU", self.path, e)
-            self._start(variant, provider, replace(found, cuda=False), prefer_latency, threads, spin, verify)
+            self._start(variant, provider, replace(found, cuda=False), needs, threads, spin, verify)
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS[self.provider]
         self.batch_size = batch_size
         self.truncate = truncate
@@ -96,7 +99,7 @@ class Embedder(SentenceTransformerAPI):
         variant: str,
         provider: str,
         found: Installed,
-        prefer_latency: bool,
+        needs: dict[str, bool],
         threads: int | None,
         spin: bool,
         verify: bool,
@@ -109,7 +112,7 @@ class Embedder(SentenceTransformerAPI):
             provider,
             cpu=self.cpu,
             installed=found,
-            prefer_latency=prefer_latency,
+            **needs,
         )
         log.info(
             "%s: %s on %s (%s)",
@@ -173,7 +176,9 @@ class Embedder(SentenceTransformerAPI):
         """Load an exported folder. ``variant``: auto|fp32|fp16|int8|int8-ov|bf16; ``provider``:
         auto|cpu|cuda|openvino (int8-ov and bf16 run on OpenVINO: pip install 'dmeta-embed[openvino]';
         bf16 asked for on a CPU without native bf16 loads in f32 with a warning).
-        ``prefer_latency=True``: ``auto`` ranks onnxruntime's int8 first (single short texts per call)."""
+        ``prefer_latency=True``: ``auto`` ranks onnxruntime's int8 first (single short texts per call);
+        ``batched_requests=True``: ``auto`` loads only a batch-invariant variant (a server that
+        batches concurrent requests: each answer must not depend on its neighbours)."""
         return cls(path, variant, provider, **kwargs)
 
     @property

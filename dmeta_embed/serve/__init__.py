@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from ..runtime import Embedder
 
-__all__ = ["ServerConfig", "create_app", "serve"]
+__all__ = ["ServerConfig", "create_app", "load_embedder", "serve"]
 
 
 def create_app(
@@ -36,6 +36,34 @@ def create_app(
     from .app import create_app as _create
 
     return _create(embedder, config, warmup=warmup)
+
+
+def load_embedder(
+    model_dir: str | Path,
+    config: ServerConfig | None = None,
+    *,
+    variant: str = "auto",
+    provider: str = "auto",
+    threads: int | None = None,
+) -> Embedder:
+    """The model as :func:`serve` loads it: with the server's batching settings, and ``auto``
+    told that this caller embeds short single requests (onnxruntime's int8 before int8-ov) and
+    batches concurrent ones together (only a batch-invariant variant: see
+    ``runtime.choice.batch_invariance_problem``)."""
+    from ..runtime import Embedder
+
+    cfg = config or ServerConfig()
+    return Embedder.load(
+        model_dir,
+        variant=variant,
+        provider=provider,
+        threads=threads,
+        max_batch_tokens=cfg.max_batch_tokens,
+        batch_size=cfg.batch_size,
+        spin=cfg.spin,  # see ServerConfig.spin
+        prefer_latency=True,
+        batched_requests=True,
+    )
 
 
 def serve(
@@ -56,19 +84,8 @@ def serve(
     require_feature("server")
     import uvicorn
 
-    from ..runtime import Embedder
-
     cfg = config or ServerConfig()
-    embedder = Embedder.load(
-        model_dir,
-        variant=variant,
-        provider=provider,
-        threads=threads,
-        max_batch_tokens=cfg.max_batch_tokens,
-        batch_size=cfg.batch_size,
-        spin=cfg.spin,  # see ServerConfig.spin
-        prefer_latency=True,
-    )  # auto: int8 before int8-ov (see runtime.choice.choose)
+    embedder = load_embedder(model_dir, cfg, variant=variant, provider=provider, threads=threads)
     app = create_app(embedder, cfg)
     server = uvicorn.Server(
         uvicorn.Config(

@@ -32,6 +32,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import InputError, TooLongError
 from ..runtime import Embedder
+from ..runtime.choice import batch_invariance_problem
 from ..runtime.pipeline import OutputSpec, Prepared, finish
 from .batcher import Batcher, Overloaded, warm_up
 from .config import ServerConfig
@@ -290,6 +291,8 @@ class Service:
                 "model": self.name,
                 "variant": e.variant.value,
                 "provider": e.provider.value,
+                # whether an answer is independent of the requests batched with it
+                "batch_invariant": not batch_invariance_problem(e.manifest, e.variant),
                 "dim": e.dim,
                 "dimensions": sorted({e.dim, *e.manifest.truncate_dims}, reverse=True),
                 "prompts": sorted(e.prompts),
@@ -373,6 +376,10 @@ def create_app(
     """The ASGI app serving ``embedder``. The batcher starts (and warms up) with the app's lifespan."""
     cfg = config or ServerConfig()
     svc = Service(embedder, cfg, Metrics())
+    problem = batch_invariance_problem(embedder.manifest, embedder.variant)
+    if problem and cfg.batch_size > 1:
+        # concurrent requests share batches here: an answer would depend on its neighbours
+        log.warning("serving %s with dynamic batching on: %s", embedder.variant.value, problem)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
