@@ -163,15 +163,15 @@ def test_missed_bar_is_an_error_not_a_file(tiny_src, tmp_path):
 
 
 def test_int8_below_bar_refused_unless_allowed(tiny_src, tmp_path, monkeypatch):
-    from dmeta_embed.export import variants
+    from dmeta_embed.export import int8_search
 
     impossible = {Precision.INT8: Bar(min_cos=1.0000001, mean_cos=1.0000001)}
 
-    # keep the search cheap: pretend no node can be kept in fp32 (search returns plain int8)
-    def plain(backbone, evaluate, reference, bar, **_):
-        return variants.Int8Result(variants.quantize_int8(backbone, [], tmp_path), {}, 1)
+    # keep the search cheap: pretend nothing can be promoted (the all-int8 graph is the result)
+    def plain(nodes, build, score, goal, rungs, damage):
+        return int8_search.RowSearch(build({}), rungs[0], trials=1)
 
-    monkeypatch.setattr(variants, "search_int8", plain)
+    monkeypatch.setattr(int8_search, "search", plain)
     with pytest.raises(FidelityError, match="--allow-low-fidelity"):
         export_model(str(tiny_src), tmp_path / "out", variants=["int8"], bars=impossible)
     m = export_model(

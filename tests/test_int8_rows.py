@@ -89,6 +89,100 @@ def test_matches_numpy_reference(micro, shift: bool) -> None:
     assert np.abs(expected - (x @ w + bias)).max() > 1e-2
 
 
+def numpy_rows(x: np.ndarray, w: np.ndarray, fmt: str, symmetric: bool) -> np.ndarray:
+    """Per-row activations (asymmetric u8, or symmetric ±127 around a fixed zero point) times
+    per-column symmetric weights in ``fmt`` (±127, ±63 for s7; u8 is ±127 stored unsigned),
+    written from the definition."""
+    q = 63.0 if fmt == "s7" else 127.0
+    rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    w_scale = np.abs(w).max(axis=0) / q
+    wq = np.clip(np.rint(w / w_scale), -q, q)
+    y = np.empty((rows.shape[0], w.shape[1]))
+    for r, row in enumerate(rows):
+        if symmetric:
+            s = max(np.abs(row).max() / 127.0, 1e-12)
+            xq = np.clip(np.rint(row / s), -127, 127)
+        else:
+            lo, hi = min(row.min(), 0.0), max(row.max(), 0.0)
+            s = max((hi - lo) / 255.0, 1e-12)
+            zp = np.clip(np.rint(-lo / s), 0, 255)
+            xq = np.clip(np.rint(row / s) + zp, 0, 255) - zp
+        y[r] = (xq @ wq) * s * w_scale
+    return y.reshape(*x.shape[:-1], w.shape[1]).astype(np.float32)
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asymmetric", "symmetric"])
+@pytest.mark.parametrize("fmt", ["s8", "s7", "u8"])
+def test_weight_formats_match_numpy_on_every_cpu(micro, fmt: str, symmetric: bool) -> None:
+    """s7 and u8 weights run as exported and exactly on every CPU class (no u8×s8 pair sum can
+    saturate); s8 is run as the runtime runs it here (shifted where this CPU saturates)."""
+    from dmeta_embed.export.int8_rows import quantize_weight
+
+    model, w, bias, x = micro
+    q = quantize_rows(model, weights=fmt, symmetric=symmetric)
+    wq, _, zp = quantize_weight(w, fmt)
+    assert np.abs(wq.astype(int) - zp.astype(int)).max() == (63 if fmt == "s7" else 127)
+    assert check_int8_tensors(q) == (0 if fmt == "u8" else 2)  # the weight and its zero point
+    shift = fmt == "s8" and detect().int8_weights == "u8"
+    y = session(q, shift).run(None, {"x": x})[0]
+    expected = numpy_rows(x, w, fmt, symmetric) + bias
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4 * float(np.abs(expected).max()))
+    assert np.abs(expected - (x @ w + bias)).max() > 1e-2  # quantized, not the float product
+
+
+def test_per_node_formats_and_fp32(micro) -> None:
+    """``formats`` overrides the default per node; "fp32" leaves that node a float MatMul."""
+    model, w, bias, x = micro
+    kept = quantize_rows(model, weights="s7", formats={"mm": "fp32"})
+    assert [n.op_type for n in kept.graph.node] == ["MatMul", "Add"]
+    np.testing.assert_allclose(
+        session(kept, False).run(None, {"x": x})[0], x @ w + bias, rtol=1e-5, atol=1e-4
+    )
+    wide = quantize_rows(model, weights="s7", formats={"mm": "u8"})
+    inits = {i.name: i for i in wide.graph.initializer}
+    assert inits["mm/wq"].data_type == TensorProto.UINT8
+
+
+def test_node_errors_rank_the_node_with_an_outlier_channel_first() -> None:
+    """The numpy damage estimate sees what quantization does: a MatMul whose input has one huge
+    channel loses the other channels' resolution (per row), a plain one does not."""
+    from dmeta_embed.export.int8_rows import ActivationStats, node_errors
+
+    rng = np.random.default_rng(0)
+    k = 32
+    w1, w2 = (rng.normal(size=(k, k)).astype(np.float32) for _ in range(2))
+    scale = np.ones(k, np.float32)
+    scale[5] = 500.0  # one outlier channel into the second MatMul, whose weights for it are
+    w2[5] /= 500.0  # small: the channel sets each row's range but carries little of the output
+    g = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="plain"),
+            helper.make_node("Mul", ["h", "s"], ["hs"], name="outlier_channel"),
+            helper.make_node("MatMul", ["hs", "w2"], ["y"], name="skewed"),
+        ],
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", k])],
+        [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(scale, "s"),
+        ],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.normal(size=(64, k)).astype(np.float32)} for _ in range(2)]
+    stats = ActivationStats(model, feeds, sample_rows=100)
+    assert stats.x_rows("plain").shape == (100, k)
+    np.testing.assert_allclose(stats.x_amax("skewed")[5] / 500.0, stats.x_amax("plain").max(), rtol=10)
+    err = node_errors(model, stats, "s8")
+    assert err["skewed"] > 5 * err["plain"] > 0
+    # smoothing moves the outlier into the weights and takes most of that damage away
+    from dmeta_embed.export.int8_rows import smoothing_scales
+
+    smooth = smoothing_scales(model, stats=stats)
+    assert node_errors(model, stats, "s8", smooth)["skewed"] < err["skewed"] / 3
+
+
 def test_rows_do_not_see_their_neighbours(micro) -> None:
     """A row gives the same output alone and beside an outlier row: the scale is the row's own."""
     model, _, _, x = micro

@@ -51,13 +51,16 @@ def test_parity_with_sentence_transformers(minilm_export, st_reference, variant,
         np.testing.assert_allclose(got, st_reference, atol=2e-5)
 
 
-def test_int8_meets_bar_and_records_kept_nodes(minilm_export):
+def test_int8_meets_bar_per_row_and_records_its_formats(minilm_export):
     v = Manifest.load(minilm_export).variants["int8"]
     assert v.fidelity.passed and v.fidelity.min_cos >= 0.99 and v.fidelity.mean_cos >= 0.995
-    # plain int8 misses the bar on these real weights, so the search must have kept some nodes
-    assert 0 < len(v.kept_float) < 24
-    assert all("sensitivity" in reason for reason in v.kept_float.values())
-    assert v.ops.get("MatMulInteger", 0) + v.ops.get("QAttention", 0) + len(v.kept_float) == 24
+    assert v.int8["activations"] == "per-row"
+    # 6 layers x (QKV, attention output, FFN in, FFN out): each int8 in some format, or kept fp32
+    assert sum(v.int8["weights"].values()) + len(v.kept_float) == 24
+    int8_ops = v.ops.get("MatMulInteger", 0) + v.ops.get("MatMulIntegerToFloat", 0)
+    assert int8_ops == sum(v.int8["weights"].values())
+    assert all("damage" in reason for reason in {**v.int8["promoted"], **v.kept_float}.values())
+    assert v.fidelity.batch_min_cos is not None and v.fidelity.batch_min_cos >= 0.9999
 
 
 def test_auto_picks_int8_on_cpu_with_the_weights_each_class_needs(

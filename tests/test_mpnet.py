@@ -58,13 +58,17 @@ def test_attention_is_fused_with_the_bias_computed_once(mpnet_export: Path) -> N
         assert len(table) == 1, name
 
 
-def test_int8_quantizes_attention_unfused(mpnet_export: Path) -> None:
-    """QAttention has no attention-bias input: int8 must come from the unfused attention, with
-    the Q/K/V projections quantized (MatMulInteger), never QAttention."""
+def test_int8_quantizes_qkv_per_row_beside_the_biased_attention(mpnet_export: Path) -> None:
+    """int8 splits each fused Attention into its QKV MatMul (per-row int8 like the others) and a
+    MultiHeadAttention that keeps the relative-position bias; nothing is left unfused."""
     v = Manifest.load(mpnet_export).variants["int8"]
-    assert "QAttention" not in v.ops and "Attention" not in v.ops
-    assert v.ops.get("Softmax") == 2
-    assert v.ops.get("MatMulInteger", 0) + len(v.kept_float) == 12  # 2 layers x (q, k, v, o, ffn1, ffn2)
+    assert "QAttention" not in v.ops and "Attention" not in v.ops and "Softmax" not in v.ops
+    assert v.ops.get("MultiHeadAttention") == 2
+    # 2 layers x (QKV, attention output, FFN in, FFN out)
+    assert sum(v.int8["weights"].values()) + len(v.kept_float) == 8
+    g = onnx.load(str(mpnet_export / "model.int8.onnx")).graph
+    mha = [n for n in g.node if n.op_type == "MultiHeadAttention"]
+    assert len({n.input[5] for n in mha}) == 1 and all(n.input[5] for n in mha)  # one shared bias
 
 
 def test_fp32_matches_sentence_transformers(mpnet_src: Path, mpnet_export: Path) -> None:

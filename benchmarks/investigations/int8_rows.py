@@ -108,14 +108,15 @@ class Model:
         return ids, np.array([len(i) for i in ids])
 
 
-def session(model_bytes: bytes, threads: int = 2):  # type: ignore[no-untyped-def]
-    """An onnxruntime CPU session with the runtime's options, s8 weights shifted where this CPU needs it."""
+def session(model_bytes: bytes, threads: int = 2, shift: bool = True):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session with the runtime's options, s8 weights shifted where this CPU needs
+    it (``shift=False``: 7-bit weights, which no CPU's u8×s8 kernels saturate)."""
     import onnxruntime as ort
 
     from dmeta_embed.runtime.cpu import detect
     from dmeta_embed.runtime.int8 import shift_int8_weights
 
-    if detect().int8_weights == "u8":
+    if shift and detect().int8_weights == "u8":
         model_bytes, _ = shift_int8_weights(model_bytes)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -177,7 +178,28 @@ def recipes(
             return int8_rows.quantize_rows(unfused, exclude, smooth=smooth)
 
         out["rows + smooth 0.5"] = rows_smooth
+        for sym in (False, True):
+            for bits in (7, 8):
+                if not sym and bits == 8:
+                    continue
+
+                def variant(exclude, sym=sym, bits=bits):  # type: ignore[no-untyped-def]
+                    return int8_rows.quantize_rows(
+                        unfused, exclude, smooth=smooth, weights=f"s{bits}", symmetric=sym
+                    )
+
+                out[f"{'sym' if sym else 'rows'} w{bits} + smooth 0.5"] = variant
+
+        def rows_a7(exclude):  # type: ignore[no-untyped-def]
+            return int8_rows.quantize_rows(unfused, exclude, smooth=smooth, activation_bits=7)
+
+        out["rows a7 + smooth 0.5"] = rows_a7  # 7-bit activations, 8-bit s8 weights unshifted: no saturation
     return out
+
+
+def shifted(name: str) -> bool:
+    """Whether a recipe's file runs with the u8 weight shift (7-bit weights need none)."""
+    return "w7" not in name and "a7" not in name
 
 
 def nodes_of(name: str, model: Model) -> Callable[[object], list[str]]:
@@ -286,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = model.head(make(kept_by.get(name, [])))
         print(f"{name}: built in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     for name, m in models.items() if not a.no_fidelity else ():
-        sess = session(m.SerializeToString())
+        sess = session(m.SerializeToString(), shift=shifted(name))
         c = cosines(run_batches(sess, ids, sorted_batches(lengths), pad, dim), ref)
         worst = int(np.argmin(c))
         entry = {
@@ -405,7 +427,7 @@ def speed(
     texts = english_texts(n_texts, seed=11)
     ids, lengths = model.encode(texts)
     q_ids, _ = model.encode(["How do I reset my password when the login page keeps failing?"])
-    sessions = {k: session(m.SerializeToString()) for k, m in models.items()}  # type: ignore[attr-defined]
+    sessions = {k: session(m.SerializeToString(), shift=shifted(k)) for k, m in models.items()}  # type: ignore[attr-defined]
     order = sorted_batches(lengths, 32)
     best = {k: float("inf") for k in sessions}
     lat: dict[str, list[float]] = {k: [] for k in sessions}

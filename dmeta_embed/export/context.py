@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,14 +13,16 @@ import numpy as np
 
 from ..errors import ExportError, ModelLoadError
 from ..manifest import Bar, Fidelity, Pooling, Precision, Provider, TokenizerInfo
+from ..runtime.batching import pad
 from ..runtime.cpu import CpuInfo, detect
 from ..runtime.pipeline import embed_tokenized
+from ..runtime.runner import Runner
 from ..runtime.session import OnnxRuntimeRunner
 from ..runtime.tokenize import TextTokenizer
 from ..texts import calibration_texts, probe_texts
 from . import graph
 from .progress import stage
-from .reference import fidelity, torch_embeddings
+from .reference import cosines, fidelity, torch_embeddings
 from .relative_attention import fuse_relative_attention
 from .source import Source
 
@@ -54,9 +56,6 @@ class Context:
     backbone: onnx.ModelProto
     #: the CPU graph (SkipLayerNormalization unfused) fp32 is made of
     cpu_backbone: onnx.ModelProto
-    #: the CPU graph int8 quantizes: ``cpu_backbone`` before the relative-position Attention
-    #: fusion (``QAttention`` has no attention-bias input); the same graph when there is none
-    int8_backbone: onnx.ModelProto
     fusion: dict[str, int]
     passes: list[str]
     #: s8 weights where this CPU's u8×s8 kernels are exact, shifted to u8 where they saturate
@@ -104,15 +103,42 @@ class Context:
             batch_size=16,
         )
 
+    def feeds(self, tok: Tokenized | None = None, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+        """``tok`` (default: the calibration texts) as length-sorted padded batches, the backbone's
+        input dicts (what activation statistics are gathered on)."""
+        tok = self.calib_tok if tok is None else tok
+        order = np.argsort(tok.lengths, kind="stable")
+        out = []
+        for s in range(0, len(order), batch_size):
+            ids, mask = pad(tok.ids, order[s : s + batch_size], self.tok_info.pad_token_id)
+            out.append({"input_ids": ids, "attention_mask": mask})
+        return out
+
+    def batch_min_cos(self, runner: Runner, tok: Tokenized | None = None) -> float:
+        """The lowest cosine between a text embedded alone and the same text inside one batch of
+        all of ``tok`` (default: the probe texts) in their own order: mixed lengths, so most rows
+        carry padding, as a server's batches of concurrent requests do."""
+        tok = self.probe_tok if tok is None else tok
+        every = np.arange(len(tok.ids))
+        together = runner.run(*pad(tok.ids, every, self.tok_info.pad_token_id))
+        alone = np.concatenate(
+            [runner.run(*pad(tok.ids, every[i : i + 1], self.tok_info.pad_token_id)) for i in every]
+        )
+        return float(cosines(alone, together).min())
+
     def calibration_reference(self) -> np.ndarray:
         """fp32 (ONNX) embeddings of the calibration texts, computed once: the searches' target."""
         if self._calib_ref is None:
             self._calib_ref = self.embed(self.fp32_model, self.calib_tok)
         return self._calib_ref
 
-    def fidelity(self, vectors: np.ndarray, precision: Precision) -> Fidelity:
-        """``vectors`` (of the probe texts) against the PyTorch reference, at ``precision``'s bar."""
-        return fidelity(vectors, self.reference, self.bars[precision], self.max_tokens)
+    def fidelity(
+        self, vectors: np.ndarray, precision: Precision, batch_min_cos: float | None = None
+    ) -> Fidelity:
+        """``vectors`` (of the probe texts) against the PyTorch reference, at ``precision``'s bar;
+        ``batch_min_cos``: :meth:`batch_min_cos` of the same runner, recorded beside it."""
+        f = fidelity(vectors, self.reference, self.bars[precision], self.max_tokens)
+        return f if batch_min_cos is None else replace(f, batch_min_cos=round(batch_min_cos, 6))
 
 
 def write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
@@ -179,16 +205,13 @@ def prepare(src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[st
         passes = []
         if src.pooling == Pooling.CLS and graph.cls_only_last_layer(backbone):
             passes.append("cls_only_last_layer")
-        before_relative = None
         if not fusion.get("Attention"):
             # MPNet: attention with a relative-position bias, which onnxruntime's patterns miss
-            before_relative = _copy(backbone)
             n = fuse_relative_attention(backbone, heads)
             if n:
                 fusion["Attention"] = n
                 passes.append("relative_position_attention")
             else:
-                before_relative = None
                 log.warning(
                     "ONNX Runtime did not fuse Attention for %s: the graph will be slower%s",
                     src.model_type,
@@ -198,10 +221,6 @@ def prepare(src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[st
         cpu_backbone = _copy(backbone)
         if graph.unfuse_skip_layernorm(cpu_backbone):
             passes.append("unfuse_skip_layernorm")
-        int8_backbone = cpu_backbone
-        if before_relative is not None:
-            int8_backbone = before_relative
-            graph.unfuse_skip_layernorm(int8_backbone)
     lap("fuse")
     return Context(
         src=src,
@@ -217,7 +236,6 @@ def prepare(src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[st
         raw_path=raw,
         backbone=backbone,
         cpu_backbone=cpu_backbone,
-        int8_backbone=int8_backbone,
         fusion=fusion,
         passes=passes,
         int8_weights="u8" if cpu.int8_weights == "u8" else None,

@@ -102,13 +102,29 @@ def row_quantizable(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel (column) symmetric s8: ``(wq [K, N] int8, scale [N] float32)``.
-    Range ±127 (not -128), so the u8 shift and the kernels see a symmetric range."""
+#: how one MatMul's weights are stored, per output channel, symmetric:
+#: ``s8``: int8 in ±127, exact where u8×s8 kernels accumulate in int32 (VNNI, AMX, arm64); the
+#: runtime shifts it to u8 where they saturate (x86 without VNNI), exact but on slower kernels;
+#: ``s7``: int8 in ±63, whose u8·s7 pair sums (≤ 2·255·63 < 2**15) never saturate: exact and on
+#: the fast u8×s8 kernels on every CPU, one bit less of weight resolution;
+#: ``u8``: 8-bit stored unsigned with zero point 128: u8×u8 kernels, exact on every CPU.
+WEIGHT_FORMATS = ("s8", "s7", "u8")
+
+
+def quantize_weight(w: np.ndarray, fmt: str = "s8") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-output-channel (column) symmetric ints in ``fmt`` (:data:`WEIGHT_FORMATS`):
+    ``(wq [K, N], scale [N] float32, zero point [N])``, int8 for ``s8``/``s7`` (zero point 0),
+    uint8 for ``u8`` (zero point 128). Never -128: the u8 shift and the kernels see a symmetric range."""
+    if fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown int8 weight format {fmt!r} (one of {', '.join(WEIGHT_FORMATS)})")
+    q = 63.0 if fmt == "s7" else 127.0
     amax = np.abs(w).max(axis=0).astype(np.float32)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    wq = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    return wq, scale
+    scale = np.where(amax > 0, amax / q, 1.0).astype(np.float32)
+    wq = np.clip(np.rint(w / scale), -q, q).astype(np.int8)
+    cols = w.shape[1]
+    if fmt == "u8":
+        return (wq.astype(np.int16) + 128).astype(np.uint8), scale, np.full(cols, 128, np.uint8)
+    return wq, scale, np.zeros(cols, np.int8)
 
 
 def quantize_rows(
@@ -116,10 +132,18 @@ def quantize_rows(
     exclude: Iterable[str] = (),
     *,
     smooth: dict[str, np.ndarray] | None = None,
+    weights: str = "s8",
+    formats: dict[str, str] | None = None,
+    symmetric: bool = False,
+    activation_bits: int = 8,
 ) -> onnx.ModelProto:
     """A copy of ``model`` with every :func:`row_quantizable` MatMul not in ``exclude`` computed
     in int8 with per-row activation scales. ``smooth``: per-input-channel factors ``s`` by node
-    name (from :func:`smoothing_scales`): that node computes ``(x / s) · (s · W)``."""
+    name (from :func:`smoothing_scales`): that node computes ``(x / s) · (s · W)``. ``weights``:
+    the weight format (:data:`WEIGHT_FORMATS`) of every node ``formats`` does not name
+    (``"fp32"`` there keeps that node float). ``symmetric``: rows quantized around a fixed zero
+    point (no int32 correction; half the resolution for one-sided rows). ``activation_bits``: 7
+    keeps u8×s8 pair sums in range with 8-bit weights (asymmetric rows only)."""
     import onnx
     from onnx import numpy_helper
 
@@ -127,14 +151,23 @@ def quantize_rows(
     m.CopyFrom(model)
     g = m.graph
     inits = {i.name: i for i in g.initializer}
-    targets = set(row_quantizable(m)) - set(exclude)
+    formats = dict(formats or {})
+    targets = set(row_quantizable(m)) - set(exclude) - {k for k, v in formats.items() if v == "fp32"}
     smooth = smooth or {}
     consts = _Consts(g)
     nodes: list[onnx.NodeProto] = []
     for n in g.node:
         if n.name in targets:
             w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
-            nodes += _row_matmul(n.name, n.input[0], n.output[0], w, smooth.get(n.name), consts)
+            fmt = formats.get(n.name, weights)
+            if symmetric:
+                nodes += _row_matmul_symmetric(
+                    n.name, n.input[0], n.output[0], w, smooth.get(n.name), consts, fmt
+                )
+            else:
+                nodes += _row_matmul(
+                    n.name, n.input[0], n.output[0], w, smooth.get(n.name), consts, fmt, activation_bits
+                )
         else:
             nodes.append(n)
     del g.node[:]
@@ -164,18 +197,26 @@ class _Consts:
 
 
 def _row_matmul(
-    p: str, x: str, y: str, w: np.ndarray, smooth: np.ndarray | None, const: _Consts
+    p: str,
+    x: str,
+    y: str,
+    w: np.ndarray,
+    smooth: np.ndarray | None,
+    const: _Consts,
+    fmt: str = "s8",
+    activation_bits: int = 8,
 ) -> list[onnx.NodeProto]:
-    """The nodes computing ``y = x @ w`` with per-row u8 ``x`` and per-column s8 ``w``."""
+    """The nodes computing ``y = x @ w`` with per-row u8 ``x`` and per-column int ``w`` (``fmt``)."""
     from onnx import TensorProto, helper
 
     k, cols = w.shape
     if smooth is not None:
         w = w * smooth[:, None].astype(np.float32)
-    wq, w_scale = quantize_weight(w)
-    colsum = wq.astype(np.int32).sum(axis=0, dtype=np.int32)  # of wq - zb, with zb = 0
+    wq, w_scale, w_zp = quantize_weight(w, fmt)
+    colsum = (wq.astype(np.int32) - w_zp.astype(np.int32)).sum(axis=0, dtype=np.int32)  # of wq - zb
     zero = const("rows/zero", np.array(0.0, np.float32))
-    q_max = const("rows/255", np.array(255.0, np.float32))
+    top = 2**activation_bits - 1
+    q_max = const(f"rows/{top}", np.array(float(top), np.float32))
     axis1 = const("rows/axis1", np.array([1], np.int64))
     out: list[onnx.NodeProto] = []
 
@@ -195,9 +236,7 @@ def _row_matmul(
     zp_r = node("Round", [node("Div", [node("Neg", [lo], "neg_lo"), scale], "zp_raw")], "zp_r")
     zp = node("Cast", [node("Clip", [zp_r, zero, q_max], "zp_f")], "zp", to=TensorProto.UINT8)
     xq = node("QuantizeLinear", [x2, scale, zp], "xq", axis=0)
-    acc = node(
-        "MatMulInteger", [xq, const(f"{p}/wq", wq), "", const(f"{p}/wzp", np.zeros(cols, np.int8))], "acc"
-    )
+    acc = node("MatMulInteger", [xq, const(f"{p}/wq", wq), "", const(f"{p}/wzp", w_zp)], "acc")
     # onnxruntime's MatMulInteger takes a scalar A zero point only: subtract za[m]·colsum in int32
     zp_col = node("Unsqueeze", [node("Cast", [zp], "zp_i", to=TensorProto.INT32), axis1], "zp_col")
     corr = node("Mul", [zp_col, const(f"{p}/colsum", colsum[None, :])], "corr")
@@ -210,43 +249,198 @@ def _row_matmul(
     return out
 
 
+def _row_matmul_symmetric(
+    p: str, x: str, y: str, w: np.ndarray, smooth: np.ndarray | None, const: _Consts, fmt: str = "s8"
+) -> list[onnx.NodeProto]:
+    """``y = x @ w`` with per-row *symmetric* u8 ``x`` (zero point 128 for every row, scale
+    ``max|x_row| / 127``) and per-column s8 ``w``: the zero point is one scalar, so onnxruntime's
+    ``MatMulIntegerToFloat`` applies the weight scales in its GEMM's epilogue and one ``Mul``
+    applies the row scales; no int32 correction pass."""
+    from onnx import TensorProto, helper
+
+    k, cols = w.shape
+    if smooth is not None:
+        w = w * smooth[:, None].astype(np.float32)
+    wq, w_scale, w_zp = quantize_weight(w, fmt)
+    out: list[onnx.NodeProto] = []
+
+    def node(op: str, inputs: Sequence[str], name: str, domain: str = "", **attrs: Any) -> str:
+        name = f"{p}/rows/{name}"
+        out.append(helper.make_node(op, list(inputs), [name], name=name, domain=domain, **attrs))
+        return name
+
+    x2 = node("Reshape", [x, const(f"rows/shape_{k}", np.array([-1, k], np.int64))], "x2")
+    if smooth is not None:
+        x2 = node("Mul", [x2, const(f"{p}/inv_smooth", (1.0 / smooth).astype(np.float32))], "x2s")
+    hi = node("ReduceMax", [x2], "max", axes=[1], keepdims=0)
+    lo = node("ReduceMin", [x2], "min", axes=[1], keepdims=0)
+    amax = node("Max", [hi, node("Neg", [lo], "neg_lo")], "amax")
+    scale = node(
+        "Max",
+        [
+            node("Div", [amax, const("rows/127", np.array(127.0, np.float32))], "raw_scale"),
+            const("rows/min_scale", np.array(MIN_SCALE, np.float32)),
+        ],
+        "scale",
+    )
+    # QuantizeLinear per axis wants one zero point per row: 128 for all, built from the scale's shape
+    zp = node(
+        "Cast",
+        [
+            node(
+                "Add",
+                [
+                    node("Mul", [scale, const("rows/zero", np.array(0.0, np.float32))], "zeros"),
+                    const("rows/128f", np.array(128.0, np.float32)),
+                ],
+                "zp_f",
+            )
+        ],
+        "zp",
+        to=TensorProto.UINT8,
+    )
+    xq = node("QuantizeLinear", [x2, scale, zp], "xq", axis=0)
+    y_w = node(
+        "MatMulIntegerToFloat",
+        [
+            xq,
+            const(f"{p}/wq", wq),
+            const("rows/one", np.array(1.0, np.float32)),
+            const(f"{p}/w_scale", w_scale),
+            const("rows/128", np.array(128, np.uint8)),
+            const(f"rows/wzp_{fmt}", w_zp[:1].reshape(())),
+        ],
+        "y_w",
+        domain="com.microsoft",
+    )
+    y2 = node(
+        "Mul",
+        [y_w, node("Unsqueeze", [scale, const("rows/axis1", np.array([1], np.int64))], "scale_col")],
+        "y2",
+    )
+    lead = node("Shape", [x], "lead", end=-1)
+    shape = node("Concat", [lead, const(f"{p}/cols", np.array([cols], np.int64))], "shape", axis=0)
+    out.append(helper.make_node("Reshape", [y2, shape], [y], name=f"{p}/rows/out"))
+    return out
+
+
+class ActivationStats:
+    """What one fp32 pass over calibration batches saw at the input of each row-quantizable
+    MatMul: per-channel max |x| (for smoothing) and a seeded sample of rows (to estimate each
+    node's quantization error without building graphs). Padding rows are included: they are
+    ordinary tokens to the MatMuls."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        feeds: Iterable[dict[str, np.ndarray]],
+        sample_rows: int = 512,
+        nodes: Iterable[str] | None = None,
+    ) -> None:
+        import onnx
+        import onnxruntime as ort
+        from onnx import helper
+
+        self.nodes = list(nodes) if nodes is not None else row_quantizable(model)
+        by_name = {n.name: n for n in model.graph.node}
+        self.input_of = {name: by_name[name].input[0] for name in self.nodes}
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        taps = list(dict.fromkeys(self.input_of.values()))
+        for x in taps:
+            probe.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        self.amax: dict[str, np.ndarray] = {}
+        seen: dict[str, list[np.ndarray]] = {t: [] for t in taps}
+        for feed in feeds:
+            for t, v in zip(taps, sess.run(taps, feed), strict=True):
+                rows = v.reshape(-1, v.shape[-1])
+                a = np.abs(rows).max(axis=0)
+                self.amax[t] = a if t not in self.amax else np.maximum(self.amax[t], a)
+                seen[t].append(rows)
+        rng = np.random.default_rng(0)
+        self.rows: dict[str, np.ndarray] = {}
+        for t, parts in seen.items():
+            every = np.concatenate(parts)
+            pick = rng.choice(len(every), size=min(sample_rows, len(every)), replace=False)
+            self.rows[t] = every[np.sort(pick)]
+
+    def x_amax(self, node: str) -> np.ndarray:
+        return self.amax[self.input_of[node]]
+
+    def x_rows(self, node: str) -> np.ndarray:
+        return self.rows[self.input_of[node]]
+
+
 def smoothing_scales(
     model: onnx.ModelProto,
-    feeds: Iterable[dict[str, np.ndarray]],
+    feeds: Iterable[dict[str, np.ndarray]] | None = None,
     alpha: float = 0.5,
     nodes: Iterable[str] | None = None,
+    *,
+    stats: ActivationStats | None = None,
 ) -> dict[str, np.ndarray]:
     """SmoothQuant factors ``s_k = max|x_k|^alpha / max|W_k|^(1-alpha)`` per input channel of each
     row-quantizable MatMul (or of ``nodes``), from the activations the fp32 ``model`` sees on
-    ``feeds`` (input dicts, e.g. calibration batches). Padding rows are included: they are
-    ordinary tokens to the MatMuls."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    ``feeds`` (input dicts, e.g. calibration batches), or from ``stats`` already gathered."""
+    from onnx import numpy_helper
 
-    names = list(nodes) if nodes is not None else row_quantizable(model)
+    if stats is None:
+        if feeds is None:
+            raise ValueError("smoothing_scales needs feeds or stats")
+        stats = ActivationStats(model, feeds, sample_rows=1, nodes=nodes)
     by_name = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    taps = []
-    for name in names:
-        x = by_name[name].input[0]
-        if x not in taps:
-            taps.append(x)
-            probe.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    amax: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        outs = sess.run(taps, feed)
-        for t, v in zip(taps, outs, strict=True):
-            a = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0)
-            amax[t] = a if t not in amax else np.maximum(amax[t], a)
     out = {}
-    for name in names:
-        n = by_name[name]
-        w_amax = np.abs(numpy_helper.to_array(inits[n.input[1]])).max(axis=1)
-        x_amax = np.maximum(amax[n.input[0]], 1e-5)
+    for name in list(nodes) if nodes is not None else stats.nodes:
+        w_amax = np.abs(numpy_helper.to_array(inits[by_name[name].input[1]])).max(axis=1)
+        x_amax = np.maximum(stats.x_amax(name), 1e-5)
         s = x_amax**alpha / np.maximum(w_amax, 1e-5) ** (1 - alpha)
         out[name] = np.clip(s, 1e-2, 1e2).astype(np.float32)
+    return out
+
+
+def fake_rows(x: np.ndarray, symmetric: bool = False) -> np.ndarray:
+    """Rows of ``x`` [R, K] quantized as the graph quantizes them (u8 per row), dequantized."""
+    if symmetric:
+        s = np.maximum(np.abs(x).max(axis=1, keepdims=True) / 127.0, MIN_SCALE)
+        return np.clip(np.rint(x / s), -127, 127) * s
+    lo = np.minimum(x.min(axis=1, keepdims=True), 0.0)
+    hi = np.maximum(x.max(axis=1, keepdims=True), 0.0)
+    s = np.maximum((hi - lo) / 255.0, MIN_SCALE)
+    zp = np.clip(np.rint(-lo / s), 0, 255)
+    return (np.clip(np.rint(x / s) + zp, 0, 255) - zp) * s
+
+
+def fake_weight(w: np.ndarray, fmt: str) -> np.ndarray:
+    wq, scale, zp = quantize_weight(w, fmt)
+    return (wq.astype(np.float32) - zp.astype(np.float32)) * scale
+
+
+def node_errors(
+    model: onnx.ModelProto,
+    stats: ActivationStats,
+    fmt: str,
+    smooth: dict[str, np.ndarray] | None = None,
+    symmetric: bool = False,
+) -> dict[str, float]:
+    """Each node's output error with only it quantized (``fmt`` weights, per-row activations), on
+    the sampled rows: the 99th percentile over rows of |y_q - y| / |y|, so the rows that go wrong
+    (a repeated token, an outlier) rank a node, not the average row. Numpy, no graph built."""
+    from onnx import numpy_helper
+
+    by_name = {n.name: n for n in model.graph.node}
+    inits = {i.name: i for i in model.graph.initializer}
+    smooth = smooth or {}
+    out = {}
+    for name in stats.nodes:
+        w = numpy_helper.to_array(inits[by_name[name].input[1]]).astype(np.float32)
+        x = stats.x_rows(name).astype(np.float32)
+        y = x @ w
+        s = smooth.get(name)
+        if s is not None:
+            x, w = x / s, w * s[:, None]
+        yq = fake_rows(x, symmetric).astype(np.float32) @ fake_weight(w, fmt)
+        err = np.linalg.norm(yq - y, axis=1) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
+        out[name] = float(np.percentile(err, 99))
     return out

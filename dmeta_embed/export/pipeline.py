@@ -199,9 +199,10 @@ def _build(
             kept_float=cand.kept_float,
             ops=graph.op_counts(cand.model),
             validated_on=cand.validated_on,
-            validated_cpu={} if cand.on_gpu else ctx.cpu.to_dict(),
+            validated_cpu={} if cand.on_gpu else _validated_cpu(ctx, cand),
             engine_properties=cand.engine_properties,
             int8_tensors=cand.int8_tensors,
+            int8=cand.int8,
         )
         built[precision] = (variant, cand)
     if not built:
@@ -212,6 +213,13 @@ def _build(
     manifest = _manifest(src, ctx, variants, timings, t0)
     manifest.save(out)
     return manifest, missed
+
+
+def _validated_cpu(ctx: Context, cand: Candidate) -> dict[str, str]:
+    cpu = ctx.cpu.to_dict()
+    if cand.weights_fed is not None:
+        cpu["int8_weights"] = cand.weights_fed
+    return cpu
 
 
 def _timed(

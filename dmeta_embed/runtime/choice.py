@@ -148,6 +148,10 @@ def _cpu_choice(manifest: Manifest, variant: Precision, cpu: CpuInfo, why: str) 
         return Choice(variant, Provider.CPU, None, why)
     weights = cpu.int8_weights
     where = f"int8 {_validated(manifest, variant)}; this CPU is {cpu.cpu_class.value}"
+    if weights == "u8" and manifest.variants[variant.value].saturation_free:
+        return Choice(
+            variant, Provider.CPU, "s8", f"{why}; {where}: 7-bit or u8 weights, exact here as exported (no shift)"
+        )
     if weights == "u8":
         return Choice(variant, Provider.CPU, "u8", f"{why}; {where}: weights shifted to u8 at load (exact)")
     if weights == "s8":

@@ -32,6 +32,11 @@ class Candidate:
     on_gpu: bool = False
     engine_properties: dict[str, str] = field(default_factory=dict)
     int8_tensors: int = 0
+    #: int8: how it quantizes (``Variant.int8``)
+    int8: dict[str, Any] = field(default_factory=dict)
+    #: int8: how the weights were fed when validated (``"s8"`` as exported, ``"u8"`` shifted),
+    #: recorded as the validated CPU's ``int8_weights``; None: the CPU's default
+    weights_fed: str | None = None
     #: builder-specific results :meth:`Builder.settle` reads (int8-ov: the bf16 alternative)
     extra: dict[str, Any] = field(default_factory=dict)
 
