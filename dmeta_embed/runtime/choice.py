@@ -150,7 +150,10 @@ def _cpu_choice(manifest: Manifest, variant: Precision, cpu: CpuInfo, why: str) 
     where = f"int8 {_validated(manifest, variant)}; this CPU is {cpu.cpu_class.value}"
     if weights == "u8" and manifest.variants[variant.value].saturation_free:
         return Choice(
-            variant, Provider.CPU, "s8", f"{why}; {where}: 7-bit or u8 weights, exact here as exported (no shift)"
+            variant,
+            Provider.CPU,
+            "s8",
+            f"{why}; {where}: 7-bit or u8 weights, exact here as exported (no shift)",
         )
     if weights == "u8":
         return Choice(variant, Provider.CPU, "u8", f"{why}; {where}: weights shifted to u8 at load (exact)")

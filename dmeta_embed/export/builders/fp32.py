@@ -17,6 +17,7 @@ class FP32(BaseBuilder):
 
     def build(self, ctx: Context) -> Candidate:
         model = ctx.fp32_model
-        with stage(f"fp32: validation on {len(ctx.reference)} probe texts"):
+        with stage(f"fp32: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
             vectors = ctx.embed(model)
-        return Candidate(model, ctx.fidelity(vectors, self.precision))
+            invariance = ctx.batch_min_cos(ctx.runner(model))
+        return Candidate(model, ctx.fidelity(vectors, self.precision, batch_min_cos=invariance))
