@@ -239,18 +239,31 @@ def test_openvino_runs_the_fp32_file_in_f32_like_torch(tiny_src: Path, fp32_expo
 
 
 @pytest.fixture(scope="module")
-def bf16_export(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mean_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with mean pooling. bf16 is measured on it rather than on the CLS-pooled tiny:
+    one token's vector of a 2-layer, 64-wide random net is bf16's worst case (bf16 rounding of every
+    Linear's input, weights and output emulated in torch: CLS min cos 0.99925, mean pooling
+    0.99979; the same emulation on the BERT-base shape gave 0.99986, where OpenVINO's bf16 on AMX
+    measured 0.99987)."""
     why = BF16().unavailable()
     if why is not None:
         pytest.skip(f"bf16 variant not built here: {why}")
+    from dmeta_embed.manifest import Pooling
+    from tests.random_models import build_model
+
+    return build_model(tmp_path_factory.mktemp("tiny-mean-src"), "tiny", pooling=Pooling.MEAN)
+
+
+@pytest.fixture(scope="module")
+def bf16_export(mean_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dmeta_embed.export import export_model
 
     out = tmp_path_factory.mktemp("tiny-bf16") / "model"
-    export_model(str(tiny_src), out, variants=("fp32", "bf16"))
+    export_model(str(mean_src), out, variants=("fp32", "bf16"))
     return out
 
 
-def test_real_export_meets_its_bar_against_torch(tiny_src: Path, bf16_export: Path) -> None:
+def test_real_export_meets_its_bar_against_torch(mean_src: Path, bf16_export: Path) -> None:
     from dmeta_embed import Embedder
 
     m = Manifest.load(bf16_export)
@@ -263,7 +276,7 @@ def test_real_export_meets_its_bar_against_torch(tiny_src: Path, bf16_export: Pa
     e = Embedder.load(bf16_export, variant="bf16")
     assert e.choice.engine_properties == {HINT: "bf16"} and not e.choice.warning
     texts = probe_texts(m.max_length)
-    c = _cosines(e.encode(texts), _st_reference(tiny_src, texts))
+    c = _cosines(e.encode(texts), _st_reference(mean_src, texts))
     bar = BARS[Precision.BF16]
     assert c.min() >= bar.min_cos and c.mean() >= bar.mean_cos, (c.min(), c.mean())
 
