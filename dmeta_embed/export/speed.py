@@ -58,13 +58,15 @@ def measure(
     if FP32 not in runs:
         raise ValueError("speed runs need the fp32 baseline")
     reps = {}
+    # the warm-up is one step of the estimate: on a base-size model it is 2 of 5 passes per run
+    progress = Progress("speed", rounds + 1)
     for r, run in runs.items():  # warm-up (weight packing, first-shape compiles), then size a pass
         run()
         t0 = time.perf_counter()
         run()
         reps[r] = max(1, round(0.05 / max(time.perf_counter() - t0, 1e-6)))  # tiny models: >= 50 ms a pass
+    progress.step("warm-up")
     best = {r: float("inf") for r in runs}
-    progress = Progress("speed", rounds)
     for _ in range(rounds):
         for r, run in runs.items():
             t0 = time.perf_counter()
