@@ -13,7 +13,6 @@ compiled model's execution precision, in case the flags and OpenVINO disagree.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,7 +66,6 @@ class BF16(BaseBuilder):
 
     def build(self, ctx: Context) -> Candidate:
         from ..openvino import compile_runner, engine_version
-        from ..reference import cosines
 
         model = ctx.fp32_model
         with stage(f"bf16: validation on OpenVINO, {len(ctx.reference)} probe texts"):
@@ -75,10 +73,7 @@ class BF16(BaseBuilder):
             _check_bf16(runner)
             vectors = _embed(ctx, runner)
             # a server batches concurrent requests: bf16 is close to batch-invariant, not exactly
-            alone = _embed(ctx, runner, batch_size=1)
-        fid = replace(
-            ctx.fidelity(vectors, self.precision), batch_min_cos=float(cosines(alone, vectors).min())
-        )
+            fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner))
         return Candidate(
             model,
             fid,
@@ -109,7 +104,7 @@ def _check_bf16(runner: OpenVINORunner) -> None:
         )
 
 
-def _embed(ctx: Context, runner: OpenVINORunner, batch_size: int | None = None) -> np.ndarray:
+def _embed(ctx: Context, runner: OpenVINORunner) -> np.ndarray:
     """The probe texts through ``runner``, batched as the runtime batches for OpenVINO (or one
     text per call)."""
     from ...runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
@@ -121,5 +116,5 @@ def _embed(ctx: Context, runner: OpenVINORunner, batch_size: int | None = None) 
         pad_id=ctx.tok_info.pad_token_id,
         dim=ctx.hidden,
         max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO],
-        batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=DEFAULT_BATCH_SIZE,
     )
