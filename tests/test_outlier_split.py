@@ -87,6 +87,15 @@ def test_outlier_rows_stay_float_and_int8_weights_lose_less(
     main = next(n for n in g.node if n.name == FFN_OUT)
     assert main.input[1] in dequantized  # the rest of the weight is int8
 
+    # a mask no activation quantizer follows is dropped, exactly; one a quantizer follows stays
+    only_weights = ovx.unquantize(split_static, {q.name for q in ovx.activation_quantizers(split_static)})
+    unmasked = outlier_split.drop_unused_masks(only_weights)
+    assert not [n for n in unmasked.graph.node if n.name.endswith("/Mask")]
+    np.testing.assert_allclose(_run(unmasked, calib), _run(only_weights, calib), atol=1e-6)
+    n_masks = len([n for n in g.node if n.name.endswith("/Mask")])
+    kept = outlier_split.drop_unused_masks(split_static)
+    assert n_masks > 0 and len([n for n in kept.graph.node if n.name.endswith("/Mask")]) == n_masks
+
     monkeypatch.setattr(outlier_split, "outlier_channels", lambda model, amax: {})
     plain_static = ovx.quantize_static(planted, calib)
 

@@ -308,7 +308,7 @@ def search(
         return OpenVinoInt8(static, {}, trials)
     if not trial(len(roles)):
         # even int8 weights alone miss the target: nothing in between can pass
-        return OpenVinoInt8(unquantize(static, set(removed_for(len(roles)))), removed_for(len(roles)), trials)
+        return OpenVinoInt8(_final(static, removed_for(len(roles))), removed_for(len(roles)), trials)
     lo, hi = 0, len(roles)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -317,4 +317,12 @@ def search(
         else:
             lo = mid
     removed = removed_for(hi)
-    return OpenVinoInt8(unquantize(static, set(removed)), removed, trials)
+    return OpenVinoInt8(_final(static, removed), removed, trials)
+
+
+def _final(static: onnx.ModelProto, removed: dict[str, str]) -> onnx.ModelProto:
+    """The candidate without ``removed``'s quantizers and the outlier masks they made useless
+    (exact: ``outlier_split.drop_unused_masks``)."""
+    from . import outlier_split
+
+    return outlier_split.drop_unused_masks(unquantize(static, set(removed)))

@@ -146,3 +146,30 @@ def split(model: onnx.ModelProto, channels: dict[str, np.ndarray]) -> onnx.Model
     del g.node[:]
     g.node.extend(nodes)
     return m
+
+
+def drop_unused_masks(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the masks that no activation quantizer follows: ``W_rest``'s outlier rows
+    are zero, so ``(x * mask) @ W_rest == x @ W_rest`` and the mask only matters where the int8
+    activation scale must not see the outlier channels. Saves one elementwise pass over each
+    such MatMul's input (int8 weights alone is what the search keeps on real MiniLM and MPNet)."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    masks = {n.output[0]: n for n in g.node if n.op_type == "Mul" and n.name.endswith("/Mask")}
+    dropped = set()
+    for n in g.node:
+        if n.op_type == "MatMul" and n.input[0] in masks and masks[n.input[0]].name == f"{n.name}/Mask":
+            mask = masks[n.input[0]]
+            n.input[0] = mask.input[0]
+            dropped.add(mask.name)
+    read = {i for n in g.node if n.name not in dropped for i in n.input}
+    keep = [n for n in g.node if n.name not in dropped]
+    del g.node[:]
+    g.node.extend(keep)
+    inits = [i for i in g.initializer if i.name in read]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return m
