@@ -128,7 +128,7 @@ def test_cls_pooling_computes_last_layer_for_token_zero_only(tiny_export):
 def test_int8_is_per_row_with_embeddings_fp32(tiny_export):
     """Every MatMul with a constant weight (QKV unfused from Attention included) is per-row int8 or
     listed as kept fp32; the manifest's counts are the graph's; the embedding tables stay fp32."""
-    from dmeta_embed.export.int8_search import ladder
+    from dmeta_embed.export.int8_search import ladder, weight_format
     from dmeta_embed.runtime.cpu import detect
 
     model = onnx.load(str(tiny_export / "model.int8.onnx"))
@@ -142,7 +142,7 @@ def test_int8_is_per_row_with_embeddings_fp32(tiny_export):
     assert int8_nodes + len(v.kept_float) == 8
     assert sum(v.int8["weights"].values()) == int8_nodes
     # the formats are this CPU class's ladder (fp32 is what kept_float lists)
-    assert set(v.int8["weights"]) <= set(ladder(detect())) - {"fp32"}
+    assert set(v.int8["weights"]) <= {weight_format(r) for r in ladder(detect())} - {"fp32"}
     inits = {i.name: i for i in model.graph.initializer}
     int8 = sum(1 for i in inits.values() if i.data_type == onnx.TensorProto.INT8)
     assert v.int8_tensors == int8

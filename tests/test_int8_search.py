@@ -82,4 +82,8 @@ def test_ladder_per_class(cls: CpuClass, first: str) -> None:
     """s8 only where u8×s8 accumulates in int32; 7-bit weights (which never saturate) elsewhere."""
     rungs = int8_search.ladder(CpuInfo(cls))
     assert rungs[0] == first and rungs[-1] == "fp32"
-    assert ("u8" in rungs) == (first == "s7")
+    formats = [int8_search.weight_format(r) for r in rungs[:-1]]
+    # 8-bit weights where they saturate only as u8 (u8×u8 kernels); never s8 there
+    assert ("u8" in formats) == (first == "s7") and ("s8" in formats) == (first == "s8")
+    # the second rung gives the node asymmetric rows (the 8th bit for its activations)
+    assert rungs[1].endswith("/asym")

@@ -114,17 +114,23 @@ class Context:
             out.append({"input_ids": ids, "attention_mask": mask})
         return out
 
-    def batch_min_cos(self, runner: Runner, tok: Tokenized | None = None) -> float:
-        """The lowest cosine between a text embedded alone and the same text inside one batch of
-        all of ``tok`` (default: the probe texts) in their own order: mixed lengths, so most rows
-        carry padding, as a server's batches of concurrent requests do."""
-        tok = self.probe_tok if tok is None else tok
-        every = np.arange(len(tok.ids))
-        together = runner.run(*pad(tok.ids, every, self.tok_info.pad_token_id))
-        alone = np.concatenate(
-            [runner.run(*pad(tok.ids, every[i : i + 1], self.tok_info.pad_token_id)) for i in every]
-        )
-        return float(cosines(alone, together).min())
+    def batch_min_cos(self, runner: Runner, batched: np.ndarray | None = None) -> float:
+        """The lowest cosine between a probe text embedded alone and the same text inside a batch:
+        the 8 shortest probe texts and the longest, each alone, against the runtime's
+        length-sorted batches (``batched``: the probe vectors already computed that way, else
+        computed here) and against one batch the nine share (the short ones mostly padding, as
+        a server's batch of short concurrent requests beside one long one)."""
+        tok = self.probe_tok
+        pad_id = self.tok_info.pad_token_id
+        if batched is None:
+            batched = embed_tokenized(
+                runner, tok, pad_id=pad_id, dim=self.hidden, max_batch_tokens=4096, batch_size=16
+            )
+        order = np.argsort(tok.lengths, kind="stable")
+        some = np.concatenate([order[:8], order[-1:]])
+        alone = np.concatenate([runner.run(*pad(tok.ids, np.array([i]), pad_id)) for i in some])
+        together = runner.run(*pad(tok.ids, some, pad_id))
+        return float(min(cosines(alone, batched[some]).min(), cosines(alone, together).min()))
 
     def calibration_reference(self) -> np.ndarray:
         """fp32 (ONNX) embeddings of the calibration texts, computed once: the searches' target."""

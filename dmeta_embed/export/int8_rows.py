@@ -24,7 +24,7 @@ activation outliers into the weights before the per-row quantization.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -102,6 +102,9 @@ def row_quantizable(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+#: a format suffix (``"u8/asym"``): that node's rows asymmetric, whatever ``symmetric`` says
+ASYMMETRIC = "asym"
+
 #: how one MatMul's weights are stored, per output channel, symmetric:
 #: ``s8``: int8 in ±127, exact where u8×s8 kernels accumulate in int32 (VNNI, AMX, arm64); the
 #: runtime shifts it to u8 where they saturate (x86 without VNNI), exact but on slower kernels;
@@ -134,14 +137,15 @@ def quantize_rows(
     smooth: dict[str, np.ndarray] | None = None,
     weights: str = "s8",
     formats: dict[str, str] | None = None,
-    symmetric: bool = False,
+    symmetric: bool | Collection[str] = False,
     activation_bits: int = 8,
 ) -> onnx.ModelProto:
     """A copy of ``model`` with every :func:`row_quantizable` MatMul not in ``exclude`` computed
     in int8 with per-row activation scales. ``smooth``: per-input-channel factors ``s`` by node
     name (from :func:`smoothing_scales`): that node computes ``(x / s) · (s · W)``. ``weights``:
     the weight format (:data:`WEIGHT_FORMATS`) of every node ``formats`` does not name
-    (``"fp32"`` there keeps that node float). ``symmetric``: rows quantized around a fixed zero
+    (``"fp32"`` there keeps that node float, a ``/asym`` suffix gives it asymmetric rows). ``symmetric`` (True, or the nodes it applies to,
+    as :func:`symmetric_nodes` picks them): rows quantized around a fixed zero
     point (no int32 correction; half the resolution for one-sided rows). ``activation_bits``: 7
     keeps u8×s8 pair sums in range with 8-bit weights (asymmetric rows only)."""
     import onnx
@@ -159,8 +163,9 @@ def quantize_rows(
     for n in g.node:
         if n.name in targets:
             w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
-            fmt = formats.get(n.name, weights)
-            if symmetric:
+            fmt, _, rows = formats.get(n.name, weights).partition("/")
+            sym = symmetric is True or (not isinstance(symmetric, bool) and n.name in symmetric)
+            if sym and rows != ASYMMETRIC:
                 nodes += _row_matmul_symmetric(
                     n.name, n.input[0], n.output[0], w, smooth.get(n.name), consts, fmt
                 )
@@ -400,6 +405,24 @@ def smoothing_scales(
     return out
 
 
+def symmetric_nodes(stats: ActivationStats, smooth: dict[str, np.ndarray] | None = None) -> list[str]:
+    """The nodes whose input rows are about as negative as positive (LayerNorm outputs, attention
+    context): a fixed zero point costs them almost nothing and saves the asymmetric rows' int32
+    correction and two output passes. One-sided inputs (GELU and ReLU outputs: min ≈ -0.17 against
+    a max of several units) keep asymmetric rows, which give them the 8th bit."""
+    out = []
+    smooth = smooth or {}
+    for name in stats.nodes:
+        x = stats.x_rows(name)
+        s = smooth.get(name)
+        if s is not None:
+            x = x / s
+        lo, hi = -np.minimum(x.min(axis=1), 0.0), np.maximum(x.max(axis=1), 0.0)
+        if float(np.median(np.minimum(lo, hi) / np.maximum(np.maximum(lo, hi), MIN_SCALE))) >= 0.5:
+            out.append(name)
+    return out
+
+
 def fake_rows(x: np.ndarray, symmetric: bool = False) -> np.ndarray:
     """Rows of ``x`` [R, K] quantized as the graph quantizes them (u8 per row), dequantized."""
     if symmetric:
@@ -422,7 +445,7 @@ def node_errors(
     stats: ActivationStats,
     fmt: str,
     smooth: dict[str, np.ndarray] | None = None,
-    symmetric: bool = False,
+    symmetric: bool | Collection[str] = False,
 ) -> dict[str, float]:
     """Each node's output error with only it quantized (``fmt`` weights, per-row activations), on
     the sampled rows: the 99th percentile over rows of |y_q - y| / |y|, so the rows that go wrong
@@ -440,7 +463,8 @@ def node_errors(
         s = smooth.get(name)
         if s is not None:
             x, w = x / s, w * s[:, None]
-        yq = fake_rows(x, symmetric).astype(np.float32) @ fake_weight(w, fmt)
+        sym = symmetric is True or (not isinstance(symmetric, bool) and name in symmetric)
+        yq = fake_rows(x, sym).astype(np.float32) @ fake_weight(w, fmt)
         err = np.linalg.norm(yq - y, axis=1) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
         out[name] = float(np.percentile(err, 99))
     return out

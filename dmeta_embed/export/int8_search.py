@@ -32,12 +32,19 @@ FP32 = "fp32"
 
 
 def ladder(cpu: CpuInfo) -> tuple[str, ...]:
-    """The formats a node may take on ``cpu``, fastest first, ending in fp32."""
+    """The formats a node may take on ``cpu``, fastest first, ending in fp32: the weight format,
+    with ``/asym`` where the node's rows become asymmetric whatever their shape (one more bit for
+    the rows of the nodes that need it, at the price of an int32 correction pass)."""
     if cpu.cpu_class in U8_SHIFT:
         # s8 would need the u8 shift at load (u8×u8 kernels, ~1.5× slower on AVX2): 7-bit weights
         # run on the u8×s8 kernels exactly; u8 keeps the 8th bit for the nodes that need it
-        return ("s7", "u8", FP32)
-    return ("s8", FP32)
+        return ("s7", "u8/asym", FP32)
+    return ("s8", "s8/asym", FP32)
+
+
+def weight_format(rung: str) -> str:
+    """``"u8/asym"`` → ``"u8"``."""
+    return rung.partition("/")[0]
 
 
 @dataclass

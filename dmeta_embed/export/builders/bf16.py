@@ -73,7 +73,7 @@ class BF16(BaseBuilder):
             _check_bf16(runner)
             vectors = _embed(ctx, runner)
             # a server batches concurrent requests: bf16 is close to batch-invariant, not exactly
-            fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner))
+            fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
         return Candidate(
             model,
             fid,

@@ -29,7 +29,7 @@ class FP16(BaseBuilder):
     def build(self, ctx: Context) -> Candidate:
         model = ctx.head(derive.to_fp16(ctx.backbone))
         provider, vectors = self._validate(ctx, model)
-        invariance = ctx.batch_min_cos(ctx.runner(model, provider))
+        invariance = ctx.batch_min_cos(ctx.runner(model, provider), vectors)
         return Candidate(
             model,
             ctx.fidelity(vectors, self.precision, batch_min_cos=invariance),

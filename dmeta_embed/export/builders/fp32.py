@@ -19,5 +19,5 @@ class FP32(BaseBuilder):
         model = ctx.fp32_model
         with stage(f"fp32: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
             vectors = ctx.embed(model)
-            invariance = ctx.batch_min_cos(ctx.runner(model))
+            invariance = ctx.batch_min_cos(ctx.runner(model), vectors)
         return Candidate(model, ctx.fidelity(vectors, self.precision, batch_min_cos=invariance))

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 SMOOTHING = 0.5
 #: activation rows sampled per MatMul input to rank the nodes' damage (numpy, no graph)
 SAMPLE_ROWS = 512
+#: rows with a fixed zero point where the node's inputs are two-sided, asymmetric rows where they
+#: are one-sided (``int8_rows.symmetric_nodes``); or "symmetric" / "asymmetric" for every node
+ROWS = "mixed"
 
 
 class INT8(BaseBuilder):
@@ -47,11 +50,18 @@ class INT8(BaseBuilder):
         with stage(f"int8: activation statistics on {len(ctx.calib_tok.ids)} calibration texts"):
             stats = int8_rows.ActivationStats(backbone, ctx.feeds(), sample_rows=SAMPLE_ROWS, nodes=nodes)
             smooth = int8_rows.smoothing_scales(backbone, alpha=SMOOTHING, stats=stats)
-            damage = int8_rows.node_errors(backbone, stats, rungs[0], smooth)
+            symmetric: list[str] = (
+                int8_rows.symmetric_nodes(stats, smooth)
+                if ROWS == "mixed"
+                else (list(nodes) if ROWS == "symmetric" else [])
+            )
+            damage = int8_rows.node_errors(backbone, stats, rungs[0], smooth, symmetric)
         reference = ctx.calibration_reference()
 
         def build(formats: dict[str, str]) -> onnx.ModelProto:
-            return int8_rows.quantize_rows(backbone, smooth=smooth, weights=rungs[0], formats=formats)
+            return int8_rows.quantize_rows(
+                backbone, smooth=smooth, weights=rungs[0], formats=formats, symmetric=symmetric
+            )
 
         # the ladder starts at s8 only where u8×s8 is exact, and at s7 (never saturates) where it is
         # not: every candidate runs as exported here, as the runtime will run it on this CPU class
@@ -70,7 +80,7 @@ class INT8(BaseBuilder):
         with stage(f"int8: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
             runner = ctx.runner(model, Provider.CPU)
             vectors = ctx.embed(model)
-            fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner))
+            fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
         return Candidate(
             model,
             fid,
@@ -79,7 +89,13 @@ class INT8(BaseBuilder):
             int8={
                 "activations": "per-row",
                 "smoothing": SMOOTHING,
-                "weights": {k: v for k, v in sorted(counts.items()) if k != int8_search.FP32},
+                "weights": _by_weight_format(counts),
+                "asymmetric_rows": sum(
+                    1
+                    for n in nodes
+                    if found.formats.get(n, rungs[0]) != int8_search.FP32
+                    and (found.formats.get(n, "").endswith("/asym") or n not in symmetric)
+                ),
                 "promoted": {n: r for n, r in found.reasons.items() if found.formats[n] != int8_search.FP32},
                 "trials": found.trials,
             },
@@ -89,3 +105,13 @@ class INT8(BaseBuilder):
     def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
         runner = ctx.runner(cand.model, Provider.CPU)
         return {SpeedRun.of(self.precision): calibration_pass(ctx, runner, Provider.CPU)}
+
+
+def _by_weight_format(counts: dict[str, int]) -> dict[str, int]:
+    """Quantized nodes per weight format (``u8/asym`` counts as ``u8``; fp32 nodes left out)."""
+    out: dict[str, int] = {}
+    for rung, n in counts.items():
+        if rung != int8_search.FP32:
+            fmt = int8_search.weight_format(rung)
+            out[fmt] = out.get(fmt, 0) + n
+    return dict(sorted(out.items()))
