@@ -211,7 +211,8 @@ class Variant:
     #: invariant) or ``per-tensor`` (one scale per batch; folders without this field);
     #: ``weights``: node count per weight format (``s8``: 8-bit signed, which the runtime shifts
     #: to u8 where u8×s8 kernels saturate; ``s7``: 7-bit signed, which never saturates; ``u8``:
-    #: 8-bit stored unsigned with zero point 128, u8×u8 kernels, exact everywhere)
+    #: 8-bit stored unsigned with zero point 128, u8×u8 kernels, exact everywhere; ``s8a7``: 8-bit
+    #: s8 beside 7-bit activation rows, which never saturate either)
     int8: dict[str, Any] = field(default_factory=dict)
 
     @property

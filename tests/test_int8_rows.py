@@ -89,7 +89,7 @@ def test_matches_numpy_reference(micro, shift: bool) -> None:
     assert np.abs(expected - (x @ w + bias)).max() > 1e-2
 
 
-def numpy_rows(x: np.ndarray, w: np.ndarray, fmt: str, symmetric: bool) -> np.ndarray:
+def numpy_rows(x: np.ndarray, w: np.ndarray, fmt: str, symmetric: bool, top: int = 255) -> np.ndarray:
     """Per-row activations (asymmetric u8, or symmetric ±127 around a fixed zero point) times
     per-column symmetric weights in ``fmt`` (±127, ±63 for s7; u8 is ±127 stored unsigned),
     written from the definition."""
@@ -104,9 +104,9 @@ def numpy_rows(x: np.ndarray, w: np.ndarray, fmt: str, symmetric: bool) -> np.nd
             xq = np.clip(np.rint(row / s), -127, 127)
         else:
             lo, hi = min(row.min(), 0.0), max(row.max(), 0.0)
-            s = max((hi - lo) / 255.0, 1e-12)
-            zp = np.clip(np.rint(-lo / s), 0, 255)
-            xq = np.clip(np.rint(row / s) + zp, 0, 255) - zp
+            s = max((hi - lo) / top, 1e-12)
+            zp = np.clip(np.rint(-lo / s), 0, top)
+            xq = np.clip(np.rint(row / s) + zp, 0, top) - zp
         y[r] = (xq @ wq) * s * w_scale
     return y.reshape(*x.shape[:-1], w.shape[1]).astype(np.float32)
 
@@ -128,6 +128,17 @@ def test_weight_formats_match_numpy_on_every_cpu(micro, fmt: str, symmetric: boo
     expected = numpy_rows(x, w, fmt, symmetric) + bias
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4 * float(np.abs(expected).max()))
     assert np.abs(expected - (x @ w + bias)).max() > 1e-2  # quantized, not the float product
+
+
+def test_seven_bit_rows_beside_s8_weights_never_saturate(micro) -> None:
+    """s8/a7: asymmetric rows in 0..127 with 8-bit s8 weights run as exported (no shift) and
+    equal the numpy reference on every CPU class: 2·127·127 < 2**15."""
+    model, w, bias, x = micro
+    q = quantize_rows(model, weights="s7", formats={"mm": "s8/a7"})
+    y = session(q, False).run(None, {"x": x})[0]
+    expected = numpy_rows(x, w, "s8", False, top=127) + bias
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4 * float(np.abs(expected).max()))
+    assert np.abs(expected - (numpy_rows(x, w, "s8", False) + bias)).max() > 1e-3  # 7 bits, not 8
 
 
 def test_per_node_formats_and_fp32(micro) -> None:

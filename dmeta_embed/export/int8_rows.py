@@ -104,6 +104,9 @@ def row_quantizable(model: onnx.ModelProto) -> list[str]:
 
 #: a format suffix (``"u8/asym"``): that node's rows asymmetric, whatever ``symmetric`` says
 ASYMMETRIC = "asym"
+#: a format suffix (``"s8/a7"``): asymmetric rows in 7 bits (0..127), so u8·s8 pair sums stay
+#: below 2**15 (2·127·127) with 8-bit weights: no saturation on any CPU, the fast u8×s8 kernels
+SEVEN_BIT_ROWS = "a7"
 
 #: how one MatMul's weights are stored, per output channel, symmetric:
 #: ``s8``: int8 in ±127, exact where u8×s8 kernels accumulate in int32 (VNNI, AMX, arm64); the
@@ -144,7 +147,8 @@ def quantize_rows(
     in int8 with per-row activation scales. ``smooth``: per-input-channel factors ``s`` by node
     name (from :func:`smoothing_scales`): that node computes ``(x / s) · (s · W)``. ``weights``:
     the weight format (:data:`WEIGHT_FORMATS`) of every node ``formats`` does not name
-    (``"fp32"`` there keeps that node float, a ``/asym`` suffix gives it asymmetric rows). ``symmetric`` (True, or the nodes it applies to,
+    (``"fp32"`` there keeps that node float, a ``/asym`` suffix gives it asymmetric rows, ``/a7``
+    asymmetric 7-bit rows). ``symmetric`` (True, or the nodes it applies to,
     as :func:`symmetric_nodes` picks them): rows quantized around a fixed zero
     point (no int32 correction; half the resolution for one-sided rows). ``activation_bits``: 7
     keeps u8×s8 pair sums in range with 8-bit weights (asymmetric rows only)."""
@@ -165,13 +169,14 @@ def quantize_rows(
             w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
             fmt, _, rows = formats.get(n.name, weights).partition("/")
             sym = symmetric is True or (not isinstance(symmetric, bool) and n.name in symmetric)
-            if sym and rows != ASYMMETRIC:
+            bits = 7 if rows == SEVEN_BIT_ROWS else activation_bits
+            if sym and not rows:
                 nodes += _row_matmul_symmetric(
                     n.name, n.input[0], n.output[0], w, smooth.get(n.name), consts, fmt
                 )
             else:
                 nodes += _row_matmul(
-                    n.name, n.input[0], n.output[0], w, smooth.get(n.name), consts, fmt, activation_bits
+                    n.name, n.input[0], n.output[0], w, smooth.get(n.name), consts, fmt, bits
                 )
         else:
             nodes.append(n)

@@ -34,17 +34,23 @@ FP32 = "fp32"
 def ladder(cpu: CpuInfo) -> tuple[str, ...]:
     """The formats a node may take on ``cpu``, fastest first, ending in fp32: the weight format,
     with ``/asym`` where the node's rows become asymmetric whatever their shape (one more bit for
-    the rows of the nodes that need it, at the price of an int32 correction pass)."""
+    the rows of the nodes that need it, at the price of an int32 correction pass), ``/a7`` where
+    they are asymmetric in 7 bits."""
     if cpu.cpu_class in U8_SHIFT:
-        # s8 would need the u8 shift at load (u8×u8 kernels, ~1.5× slower on AVX2): 7-bit weights
-        # run on the u8×s8 kernels exactly; u8 keeps the 8th bit for the nodes that need it
+        # 8-bit s8 weights beside 8-bit rows saturate u8×s8's int16 pair sums here, and the u8
+        # shift that makes them exact runs u8×u8 kernels, ~1.5× slower on AVX2. Fast and exact:
+        # 7-bit weights (s7); u8 (the shift, built in) for the nodes that need the 8th bit. 7-bit
+        # rows beside 8-bit weights (s8/a7) were tried as a middle rung on real MPNet and helped
+        # no more than u8 did (docs/performance.md)
         return ("s7", "u8/asym", FP32)
     return ("s8", "s8/asym", FP32)
 
 
 def weight_format(rung: str) -> str:
-    """``"u8/asym"`` → ``"u8"``."""
-    return rung.partition("/")[0]
+    """How a rung's weights are counted in the manifest: ``"u8/asym"`` → ``"u8"``, and
+    ``"s8/a7"`` → ``"s8a7"`` (8-bit s8 weights that cannot saturate: their rows are 7-bit)."""
+    fmt, _, rows = rung.partition("/")
+    return fmt + rows if rows == "a7" else fmt
 
 
 @dataclass

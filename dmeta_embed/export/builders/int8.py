@@ -94,7 +94,7 @@ class INT8(BaseBuilder):
                     1
                     for n in nodes
                     if found.formats.get(n, rungs[0]) != int8_search.FP32
-                    and (found.formats.get(n, "").endswith("/asym") or n not in symmetric)
+                    and ("/" in found.formats.get(n, "") or n not in symmetric)
                 ),
                 "promoted": {n: r for n, r in found.reasons.items() if found.formats[n] != int8_search.FP32},
                 "trials": found.trials,
