@@ -49,7 +49,7 @@ def measure(
     runs: Mapping[SpeedRun, Callable[[], object]],
     tokens: int,
     cpu_class: str,
-    rounds: int = 3,
+    rounds: int = 2,
 ) -> dict[SpeedRun, dict[str, Any]]:
     """Time each run (one pass over the same texts, batched as the runtime batches) and return
     its manifest ``speed`` record. The runs take turns (``rounds`` passes each) and keep their
@@ -58,13 +58,13 @@ def measure(
     if FP32 not in runs:
         raise ValueError("speed runs need the fp32 baseline")
     reps = {}
-    # the warm-up is one step of the estimate: on a base-size model it is 2 of 5 passes per run
+    # the warm-up is one step of the estimate: on a base-size model it is 1 of 3 passes per run
     progress = Progress("speed", rounds + 1)
-    for r, run in runs.items():  # warm-up (weight packing, first-shape compiles), then size a pass
-        run()
+    for r, run in runs.items():  # warm-up (weight packing, first-shape compiles), timed to size a pass
         t0 = time.perf_counter()
         run()
-        reps[r] = max(1, round(0.05 / max(time.perf_counter() - t0, 1e-6)))  # tiny models: >= 50 ms a pass
+        # tiny models: >= 50 ms a timed pass (the warm-up over-estimates a pass: fewer reps, not more)
+        reps[r] = max(1, round(0.05 / max(time.perf_counter() - t0, 1e-6)))
     progress.step("warm-up")
     best = {r: float("inf") for r in runs}
     for _ in range(rounds):
