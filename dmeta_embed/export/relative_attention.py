@@ -11,8 +11,9 @@ that one tensor. The fused graph keeps it computed once and passes the un-expand
 ``[1, heads, seq, seq]`` tensor, which ``Attention`` broadcasts over the batch.
 
 Works on the graph after :func:`graph.fuse` (SkipLayerNormalization fused or not). int8 note:
-``QAttention`` has no ``attention_bias`` input (onnxruntime's quantizer would drop it), so the
-int8 variant is quantized from the graph *before* this fusion (``export.builders.int8``).
+``QAttention`` has no ``attention_bias`` input, so the int8 variant splits this ``Attention`` into
+its QKV MatMul (quantized per row) and ``MultiHeadAttention``, which keeps the bias
+(``export.int8_rows.unfuse_attention``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ operands to int16 first and accumulate in int32: no saturation. Shifting every i
 ``w`` to ``w + 128`` (flip the top bit) with zero point ``z + 128`` leaves ``w - z`` unchanged, so
 the integer products, and the embeddings, are the exact ones the export validated.
 
-The int8 tensors of our files are only the MatMulInteger / QAttention weights and their zero
+The int8 tensors of our files are only the int8 MatMul weights (MatMulInteger,
+MatMulIntegerToFloat; QAttention in folders exported before per-row int8) and their zero
 points (the exporter checks and records how many), so the rewrite flips *every* INT8 initializer.
 It edits the protobuf wire format directly, standard library and numpy only: the runtime must not
 need the ``onnx`` package.
