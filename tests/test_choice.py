@@ -323,3 +323,24 @@ def test_serve_takes_bf16_only_when_measured_invariant() -> None:
         ch = choose(m, cpu=amx, installed=OPENVINO, batched_requests=True)
         assert (ch.variant == bf16) == served, (batch_min_cos, ch.reason)
         assert ("bf16 is not" in ch.reason) == (not served)
+
+
+@pytest.mark.parametrize(
+    "weights,fed_on_avx2",
+    [({"s7": 6, "u8": 2}, "s8"), ({"s7": 8}, "s8"), ({"s8": 8}, "u8"), ({}, "u8")],
+    ids=["s7+u8", "s7", "s8", "older-folder"],
+)
+def test_saturation_free_int8_loads_unshifted_on_every_class(weights: dict, fed_on_avx2: str) -> None:
+    """A file with no 8-bit s8 weights is exact as exported everywhere: the runtime feeds it
+    unshifted even where u8×s8 saturates; an s8 file (or one exported before the field) is shifted
+    there; classes whose u8×s8 is exact never shift."""
+    v = dataclasses.replace(
+        variant(Precision.INT8, validated="avx2"),
+        int8={"activations": "per-row", "weights": weights} if weights else {},
+    )
+    m = manifest(v)
+    installed = Installed(cuda=False, openvino=False)
+    avx2 = choose(m, "int8", cpu=cpu(CpuClass.AVX2), installed=installed)
+    assert avx2.int8_weights == fed_on_avx2
+    assert ("no shift" in avx2.reason) == (fed_on_avx2 == "s8")
+    assert choose(m, "int8", cpu=cpu(CpuClass.AMX), installed=installed).int8_weights == "s8"

@@ -19,7 +19,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dmeta_embed.export.variants import check_int8_tensors
-from dmeta_embed.manifest import Manifest
 from dmeta_embed.runtime.int8 import shift_int8_weights
 
 QEMU = shutil.which("qemu-x86_64")
@@ -176,46 +175,3 @@ def test_shifted_int8_model_gives_the_same_vectors_on_avx2_as_here(
     )  # same integers; float parts may round differently
     cos = (avx2_s8 * here_u8).sum(1)
     assert cos.min() < 0.999  # the unshifted file computes a different function on AVX2
-
-
-@pytest.mark.parametrize(
-    "weights,fed_on_avx2",
-    [({"s7": 6, "u8": 2}, "s8"), ({"s7": 8}, "s8"), ({"s8": 8}, "u8"), ({}, "u8")],
-    ids=["s7+u8", "s7", "s8", "older-folder"],
-)
-def test_saturation_free_int8_loads_unshifted_on_every_class(weights: dict, fed_on_avx2: str) -> None:
-    """A file with no 8-bit s8 weights is exact as exported everywhere: the runtime feeds it
-    unshifted even where u8×s8 saturates; an s8 file (or one exported before the field) is shifted
-    there; classes whose u8×s8 is exact never shift."""
-    from dmeta_embed.manifest import BARS, Fidelity, Pooling, Precision, TokenizerInfo, Variant
-    from dmeta_embed.runtime.choice import Installed, choose
-    from dmeta_embed.runtime.cpu import CpuClass, CpuInfo
-
-    bar = BARS[Precision.INT8]
-    v = Variant(
-        precision=Precision.INT8,
-        file="model.int8.onnx",
-        sha256="0" * 64,
-        size_bytes=1,
-        provider="CPUExecutionProvider",
-        fidelity=Fidelity(0.999, 0.999, 0.0, 24, 512, bar.min_cos, bar.mean_cos),
-        validated_cpu={"cpu_class": "avx2"},
-        int8={"activations": "per-row", "weights": weights} if weights else {},
-    )
-    m = Manifest(
-        source={},
-        pooling=Pooling.CLS,
-        normalize=True,
-        max_length=512,
-        dim=8,
-        tokenizer=TokenizerInfo("tokenizer.json", 0),
-        inputs=("input_ids", "attention_mask"),
-        output="sentence_embedding",
-        variants={"int8": v},
-        export={},
-    )
-    installed = Installed(cuda=False, openvino=False)
-    avx2 = choose(m, "int8", cpu=CpuInfo(CpuClass.AVX2), installed=installed)
-    assert avx2.int8_weights == fed_on_avx2
-    assert ("no shift" in avx2.reason) == (fed_on_avx2 == "s8")
-    assert choose(m, "int8", cpu=CpuInfo(CpuClass.AMX), installed=installed).int8_weights == "s8"
