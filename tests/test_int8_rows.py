@@ -183,7 +183,7 @@ def test_node_errors_rank_the_node_with_an_outlier_channel_first() -> None:
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     feeds = [{"x": rng.normal(size=(64, k)).astype(np.float32)} for _ in range(2)]
     stats = ActivationStats(model, feeds, sample_rows=100)
-    assert stats.x_rows("plain").shape == (100, k)
+    assert stats.x_rows("plain").shape == (100, k)  # 50 from each of the 2 batches
     np.testing.assert_allclose(stats.x_amax("skewed")[5] / 500.0, stats.x_amax("plain").max(), rtol=10)
     err = node_errors(model, stats, "s8")
     assert err["skewed"] > 5 * err["plain"] > 0

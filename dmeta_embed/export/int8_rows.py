@@ -168,7 +168,7 @@ def quantize_rows(
         if n.name in targets:
             w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
             fmt, _, rows = formats.get(n.name, weights).partition("/")
-            sym = symmetric is True or (not isinstance(symmetric, bool) and n.name in symmetric)
+            sym = _symmetric(symmetric, n.name)
             bits = 7 if rows == SEVEN_BIT_ROWS else activation_bits
             if sym and not rows:
                 nodes += _row_matmul_symmetric(
@@ -188,6 +188,11 @@ def quantize_rows(
     del g.initializer[:]
     g.initializer.extend(keep)
     return m
+
+
+def _symmetric(symmetric: bool | Collection[str], node: str) -> bool:
+    """Whether ``node``'s rows get a fixed zero point (``symmetric``: all, none, or these nodes)."""
+    return symmetric if isinstance(symmetric, bool) else node in symmetric
 
 
 class _Consts:
@@ -343,7 +348,7 @@ class ActivationStats:
     def __init__(
         self,
         model: onnx.ModelProto,
-        feeds: Iterable[dict[str, np.ndarray]],
+        feeds: Sequence[dict[str, np.ndarray]],
         sample_rows: int = 512,
         nodes: Iterable[str] | None = None,
     ) -> None:
@@ -361,19 +366,23 @@ class ActivationStats:
             probe.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
         sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         self.amax: dict[str, np.ndarray] = {}
-        seen: dict[str, list[np.ndarray]] = {t: [] for t in taps}
+        # a few rows from each batch as it comes: every activation of a base-size model over the
+        # calibration texts would be ~1.5 GB
+        per_batch = -(-sample_rows // max(1, len(feeds)))
+        rng = np.random.default_rng(0)
+        kept: dict[str, list[np.ndarray]] = {t: [] for t in taps}
         for feed in feeds:
-            for t, v in zip(taps, sess.run(taps, feed), strict=True):
+            outs = sess.run(taps, feed)
+            picks: dict[int, np.ndarray] = {}  # the same tokens at every tap with as many rows
+            for t, v in zip(taps, outs, strict=True):
                 rows = v.reshape(-1, v.shape[-1])
                 a = np.abs(rows).max(axis=0)
                 self.amax[t] = a if t not in self.amax else np.maximum(self.amax[t], a)
-                seen[t].append(rows)
-        rng = np.random.default_rng(0)
-        self.rows: dict[str, np.ndarray] = {}
-        for t, parts in seen.items():
-            every = np.concatenate(parts)
-            pick = rng.choice(len(every), size=min(sample_rows, len(every)), replace=False)
-            self.rows[t] = every[np.sort(pick)]
+                n = len(rows)  # B·L, or B where CLS pooling runs the last layer on token 0 only
+                if n not in picks:
+                    picks[n] = np.sort(rng.choice(n, size=min(per_batch, n), replace=False))
+                kept[t].append(rows[picks[n]].copy())
+        self.rows = {t: np.concatenate(parts) for t, parts in kept.items()}
 
     def x_amax(self, node: str) -> np.ndarray:
         return self.amax[self.input_of[node]]
@@ -384,7 +393,7 @@ class ActivationStats:
 
 def smoothing_scales(
     model: onnx.ModelProto,
-    feeds: Iterable[dict[str, np.ndarray]] | None = None,
+    feeds: Sequence[dict[str, np.ndarray]] | None = None,
     alpha: float = 0.5,
     nodes: Iterable[str] | None = None,
     *,
@@ -468,8 +477,7 @@ def node_errors(
         s = smooth.get(name)
         if s is not None:
             x, w = x / s, w * s[:, None]
-        sym = symmetric is True or (not isinstance(symmetric, bool) and name in symmetric)
-        yq = fake_rows(x, sym).astype(np.float32) @ fake_weight(w, fmt)
+        yq = fake_rows(x, _symmetric(symmetric, name)).astype(np.float32) @ fake_weight(w, fmt)
         err = np.linalg.norm(yq - y, axis=1) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
         out[name] = float(np.percentile(err, 99))
     return out
