@@ -93,9 +93,14 @@ class Context:
     ) -> np.ndarray:
         """Embeddings of ``tok`` (default: the probe texts) through onnxruntime, batched as the
         runtime batches."""
+        return self.embed_runner(self.runner(model, provider, weights), tok)
+
+    def embed_runner(self, runner: Runner, tok: Tokenized | None = None) -> np.ndarray:
+        """:meth:`embed` through a session already made (one session for validation and
+        :meth:`batch_min_cos`)."""
         tok = self.probe_tok if tok is None else tok
         return embed_tokenized(
-            self.runner(model, provider, weights),
+            runner,
             tok,
             pad_id=self.tok_info.pad_token_id,
             dim=self.hidden,
@@ -114,18 +119,14 @@ class Context:
             out.append({"input_ids": ids, "attention_mask": mask})
         return out
 
-    def batch_min_cos(self, runner: Runner, batched: np.ndarray | None = None) -> float:
+    def batch_min_cos(self, runner: Runner, batched: np.ndarray) -> float:
         """The lowest cosine between a probe text embedded alone and the same text inside a batch:
-        the 8 shortest probe texts and the longest, each alone, against the runtime's
-        length-sorted batches (``batched``: the probe vectors already computed that way, else
-        computed here) and against one batch the nine share (the short ones mostly padding, as
-        a server's batch of short concurrent requests beside one long one)."""
+        the 8 shortest probe texts and the longest, each alone, against ``batched`` (the probe
+        vectors through ``runner`` in the runtime's length-sorted batches) and against one batch
+        the nine share (the short ones mostly padding, as a server's batch of short concurrent
+        requests beside one long one)."""
         tok = self.probe_tok
         pad_id = self.tok_info.pad_token_id
-        if batched is None:
-            batched = embed_tokenized(
-                runner, tok, pad_id=pad_id, dim=self.hidden, max_batch_tokens=4096, batch_size=16
-            )
         order = np.argsort(tok.lengths, kind="stable")
         some = np.concatenate([order[:8], order[-1:]])
         alone = np.concatenate([runner.run(*pad(tok.ids, np.array([i]), pad_id)) for i in some])

@@ -18,6 +18,7 @@ from .base import BaseBuilder, Candidate
 if TYPE_CHECKING:
     import onnx
 
+    from ...runtime.runner import Runner
     from ..context import Context
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ class FP16(BaseBuilder):
 
     def build(self, ctx: Context) -> Candidate:
         model = ctx.head(derive.to_fp16(ctx.backbone))
-        provider, vectors = self._validate(ctx, model)
-        invariance = ctx.batch_min_cos(ctx.runner(model, provider), vectors)
+        provider, runner, vectors = self._validate(ctx, model)
+        invariance = ctx.batch_min_cos(runner, vectors)
         return Candidate(
             model,
             ctx.fidelity(vectors, self.precision, batch_min_cos=invariance),
@@ -37,17 +38,19 @@ class FP16(BaseBuilder):
             on_gpu=provider == Provider.CUDA,
         )
 
-    def _validate(self, ctx: Context, model: onnx.ModelProto) -> tuple[Provider, np.ndarray]:
-        """The probe texts' vectors and where they were computed: on CUDA, where it will run, when
-        CUDA starts here; else on the CPU."""
+    def _validate(self, ctx: Context, model: onnx.ModelProto) -> tuple[Provider, Runner, np.ndarray]:
+        """The probe texts' vectors, where and through which session they were computed: on
+        CUDA, where it will run, when CUDA starts here; else on the CPU."""
         n = len(ctx.reference)
         if cuda_available():
             try:
                 with stage(f"fp16: validation on {n} probe texts (CUDA)"):
-                    return Provider.CUDA, ctx.embed(model, provider=Provider.CUDA)
+                    runner = ctx.runner(model, Provider.CUDA)
+                    return Provider.CUDA, runner, ctx.embed_runner(runner)
             except ProviderError as e:
                 # onnxruntime-gpu lists CUDA wherever it is installed, also where CUDA cannot start
                 # (no driver, missing libraries); the runtime then runs on the CPU, and so do we
                 log.warning("fp16: CUDA is listed but did not start (%s); validating on the CPU", e)
         with stage(f"fp16: validation on {n} probe texts (CPU)"):
-            return Provider.CPU, ctx.embed(model, provider=Provider.CPU)
+            runner = ctx.runner(model, Provider.CPU)
+            return Provider.CPU, runner, ctx.embed_runner(runner)

@@ -18,6 +18,7 @@ class FP32(BaseBuilder):
     def build(self, ctx: Context) -> Candidate:
         model = ctx.fp32_model
         with stage(f"fp32: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
-            vectors = ctx.embed(model)
-            invariance = ctx.batch_min_cos(ctx.runner(model), vectors)
+            runner = ctx.runner(model)
+            vectors = ctx.embed_runner(runner)
+            invariance = ctx.batch_min_cos(runner, vectors)
         return Candidate(model, ctx.fidelity(vectors, self.precision, batch_min_cos=invariance))

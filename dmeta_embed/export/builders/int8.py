@@ -85,7 +85,7 @@ class INT8(BaseBuilder):
         int8_tensors = derive.check_int8_tensors(model)
         with stage(f"int8: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
             runner = ctx.runner(model, Provider.CPU)
-            vectors = ctx.embed(model)
+            vectors = ctx.embed_runner(runner)
             fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
         return Candidate(
             model,
