@@ -36,9 +36,6 @@ MARGIN = 0.5
 SMOOTHING = 0.5
 #: activation rows sampled per MatMul input to rank the nodes' damage (numpy, no graph)
 SAMPLE_ROWS = 512
-#: rows with a fixed zero point where the node's inputs are two-sided, asymmetric rows where they
-#: are one-sided (``int8_rows.symmetric_nodes``); or "symmetric" / "asymmetric" for every node
-ROWS = "mixed"
 
 
 class INT8(BaseBuilder):
@@ -56,11 +53,8 @@ class INT8(BaseBuilder):
         with stage(f"int8: activation statistics on {len(ctx.calib_tok.ids)} calibration texts"):
             stats = int8_rows.ActivationStats(backbone, ctx.feeds(), sample_rows=SAMPLE_ROWS, nodes=nodes)
             smooth = int8_rows.smoothing_scales(backbone, alpha=SMOOTHING, stats=stats)
-            symmetric: list[str] = (
-                int8_rows.symmetric_nodes(stats, smooth)
-                if ROWS == "mixed"
-                else (list(nodes) if ROWS == "symmetric" else [])
-            )
+            # a fixed zero point where a node's inputs are two-sided, asymmetric rows elsewhere
+            symmetric = int8_rows.symmetric_nodes(stats, smooth)
             damage = int8_rows.node_errors(backbone, stats, rungs[0], smooth, symmetric)
         reference = ctx.calibration_reference()
 
