@@ -74,7 +74,7 @@ def batch_invariance_problem(manifest: Manifest, variant: Precision) -> str:
             "whole batch), so a text's vector depends on the texts batched with it"
         )
     measured = v.fidelity.batch_min_cos
-    if measured is None and variant.value == "bf16":
+    if measured is None and variant == Precision.BF16:
         return (
             "bf16 is not known to be batch-invariant: this folder's export did not measure a text "
             "alone vs inside a batch, and bf16 rounding depends on the batch shape"
