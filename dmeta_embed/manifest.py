@@ -205,7 +205,8 @@ class Variant:
     #: before shifting them to u8 on CPUs without VNNI
     int8_tensors: int = 0
     #: throughput measured at export on the export machine: ``cpu_class``, ``tokens_per_s``,
-    #: ``vs_fp32`` (this variant's tokens/s over fp32's, same texts, same session settings)
+    #: ``vs_fp32`` (this variant's tokens/s over fp32's, same texts, same session settings) and
+    #: ``query_ms`` (median latency of one short text per call: what a server's ``auto`` ranks by)
     speed: dict[str, Any] = field(default_factory=dict)
     #: int8: how it quantizes. ``activations``: ``per-row`` (each token its own scale: batch-
     #: invariant) or ``per-tensor`` (one scale per batch; folders without this field);

@@ -138,6 +138,39 @@ def test_export_measurement_on_this_class_decides(c: CpuClass) -> None:
     )
 
 
+@pytest.mark.parametrize("c", [CpuClass.AMX, CpuClass.AVX512_VNNI])
+def test_single_queries_follow_the_measured_latency(c: CpuClass) -> None:
+    """``prefer_latency`` (a server) takes the lowest one-text latency the export measured on
+    this class, which need not be the bulk winner's engine; without ``query_ms`` for every
+    candidate it falls back to onnxruntime's int8. (bf16 needs a CPU with native bf16.)"""
+    here = dataclasses.replace(cpu(c), flags=frozenset({"avx512_bf16"}))
+
+    def speed(rate: float, query_ms: float | None, cls: CpuClass = c) -> dict:
+        out = {"cpu_class": cls.value, "tokens_per_s": rate, "vs_fp32": rate / 1000}
+        return out if query_ms is None else {**out, "query_ms": query_ms}
+
+    def folder(int8_ms: float | None, bf16_ms: float | None, cls: CpuClass = c) -> Manifest:
+        return manifest(
+            variant(Precision.FP32, speed=speed(1000, 20.0, cls)),
+            variant(Precision.INT8, speed=speed(1500, int8_ms, cls)),
+            variant(Precision.BF16, speed=speed(3000, bf16_ms, cls)),
+        )
+
+    # base size on AMX: bf16 first for bulk and for single queries
+    ch = choose(folder(14.3, 11.5), cpu=here, installed=OPENVINO, prefer_latency=True)
+    assert (ch.variant, ch.provider) == (Precision.BF16, Provider.OPENVINO)
+    assert "lowest one-text latency measured at export" in ch.reason and "11.5 ms" in ch.reason
+    # a small model: onnxruntime's int8 answers one text sooner, bf16 still wins bulk work
+    ch = choose(folder(2.1, 2.3), cpu=here, installed=OPENVINO, prefer_latency=True)
+    assert (ch.variant, ch.provider) == (Precision.INT8, Provider.CPU)
+    assert choose(folder(2.1, 2.3), cpu=here, installed=OPENVINO).variant == Precision.BF16
+    # one candidate unmeasured, or measured on another class: the old rule
+    for m in (folder(14.3, None), folder(14.3, 11.5, CpuClass.AVX2 if c != CpuClass.AVX2 else CpuClass.AMX)):
+        ch = choose(m, cpu=here, installed=OPENVINO, prefer_latency=True)
+        assert ch.variant == Precision.INT8
+        assert "lowest one-text latency" not in ch.reason
+
+
 def test_missed_bar_is_skipped_and_said() -> None:
     m = manifest(variant(Precision.FP32), variant(Precision.INT8, passed=False))
     ch = choose(m, cpu=cpu(CpuClass.AVX2), installed=NOTHING)

@@ -1,5 +1,12 @@
-"""Tokens/s of each CPU variant against fp32 on the export machine: what ``auto`` needs to never
-pick a variant slower than fp32 on this CPU class (recorded as the manifest's ``speed``)."""
+"""Tokens/s of each CPU variant against fp32 on the export machine, and its latency on one short
+text per call: what ``auto`` needs to never pick a variant slower than fp32 on this CPU class, and
+to pick the fastest one for bulk work and for a server's single queries (the manifest's ``speed``:
+``tokens_per_s``, ``vs_fp32``, ``query_ms``).
+
+The two orders differ by model size and CPU class: on real all-mpnet-base-v2 on an Intel Xeon
+with AMX, OpenVINO's bf16 was the fastest for both (one 16-token query 11.5 ms against 14.3 for
+onnxruntime's int8), while on real all-MiniLM-L6-v2 onnxruntime's int8 answered single queries
+first (2.1 vs 2.3 ms) and bf16 ran bulk work 1.7x faster (docs/performance.md, "Single queries")."""
 
 from __future__ import annotations
 
@@ -44,6 +51,25 @@ class SpeedRun:
 #: the baseline every other run is compared with
 FP32 = SpeedRun(Precision.FP32)
 
+#: single-text calls timed per round for ``query_ms``, and their token counts (special tokens
+#: included): the short queries a search service embeds one at a time, of varied lengths (a new
+#: length is a new input shape: the warm-up pass has seen each one, so this is steady state)
+QUERY_CALLS = 24
+QUERY_LENGTHS = (8, 12, 16, 20, 24, 32)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What :func:`measure` times for one run: ``bulk()``, one pass over the calibration texts
+    batched as the runtime batches them, and ``query(i)``, the ``i``-th single short text alone.
+    Calling the pass is ``bulk()``."""
+
+    bulk: Callable[[], object]
+    query: Callable[[int], object] | None = None
+
+    def __call__(self) -> object:
+        return self.bulk()
+
 
 def measure(
     runs: Mapping[SpeedRun, Callable[[], object]],
@@ -54,25 +80,39 @@ def measure(
     """Time each run (one pass over the same texts, batched as the runtime batches) and return
     its manifest ``speed`` record. The runs take turns (``rounds`` passes each) and keep their
     fastest, so a burst of other work on the machine slows one pass, not one variant. ``runs``
-    must hold :data:`FP32`."""
+    must hold :data:`FP32`. A run that is a :class:`Pass` with ``query`` is also timed on
+    :data:`QUERY_CALLS` single texts per round (after the warm-up has run each once): the median
+    call of its best round is ``query_ms``."""
     if FP32 not in runs:
         raise ValueError("speed runs need the fp32 baseline")
     reps = {}
     # the warm-up is one step of the estimate: on a base-size model it is 1 of 3 passes per run
     progress = Progress("speed", rounds + 1)
+    queries = {r: run.query for r, run in runs.items() if isinstance(run, Pass) and run.query is not None}
     for r, run in runs.items():  # warm-up (weight packing, first-shape compiles), timed to size a pass
         t0 = time.perf_counter()
         run()
         # tiny models: >= 50 ms a timed pass (the warm-up over-estimates a pass: fewer reps, not more)
         reps[r] = max(1, round(0.05 / max(time.perf_counter() - t0, 1e-6)))
+        if r in queries:
+            for i in range(QUERY_CALLS):
+                queries[r](i)
     progress.step("warm-up")
     best = {r: float("inf") for r in runs}
+    query_s = {r: float("inf") for r in queries}
     for _ in range(rounds):
         for r, run in runs.items():
             t0 = time.perf_counter()
             for _ in range(reps[r]):
                 run()
             best[r] = min(best[r], (time.perf_counter() - t0) / reps[r])
+            if r in queries:
+                calls = []
+                for i in range(QUERY_CALLS):
+                    t0 = time.perf_counter()
+                    queries[r](i)
+                    calls.append(time.perf_counter() - t0)
+                query_s[r] = min(query_s[r], sorted(calls)[len(calls) // 2])
         progress.step()
     base = tokens / best[FP32]
     out: dict[SpeedRun, dict[str, Any]] = {}
@@ -84,24 +124,55 @@ def measure(
             "vs_fp32": round(rate / base, 3),
             "engine": VARIANT_PROVIDERS[r.precision].engine,
         }
+        if r in query_s:
+            out[r]["query_ms"] = round(query_s[r] * 1e3, 3)
         if r != FP32:
             log.info(
-                "%s: %.0f tokens/s, %.2fx fp32 (%.0f) on %s", r.label, rate, rate / base, base, cpu_class
+                "%s: %.0f tokens/s, %.2fx fp32 (%.0f) on %s%s",
+                r.label,
+                rate,
+                rate / base,
+                base,
+                cpu_class,
+                f"; one short text {query_s[r] * 1e3:.2f} ms" if r in query_s else "",
             )
     return out
 
 
-def calibration_pass(ctx: Context, runner: Runner, provider: Provider) -> Callable[[], object]:
+def query_ids(calib: list[list[int]], n: int = QUERY_CALLS) -> list[list[int]]:
+    """``n`` short single texts cut from the calibration texts: the ``i``-th has
+    ``QUERY_LENGTHS[i % 6]`` tokens (or its text's own, if shorter), first and last special token
+    kept."""
+    out = []
+    for i in range(n):
+        ids = calib[i % len(calib)]
+        length = QUERY_LENGTHS[i % len(QUERY_LENGTHS)]
+        out.append(list(ids) if len(ids) <= length else [*ids[: length - 1], ids[-1]])
+    return out
+
+
+def calibration_pass(ctx: Context, runner: Runner, provider: Provider) -> Pass:
     """One pass of ``runner`` over the calibration texts, batched as the runtime batches them
-    for ``provider``: what :func:`measure` times."""
+    for ``provider``, and its single short texts: what :func:`measure` times."""
+    import numpy as np
+
     from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
     from ..runtime.pipeline import embed_tokenized
 
-    return lambda: embed_tokenized(
-        runner,
-        ctx.calib_tok,
-        pad_id=ctx.tok_info.pad_token_id,
-        dim=ctx.hidden,
-        max_batch_tokens=DEFAULT_BATCH_TOKENS[provider],
-        batch_size=DEFAULT_BATCH_SIZE,
+    singles = [np.asarray([ids], np.int64) for ids in query_ids(ctx.calib_tok.ids)]
+
+    def query(i: int) -> object:
+        ids = singles[i % len(singles)]
+        return runner.run(ids, np.ones_like(ids))
+
+    return Pass(
+        lambda: embed_tokenized(
+            runner,
+            ctx.calib_tok,
+            pad_id=ctx.tok_info.pad_token_id,
+            dim=ctx.hidden,
+            max_batch_tokens=DEFAULT_BATCH_TOKENS[provider],
+            batch_size=DEFAULT_BATCH_SIZE,
+        ),
+        query,
     )

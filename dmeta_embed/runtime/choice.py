@@ -182,8 +182,10 @@ def choose(
     Explicit requests are honoured or refused with a :class:`ProviderError`, never replaced.
     ``auto``: fp16 (else fp32) on CUDA when it is installed; on CPU the fastest variant that passed
     its bar and was not measured slower than fp32 on this CPU class, by :data:`CPU_ORDER`.
-    ``prefer_latency``: the caller mostly embeds one short text per call (a server); OpenVINO
-    pays a recompile whenever the input shape changes, so onnxruntime's int8 ranks first.
+    ``prefer_latency``: the caller mostly embeds one short text per call (a server): the variant
+    with the lowest one-text latency measured at export on this CPU class (``speed.query_ms``)
+    ranks first; for folders without that measurement, onnxruntime's int8 (OpenVINO pays extra
+    on the first call at each new input shape).
     ``batched_requests``: the caller batches concurrent requests together (a server), so ``auto``
     skips a variant that is not batch-invariant (:func:`batch_invariance_problem`), saying so in
     the reason; asked for by name, such a variant loads with that warning.
@@ -319,10 +321,24 @@ def _auto_cpu(
         rank = CPU_ORDER.get(cpu.cpu_class, DEFAULT_CPU_ORDER)
         order = sorted(candidates, key=lambda p: rank.index(p) if p in rank else len(rank))
         basis = f"first in the built-in order for {cls} (the export measured no speed on {cls})"
-    if prefer_latency and Precision.INT8 in order and order[0] != Precision.INT8:
-        order.remove(Precision.INT8)
-        order.insert(0, Precision.INT8)
-        basis = "single short requests: onnxruntime's int8 first (OpenVINO recompiles per input shape)"
+    if prefer_latency and len(candidates) > 1:
+        latency = {
+            p: float(have[p.value].speed["query_ms"])
+            for p in candidates
+            if have[p.value].speed.get("cpu_class") == cls and "query_ms" in have[p.value].speed
+        }
+        if len(latency) == len(candidates):
+            order = sorted(candidates, key=lambda p: latency[p])
+            basis = (
+                f"single short requests: lowest one-text latency measured at export on {cls} "
+                f"({latency[order[0]]:.1f} ms)"
+            )
+        elif Precision.INT8 in order and order[0] != Precision.INT8:
+            # folders exported before query_ms was measured: OpenVINO's first call at each new
+            # input shape is slow, onnxruntime's int8 the usual fastest single-query engine
+            order.remove(Precision.INT8)
+            order.insert(0, Precision.INT8)
+            basis = "single short requests: onnxruntime's int8 first (OpenVINO recompiles per input shape)"
     best = order[0]
     why = basis + (f" ({'; '.join(skipped)})" if skipped else "")
     if best in OPENVINO_VARIANTS:

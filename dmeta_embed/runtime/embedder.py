@@ -53,6 +53,7 @@ class Embedder(SentenceTransformerAPI):
         prefer_latency: bool = False,
         batched_requests: bool = False,
         truncate_dim: int | None = None,
+        throughput: bool = False,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
@@ -69,7 +70,7 @@ class Embedder(SentenceTransformerAPI):
         # what `auto` must take into account for this caller (runtime.choice.choose)
         needs = {"prefer_latency": prefer_latency, "batched_requests": batched_requests}
         try:
-            self._start(variant, provider, found, needs, threads, spin, verify)
+            self._start(variant, provider, found, needs, threads, spin, verify, throughput)
         except ProviderError as e:
             # onnxruntime-gpu lists CUDA wherever it is installed, also where CUDA cannot start
             # (no driver, missing libraries): `auto` then runs on the CPU, with the reason logged;
@@ -81,7 +82,9 @@ class Embedder(SentenceTransformerAPI):
             ):
                 raise
             log.warning("%s: CUDA is listed but did not start (%s); running on the CPU", self.path, e)
-            self._start(variant, provider, replace(found, cuda=False), needs, threads, spin, verify)
+            self._start(
+                variant, provider, replace(found, cuda=False), needs, threads, spin, verify, throughput
+            )
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS[self.provider]
         self.batch_size = batch_size
         self.truncate = truncate
@@ -103,6 +106,7 @@ class Embedder(SentenceTransformerAPI):
         threads: int | None,
         spin: bool,
         verify: bool,
+        throughput: bool = False,
     ) -> None:
         """Choose what to load on this machine (``runtime.choice.choose``) and start its engine."""
         #: what ``variant``/``provider`` resolved to here, and why (``runtime.choice.choose``)
@@ -151,6 +155,7 @@ class Embedder(SentenceTransformerAPI):
                     inputs=self.manifest.inputs,
                     output=self.manifest.output,
                     cache_dir=default_cache_dir(),
+                    throughput=throughput,
                 )
             else:
                 from .session import OnnxRuntimeRunner
@@ -176,9 +181,13 @@ class Embedder(SentenceTransformerAPI):
         """Load an exported folder. ``variant``: auto|fp32|fp16|int8|int8-ov|bf16; ``provider``:
         auto|cpu|cuda|openvino (int8-ov and bf16 run on OpenVINO: pip install 'dmeta-embed[openvino]';
         bf16 asked for on a CPU without native bf16 loads in f32 with a warning).
-        ``prefer_latency=True``: ``auto`` ranks onnxruntime's int8 first (single short texts per call);
+        ``prefer_latency=True``: ``auto`` loads the variant with the lowest one-text latency measured
+        at export on this CPU class (single short texts per call);
         ``batched_requests=True``: ``auto`` loads only a batch-invariant variant (a server that
-        batches concurrent requests: each answer must not depend on its neighbours)."""
+        batches concurrent requests: each answer must not depend on its neighbours).
+        ``throughput=True``: for bulk work (the corpus job): the OpenVINO variants run several
+        batches at once in streams (more tokens/s, the same vectors; one text alone waits about
+        twice as long); onnxruntime's variants are unchanged."""
         return cls(path, variant, provider, **kwargs)
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,17 @@ def default_cache_dir() -> Path | None:
 
 
 def compile_config(
-    properties: dict[str, str], threads: int | None, cache_dir: str | Path | None = None
+    properties: dict[str, str],
+    threads: int | None,
+    cache_dir: str | Path | None = None,
+    throughput: bool = False,
 ) -> dict[str, Any]:
     """The CPU plugin's configuration: the variant's validated ``properties`` (the manifest's
-    ``engine_properties``, e.g. the inference precision), latency mode on ``threads`` threads,
-    and the compiled-model cache folder when one is given."""
+    ``engine_properties``, e.g. the inference precision), latency mode (one stream on all
+    ``threads``) or throughput mode (OpenVINO splits ``threads`` into streams that run batches
+    side by side), and the compiled-model cache folder when one is given."""
     config: dict[str, Any] = {
-        "PERFORMANCE_HINT": "LATENCY",
+        "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
         "INFERENCE_NUM_THREADS": threads or available_cpus(),
     }
     config.update(properties)
@@ -61,6 +66,10 @@ class OpenVINORunner:
 
     ``properties``: the CPU plugin properties the variant was validated with. ``cache_dir``:
     OpenVINO's compiled-model cache (a restarted process imports instead of compiling).
+    ``throughput``: compile for bulk work: :meth:`run_many` keeps one batch in flight per stream
+    (on 2 cores, 2 streams of one thread: real all-mpnet-base-v2 in bf16 on AMX ran 1.09x (mixed
+    texts) / 1.16x (short queries) the tokens/s of latency mode), while a single :meth:`run` gets
+    one stream's threads only (about twice the latency of one text).
     """
 
     provider = Provider.OPENVINO
@@ -74,6 +83,7 @@ class OpenVINORunner:
         inputs: tuple[str, ...] = INPUT_NAMES,
         output: str = OUTPUT_NAME,
         cache_dir: str | Path | None = None,
+        throughput: bool = False,
     ) -> None:
         ov = require("openvino")
         if cache_dir is not None:
@@ -81,12 +91,17 @@ class OpenVINORunner:
                 Path(cache_dir).mkdir(parents=True, exist_ok=True)
             except OSError:  # read-only home, say: compile every time rather than fail
                 cache_dir = None
-        self.config = compile_config(properties or {}, threads, cache_dir)
+        self.config = compile_config(properties or {}, threads, cache_dir, throughput)
         self.compiled = ov.Core().compile_model(str(model), "CPU", self.config)
         self._ids, self._mask = feed_names([next(iter(i.get_names())) for i in self.compiled.inputs], inputs)
         self._output = self.compiled.output(output)
         self._request = self.compiled.create_infer_request()
-        # one infer request: calls from several threads (an executor) take turns
+        #: batches in flight in :meth:`run_many` (1 in latency mode: nothing to overlap)
+        self.in_flight = (
+            int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if throughput else 1
+        )
+        self._queue = ov.AsyncInferQueue(self.compiled, self.in_flight) if self.in_flight > 1 else None
+        # calls from several threads (an executor) take turns
         self._lock = threading.Lock()
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -94,3 +109,23 @@ class OpenVINORunner:
             self._request.infer({self._ids: input_ids, self._mask: attention_mask})
             # the request reuses its output buffer: copy before the next call
             return np.array(self._request.get_tensor(self._output).data, dtype=np.float32)
+
+    def run_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Each ``(input_ids, attention_mask)`` batch's output, in order. In throughput mode up to
+        :attr:`in_flight` batches run at once (``batches`` is read as requests free up, so a
+        generator is never padded ahead); the same kernels as :meth:`run`, so the same vectors."""
+        if self._queue is None:
+            return [self.run(ids, mask) for ids, mask in batches]
+        results: dict[int, np.ndarray] = {}
+
+        def done(request: Any, i: int) -> None:
+            results[i] = np.array(request.get_tensor(self._output).data, dtype=np.float32)
+
+        with self._lock:
+            self._queue.set_callback(done)
+            n = 0
+            for ids, mask in batches:
+                self._queue.start_async({self._ids: ids, self._mask: mask}, n)
+                n += 1
+            self._queue.wait_all()
+        return [results[i] for i in range(n)]

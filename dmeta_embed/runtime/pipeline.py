@@ -83,9 +83,17 @@ def embed_tokenized(
     max_batch_tokens: int,
     batch_size: int,
 ) -> np.ndarray:
-    """Run length-sorted batches and write each row back to its input position."""
+    """Run length-sorted batches and write each row back to its input position. A runner with
+    ``run_many`` and more than one batch in flight (OpenVINO in throughput mode) gets them all
+    at once, padded as it takes them."""
     out = np.empty((len(tok.ids), dim), dtype=np.float32)
-    for index in plan_batches(tok.lengths, max_batch_tokens, batch_size):
+    plan = plan_batches(tok.lengths, max_batch_tokens, batch_size)
+    if getattr(runner, "in_flight", 1) > 1 and len(plan) > 1:
+        outputs = runner.run_many(pad(tok.ids, index, pad_id) for index in plan)  # type: ignore[attr-defined]
+        for index, vectors in zip(plan, outputs, strict=True):
+            out[index] = vectors
+        return out
+    for index in plan:
         input_ids, mask = pad(tok.ids, index, pad_id)
         out[index] = runner.run(input_ids, mask)
     return out
