@@ -164,6 +164,7 @@ def test_inspect(runner, tiny_export):
         "yes",
         "this cpu  ",
         "auto      ",
+        "serve     ",
         "passes    cls_only_last_layer, unfuse_skip_layernorm",
     ):
         assert needle in r.output

@@ -44,10 +44,17 @@ def summary(folder: Path) -> str:
         from ..runtime.choice import choose
         from ..runtime.engines import installed
 
-        choice = choose(m, cpu=cpu, installed=installed())
-        out.append(f"auto      {choice.variant.value} on {choice.provider.value}: {choice.reason}")
-    except DmetaEmbedError as e:  # no onnxruntime here, or no variant this machine can run
-        out.append(f"auto      cannot load here: {e}")
+        found = installed()
+    except DmetaEmbedError as e:
+        return "\n".join([*out, f"auto      cannot load here: {e}"])
+    # bulk work (encode, the corpus job), then what `serve` loads: single short requests,
+    # batch-invariant variants only
+    for label, needs in (("auto", {}), ("serve", {"prefer_latency": True, "batched_requests": True})):
+        try:
+            choice = choose(m, cpu=cpu, installed=found, **needs)
+            out.append(f"{label:9} {choice.variant.value} on {choice.provider.value}: {choice.reason}")
+        except DmetaEmbedError as e:  # no onnxruntime here, or no variant this machine can run
+            out.append(f"{label:9} cannot load here: {e}")
     return "\n".join(out)
 
 
@@ -66,7 +73,10 @@ def _validated(v: Variant) -> str:
 
 def _speed(v: Variant) -> str:
     sp = v.speed
-    return f"{sp['vs_fp32']:.2f}x on {sp['cpu_class']}" if sp.get("vs_fp32") else "-"
+    if not sp.get("vs_fp32"):
+        return "-"
+    query = f", one text {sp['query_ms']:.1f} ms" if "query_ms" in sp else ""
+    return f"{sp['vs_fp32']:.2f}x on {sp['cpu_class']}{query}"
 
 
 @click.command()
