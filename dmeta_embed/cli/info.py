@@ -49,9 +49,9 @@ def summary(folder: Path) -> str:
         return "\n".join([*out, f"auto      cannot load here: {e}"])
     # bulk work (encode, the corpus job), then what `serve` loads: single short requests,
     # batch-invariant variants only
-    for label, needs in (("auto", {}), ("serve", {"prefer_latency": True, "batched_requests": True})):
+    for label, server in (("auto", False), ("serve", True)):
         try:
-            choice = choose(m, cpu=cpu, installed=found, **needs)
+            choice = choose(m, cpu=cpu, installed=found, prefer_latency=server, batched_requests=server)
             out.append(f"{label:9} {choice.variant.value} on {choice.provider.value}: {choice.reason}")
         except DmetaEmbedError as e:  # no onnxruntime here, or no variant this machine can run
             out.append(f"{label:9} cannot load here: {e}")
