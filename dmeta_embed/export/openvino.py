@@ -219,24 +219,30 @@ def compile_runner(
     return OpenVINORunner(path, threads, properties)
 
 
+def embed_as_runtime(runner: OpenVINORunner, tok: Tokenized, pad_id: int, dim: int) -> np.ndarray:
+    """``tok`` through ``runner``, batched as the runtime batches for OpenVINO."""
+    from ..manifest import Provider
+    from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
+
+    return embed_tokenized(
+        runner,
+        tok,
+        pad_id=pad_id,
+        dim=dim,
+        max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO],
+        batch_size=DEFAULT_BATCH_SIZE,
+    )
+
+
 def openvino_embedder(
     workdir: Path, properties: dict[str, str], pad_id: int, threads: int | None = None
 ) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
     """``embed(model, tokenized)`` through OpenVINO's CPU plugin, batched as the runtime batches."""
-    from ..manifest import Provider
-    from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
 
     def embed(model: onnx.ModelProto, tok: Tokenized) -> np.ndarray:
         runner = compile_runner(workdir, model, properties, threads)
         dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value  # [batch, dim] from append_head
-        return embed_tokenized(
-            runner,
-            tok,
-            pad_id=pad_id,
-            dim=dim,  # type: ignore[arg-type]
-            max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO],
-            batch_size=DEFAULT_BATCH_SIZE,
-        )
+        return embed_as_runtime(runner, tok, pad_id, dim)
 
     return embed
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ...errors import ExportError
 from ...manifest import Precision, Provider
 from ...runtime.cpu import CpuInfo, detect
@@ -65,13 +63,13 @@ class BF16(BaseBuilder):
         require("openvino")
 
     def build(self, ctx: Context) -> Candidate:
-        from ..openvino import compile_runner, engine_version
+        from ..openvino import compile_runner, embed_as_runtime, engine_version
 
         model = ctx.fp32_model
         with stage(f"bf16: validation on OpenVINO, {len(ctx.reference)} probe texts"):
             runner = compile_runner(ctx.work, model, PROPERTIES)
             _check_bf16(runner)
-            vectors = _embed(ctx, runner)
+            vectors = embed_as_runtime(runner, ctx.probe_tok, ctx.tok_info.pad_token_id, ctx.hidden)
             # a server batches concurrent requests: bf16 is close to batch-invariant, not exactly
             fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
         return Candidate(
@@ -102,19 +100,3 @@ def _check_bf16(runner: OpenVINORunner) -> None:
             f"variant bf16: OpenVINO compiled the graph with execution precision {got}, not bf16, "
             "on this CPU; export without bf16"
         )
-
-
-def _embed(ctx: Context, runner: OpenVINORunner) -> np.ndarray:
-    """The probe texts through ``runner``, batched as the runtime batches for OpenVINO (or one
-    text per call)."""
-    from ...runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
-    from ...runtime.pipeline import embed_tokenized
-
-    return embed_tokenized(
-        runner,
-        ctx.probe_tok,
-        pad_id=ctx.tok_info.pad_token_id,
-        dim=ctx.hidden,
-        max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO],
-        batch_size=DEFAULT_BATCH_SIZE,
-    )
