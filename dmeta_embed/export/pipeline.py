@@ -163,6 +163,7 @@ def _build(
     timings: dict[str, float] = {}
     ctx = prepare(src, out, bars, timings)
     built: dict[Precision, tuple[Variant, Candidate]] = {}
+    written: dict[Path, onnx.ModelProto] = {}
     missed: dict[str, str] = {}
     for precision in wanted:
         t = time.perf_counter()
@@ -188,7 +189,11 @@ def _build(
             missed[precision.value] = why
             continue
         path = out / VARIANT_FILES[precision]
-        onnx.save(cand.model, str(path))
+        if path in written and written[path] is not cand.model:
+            raise ExportError(f"{precision.value}: {path.name} is already another variant's graph")
+        if path not in written:  # bf16 runs fp32's graph: one file, written once
+            onnx.save(cand.model, str(path))
+            written[path] = cand.model
         variant = Variant(
             precision=precision,
             file=path.name,
