@@ -14,14 +14,14 @@ from ..errors import MissingDependencyError, ProviderError
 from ..manifest import INVARIANCE_BAR, Manifest, Precision, Provider
 from .cpu import CpuClass, CpuInfo
 
-#: ``auto``'s CPU order by class when the export measured no speed on this class. int8-ov
-#: (OpenVINO static int8) leads only where it was measured faster than onnxruntime's int8 (AMX);
-#: on AVX2 it was measured slower than fp32 (docs/performance.md), so elsewhere it waits for
-#: an export-time measurement on that class. bf16 (the fp32 graph on OpenVINO in bf16) follows it
-#: on AMX, where it ran 1.7-2.1x onnxruntime's int8 on real MiniLM; only where it was built (native
-#: bf16), and elsewhere only when measured fastest (on AVX512-BF16 without AMX it was slower)
+#: ``auto``'s CPU order by class when the export measured no speed on this class. On AMX bf16
+#: (the fp32 graph on OpenVINO in bf16) leads: on real MiniLM and MPNet it ran 1.2-1.3x int8-ov
+#: (which real weights leave weights-only) and 2.6-3x onnxruntime's int8 (docs/performance.md,
+#: "AMX"); int8-ov follows. On AVX2 int8-ov was measured slower than fp32, so elsewhere it waits
+#: for an export-time measurement on that class; bf16 likewise (on AVX512-BF16 without AMX it was
+#: slower than int8-ov on the Dmeta shape)
 CPU_ORDER: dict[CpuClass, tuple[Precision, ...]] = {
-    CpuClass.AMX: (Precision.INT8_OV, Precision.BF16, Precision.INT8, Precision.FP32)
+    CpuClass.AMX: (Precision.BF16, Precision.INT8_OV, Precision.INT8, Precision.FP32)
 }
 #: the variants validated on OpenVINO's own runtime (the others run on onnxruntime)
 OPENVINO_VARIANTS = (Precision.INT8_OV, Precision.BF16)
@@ -196,7 +196,6 @@ def choose(
     if variant not in {"auto", *names}:
         raise ProviderError(f"variant must be auto, {', '.join(sorted(names))}, got {variant!r}")
     have = manifest.variants
-    ov = Precision.INT8_OV
     if provider == Provider.CUDA and not installed.cuda:
         raise ProviderError(
             "provider='cuda' asked for, but no CUDA provider is available "
@@ -210,8 +209,8 @@ def choose(
                 f"variant {' or '.join(map(repr, on_ov))} runs on provider 'openvino' only, and provider "
                 f"'openvino' runs only those (asked: variant={variant!r}, provider={provider!r})"
             )
-        if variant == "auto":  # provider='openvino': the folder's OpenVINO variant, int8-ov first
-            variant = next((n for n in on_ov if n in have), ov.value)
+        if variant == "auto":  # provider='openvino': the folder's OpenVINO variant
+            variant = _openvino_auto(manifest, cpu)
         asked = Precision(variant)
         if not installed.openvino:
             raise ProviderError(
@@ -248,6 +247,22 @@ def choose(
                 said = f" ({'; '.join(not_invariant)})" if not_invariant else ""
                 return Choice(p, Provider.CUDA, None, why + said)
     return _auto_cpu(manifest, cpu, installed, prefer_latency, provider, batched_requests)
+
+
+def _openvino_auto(manifest: Manifest, cpu: CpuInfo) -> str:
+    """``provider='openvino'`` with ``variant='auto'``: of the folder's OpenVINO variants, the
+    fastest measured at export on this CPU class; unmeasured, bf16 first where bf16 is native,
+    else int8-ov (bf16 elsewhere would run in f32)."""
+    have = manifest.variants
+    cls = cpu.cpu_class.value
+    found = [p for p in OPENVINO_VARIANTS if p.value in have]
+    if not found:
+        return Precision.INT8_OV.value  # the caller says it is not in this folder
+    speed = {p: have[p.value].speed for p in found}
+    if all(s.get("cpu_class") == cls and "tokens_per_s" in s for s in speed.values()):
+        return max(found, key=lambda p: float(speed[p]["tokens_per_s"])).value
+    order = (Precision.BF16, Precision.INT8_OV) if cpu.bf16 else (Precision.INT8_OV, Precision.BF16)
+    return next(p for p in order if p in found).value
 
 
 def _auto_cpu(
