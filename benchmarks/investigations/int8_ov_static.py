@@ -90,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from dmeta_embed.export import graph, openvino
     from dmeta_embed.export.reference import cosines, torch_embeddings
     from dmeta_embed.export.source import resolve
-    from dmeta_embed.manifest import Provider
     from dmeta_embed.runtime.cpu import detect
-    from dmeta_embed.runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
-    from dmeta_embed.runtime.pipeline import embed_tokenized
     from dmeta_embed.runtime.tokenize import Tokenized
     from dmeta_embed.texts import calibration_texts
 
@@ -144,14 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {}
 
     def run(runner, tok: Tokenized) -> np.ndarray:  # type: ignore[no-untyped-def]
-        return embed_tokenized(
-            runner,
-            tok,
-            pad_id=pad,
-            dim=hidden,
-            max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO],
-            batch_size=DEFAULT_BATCH_SIZE,
-        )
+        return openvino.embed_as_runtime(runner, tok, pad, hidden)
 
     fp32_runner = openvino.compile_runner(work, head, openvino.BF16)
     runners["bf16 (no int8)"] = fp32_runner

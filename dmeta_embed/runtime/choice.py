@@ -249,18 +249,30 @@ def choose(
     return _auto_cpu(manifest, cpu, installed, prefer_latency, provider, batched_requests)
 
 
+def _measured(
+    manifest: Manifest, variants: list[Precision], cpu_class: str, key: str
+) -> dict[Precision, float]:
+    """``speed[key]`` (``tokens_per_s``, ``query_ms``) of each of ``variants`` that the export
+    measured on ``cpu_class``; the others are left out (a figure from another class says nothing
+    here)."""
+    out = {}
+    for p in variants:
+        speed = manifest.variants[p.value].speed
+        if speed.get("cpu_class") == cpu_class and key in speed:
+            out[p] = float(speed[key])
+    return out
+
+
 def _openvino_auto(manifest: Manifest, cpu: CpuInfo) -> str:
     """``provider='openvino'`` with ``variant='auto'``: of the folder's OpenVINO variants, the
     fastest measured at export on this CPU class; unmeasured, bf16 first where bf16 is native,
     else int8-ov (bf16 elsewhere would run in f32)."""
-    have = manifest.variants
-    cls = cpu.cpu_class.value
-    found = [p for p in OPENVINO_VARIANTS if p.value in have]
+    found = [p for p in OPENVINO_VARIANTS if p.value in manifest.variants]
     if not found:
         return Precision.INT8_OV.value  # the caller says it is not in this folder
-    speed = {p: have[p.value].speed for p in found}
-    if all(s.get("cpu_class") == cls and "tokens_per_s" in s for s in speed.values()):
-        return max(found, key=lambda p: float(speed[p]["tokens_per_s"])).value
+    rate = _measured(manifest, found, cpu.cpu_class.value, "tokens_per_s")
+    if len(rate) == len(found):
+        return max(found, key=lambda p: rate[p]).value
     order = (Precision.BF16, Precision.INT8_OV) if cpu.bf16 else (Precision.INT8_OV, Precision.BF16)
     return next(p for p in order if p in found).value
 
@@ -322,11 +334,7 @@ def _auto_cpu(
             + (f"; {'; '.join(skipped)}" if skipped else "")
             + "); pass provider='cuda'"
         )
-    measured = {
-        p: float(have[p.value].speed["tokens_per_s"])
-        for p in candidates
-        if have[p.value].speed.get("cpu_class") == cls and "tokens_per_s" in have[p.value].speed
-    }
+    measured = _measured(manifest, candidates, cls, "tokens_per_s")
     if len(candidates) == 1:
         order, basis = candidates, "the only CPU variant left"
     elif len(measured) == len(candidates):
@@ -337,11 +345,7 @@ def _auto_cpu(
         order = sorted(candidates, key=lambda p: rank.index(p) if p in rank else len(rank))
         basis = f"first in the built-in order for {cls} (the export measured no speed on {cls})"
     if prefer_latency and len(candidates) > 1:
-        latency = {
-            p: float(have[p.value].speed["query_ms"])
-            for p in candidates
-            if have[p.value].speed.get("cpu_class") == cls and "query_ms" in have[p.value].speed
-        }
+        latency = _measured(manifest, candidates, cls, "query_ms")
         if len(latency) == len(candidates):
             order = sorted(candidates, key=lambda p: latency[p])
             basis = (
