@@ -4,9 +4,9 @@ to pick the fastest one for bulk work and for a server's single queries (the man
 ``tokens_per_s``, ``vs_fp32``, ``query_ms``).
 
 The two orders differ by model size and CPU class: on real all-mpnet-base-v2 on an Intel Xeon
-with AMX, OpenVINO's bf16 was the fastest for both (one 16-token query 11.5 ms against 14.3 for
+with AMX, OpenVINO's bf16 was the fastest for both (``query_ms`` 10.7 against 13.3 for
 onnxruntime's int8), while on real all-MiniLM-L6-v2 onnxruntime's int8 answered single queries
-first (2.1 vs 2.3 ms) and bf16 ran bulk work 1.7x faster (docs/performance.md, "Single queries")."""
+first (1.56 vs 2.03 ms) and bf16 ran bulk work 1.7-1.8x faster (docs/performance.md, "AMX")."""
 
 from __future__ import annotations
 

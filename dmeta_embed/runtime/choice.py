@@ -15,8 +15,8 @@ from ..manifest import INVARIANCE_BAR, Manifest, Precision, Provider
 from .cpu import CpuClass, CpuInfo
 
 #: ``auto``'s CPU order by class when the export measured no speed on this class. On AMX bf16
-#: (the fp32 graph on OpenVINO in bf16) leads: on real MiniLM and MPNet it ran 1.2-1.3x int8-ov
-#: (which real weights leave weights-only) and 2.6-3x onnxruntime's int8 (docs/performance.md,
+#: (the fp32 graph on OpenVINO in bf16) leads: on real MiniLM and MPNet it ran 1.3-1.4x int8-ov
+#: (which real weights leave weights-only) and 1.7-2.8x onnxruntime's int8 (docs/performance.md,
 #: "AMX"); int8-ov follows. On AVX2 int8-ov was measured slower than fp32, so elsewhere it waits
 #: for an export-time measurement on that class; bf16 likewise (on AVX512-BF16 without AMX it was
 #: slower than int8-ov on the Dmeta shape)

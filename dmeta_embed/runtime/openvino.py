@@ -67,8 +67,9 @@ class OpenVINORunner:
     ``properties``: the CPU plugin properties the variant was validated with. ``cache_dir``:
     OpenVINO's compiled-model cache (a restarted process imports instead of compiling).
     ``throughput``: compile for bulk work: :meth:`run_many` keeps one batch in flight per stream
-    (on 2 cores, 2 streams of one thread: real all-mpnet-base-v2 in bf16 on AMX ran 1.09x (mixed
-    texts) / 1.16x (short queries) the tokens/s of latency mode), while a single :meth:`run` gets
+    (on 2 cores, 2 streams of one thread: through ``Embedder.encode``, real all-mpnet-base-v2 in
+    bf16 on AMX ran 1.04x (mixed texts) / 1.07x (short queries) the tokens/s of latency mode,
+    real all-MiniLM-L6-v2 1.09x / 1.22x), while a single :meth:`run` gets
     one stream's threads only (about twice the latency of one text).
     """
 
