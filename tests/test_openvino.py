@@ -307,6 +307,47 @@ def test_throughput_mode_gives_the_same_vectors_in_input_order(ov_export: Path) 
     assert float((one * many).sum(1).min()) > 0.99999
 
 
+def test_bulk_calls_go_to_a_throughput_twin_with_the_same_vectors(ov_export: Path) -> None:
+    """``bulk=True`` (Embedder's default off a server): one batch and small calls stay in latency
+    mode, a call of two batches or more per stream runs on a throughput-mode twin compiled on first
+    need, rows in their places and equal to one batch at a time; a server's Embedder never
+    builds the twin."""
+    from dmeta_embed.runtime.embedder import Embedder
+    from dmeta_embed.runtime.openvino import OpenVINORunner
+
+    f = ov_export / "model.onnx"
+    props = {"INFERENCE_PRECISION_HINT": "f32"}  # no rounding a thread split could flip
+    runner = OpenVINORunner(f, 2, props, bulk=True)
+    rng = np.random.default_rng(1)
+    batches = []
+    for n in (4, 1, 3, 2, 5, 1):
+        ids = rng.integers(1000, 2000, size=(n, int(rng.integers(3, 20)))).astype(np.int64)
+        ids[:, 0] = 101
+        batches.append((ids, np.ones_like(ids)))
+    want = [runner.run(ids, mask) for ids, mask in batches]
+    small = runner.run_many(iter(batches[:3]), 3)  # 3 batches < 2 per stream of 2 streams
+    assert runner._twin is None
+    got = runner.run_many(iter(batches), len(batches))
+    # on a single-core machine OpenVINO offers one stream: the runner then stays in latency mode
+    assert (runner._twin is not None) is runner._bulk
+    for g, w in zip(small + got, want[:3] + want, strict=True):
+        assert g.shape == w.shape and float(np.abs(g - w).max()) < 1e-5
+    if runner._twin is not None:
+        assert runner._twin.config["PERFORMANCE_HINT"] == "THROUGHPUT" and runner._twin.in_flight >= 2
+
+    texts = probe_texts(64)[:40] + ["short", "a somewhat longer text " * 9, ""]
+    plain = Embedder.load(ov_export, variant="int8-ov", throughput=False)
+    auto = Embedder.load(ov_export, variant="int8-ov")
+    bulk = auto.encode(texts, batch_size=2)  # 14 batches: the twin
+    one_at_a_time = plain.encode(texts, batch_size=2)
+    assert bulk.shape == (len(texts), plain.dim)
+    assert float(np.abs(bulk - one_at_a_time).max()) < 1e-5
+    assert auto._runner._bulk is (auto._runner._twin is not None)  # type: ignore[attr-defined]
+    served = Embedder.load(ov_export, variant="int8-ov", prefer_latency=True, batched_requests=True)
+    served.encode(texts, batch_size=2)
+    assert served._runner._twin is None and not served._runner._bulk  # type: ignore[attr-defined]
+
+
 def test_compiled_model_cache(ov_export: Path, tmp_path: Path, monkeypatch) -> None:
     """CACHE_DIR: the first compile writes the compiled model, a second runner (a restarted
     process) reads it and computes the same vectors; the folder is configurable and can be off."""

@@ -53,7 +53,7 @@ class Embedder(SentenceTransformerAPI):
         prefer_latency: bool = False,
         batched_requests: bool = False,
         truncate_dim: int | None = None,
-        throughput: bool = False,
+        throughput: bool | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
@@ -106,7 +106,7 @@ class Embedder(SentenceTransformerAPI):
         threads: int | None,
         spin: bool,
         verify: bool,
-        throughput: bool = False,
+        throughput: bool | None = None,
     ) -> None:
         """Choose what to load on this machine (``runtime.choice.choose``) and start its engine."""
         #: what ``variant``/``provider`` resolved to here, and why (``runtime.choice.choose``)
@@ -155,7 +155,9 @@ class Embedder(SentenceTransformerAPI):
                     inputs=self.manifest.inputs,
                     output=self.manifest.output,
                     cache_dir=default_cache_dir(),
-                    throughput=throughput,
+                    throughput=throughput is True,
+                    # large encode calls in streams, unless this Embedder answers requests
+                    bulk=throughput is None and not any(needs.values()),
                 )
             else:
                 from .session import OnnxRuntimeRunner
@@ -185,9 +187,13 @@ class Embedder(SentenceTransformerAPI):
         at export on this CPU class (single short texts per call);
         ``batched_requests=True``: ``auto`` loads only a batch-invariant variant (a server that
         batches concurrent requests: each answer must not depend on its neighbours).
-        ``throughput=True``: for bulk work (the corpus job): the OpenVINO variants run several
-        batches at once in streams (more tokens/s, the same vectors; one text alone waits about
-        twice as long); onnxruntime's variants are unchanged."""
+        ``throughput``: how the OpenVINO variants (bf16, int8-ov) use the cores; onnxruntime's
+        variants are unchanged. ``None`` (the default): one text or a small call runs in latency
+        mode (one inference on every core), and a call of two batches or more per stream runs them
+        side by side in streams, on a second compiled copy made at the first such call (more
+        tokens/s, the same vectors, more memory; not with ``prefer_latency`` or
+        ``batched_requests``, a server's settings). ``True``: streams only, for bulk work (the
+        corpus job: one text alone waits about twice as long). ``False``: latency mode only."""
         return cls(path, variant, provider, **kwargs)
 
     @property

@@ -71,7 +71,16 @@ class OpenVINORunner:
     bf16 on AMX ran 1.04x (mixed texts) / 1.07x (short queries) the tokens/s of latency mode,
     real all-MiniLM-L6-v2 1.09x / 1.22x), while a single :meth:`run` gets
     one stream's threads only (about twice the latency of one text).
+    ``bulk``: stay in latency mode for :meth:`run` and small calls, and hand a :meth:`run_many`
+    call of at least :attr:`BULK_ROUNDS` batches per stream to a throughput-mode twin, compiled
+    the first time such a call comes (it holds its own copy of the compiled weights: on real
+    all-mpnet-base-v2 in bf16 about 630 MB more; figures: docs/performance.md, "Streams").
     """
+
+    #: a :meth:`run_many` call goes to the throughput twin only with at least this many batches
+    #: per stream: with fewer, one stream idles while the other runs the last batch on half the
+    #: threads (real all-mpnet-base-v2 in bf16 on AMX, 40 queries in 2 batches: 0.69x latency mode)
+    BULK_ROUNDS = 2
 
     provider = Provider.OPENVINO
 
@@ -85,6 +94,7 @@ class OpenVINORunner:
         output: str = OUTPUT_NAME,
         cache_dir: str | Path | None = None,
         throughput: bool = False,
+        bulk: bool = False,
     ) -> None:
         ov = require("openvino")
         if cache_dir is not None:
@@ -104,6 +114,11 @@ class OpenVINORunner:
         self._queue = ov.AsyncInferQueue(self.compiled, self.in_flight) if self.in_flight > 1 else None
         # calls from several threads (an executor) take turns
         self._lock = threading.Lock()
+        # the throughput-mode twin for large run_many calls (``bulk``): built on first need
+        self._twin_args = (model, threads, properties, inputs, output, cache_dir)
+        self._bulk = bulk and not throughput
+        self._twin: OpenVINORunner | None = None
+        self._twin_lock = threading.Lock()
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -111,10 +126,17 @@ class OpenVINORunner:
             # the request reuses its output buffer: copy before the next call
             return np.array(self._request.get_tensor(self._output).data, dtype=np.float32)
 
-    def run_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    def run_many(
+        self, batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int | None = None
+    ) -> list[np.ndarray]:
         """Each ``(input_ids, attention_mask)`` batch's output, in order. In throughput mode up to
         :attr:`in_flight` batches run at once (``batches`` is read as requests free up, so a
-        generator is never padded ahead); the same kernels as :meth:`run`, so the same vectors."""
+        generator is never padded ahead); the same kernels as :meth:`run`, so the same vectors.
+        ``count``: how many batches ``batches`` holds; with ``bulk``, enough of them go to the
+        throughput twin."""
+        twin = self._bulk_twin(count)
+        if twin is not None:
+            return twin.run_many(batches)
         if self._queue is None:
             return [self.run(ids, mask) for ids, mask in batches]
         results: dict[int, np.ndarray] = {}
@@ -130,3 +152,26 @@ class OpenVINORunner:
                 n += 1
             self._queue.wait_all()
         return [results[i] for i in range(n)]
+
+    def _bulk_twin(self, count: int | None) -> OpenVINORunner | None:
+        """The throughput-mode twin when a call of ``count`` batches should run in streams."""
+        if not self._bulk or count is None or count < 2 * self.BULK_ROUNDS:
+            return None
+        with self._twin_lock:
+            if self._twin is None:
+                model, threads, properties, inputs, output, cache_dir = self._twin_args
+                twin = OpenVINORunner(
+                    model,
+                    threads,
+                    properties,
+                    inputs=inputs,
+                    output=output,
+                    cache_dir=cache_dir,
+                    throughput=True,
+                )
+                if twin.in_flight < 2:  # one stream (a single core): nothing to overlap
+                    self._bulk = False
+                    return None
+                self._twin = twin
+        twin = self._twin
+        return twin if count >= self.BULK_ROUNDS * twin.in_flight else None

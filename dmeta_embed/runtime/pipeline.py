@@ -84,12 +84,13 @@ def embed_tokenized(
     batch_size: int,
 ) -> np.ndarray:
     """Run length-sorted batches and write each row back to its input position. A runner with
-    ``run_many`` and more than one batch in flight (OpenVINO in throughput mode) gets them all
-    at once, padded as it takes them."""
+    ``run_many`` (OpenVINO) gets them all at once, padded as it takes them, and decides itself
+    whether to run several at a time (streams)."""
     out = np.empty((len(tok.ids), dim), dtype=np.float32)
     plan = plan_batches(tok.lengths, max_batch_tokens, batch_size)
-    if getattr(runner, "in_flight", 1) > 1 and len(plan) > 1:
-        outputs = runner.run_many(pad(tok.ids, index, pad_id) for index in plan)  # type: ignore[attr-defined]
+    many = getattr(runner, "run_many", None)
+    if many is not None and len(plan) > 1:
+        outputs = many((pad(tok.ids, index, pad_id) for index in plan), len(plan))
         for index, vectors in zip(plan, outputs, strict=True):
             out[index] = vectors
         return out
