@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MissingDependencyError, ModelLoadError, ProviderError, TooLongError
+from ..errors import InputError, ModelLoadError, ProviderError, TooLongError
 from ..manifest import Manifest, Provider, sha256_file
 from ..texts import calibration_texts
 from .choice import Choice, Installed, choose
 from .cpu import CpuInfo, detect
-from .engines import installed
+from .engines import installed, start_runner
 from .pipeline import Encoded, OutputSpec, Prepared, embed_tokenized, finish
 from .quantize import RANGED, check_precision, ranges_of
 from .runner import Runner
@@ -142,41 +142,11 @@ class Embedder(SentenceTransformerAPI):
         self.tokenizer = TextTokenizer(tok_file, self.manifest.max_length)
         if self.choice.warning:
             log.warning("%s: %s", self.path, self.choice.warning)
-        self._runner: Runner
-        try:
-            if self.provider == Provider.OPENVINO:
-                # imports openvino: only for this variant
-                from .openvino import OpenVINORunner, default_cache_dir
-
-                self._runner = OpenVINORunner(
-                    model_file,
-                    threads,
-                    self.choice.engine_properties,
-                    inputs=self.manifest.inputs,
-                    output=self.manifest.output,
-                    cache_dir=default_cache_dir(),
-                    throughput=throughput is True,
-                    # large encode calls in streams, unless this Embedder answers requests
-                    bulk=throughput is None and not any(needs.values()),
-                )
-            else:
-                from .session import OnnxRuntimeRunner
-
-                self._runner = OnnxRuntimeRunner(
-                    model_file,
-                    self.provider,
-                    threads,
-                    spin,
-                    inputs=self.manifest.inputs,
-                    output=self.manifest.output,
-                    int8_weights=self.choice.int8_weights,
-                    expect_int8_tensors=spec.int8_tensors or None,
-                )
-        except (ProviderError, MissingDependencyError):
-            raise
-        except Exception as e:  # onnxruntime and OpenVINO raise their own error types
-            engine = "OpenVINO" if self.provider == Provider.OPENVINO else "onnxruntime"
-            raise ModelLoadError(f"{model_file}: {engine} cannot load it ({e})") from e
+        # large encode calls in streams (OpenVINO), unless this Embedder answers requests
+        bulk = throughput is None and not any(needs.values())
+        self._runner: Runner = start_runner(
+            model_file, self.manifest, self.choice, threads, spin, throughput is True, bulk
+        )
 
     @classmethod
     def load(cls, path: str | Path, variant: str = "auto", provider: str = "auto", **kwargs: Any) -> Embedder:
