@@ -206,17 +206,26 @@ def _nncf_output_to_stderr() -> Iterator[None]:
 
 
 def compile_runner(
-    workdir: Path, model: onnx.ModelProto, properties: dict[str, str], threads: int | None = None
+    workdir: Path,
+    model: onnx.ModelProto,
+    properties: dict[str, str],
+    threads: int | None = None,
+    bulk: bool = False,
 ) -> OpenVINORunner:
     """``model`` compiled with ``properties`` by the runtime's own OpenVINO runner: the export
-    validates and times int8-ov with the code and settings that will run it."""
-    import onnx
+    validates and times int8-ov and bf16 with the code and settings that will run them.
+    ``bulk``: as ``Embedder.encode`` runs them (large calls in streams, on a twin compiled from
+    the file later): the file is then named by its content, so no later candidate overwrites it."""
+    import hashlib
 
     from ..runtime.openvino import OpenVINORunner
 
-    path = workdir / "openvino-candidate.onnx"
-    onnx.save(model, str(path))
-    return OpenVINORunner(path, threads, properties)
+    data = model.SerializeToString()
+    name = f"openvino-{hashlib.sha256(data).hexdigest()[:16]}.onnx" if bulk else "openvino-candidate.onnx"
+    path = workdir / name
+    if not (bulk and path.exists()):
+        path.write_bytes(data)
+    return OpenVINORunner(path, threads, properties, bulk=bulk)
 
 
 def embed_as_runtime(runner: OpenVINORunner, tok: Tokenized, pad_id: int, dim: int) -> np.ndarray:

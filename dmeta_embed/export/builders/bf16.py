@@ -83,7 +83,7 @@ class BF16(BaseBuilder):
         from ..openvino import compile_runner
         from ..speed import SpeedRun, calibration_pass
 
-        runner = compile_runner(ctx.work, cand.model, cand.engine_properties)
+        runner = compile_runner(ctx.work, cand.model, cand.engine_properties, bulk=True)
         return {
             SpeedRun.of(self.precision, cand.engine_properties): calibration_pass(
                 ctx, runner, Provider.OPENVINO

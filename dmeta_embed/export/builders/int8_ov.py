@@ -73,9 +73,8 @@ class INT8OV(BaseBuilder):
 
     def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
         def run(properties: dict[str, str]) -> Callable[[], object]:
-            return calibration_pass(
-                ctx, openvino.compile_runner(ctx.work, cand.model, properties), Provider.OPENVINO
-            )
+            runner = openvino.compile_runner(ctx.work, cand.model, properties, bulk=True)
+            return calibration_pass(ctx, runner, Provider.OPENVINO)
 
         runs = {SpeedRun.of(self.precision, cand.engine_properties): run(cand.engine_properties)}
         bf16 = cand.extra.get("bf16")
