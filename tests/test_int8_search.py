@@ -44,8 +44,12 @@ def test_no_promotion_when_everything_passes() -> None:
 def test_promotes_the_most_damaging_first_and_the_fewest_that_pass() -> None:
     damage = {n: HEAVY.get(n, 1.0) for n in NODES}
     # all s7: loss 0.004 * (6 + 4 + 2 + 9) = 0.084; goal min 0.99 -> loss <= 0.01
-    found, _ = _run(Bar(min_cos=0.99, mean_cos=0.99), damage)
+    found, built = _run(Bar(min_cos=0.99, mean_cos=0.99), damage)
     assert _loss(found.formats) <= 0.01
+    # the graph returned is the chosen formats' own, built once more at the end (trials keep
+    # only their scores, not their graphs)
+    assert found.model == found.formats and built[-1] == found.formats
+    assert len(built) == found.trials + 1
     # the ranking is by damage: the promoted set is a prefix of n3, n7, n1, then the rest
     promoted = list(found.formats)
     assert promoted[:3] == ["n3", "n7", "n1"]
