@@ -341,7 +341,8 @@ def test_bulk_calls_go_to_a_throughput_twin_with_the_same_vectors(ov_export: Pat
     bulk = auto.encode(texts, batch_size=2)  # 14 batches: the twin
     one_at_a_time = plain.encode(texts, batch_size=2)
     assert bulk.shape == (len(texts), plain.dim)
-    assert float(np.abs(bulk - one_at_a_time).max()) < 1e-5
+    # int8-ov: another CPU class's thread split may flip an int8 rounding, so by cosine (as above)
+    assert float((bulk * one_at_a_time).sum(1).min()) > 0.99999
     assert auto._runner._bulk is (auto._runner._twin is not None)  # type: ignore[attr-defined]
     served = Embedder.load(ov_export, variant="int8-ov", prefer_latency=True, batched_requests=True)
     served.encode(texts, batch_size=2)
