@@ -88,9 +88,9 @@ def test_auto_on_cpu_without_optional_providers(c: CpuClass) -> None:
 @pytest.mark.parametrize("c", CLASSES)
 def test_auto_with_openvino_installed(c: CpuClass) -> None:
     ch = choose(ALL, cpu=cpu(c), installed=OPENVINO)
-    # the documented rule (docs/runtime.md), not the table under test: unmeasured, only AMX puts
-    # int8-ov first
-    if c == CpuClass.AMX:
+    # the documented rule (docs/runtime.md), not the table under test: unmeasured, only AMX and
+    # AVX-512 VNNI put an OpenVINO variant first (this folder has no bf16: int8-ov)
+    if c in (CpuClass.AMX, CpuClass.AVX512_VNNI):
         assert (ch.variant, ch.provider) == (Precision.INT8_OV, Provider.OPENVINO)
     elif c == CpuClass.UNKNOWN:
         assert ch.variant == Precision.FP32  # int8-ov unmeasured here ranks after fp32
@@ -257,6 +257,32 @@ def test_int8_ov_float_parts_in_bf16_only_where_native(c: CpuClass, native_bf16:
     ch = choose(manifest(variant(Precision.FP32), f32), "int8-ov", cpu=here, installed=OPENVINO)
     assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "f32"}
     assert choose(ALL, "int8", cpu=here, installed=OPENVINO).engine_properties == {}  # onnxruntime's: none
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_unmeasured_order_on_avx512_vnni(native_bf16: bool) -> None:
+    """A folder exported on another class (no speed measured here) on AVX-512 VNNI: int8-ov, then
+    bf16 where bf16 is native, then onnxruntime's int8 (the order measured on AMD Zen 4, real
+    weights); without native bf16 (Intel Cascade Lake) bf16 is never auto's and int8-ov's float
+    parts run in f32."""
+    flags = frozenset({"avx512_vnni", "avx512_bf16"} if native_bf16 else {"avx512_vnni"})
+    here = CpuInfo(CpuClass.AVX512_VNNI, arch="x86_64", flags=flags)
+    ov8 = dataclasses.replace(
+        variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"}
+    )
+    bf16 = dataclasses.replace(
+        variant(Precision.BF16), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"}
+    )
+    folder = manifest(variant(Precision.FP32), variant(Precision.INT8), ov8, bf16)
+    ch = choose(folder, cpu=here, installed=OPENVINO)
+    assert (ch.variant, ch.provider) == (Precision.INT8_OV, Provider.OPENVINO)
+    assert "built-in order for avx512_vnni" in ch.reason
+    assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "bf16" if native_bf16 else "f32"}
+    without = manifest(variant(Precision.FP32), variant(Precision.INT8), bf16)
+    ch = choose(without, cpu=here, installed=OPENVINO)
+    assert ch.variant == (Precision.BF16 if native_bf16 else Precision.INT8)
+    # onnxruntime only: its int8
+    assert choose(folder, cpu=here, installed=NOTHING).variant == Precision.INT8
 
 
 # -- a server batches concurrent requests: only batch-invariant variants ------------------------------

@@ -4,7 +4,7 @@ and dynamic activation quantization), and NNCF static int8 with SmoothQuant at s
 with and without the export's outlier split. Optionally a ``PERF_COUNT`` profile of one text.
 
     python -m benchmarks.investigations.ov_int8_routes out/mpnet [--work DIR] [--alphas -1,0.5]
-        [--routes bf16,compress,static,static-split] [--profile]
+        [--routes bf16,dq,compress,static,static-split] [--groups 0,32,128] [--profile]
 
 ``out/mpnet`` is an exported folder (its manifest names the source model). The routes run on
 OpenVINO's IR of the raw export with the pooling head: NNCF's graph builder rejects our fused graph
@@ -226,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--routes", default="bf16,compress,static,static-split")
     p.add_argument(
+        "--groups",
+        default="0,32,64,128,18446744073709551615",
+        help="the dq route's DYNAMIC_QUANTIZATION_GROUP_SIZE values (0: off; 2**64-1: one group per token)",
+    )
+    p.add_argument(
         "--alphas", default="-1,0.5,0.95", help="SmoothQuant alphas for the static routes (-1: off)"
     )
     p.add_argument("--profile", action="store_true", help="PERF_COUNT of one 16-token text in bf16")
@@ -238,6 +243,20 @@ def main(argv: list[str] | None = None) -> int:
         profile(a.folder / "model.onnx")
     if "bf16" in routes:
         bench.measure("fp32 graph in bf16 (auto)", a.folder / "model.onnx", BF16)
+    if "dq" in routes:
+        # the exported int8-ov file (int8 weights, float activations) with f32 float parts, where
+        # OpenVINO quantizes each token's activations on the fly for its int8-weight layers
+        path = a.folder / "model.int8-ov.onnx"
+        core = __import__("openvino").Core()
+        default = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        print(json.dumps({"default_group_size": str(default.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))}))
+        del default
+        bench.measure("int8-ov file + bf16 (as exported)", path, BF16)
+        for group in a.groups.split(","):
+            props = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": group}
+            bench.measure(f"int8-ov file + f32 + dynamic quantization {group}", path, props)
+    if not routes & {"compress", "static", "static-split"}:
+        return 0
     head = raw_with_head(bench, work)
     if "compress" in routes:
         for mode in ("INT8_ASYM", "INT8_SYM"):

@@ -14,14 +14,16 @@ from ..errors import MissingDependencyError, ProviderError
 from ..manifest import INVARIANCE_BAR, Manifest, Precision, Provider
 from .cpu import CpuClass, CpuInfo
 
-#: ``auto``'s CPU order by class when the export measured no speed on this class. On AMX bf16
-#: (the fp32 graph on OpenVINO in bf16) leads: on real MiniLM and MPNet it ran 1.3-1.4x int8-ov
-#: (which real weights leave weights-only) and 1.7-2.8x onnxruntime's int8 (docs/performance.md,
-#: "AMX"); int8-ov follows. On AVX2 int8-ov was measured slower than fp32, so elsewhere it waits
-#: for an export-time measurement on that class; bf16 likewise (on AVX512-BF16 without AMX it was
-#: slower than int8-ov on the Dmeta shape)
+#: ``auto``'s CPU order by class when the export measured no speed on this class (a folder
+#: exported on another machine). On AMX bf16 (the fp32 graph on OpenVINO in bf16) leads: on real
+#: MiniLM and MPNet it ran 1.3-1.4x int8-ov (which real weights leave weights-only) and 1.7-2.8x
+#: onnxruntime's int8; on AVX-512 VNNI (AMD Zen 4) int8-ov led bf16 on 3 of 4 real-weight
+#: workloads and ran 1.4-1.9x onnxruntime's int8 (docs/performance.md, "AMX", "AVX-512 VNNI").
+#: On AVX2 int8-ov was measured slower than fp32, so elsewhere it waits for an export-time
+#: measurement on that class; bf16 likewise
 CPU_ORDER: dict[CpuClass, tuple[Precision, ...]] = {
-    CpuClass.AMX: (Precision.BF16, Precision.INT8_OV, Precision.INT8, Precision.FP32)
+    CpuClass.AMX: (Precision.BF16, Precision.INT8_OV, Precision.INT8, Precision.FP32),
+    CpuClass.AVX512_VNNI: (Precision.INT8_OV, Precision.BF16, Precision.INT8, Precision.FP32),
 }
 #: the variants validated on OpenVINO's own runtime (the others run on onnxruntime)
 OPENVINO_VARIANTS = (Precision.INT8_OV, Precision.BF16)
