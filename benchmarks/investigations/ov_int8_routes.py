@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         path = a.folder / "model.int8-ov.onnx"
         core = __import__("openvino").Core()
         default = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        print(json.dumps({"default_group_size": str(default.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))}))
+        print(
+            json.dumps({"default_group_size": str(default.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))})
+        )
         del default
         bench.measure("int8-ov file + bf16 (as exported)", path, BF16)
         for group in a.groups.split(","):
