@@ -213,7 +213,9 @@ class Variant:
     #: ``weights``: node count per weight format (``s8``: 8-bit signed, which the runtime shifts
     #: to u8 where u8×s8 kernels saturate; ``s7``: 7-bit signed, which never saturates; ``u8``:
     #: 8-bit stored unsigned with zero point 128, u8×u8 kernels, exact everywhere; ``s8a7``: 8-bit
-    #: s8 beside 7-bit activation rows, which never saturate either)
+    #: s8 beside 7-bit activation rows, which never saturate either). int8-ov: ``float_weights``,
+    #: the MatMuls whose weights stayed float as well (int8 weights alone missed the bar), each
+    #: with the measured reason
     int8: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from ..context import Context
 
 
+#: the calibration texts must lose at most this share of the bar's allowance, as int8's
+#: (``builders.int8.MARGIN``): real all-mpnet-base-v2's weights-only int8 passed its calibration
+#: texts at min cos 0.9945 (the old target, 0.7 of the allowance: 0.993) and then scored 0.9896 on
+#: a held-out repeated-word text; at 0.5 it keeps a role's weights float instead
+MARGIN = 0.5
+
+
 class INT8OV(BaseBuilder):
     precision = Precision.INT8_OV
     lossy = True
@@ -45,7 +52,7 @@ class INT8OV(BaseBuilder):
                 ctx.head(onnx.load(str(ctx.raw_path))),
                 ctx.calib_tok,
                 embed,
-                derive.target(ctx.bars[self.precision]),
+                derive.target(ctx.bars[self.precision], MARGIN),
             )
         with stage(f"int8-ov: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
             fid = self._validate(ctx, found.model, properties)
@@ -55,6 +62,7 @@ class INT8OV(BaseBuilder):
             kept_float=found.unquantized,
             validated_on=openvino.engine_version(),
             engine_properties=properties,
+            int8={"float_weights": found.float_weights} if found.float_weights else {},
         )
         if ctx.cpu.bf16 and fid.passed:
             # bf16 float parts where this CPU computes bf16 natively: kept in settle() only if it
