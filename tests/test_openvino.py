@@ -86,6 +86,13 @@ def test_inspect_shows_the_engine_and_its_float_precision(ov_export: Path) -> No
     row = next(line for line in res.output.splitlines() if line.startswith("int8-ov "))
     hint = v.engine_properties["INFERENCE_PRECISION_HINT"]
     assert f"openvino {v.validated_on.split()[1]} CPU on {v.validated_class}, {hint}" in row, row
+    weights = v.int8.get("float_weights", {})
+    said = [line for line in res.output.splitlines() if "MatMuls keep float weights" in line]
+    assert said == (
+        [f"int8-ov  {len(weights)} MatMuls keep float weights: {next(iter(weights.values()))}"]
+        if weights
+        else []
+    )
 
 
 def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path: Path) -> None:

@@ -17,8 +17,10 @@ from .cpu import CpuClass, CpuInfo
 #: ``auto``'s CPU order by class when the export measured no speed on this class (a folder
 #: exported on another machine). On AMX bf16 (the fp32 graph on OpenVINO in bf16) leads: on real
 #: MiniLM and MPNet it ran 1.3-1.4x int8-ov (which real weights leave weights-only) and 1.7-2.8x
-#: onnxruntime's int8; on AVX-512 VNNI (AMD Zen 4) int8-ov led bf16 on 3 of 4 real-weight
-#: workloads and ran 1.4-1.9x onnxruntime's int8 (docs/performance.md, "AMX", "AVX-512 VNNI").
+#: onnxruntime's int8; on AVX-512 VNNI (AMD Zen 4) int8-ov with int8 weights throughout led bf16
+#: on 3 of 4 real-weight workloads and ran 1.4-2.0x onnxruntime's int8 (where the export keeps
+#: most weights float, as on real MPNet, it runs at bf16's speed; docs/performance.md, "AMX",
+#: "AVX-512 VNNI").
 #: On AVX2 int8-ov was measured slower than fp32, so elsewhere it waits for an export-time
 #: measurement on that class; bf16 likewise
 CPU_ORDER: dict[CpuClass, tuple[Precision, ...]] = {
