@@ -96,19 +96,7 @@ def test_inspect_shows_the_engine_and_its_float_precision(ov_export: Path) -> No
 
 
 def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path: Path) -> None:
-    import onnx
-
-    from dmeta_embed.export import graph
-    from dmeta_embed.export.source import resolve
-    from dmeta_embed.runtime.tokenize import TextTokenizer
-    from dmeta_embed.texts import calibration_texts
-
-    src = resolve(str(tiny_src))
-    graph.export_backbone(src.path, tmp_path / "raw.onnx")
-    model = graph.append_head(
-        onnx.load(str(tmp_path / "raw.onnx")), src.pooling, src.normalize, int(src.config["hidden_size"])
-    )
-    tok = TextTokenizer(ov_tokenizer(tiny_src, tmp_path), src.max_length).encode(calibration_texts())
+    model, tok = search_inputs(tiny_src, tmp_path)
     embed = ovx.openvino_embedder(tmp_path, {"INFERENCE_PRECISION_HINT": "f32"}, pad_id=0)
 
     loose = ovx.search(model, tok, embed, Bar(min_cos=0.0, mean_cos=0.0))
@@ -130,6 +118,25 @@ def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path
     assert int8_weight_matmuls(strict.model) == set()
 
 
+def search_inputs(tiny_src: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """What the int8-ov search takes, for the tiny model: its raw export with the pooling head,
+    and the calibration texts tokenized."""
+    import onnx
+
+    from dmeta_embed.export import graph
+    from dmeta_embed.export.source import resolve
+    from dmeta_embed.runtime.tokenize import TextTokenizer
+    from dmeta_embed.texts import calibration_texts
+
+    src = resolve(str(tiny_src))
+    graph.export_backbone(src.path, tmp_path / "raw.onnx")
+    model = graph.append_head(
+        onnx.load(str(tmp_path / "raw.onnx")), src.pooling, src.normalize, int(src.config["hidden_size"])
+    )
+    tok = TextTokenizer(ov_tokenizer(tiny_src, tmp_path), src.max_length).encode(calibration_texts())
+    return model, tok
+
+
 def matmuls(model) -> list[str]:  # type: ignore[no-untyped-def]
     return [n.name for n in model.graph.node if n.op_type == "MatMul"]
 
@@ -148,21 +155,11 @@ def test_search_keeps_float_weights_by_role_when_int8_weights_alone_miss(
     float weights; with the first two roles' weights float it is met and the search stops there,
     every other role's weights still int8."""
     import numpy as np
-    import onnx
 
-    from dmeta_embed.export import graph
-    from dmeta_embed.export.source import resolve
-    from dmeta_embed.runtime.tokenize import TextTokenizer
-    from dmeta_embed.texts import calibration_texts
-
-    src = resolve(str(tiny_src))
-    graph.export_backbone(src.path, tmp_path / "raw.onnx")
-    model = graph.append_head(
-        onnx.load(str(tmp_path / "raw.onnx")), src.pooling, src.normalize, int(src.config["hidden_size"])
-    )
-    tok = TextTokenizer(ov_tokenizer(tiny_src, tmp_path), src.max_length).encode(calibration_texts())
+    model, tok = search_inputs(tiny_src, tmp_path)
     real = ovx.openvino_embedder(tmp_path, {"INFERENCE_PRECISION_HINT": "f32"}, pad_id=0)
-    noise = np.random.default_rng(0).normal(size=(len(tok.ids), int(src.config["hidden_size"])))
+    dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    noise = np.random.default_rng(0).normal(size=(len(tok.ids), dim))
     first, second = ovx.WEIGHT_ROLE_ORDER[:2]
 
     def embed(m, t):  # type: ignore[no-untyped-def]
