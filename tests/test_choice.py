@@ -171,6 +171,39 @@ def test_single_queries_follow_the_measured_latency(c: CpuClass) -> None:
         assert "lowest one-text latency" not in ch.reason
 
 
+@pytest.mark.parametrize("c", [k for k in CLASSES if k != CpuClass.UNKNOWN])
+def test_a_server_judges_int8_against_fp32_by_one_text_latency(c: CpuClass) -> None:
+    """Real all-mpnet-base-v2 on AVX2 (2026-12-02): int8 ran bulk work at 0.997x fp32 but one
+    short text in 28.3 ms against fp32's 31.9. Bulk ``auto`` stays on fp32; a server takes int8,
+    and goes back to fp32 when int8 answers one text no sooner; without fp32's ``query_ms`` the
+    bulk rule decides for the server too."""
+
+    def speed(rate: float, query_ms: float | None) -> dict:
+        out = {"cpu_class": c.value, "tokens_per_s": rate, "vs_fp32": rate / 1000}
+        return out if query_ms is None else {**out, "query_ms": query_ms}
+
+    def folder(int8_ms: float, fp32_ms: float | None = 31.9) -> Manifest:
+        return manifest(
+            variant(Precision.FP32, speed=speed(1000, fp32_ms)),
+            variant(Precision.INT8, speed=speed(997, int8_ms)),
+        )
+
+    bulk = choose(folder(28.3), cpu=cpu(c), installed=NOTHING)
+    assert bulk.variant == Precision.FP32
+    assert "int8 was measured slower than fp32" in bulk.reason and "(0.997x)" in bulk.reason
+    served = choose(folder(28.3), cpu=cpu(c), installed=NOTHING, prefer_latency=True)
+    assert (served.variant, served.provider) == (Precision.INT8, Provider.CPU)
+    assert "lowest one-text latency" in served.reason and "28.3 ms" in served.reason
+    slow_one = choose(folder(33.0), cpu=cpu(c), installed=NOTHING, prefer_latency=True)
+    assert slow_one.variant == Precision.FP32
+    assert (
+        "int8 answered one text no sooner than fp32" in slow_one.reason
+        and "33.0 against 31.9" in slow_one.reason
+    )
+    unmeasured = choose(folder(28.3, fp32_ms=None), cpu=cpu(c), installed=NOTHING, prefer_latency=True)
+    assert unmeasured.variant == Precision.FP32 and "measured slower than fp32" in unmeasured.reason
+
+
 def test_missed_bar_is_skipped_and_said() -> None:
     m = manifest(variant(Precision.FP32), variant(Precision.INT8, passed=False))
     ch = choose(m, cpu=cpu(CpuClass.AVX2), installed=NOTHING)

@@ -188,8 +188,9 @@ def choose(
     its bar and was not measured slower than fp32 on this CPU class, by :data:`CPU_ORDER`.
     ``prefer_latency``: the caller mostly embeds one short text per call (a server): the variant
     with the lowest one-text latency measured at export on this CPU class (``speed.query_ms``)
-    ranks first; for folders without that measurement, onnxruntime's int8 (OpenVINO pays extra
-    on the first call at each new input shape).
+    ranks first, and "slower than fp32" means a one-text latency no lower than fp32's; for
+    folders without that measurement, onnxruntime's int8 (OpenVINO pays extra on the first call
+    at each new input shape).
     ``batched_requests``: the caller batches concurrent requests together (a server), so ``auto``
     skips a variant that is not batch-invariant (:func:`batch_invariance_problem`), saying so in
     the reason; asked for by name, such a variant loads with that warning.
@@ -267,6 +268,27 @@ def _measured(
     return out
 
 
+def _slower_than_fp32(manifest: Manifest, p: Precision, cls: str, prefer_latency: bool) -> str:
+    """Why ``p`` loses to fp32 on ``cls`` by the export's measurement ("" when it does not, or
+    when nothing measured on ``cls`` says so). A server (``prefer_latency``) compares the one-text
+    latency where the export measured it for both, since a variant can answer one short text
+    sooner than fp32 and still run bulk work slower (int8 on AVX2: real all-mpnet-base-v2 28 ms
+    against fp32's 32 ms, bulk 1.00x); otherwise the bulk throughput decides."""
+    v, fp32 = manifest.variants[p.value], manifest.variants.get(Precision.FP32.value)
+    if prefer_latency and fp32 is not None:
+        ms = _measured(manifest, [p, Precision.FP32], cls, "query_ms")
+        if len(ms) == 2:
+            if ms[p] < ms[Precision.FP32]:
+                return ""
+            return (
+                f"{p.value} answered one text no sooner than fp32 on {cls} "
+                f"({ms[p]:.1f} against {ms[Precision.FP32]:.1f} ms)"
+            )
+    if not v.slower_than_fp32_on(cls):
+        return ""
+    return f"{p.value} was measured slower than fp32 on {cls} ({float(v.speed['vs_fp32']):.3g}x)"
+
+
 def _openvino_auto(manifest: Manifest, cpu: CpuInfo) -> str:
     """``provider='openvino'`` with ``variant='auto'``: of the folder's OpenVINO variants, the
     fastest measured at export on this CPU class; unmeasured, bf16 first where bf16 is native,
@@ -307,10 +329,8 @@ def _auto_cpu(
             skipped.append(f"{p.value}: onnxruntime is not installed")
             continue
         caveat = _caveat(manifest, p, cpu, batched)
-        slower = p != Precision.FP32 and v.slower_than_fp32_on(cls)
-        note = (
-            f"{p.value} was measured slower than fp32 on {cls} ({v.speed['vs_fp32']:.2f}x)" if slower else ""
-        )
+        note = "" if p == Precision.FP32 else _slower_than_fp32(manifest, p, cls, prefer_latency)
+        slower = bool(note)
         if caveat:  # never auto's, however fast; both reasons are said
             refused.append((p, caveat))
             if slower:
