@@ -3,9 +3,12 @@ for each operand signedness and zero-point form our int8 files use, against fp32
 exported folder's int8 and fp32 files profiled per operator type.
 
     python -m benchmarks.investigations.ort_int8_kernels [out/mpnet] [--rows 16,640] [--batch 32x20]
+        [--shapes 768x3072,3072x768,768x768,768x2304,384x1536]
 
-The GEMM is one BERT-base FFN projection (768 × 3072) on ``rows`` token rows, 2 threads, 50 calls
-after 5 warm-ups. The profile (onnxruntime's own profiler, 15 runs of one ``batch``) sums kernel
+Each GEMM is one K × N projection (default: BERT-base's FFN, 768 × 3072) on ``rows`` token rows,
+2 threads, 50 calls after 5 warm-ups; besides the MatMulInteger forms, ``MatMulNBits`` with 8-bit
+(blocks of 32 and 128) and 4-bit weights at ``accuracy_level=4`` (int8 compute, activations
+quantized per row and block at run time), whose kernels exist for some CPU classes only. The profile (onnxruntime's own profiler, 15 runs of one ``batch``) sums kernel
 time per operator type. JSON lines to stdout. Figures: docs/performance.md, "AMX".
 """
 
@@ -23,8 +26,6 @@ from typing import Any
 
 import numpy as np
 
-K, N = 768, 3072
-
 
 def _session(model: Any, profile: bool = False):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
@@ -38,7 +39,7 @@ def _session(model: Any, profile: bool = False):  # type: ignore[no-untyped-def]
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def gemm_cases() -> dict[str, tuple[Any, str]]:
+def gemm_cases(K: int = 768, N: int = 3072) -> dict[str, tuple[Any, str]]:  # noqa: N803
     """name → (one-node model, A's dtype)."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -108,12 +109,54 @@ def gemm_cases() -> dict[str, tuple[Any, str]]:
             model(helper.make_node(mmi, ["A", "W"], ["Y"]), [u8], TensorProto.UINT8, TensorProto.INT32),
             "u8",
         ),
+        **{
+            f"MatMulNBits {bits}-bit, block {block}, accuracy_level 4": (
+                _nbits(f32, bits, block, model),
+                "f32",
+            )
+            for bits, block in ((8, 32), (8, 128), (4, 32))
+        },
     }
 
 
-def gemms(rows: list[int]) -> None:
+def _nbits(w: Any, bits: int, block: int, model: Any) -> Any:
+    """``w`` (an fp32 initializer) as one symmetric per-block ``MatMulNBits`` node."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    W = numpy_helper.to_array(w)  # noqa: N806
+    k, n = W.shape
+    blocks = -(-k // block)
+    padded = np.zeros((blocks * block, n), np.float32)
+    padded[:k] = W
+    b = padded.T.reshape(n, blocks, block)
+    top = 2 ** (bits - 1) - 1
+    scale = np.maximum(np.abs(b).max(-1) / top, 1e-12).astype(np.float32)
+    q = (np.clip(np.round(b / scale[..., None]), -top - 1, top) + top + 1).astype(np.uint8)
+    if bits == 4:  # two values per byte, the low nibble first
+        q = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    node = helper.make_node(
+        "MatMulNBits",
+        ["A", "B", "S"],
+        ["Y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=bits,
+        block_size=block,
+        accuracy_level=4,
+    )
+    inits = [numpy_helper.from_array(q, "B"), numpy_helper.from_array(scale.reshape(-1), "S")]
+    return model(node, inits, TensorProto.FLOAT, TensorProto.FLOAT)
+
+
+def gemms(rows: list[int], shapes: list[tuple[int, int]]) -> None:
     rng = np.random.default_rng(1)
-    for name, (model, a) in gemm_cases().items():
+    for K, N in shapes:  # noqa: N806
+        _gemms(rows, K, N, rng)
+
+
+def _gemms(rows: list[int], K: int, N: int, rng: np.random.Generator) -> None:  # noqa: N803
+    for name, (model, a) in gemm_cases(K, N).items():
         sess = _session(model)
         for m in rows:
             if a == "f32":
@@ -130,6 +173,7 @@ def gemms(rows: list[int]) -> None:
                 json.dumps(
                     {
                         "gemm": name,
+                        "shape": f"{K}x{N}",
                         "rows": m,
                         "ms": round(dt * 1000, 3),
                         "gops": round(2 * m * K * N / dt / 1e9),
@@ -173,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path, nargs="?", help="an exported folder: profile its int8 and fp32 files")
     p.add_argument("--rows", default="16,640")
     p.add_argument("--batch", default="32x20", help="texts x tokens for the profile")
+    p.add_argument("--shapes", default="768x3072", help="K x N of each GEMM, comma-separated")
     a = p.parse_args(argv)
-    gemms([int(r) for r in a.rows.split(",")])
+    shapes = [(int(k), int(n)) for k, n in (s.split("x") for s in a.shapes.split(","))]
+    gemms([int(r) for r in a.rows.split(",")], shapes)
     if a.folder is not None:
         b, length = (int(x) for x in a.batch.split("x"))
         for name in ("model.int8.onnx", "model.onnx"):
