@@ -5,11 +5,12 @@ exported folder's int8 and fp32 files profiled per operator type.
     python -m benchmarks.investigations.ort_int8_kernels [out/mpnet] [--rows 16,640] [--batch 32x20]
         [--shapes 768x3072,3072x768,768x768,768x2304,384x1536]
 
-Each GEMM is one K × N projection (default: BERT-base's FFN, 768 × 3072) on ``rows`` token rows,
-2 threads, 50 calls after 5 warm-ups; besides the MatMulInteger forms, ``MatMulNBits`` with 8-bit
-(blocks of 32 and 128) and 4-bit weights at ``accuracy_level=4`` (int8 compute, activations
-quantized per row and block at run time), whose kernels exist for some CPU classes only. The profile (onnxruntime's own profiler, 15 runs of one ``batch``) sums kernel
-time per operator type. JSON lines to stdout. Figures: docs/performance.md, "AMX".
+Each GEMM is one K × N projection (default: BERT-base's FFN, 768 × 3072) with random matrices on
+``rows`` token rows, 2 threads, 50 calls after 5 warm-ups; besides the MatMulInteger forms,
+``MatMulNBits`` with 8-bit (blocks of 32 and 128) and 4-bit weights at ``accuracy_level=4`` (int8
+compute, activations quantized per row and block at run time), whose fast kernels exist for some
+CPU classes only. The profile (onnxruntime's own profiler, 15 runs of one ``batch``) sums kernel
+time per operator type. JSON lines to stdout. Figures: docs/performance.md, "AMX" and "AVX2".
 """
 
 from __future__ import annotations
