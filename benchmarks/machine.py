@@ -105,7 +105,7 @@ def load_snapshot() -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    from dmeta_embed.runtime.session import available_cpus
+    from dmeta_embed.runtime.cpu import available_cpus
 
     info = cpuinfo()
     flags = info.get("flags", "").split()

@@ -278,7 +278,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Measure and return the result dict; with ``output``, also write bench.json/.md/.png there."""
     from dmeta_embed.manifest import Manifest
-    from dmeta_embed.runtime.session import available_cpus
+    from dmeta_embed.runtime.cpu import available_cpus
     from dmeta_embed.runtime.tokenize import TextTokenizer
 
     started = load_snapshot()
@@ -627,7 +627,7 @@ def auto_choices(manifest: Any) -> dict[str, dict[str, str]]:
     from dmeta_embed.errors import DmetaEmbedError
     from dmeta_embed.runtime.choice import choose
     from dmeta_embed.runtime.cpu import detect
-    from dmeta_embed.runtime.engines import installed
+    from dmeta_embed.runtime.installed import installed
 
     out: dict[str, dict[str, str]] = {}
     for use, latency in (("bulk", False), ("serve", True)):

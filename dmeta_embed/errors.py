@@ -29,11 +29,15 @@ class VariantsLeftOutError(FidelityError):
 
 
 class InputError(DmetaEmbedError, ValueError):
-    """Bad input to encode(); the message names the offending index."""
+    """Bad input to a runtime call. ``field``: the argument that was wrong, by the runtime's name
+    for it (``texts``, ``prompt_name``, ``truncate_dim``, ``normalize``, ``precision``...);
+    ``index``: which item of a list argument, where it is one. Callers map errors by these
+    attributes (the server to its own field names and HTTP statuses), never by the message."""
 
-    def __init__(self, message: str, index: int | None = None) -> None:
+    def __init__(self, message: str, index: int | None = None, *, field: str = "texts") -> None:
         super().__init__(message)
         self.index = index
+        self.field = field
 
 
 class TooLongError(InputError):

@@ -18,7 +18,7 @@ from dmeta_embed.runtime import Embedder
 from dmeta_embed.runtime.batching import pad
 from dmeta_embed.runtime.choice import batch_invariance_problem, choose
 from dmeta_embed.runtime.cpu import detect
-from dmeta_embed.runtime.engines import installed
+from dmeta_embed.runtime.installed import installed
 from tests.helpers import mixed_texts
 
 #: the texts whose vector must not move: a query, one past max_length (1,024 tokens in the tiny

@@ -16,8 +16,9 @@ from dmeta_embed.errors import ExportError, ProviderError
 from dmeta_embed.export.builders import BUILDERS, default_variants
 from dmeta_embed.export.builders.bf16 import BF16
 from dmeta_embed.manifest import BARS, VARIANT_FILES, Manifest, Precision, Provider, Variant
-from dmeta_embed.runtime.choice import Installed, choose
+from dmeta_embed.runtime.choice import choose
 from dmeta_embed.runtime.cpu import CpuClass, CpuInfo, detect
+from dmeta_embed.runtime.installed import Installed
 from dmeta_embed.texts import probe_texts
 from tests.test_choice import manifest, variant
 

@@ -17,8 +17,9 @@ from dmeta_embed.manifest import (
     TokenizerInfo,
     Variant,
 )
-from dmeta_embed.runtime.choice import Installed, choose
+from dmeta_embed.runtime.choice import choose
 from dmeta_embed.runtime.cpu import S8_EXACT, U8_SHIFT, CpuClass, CpuInfo
+from dmeta_embed.runtime.installed import Installed
 
 NOTHING = Installed()
 OPENVINO = Installed(openvino=True)

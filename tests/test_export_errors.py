@@ -295,10 +295,10 @@ def test_fp16_validates_on_cpu_when_cuda_is_listed_but_does_not_start(
     from dmeta_embed.export.builders import fp16
     from dmeta_embed.export.reference import cosines, torch_embeddings
     from dmeta_embed.manifest import Pooling
-    from dmeta_embed.runtime import engines
+    from dmeta_embed.runtime import session
 
     monkeypatch.setattr(fp16, "cuda_available", lambda: True)
-    monkeypatch.setattr(engines, "cuda_available", lambda: True)  # the session's own check
+    monkeypatch.setattr(session, "cuda_available", lambda: True)  # the session's own check
     with caplog.at_level(logging.WARNING, logger="dmeta_embed"):
         m = export_model(str(tiny_src), tmp_path / "out", variants=["fp32", "fp16"])
     assert "fp16: CUDA is listed but did not start" in caplog.text

@@ -13,8 +13,9 @@ import pytest
 
 from dmeta_embed.errors import ProviderError
 from dmeta_embed.manifest import BARS, Bar, Manifest, Precision, Provider
-from dmeta_embed.runtime.choice import Installed, choose
+from dmeta_embed.runtime.choice import choose
 from dmeta_embed.runtime.cpu import CpuClass, CpuInfo, detect
+from dmeta_embed.runtime.installed import Installed
 from dmeta_embed.texts import probe_texts
 
 pytest.importorskip("nncf")
@@ -249,10 +250,10 @@ def test_loading_int8_ov_without_openvino_names_the_install(ov_export: Path, mon
     onnxruntime's variants, and the runner itself answers with the pip line, not a traceback."""
     from dmeta_embed import Embedder
     from dmeta_embed.errors import MissingDependencyError
-    from dmeta_embed.runtime import engines
+    from dmeta_embed.runtime import installed
     from dmeta_embed.runtime.openvino import OpenVINORunner
 
-    monkeypatch.setattr(engines, "openvino_available", lambda: False)
+    monkeypatch.setattr(installed, "openvino_available", lambda: False)
     with pytest.raises(
         ProviderError,
         match=r"runs on OpenVINO, which is not installed: pip install 'dmeta-embed\[openvino\]'",

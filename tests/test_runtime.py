@@ -248,16 +248,16 @@ def test_threads_default_to_usable_cpus(monkeypatch, tmp_path):
     the machine's facts injected: 4 CPUs allowed, then quotas of 1.5, 0.5 and 2.5 CPUs."""
     from pathlib import Path
 
-    from dmeta_embed.runtime import session
+    from dmeta_embed.runtime import cpu, session
 
-    monkeypatch.setattr(session, "Path", lambda p: Path(tmp_path, str(p).lstrip("/")))
-    monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert session.available_cpus() == 4  # no cgroup files: the affinity mask
+    monkeypatch.setattr(cpu, "Path", lambda p: Path(tmp_path, str(p).lstrip("/")))
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert cpu.available_cpus() == 4  # no cgroup files: the affinity mask
     v2 = tmp_path / "sys/fs/cgroup/cpu.max"
     v2.parent.mkdir(parents=True)
     for quota, want in (("max 100000", 4), ("150000 100000", 2), ("50000 100000", 1), ("900000 100000", 4)):
         v2.write_text(quota)
-        assert session.available_cpus() == want, quota
+        assert cpu.available_cpus() == want, quota
     v2.write_text("150000 100000")
     assert session.session_options(None).intra_op_num_threads == 2
     assert session.session_options(3).intra_op_num_threads == 3  # an explicit count wins
@@ -267,16 +267,16 @@ def test_threads_default_to_usable_cpus(monkeypatch, tmp_path):
     (v1 / "cpu.cfs_period_us").write_text("100000")
     for quota, want in (("250000", 3), ("-1", 4)):
         (v1 / "cpu.cfs_quota_us").write_text(quota)
-        assert session.available_cpus() == want, quota
-    monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: {0})
-    assert session.available_cpus() == 1
+        assert cpu.available_cpus() == want, quota
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0})
+    assert cpu.available_cpus() == 1
 
 
 def test_auto_runs_on_cpu_when_cuda_is_listed_but_does_not_start(tiny_export, monkeypatch, caplog):
     """onnxruntime-gpu lists CUDA also where it cannot start (no driver, missing libraries): the
     CPU build here stands in for that, since it falls back to CPU when asked for CUDA. ``auto``
     then loads what the CPU choice is, with the reason logged; an explicit 'cuda' still fails."""
-    from dmeta_embed.runtime.choice import Installed
+    from dmeta_embed.runtime.installed import Installed
 
     cuda_listed = Installed(cuda=True, openvino=installed().openvino, onnxruntime=True)
     monkeypatch.setattr(embedder_module, "installed", lambda: cuda_listed)

@@ -518,7 +518,7 @@ def main() -> None:
         workdir = Path(tmp)
         args.model = args.model or default_model(workdir)
         tag = args.tag or args.model.resolve().name
-        from dmeta_embed.runtime.session import available_cpus
+        from dmeta_embed.runtime.cpu import available_cpus
 
         result: dict[str, Any] = {
             "tag": tag,

@@ -46,7 +46,7 @@ def summary(folder: Path) -> str:
     out += ["", f"this cpu  {cpu.describe()}"]
     try:
         from ..runtime.choice import choose
-        from ..runtime.engines import installed
+        from ..runtime.installed import installed
 
         found = installed()
     except DmetaEmbedError as e:

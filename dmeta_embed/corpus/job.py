@@ -26,7 +26,7 @@ from .._optional import installed_version
 from ..manifest import Manifest
 from ..runtime.choice import choose
 from ..runtime.cpu import detect
-from ..runtime.engines import installed
+from ..runtime.installed import installed
 from .errors import CorpusError
 from .executors import Executor, InProcess
 from .progress import Progress

@@ -13,6 +13,7 @@ from .._optional import EXTRAS, NOTES
 from ..errors import MissingDependencyError, ProviderError
 from ..manifest import INVARIANCE_BAR, Manifest, Precision, Provider
 from .cpu import CpuClass, CpuInfo
+from .installed import Installed
 
 #: ``auto``'s CPU order by class when the export measured no speed on this class (a folder
 #: exported on another machine). On AMX bf16 (the fp32 graph on OpenVINO in bf16) leads: on real
@@ -32,17 +33,6 @@ OPENVINO_VARIANTS = (Precision.INT8_OV, Precision.BF16)
 DEFAULT_CPU_ORDER = (Precision.INT8, Precision.FP32)
 #: the OpenVINO CPU property that sets the float parts' precision (``f32`` or ``bf16``)
 PRECISION_HINT = "INFERENCE_PRECISION_HINT"
-
-
-@dataclass(frozen=True)
-class Installed:
-    """Which optional engines this process can use: onnxruntime (the fp32/fp16/int8 variants'),
-    its CUDA provider, and the ``openvino`` package (the int8-ov variant's engine, installed
-    beside onnxruntime or alone)."""
-
-    cuda: bool = False
-    openvino: bool = False
-    onnxruntime: bool = True
 
 
 @dataclass(frozen=True)

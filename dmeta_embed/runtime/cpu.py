@@ -13,9 +13,12 @@ Standard library only.
 from __future__ import annotations
 
 import functools
+import math
+import os
 import platform
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 CPUINFO = "/proc/cpuinfo"
 ARM = frozenset({"aarch64", "arm64", "armv8l"})
@@ -160,3 +163,30 @@ def cpu_info(cpuinfo: dict[str, str] | None, machine: str) -> CpuInfo:
 def detect() -> CpuInfo:
     """This machine's CPU (read once per process)."""
     return cpu_info(read_cpuinfo(), platform.machine())
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: affinity mask and cgroup quota, not ``os.cpu_count()``."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(n, quota) if quota else n)
+
+
+def _cgroup_quota() -> int | None:
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return math.ceil(int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        if q > 0 and p > 0:
+            return math.ceil(q / p)
+    except (OSError, ValueError):
+        pass
+    return None

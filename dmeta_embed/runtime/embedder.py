@@ -14,9 +14,10 @@ import numpy as np
 from ..errors import InputError, ModelLoadError, ProviderError, TooLongError
 from ..manifest import Manifest, Provider, sha256_file
 from ..texts import calibration_texts
-from .choice import Choice, Installed, choose
+from .choice import Choice, choose
 from .cpu import CpuInfo, detect
-from .engines import installed, start_runner
+from .engines import start_runner
+from .installed import Installed, installed
 from .pipeline import Encoded, OutputSpec, Prepared, embed_tokenized, finish
 from .quantize import RANGED, check_precision, ranges_of
 from .runner import Runner

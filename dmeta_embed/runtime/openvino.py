@@ -23,7 +23,8 @@ import numpy as np
 
 from .._optional import require
 from ..manifest import INPUT_NAMES, OUTPUT_NAME, Provider
-from .session import available_cpus, feed_names
+from .cpu import available_cpus
+from .runner import feed_names
 
 #: environment variable naming OpenVINO's compiled-model cache folder ("" turns the cache off)
 CACHE_ENV = "DMETA_EMBED_OPENVINO_CACHE"
@@ -62,7 +63,7 @@ def compile_config(
 
 class OpenVINORunner:
     """A graph compiled by OpenVINO's CPU plugin: (input_ids, attention_mask) → [B, dim], the same
-    ``run`` call as :class:`~dmeta_embed.runtime.session.Runner`.
+    ``run`` call as :class:`~dmeta_embed.runtime.session.OnnxRuntimeRunner`.
 
     ``properties``: the CPU plugin properties the variant was validated with. ``cache_dir``:
     OpenVINO's compiled-model cache (a restarted process imports instead of compiling).

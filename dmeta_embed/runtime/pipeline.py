@@ -83,20 +83,17 @@ def embed_tokenized(
     max_batch_tokens: int,
     batch_size: int,
 ) -> np.ndarray:
-    """Run length-sorted batches and write each row back to its input position. A runner with
-    ``run_many`` (OpenVINO) gets them all at once, padded as it takes them, and decides itself
-    whether to run several at a time (streams)."""
+    """Run length-sorted batches and write each row back to its input position. The runner gets
+    them all at once (``Runner.run_many``), padded as it takes them, and decides itself whether
+    to run several at a time (OpenVINO's streams)."""
     out = np.empty((len(tok.ids), dim), dtype=np.float32)
     plan = plan_batches(tok.lengths, max_batch_tokens, batch_size)
-    many = getattr(runner, "run_many", None)
-    if many is not None and len(plan) > 1:
-        outputs = many((pad(tok.ids, index, pad_id) for index in plan), len(plan))
-        for index, vectors in zip(plan, outputs, strict=True):
-            out[index] = vectors
+    if len(plan) == 1:
+        out[plan[0]] = runner.run(*pad(tok.ids, plan[0], pad_id))
         return out
-    for index in plan:
-        input_ids, mask = pad(tok.ids, index, pad_id)
-        out[index] = runner.run(input_ids, mask)
+    outputs = runner.run_many((pad(tok.ids, index, pad_id) for index in plan), len(plan))
+    for index, vectors in zip(plan, outputs, strict=True):
+        out[index] = vectors
     return out
 
 

@@ -2,64 +2,25 @@
 
 from __future__ import annotations
 
-import functools
-import math
-import os
+from collections.abc import Iterable
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._optional import require
 from ..errors import ProviderError
 from ..manifest import INPUT_NAMES, OUTPUT_NAME, Provider
+from .cpu import available_cpus
+from .installed import CPU, CUDA, cuda_available, ort
 from .int8 import shift_int8_weights
+from .runner import feed_names
 
 if TYPE_CHECKING:
     import onnxruntime
 
 
-@functools.cache
-def ort() -> ModuleType:
-    """onnxruntime, imported on first use: ``runtime.cpu``/``runtime.choice`` and ``inspect`` work
-    without it (an OpenVINO-only install, say)."""
-    return require("onnxruntime")
-
-
-CPU = Provider.CPU.ort_name
-CUDA = Provider.CUDA.ort_name
-
-
-def available_cpus() -> int:
-    """CPUs this process may really use: affinity mask and cgroup quota, not ``os.cpu_count()``."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    quota = _cgroup_quota()
-    return max(1, min(n, quota) if quota else n)
-
-
-def _cgroup_quota() -> int | None:
-    try:  # cgroup v2: "max 100000" or "150000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return math.ceil(int(quota) / int(period))
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        if q > 0 and p > 0:
-            return math.ceil(q / p)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def session_options(threads: int | None, spin: bool = True) -> onnxruntime.SessionOptions:
-    """CPU options chosen by measurement (see README, "Memory"): sequential, one inter-op thread,
+    """CPU options chosen by measurement (docs/runtime.md): sequential, one inter-op thread,
     no memory pattern (shapes change every batch, and the pattern cache grows per shape).
 
     ``spin=False`` stops idle worker threads from busy-waiting between ops: on a machine shared
@@ -80,13 +41,6 @@ def session_options(threads: int | None, spin: bool = True) -> onnxruntime.Sessi
 #: onnxruntime 1.32's SkipLayerNormalization CPU kernel is far slower than Add + LayerNormalization
 #: (docs/performance.md); the export unfuses it for the CPU variants, and this keeps it unfused
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
-
-
-def feed_names(graph_inputs: list[str], inputs: tuple[str, ...]) -> tuple[str, str]:
-    """The (input_ids, attention_mask) names the manifest gives, checked against the graph's."""
-    if sorted(graph_inputs) != sorted(inputs) or len(inputs) != 2:
-        raise ProviderError(f"the graph's inputs are {graph_inputs}, the manifest says {list(inputs)}")
-    return inputs[0], inputs[1]
 
 
 class OnnxRuntimeRunner:
@@ -111,8 +65,6 @@ class OnnxRuntimeRunner:
         int8_weights: str | None = None,
         expect_int8_tensors: int | None = None,
     ) -> None:
-        from .engines import cuda_available
-
         provider = Provider.parse(provider)
         so = session_options(threads, spin)
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
@@ -166,6 +118,9 @@ class OnnxRuntimeRunner:
         out = self.session.run([self._output], {self._ids: input_ids, self._mask: attention_mask})
         return out[0]  # type: ignore[no-any-return]
 
-
-#: the onnxruntime runner's earlier name, for callers outside the runtime (export, benchmarks)
-Runner = OnnxRuntimeRunner
+    def run_many(
+        self, batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int | None = None
+    ) -> list[np.ndarray]:
+        """Each batch's output in order, one at a time: a session already uses every thread it
+        was given on one batch."""
+        return [self.run(ids, mask) for ids, mask in batches]

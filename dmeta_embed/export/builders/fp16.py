@@ -10,7 +10,7 @@ import numpy as np
 
 from ...errors import ProviderError
 from ...manifest import Precision, Provider
-from ...runtime.engines import cuda_available
+from ...runtime.installed import cuda_available
 from .. import variants as derive
 from ..progress import stage
 from .base import BaseBuilder, Candidate
