@@ -150,7 +150,7 @@ class Ours:
 
         self.embedder = Embedder.load(model, variant=variant, provider=device)
         # the onnxruntime session, where this runtime version keeps one (not a public attribute)
-        session = getattr(getattr(self.embedder, "_runner", None), "session", None)
+        session = getattr(self.embedder.pipeline.runner, "session", None)
         self.info = {
             "variant": self.embedder.variant.value,
             "provider": self.embedder.provider.value,

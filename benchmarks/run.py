@@ -622,24 +622,17 @@ def summarize(
 
 
 def auto_choices(manifest: Any) -> dict[str, dict[str, str]]:
-    """``auto``'s choice on this machine for bulk work (``Embedder.load``) and for ``serve``
-    (``prefer_latency``, ``batched_requests``), with its reason, or the error that refuses it."""
+    """``auto``'s choice on this machine for bulk work (``Embedder.load``'s library profile) and
+    for ``serve`` (the server profile), with its reason, or the error that refuses it."""
     from dmeta_embed.errors import DmetaEmbedError
-    from dmeta_embed.runtime.choice import choose
     from dmeta_embed.runtime.cpu import detect
     from dmeta_embed.runtime.installed import installed
+    from dmeta_embed.runtime.plan import Profile, decide
 
     out: dict[str, dict[str, str]] = {}
-    for use, latency in (("bulk", False), ("serve", True)):
+    for use, profile in (("bulk", Profile.LIBRARY), ("serve", Profile.SERVER)):
         try:
-            # serve: single short requests, batched together (only a batch-invariant variant)
-            c = choose(
-                manifest,
-                cpu=detect(),
-                installed=installed(),
-                prefer_latency=latency,
-                batched_requests=latency,
-            )
+            c = decide(manifest, profile=profile, cpu=detect(), engines=installed())
             out[use] = {"variant": c.variant.value, "provider": c.provider.value, "reason": c.reason}
         except DmetaEmbedError as e:
             out[use] = {"variant": "", "provider": "", "reason": str(e)}

@@ -16,9 +16,9 @@ import pytest
 from dmeta_embed.manifest import INVARIANCE_BAR, Precision
 from dmeta_embed.runtime import Embedder
 from dmeta_embed.runtime.batching import pad
-from dmeta_embed.runtime.choice import batch_invariance_problem, choose
-from dmeta_embed.runtime.cpu import detect
+from dmeta_embed.runtime.choice import batch_invariance_problem
 from dmeta_embed.runtime.installed import installed
+from dmeta_embed.runtime.plan import make_plan
 from tests.helpers import mixed_texts
 
 #: the texts whose vector must not move: a query, one past max_length (1,024 tokens in the tiny
@@ -45,8 +45,7 @@ def batches_with_probes(seed: int) -> list[list[str]]:
 
 def serve_would_load(folder: Path) -> Precision:
     """What ``serve``'s ``auto`` loads from ``folder`` on this machine."""
-    m = Embedder.load(folder, variant="fp32").manifest
-    return choose(m, cpu=detect(), installed=installed(), prefer_latency=True, batched_requests=True).variant
+    return make_plan(folder, profile="server").variant
 
 
 @pytest.mark.parametrize("name", ["fp32", "fp16", "int8"])
@@ -70,9 +69,9 @@ def test_alone_and_in_a_batch_through_embedder(tiny_export: Path, name: str) -> 
         where = [batch.index(t) for t in PROBES]
         got = emb.encode(batch)[where]
         assert cos(got, alone).min() >= INVARIANCE_BAR, (name, cos(got, alone))
-        tok = emb.prepare(batch).tokens
+        tok = emb.pipeline.prepare(batch).tokens
         ids, mask = pad(tok.ids, np.arange(len(batch)), emb.manifest.tokenizer.pad_token_id)
-        one_batch = emb._runner.run(ids, mask)[where]  # all 32 padded together
+        one_batch = emb.pipeline.runner.run(ids, mask)[where]  # all 32 padded together
         assert cos(one_batch, alone).min() >= INVARIANCE_BAR, (name, cos(one_batch, alone))
 
 

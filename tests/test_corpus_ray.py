@@ -124,9 +124,11 @@ def test_ray_worker_error_is_one_clean_error(local_ray, corpus_in, tiny_export, 
     """A part that no longer matches its file fails in the actor; the driver gets the CorpusError's
     own line, not Ray's traceback."""
     from dmeta_embed.corpus.worker import JobSpec
+    from dmeta_embed.runtime.plan import make_plan
 
     (tmp_path / "out").mkdir()
-    spec = JobSpec(str(tmp_path / "out"), str(tiny_export), "fp32", "cpu", "body", "doc", "error")
+    plan = make_plan(tiny_export, "fp32", "cpu", "bulk").to_dict()
+    spec = JobSpec(str(tmp_path / "out"), plan, "body", "doc", "error")
     bad = Part(0, str(corpus_in[0]), "parquet", N - 10, N + 10, 0, 20)  # past the file's end
     with pytest.raises(CorpusError) as e:
         RayExecutor().run(spec, [bad])

@@ -301,7 +301,7 @@ def test_int8_ov_on_openvino_matches_torch_and_the_export_engine(ov_export: Path
     texts = texts[::-1] + texts[:3]  # longest first: the runtime sorts, the answer must not be
     e = Embedder.load(ov_export, variant="int8-ov")
     assert (e.variant, e.provider) == (Precision.INT8_OV, Provider.OPENVINO)
-    assert isinstance(e._runner, OpenVINORunner)
+    assert isinstance(e.pipeline.runner, OpenVINORunner)
     m = Manifest.load(ov_export)
     assert e.encode([]).shape == (0, m.dim)
     batched = e.encode(texts)
@@ -345,7 +345,7 @@ def test_runner_feeds_inputs_by_name_and_copies_its_output(ov_export: Path) -> N
 
 
 def test_throughput_mode_gives_the_same_vectors_in_input_order(ov_export: Path) -> None:
-    """Streams (``throughput=True``, the corpus job's mode) run several batches at once: each
+    """Streams (``profile="bulk"``, the corpus job's mode) run several batches at once: each
     batch's output comes back in its place, equal to latency mode's one batch at a time, and an
     Embedder in either mode gives the same vectors for mixed-length texts."""
     from dmeta_embed.runtime.embedder import Embedder
@@ -372,7 +372,7 @@ def test_throughput_mode_gives_the_same_vectors_in_input_order(ov_export: Path) 
         assert g.shape == w.shape and float(np.abs(g - w).max()) < 1e-5
     texts = probe_texts(64)[:12] + ["short", "a somewhat longer text " * 9]
     one = Embedder.load(ov_export, variant="int8-ov").encode(texts)
-    many = Embedder.load(ov_export, variant="int8-ov", throughput=True).encode(texts, batch_size=2)
+    many = Embedder.load(ov_export, variant="int8-ov", profile="bulk").encode(texts, batch_size=2)
     assert float((one * many).sum(1).min()) > 0.99999
 
 
@@ -405,17 +405,17 @@ def test_bulk_calls_go_to_a_throughput_twin_with_the_same_vectors(ov_export: Pat
         assert runner._twin.config["PERFORMANCE_HINT"] == "THROUGHPUT" and runner._twin.in_flight >= 2
 
     texts = probe_texts(64)[:40] + ["short", "a somewhat longer text " * 9, ""]
-    plain = Embedder.load(ov_export, variant="int8-ov", throughput=False)
+    plain = Embedder.load(ov_export, variant="int8-ov", streams="latency")
     auto = Embedder.load(ov_export, variant="int8-ov")
     bulk = auto.encode(texts, batch_size=2)  # 14 batches: the twin
     one_at_a_time = plain.encode(texts, batch_size=2)
     assert bulk.shape == (len(texts), plain.dim)
     # int8-ov: another CPU class's thread split may flip an int8 rounding, so by cosine (as above)
     assert float((bulk * one_at_a_time).sum(1).min()) > 0.99999
-    assert auto._runner._bulk is (auto._runner._twin is not None)  # type: ignore[attr-defined]
-    served = Embedder.load(ov_export, variant="int8-ov", prefer_latency=True, batched_requests=True)
+    assert auto.pipeline.runner._bulk is (auto.pipeline.runner._twin is not None)  # type: ignore[attr-defined]
+    served = Embedder.load(ov_export, variant="int8-ov", profile="server")
     served.encode(texts, batch_size=2)
-    assert served._runner._twin is None and not served._runner._bulk  # type: ignore[attr-defined]
+    assert served.pipeline.runner._twin is None and not served.pipeline.runner._bulk  # type: ignore[attr-defined]
 
 
 def test_compiled_model_cache(ov_export: Path, tmp_path: Path, monkeypatch) -> None:

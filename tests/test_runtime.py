@@ -17,7 +17,7 @@ from dmeta_embed.manifest import Manifest, Pooling, Precision
 from dmeta_embed.runtime import embedder as embedder_module
 from dmeta_embed.runtime.choice import choose
 from dmeta_embed.runtime.cpu import cpu_info, detect
-from dmeta_embed.runtime.embedder import installed
+from dmeta_embed.runtime.installed import installed
 from dmeta_embed.texts import EN, MIXED, ZH
 from tests.helpers import assert_same_tokens_as_hf, mixed_texts
 
@@ -270,26 +270,3 @@ def test_threads_default_to_usable_cpus(monkeypatch, tmp_path):
         assert cpu.available_cpus() == want, quota
     monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0})
     assert cpu.available_cpus() == 1
-
-
-def test_auto_runs_on_cpu_when_cuda_is_listed_but_does_not_start(tiny_export, monkeypatch, caplog):
-    """onnxruntime-gpu lists CUDA also where it cannot start (no driver, missing libraries): the
-    CPU build here stands in for that, since it falls back to CPU when asked for CUDA. ``auto``
-    then loads what the CPU choice is, with the reason logged; an explicit 'cuda' still fails."""
-    from dmeta_embed.runtime.installed import Installed
-
-    cuda_listed = Installed(cuda=True, openvino=installed().openvino, onnxruntime=True)
-    monkeypatch.setattr(embedder_module, "installed", lambda: cuda_listed)
-    assert choose(Manifest.load(tiny_export), cpu=detect(), installed=cuda_listed).provider.value == "cuda"
-    with caplog.at_level(logging.WARNING, logger="dmeta_embed"):
-        emb = Embedder.load(tiny_export)
-    assert "CUDA is listed but did not start" in caplog.text
-    expected = choose(
-        Manifest.load(tiny_export), cpu=detect(), installed=Installed(openvino=cuda_listed.openvino)
-    )
-    assert (emb.variant, emb.provider) == (expected.variant, expected.provider)
-    texts = ["胡子长得太快怎么办？", "在香港哪里买手表好"]
-    ref = Embedder.load(tiny_export, variant=expected.variant.value, provider=expected.provider.value)
-    np.testing.assert_allclose(emb.encode(texts), ref.encode(texts), atol=1e-6)
-    with pytest.raises(ProviderError, match="CUDA"):
-        Embedder.load(tiny_export, provider="cuda")

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from dmeta_embed.export.reference import cosines, torch_embeddings
     from dmeta_embed.export.source import resolve
     from dmeta_embed.runtime.cpu import detect
+    from dmeta_embed.runtime.pipeline import embed_as_runtime
     from dmeta_embed.runtime.tokenize import Tokenized
     from dmeta_embed.texts import calibration_texts
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {}
 
     def run(runner, tok: Tokenized) -> np.ndarray:  # type: ignore[no-untyped-def]
-        return openvino.embed_as_runtime(runner, tok, pad, hidden)
+        return embed_as_runtime(runner, tok, pad_id=pad, dim=hidden)
 
     fp32_runner = openvino.compile_runner(work, head, openvino.BF16)
     runners["bf16 (no int8)"] = fp32_runner

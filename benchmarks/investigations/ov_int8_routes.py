@@ -68,9 +68,9 @@ class Bench:
     def measure(
         self, name: str, path: Path, properties: dict[str, str], speed: bool = True
     ) -> dict[str, Any]:
-        from dmeta_embed.export.openvino import embed_as_runtime
         from dmeta_embed.export.reference import cosines
         from dmeta_embed.runtime.openvino import OpenVINORunner
+        from dmeta_embed.runtime.pipeline import embed_as_runtime
         from dmeta_embed.runtime.tokenize import Tokenized
 
         runner = OpenVINORunner(path, 2, properties, cache_dir=None)

@@ -23,10 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._optional import installed_version
-from ..manifest import Manifest
-from ..runtime.choice import choose
-from ..runtime.cpu import detect
-from ..runtime.installed import installed
+from ..runtime.plan import Profile, make_plan, resolve
 from .errors import CorpusError
 from .executors import Executor, InProcess
 from .progress import Progress
@@ -135,18 +132,11 @@ def embed_corpus(
 
         executor = RayExecutor(address=ray, workers=workers, worker_cpus=worker_cpus)
     plan = scan(input, text_column, id_column, part_rows, on_null)
-    # variant and provider are decided once, here, for every worker: the driver embeds nothing
-    m = Manifest.load(model)
-    choice = choose(m, variant, provider, cpu=detect(), installed=installed())
-    spec = JobSpec(
-        str(output.resolve()),
-        str(Path(model).resolve()),
-        choice.variant.value,
-        choice.provider.value,
-        text_column,
-        id_column,
-        on_null,
-    )
+    # the load plan is made once, here, for every worker (the driver embeds nothing): where auto
+    # chose CUDA, resolve() sees that it starts, so no worker is told CUDA where it cannot run
+    load = resolve(make_plan(Path(model).resolve(), variant, provider, Profile.BULK, threads=threads))
+    m = load.manifest
+    spec = JobSpec(str(output.resolve()), load.to_dict(), text_column, id_column, on_null)
     if not ray:  # loaded before any output is written: a folder it cannot load changes nothing
         executor = InProcess(spec, threads=threads)
     model_info = {

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import CorpusError
+from .errors import CorpusError
 
 #: the id column written when the input has none: the row's 0-based position in the input
 ROW_COLUMN = "row"

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..runtime import Embedder
+from ..runtime.plan import LoadPlan
 from .errors import CorpusError
 from .source import ROW_COLUMN, Part
 
@@ -29,15 +30,26 @@ META_KEY = b"dmeta_embed.part"
 @dataclass(frozen=True)
 class JobSpec:
     """What a worker needs to embed parts (plain data: it travels to Ray actors as a dict).
-    ``variant`` and ``provider`` are concrete: decided once, by the driver, for every worker."""
+    ``plan``: the driver's load plan (``LoadPlan.to_dict``), decided once for every worker; each
+    worker makes it again by name for its own machine (``LoadPlan.from_dict``)."""
 
     output: str
-    model: str
-    variant: str
-    provider: str
+    plan: dict[str, Any]
     text_column: str
     id_column: str | None
     on_null: str
+
+    @property
+    def model(self) -> str:
+        return str(self.plan["folder"])
+
+    @property
+    def variant(self) -> str:
+        return str(self.plan["variant"])
+
+    @property
+    def provider(self) -> str:
+        return str(self.plan["provider"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,10 +82,8 @@ class PartWorker:
     def __init__(self, spec: JobSpec, threads: int | None = None, embedder: Embedder | None = None) -> None:
         self.spec = spec
         self.out = Path(spec.output)
-        # bulk work: OpenVINO's variants run batches side by side in streams (same vectors)
-        self.embedder = embedder or Embedder.load(
-            spec.model, variant=spec.variant, provider=spec.provider, threads=threads, throughput=True
-        )
+        # the driver's plan, made again by name on this machine (bulk: OpenVINO in streams)
+        self.embedder = embedder or Embedder(LoadPlan.from_dict(spec.plan, threads=threads))
         got = loaded_as(self.embedder)
         if got != (spec.variant, spec.provider):
             raise CorpusError(

@@ -15,7 +15,7 @@ from ..errors import ExportError, ModelLoadError
 from ..manifest import Bar, Fidelity, Pooling, Precision, Provider, TokenizerInfo
 from ..runtime.batching import pad
 from ..runtime.cpu import CpuInfo, detect
-from ..runtime.pipeline import embed_tokenized
+from ..runtime.pipeline import embed_as_runtime
 from ..runtime.runner import Runner
 from ..runtime.session import OnnxRuntimeRunner
 from ..runtime.tokenize import TextTokenizer
@@ -96,17 +96,10 @@ class Context:
         return self.embed_runner(self.runner(model, provider, weights), tok)
 
     def embed_runner(self, runner: Runner, tok: Tokenized | None = None) -> np.ndarray:
-        """:meth:`embed` through a session already made (one session for validation and
-        :meth:`batch_min_cos`)."""
+        """:meth:`embed` through a runner already started (one for validation and
+        :meth:`batch_min_cos`), in the batches the runtime uses on its provider."""
         tok = self.probe_tok if tok is None else tok
-        return embed_tokenized(
-            runner,
-            tok,
-            pad_id=self.tok_info.pad_token_id,
-            dim=self.hidden,
-            max_batch_tokens=4096,
-            batch_size=16,
-        )
+        return embed_as_runtime(runner, tok, pad_id=self.tok_info.pad_token_id, dim=self.hidden)
 
     def feeds(self, tok: Tokenized | None = None, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
         """``tok`` (default: the calibration texts) as length-sorted padded batches, the backbone's

@@ -42,6 +42,7 @@ import numpy as np
 
 from .._optional import require_feature
 from ..manifest import Bar
+from ..runtime.pipeline import embed_as_runtime
 
 if TYPE_CHECKING:
     import onnx
@@ -248,21 +249,6 @@ def compile_runner(
     return OpenVINORunner(path, threads, properties, bulk=bulk)
 
 
-def embed_as_runtime(runner: OpenVINORunner, tok: Tokenized, pad_id: int, dim: int) -> np.ndarray:
-    """``tok`` through ``runner``, batched as the runtime batches for OpenVINO."""
-    from ..manifest import Provider
-    from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, embed_tokenized
-
-    return embed_tokenized(
-        runner,
-        tok,
-        pad_id=pad_id,
-        dim=dim,
-        max_batch_tokens=DEFAULT_BATCH_TOKENS[Provider.OPENVINO],
-        batch_size=DEFAULT_BATCH_SIZE,
-    )
-
-
 def openvino_embedder(
     workdir: Path, properties: dict[str, str], pad_id: int, threads: int | None = None
 ) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
@@ -271,7 +257,7 @@ def openvino_embedder(
     def embed(model: onnx.ModelProto, tok: Tokenized) -> np.ndarray:
         runner = compile_runner(workdir, model, properties, threads)
         dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value  # [batch, dim] from append_head
-        return embed_as_runtime(runner, tok, pad_id, dim)
+        return embed_as_runtime(runner, tok, pad_id=pad_id, dim=dim)
 
     return embed
 

@@ -153,11 +153,10 @@ def query_ids(calib: list[list[int]], n: int = QUERY_CALLS) -> list[list[int]]:
 
 def calibration_pass(ctx: Context, runner: Runner, provider: Provider) -> Pass:
     """One pass of ``runner`` over the calibration texts, batched as the runtime batches them
-    for ``provider``, and its single short texts: what :func:`measure` times."""
+    on its provider, and its single short texts: what :func:`measure` times."""
     import numpy as np
 
-    from ..runtime.embedder import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
-    from ..runtime.pipeline import embed_tokenized
+    from ..runtime.pipeline import embed_as_runtime
 
     singles = [np.asarray([ids], np.int64) for ids in query_ids(ctx.calib_tok.ids)]
 
@@ -166,13 +165,6 @@ def calibration_pass(ctx: Context, runner: Runner, provider: Provider) -> Pass:
         return runner.run(ids, np.ones_like(ids))
 
     return Pass(
-        lambda: embed_tokenized(
-            runner,
-            ctx.calib_tok,
-            pad_id=ctx.tok_info.pad_token_id,
-            dim=ctx.hidden,
-            max_batch_tokens=DEFAULT_BATCH_TOKENS[provider],
-            batch_size=DEFAULT_BATCH_SIZE,
-        ),
+        lambda: embed_as_runtime(runner, ctx.calib_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.hidden),
         query,
     )

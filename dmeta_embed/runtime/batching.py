@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..manifest import Provider
+
+#: padded tokens per batch by provider, unless the caller sets it. CPU: small batches keep
+#: activations in cache, faster on mixed lengths and no slower on queries (docs/performance.md)
+DEFAULT_BATCH_TOKENS = {Provider.CPU: 1024, Provider.CUDA: 32768, Provider.OPENVINO: 1024}
+#: texts per batch: 32 ran faster than 128 on mixed texts and on queries (docs/performance.md)
+DEFAULT_BATCH_SIZE = 32
+
 
 def plan_batches(
     lengths: np.ndarray, max_batch_tokens: int, batch_size: int, pad_ratio: float = 2.0

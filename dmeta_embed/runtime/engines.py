@@ -1,59 +1,81 @@
-"""Starting the engine a :class:`~dmeta_embed.runtime.choice.Choice` names, importing it only
-then (engines are found, not imported, by :mod:`dmeta_embed.runtime.installed`)."""
+"""Starting a :class:`~dmeta_embed.runtime.plan.LoadPlan`'s engine: one small registry, engine name
+→ factory, each importing its engine only when it is started (engines are found, not imported,
+by :mod:`dmeta_embed.runtime.installed`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import TYPE_CHECKING
 
 from ..errors import MissingDependencyError, ModelLoadError, ProviderError
-from ..manifest import Manifest, Provider
-from .choice import Choice
+from ..manifest import sha256_file
 from .runner import Runner
 
+if TYPE_CHECKING:
+    from .plan import LoadPlan
 
-def start_runner(
-    model_file: Path,
-    manifest: Manifest,
-    choice: Choice,
-    threads: int | None,
-    spin: bool,
-    throughput: bool,
-    bulk: bool,
-) -> Runner:
-    """``model_file`` loaded on the engine ``choice`` names. OpenVINO: ``throughput`` compiles for
-    streams only, ``bulk`` adds a streams twin for large calls (``OpenVINORunner``); onnxruntime:
-    ``spin`` keeps its threads spinning between calls. An engine's own load error becomes a
-    ``ModelLoadError`` naming the file."""
-    spec = manifest.variants[choice.variant.value]
-    try:
-        if choice.provider == Provider.OPENVINO:
-            # imports openvino: only for the variants that run on it
-            from .openvino import OpenVINORunner, default_cache_dir
 
-            return OpenVINORunner(
-                model_file,
-                threads,
-                choice.engine_properties,
-                inputs=manifest.inputs,
-                output=manifest.output,
-                cache_dir=default_cache_dir(),
-                throughput=throughput,
-                bulk=bulk,
+class Streams(str, Enum):
+    """How an OpenVINO variant uses the cores (onnxruntime has one mode: every thread on a batch)."""
+
+    #: one inference at a time on every thread
+    LATENCY = "latency"
+    #: OpenVINO splits the threads into streams that run batches side by side
+    THROUGHPUT = "throughput"
+    #: latency mode, plus a throughput-mode twin compiled at the first large call
+    ADAPTIVE = "latency+throughput"
+
+
+def _onnxruntime(plan: LoadPlan) -> Runner:
+    from .session import OnnxRuntimeRunner
+
+    spec = plan.manifest.variants[plan.variant.value]
+    return OnnxRuntimeRunner(
+        plan.model_file,
+        plan.provider,
+        plan.threads,
+        plan.spin,
+        inputs=plan.manifest.inputs,
+        output=plan.manifest.output,
+        int8_weights=plan.choice.int8_weights,
+        expect_int8_tensors=spec.int8_tensors or None,
+    )
+
+
+def _openvino(plan: LoadPlan) -> Runner:
+    from .openvino import OpenVINORunner
+
+    return OpenVINORunner(
+        plan.model_file,
+        plan.threads,
+        dict(plan.choice.engine_properties),
+        inputs=plan.manifest.inputs,
+        output=plan.manifest.output,
+        cache_dir=plan.cache_dir,
+        throughput=plan.streams == Streams.THROUGHPUT,
+        bulk=plan.streams == Streams.ADAPTIVE,
+    )
+
+
+#: engine name (``Provider.engine``) → what starts a plan on it
+ENGINES: Mapping[str, Callable[[LoadPlan], Runner]] = {"onnxruntime": _onnxruntime, "openvino": _openvino}
+
+
+def start_runner(plan: LoadPlan) -> Runner:
+    """The plan's engine, started: the file's checksum checked first (``plan.verify``); an
+    engine's own load error becomes a ModelLoadError naming the file."""
+    if plan.verify:
+        expected = plan.manifest.variants[plan.variant.value].sha256
+        digest = sha256_file(plan.model_file)
+        if digest != expected:
+            raise ModelLoadError(
+                f"{plan.model_file}: checksum mismatch (file is corrupted or was "
+                f"changed after export): {digest[:12]} != {expected[:12]}"
             )
-        from .session import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner(
-            model_file,
-            choice.provider,
-            threads,
-            spin,
-            inputs=manifest.inputs,
-            output=manifest.output,
-            int8_weights=choice.int8_weights,
-            expect_int8_tensors=spec.int8_tensors or None,
-        )
+    try:
+        return ENGINES[plan.engine](plan)
     except (ProviderError, MissingDependencyError):
         raise
     except Exception as e:  # onnxruntime and OpenVINO raise their own error types
-        engine = "OpenVINO" if choice.provider == Provider.OPENVINO else "onnxruntime"
-        raise ModelLoadError(f"{model_file}: {engine} cannot load it ({e})") from e
+        raise ModelLoadError(f"{plan.model_file}: {plan.engine} cannot load it ({e})") from e

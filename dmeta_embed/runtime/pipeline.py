@@ -13,15 +13,26 @@ other's. Light dependencies only (numpy).
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .batching import pad, plan_batches
-from .quantize import quantize
+from ..errors import TooLongError
+from ..texts import calibration_texts
+from .batching import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, pad, plan_batches
+from .options import check_output
+from .quantize import RANGED, quantize, ranges_of
 from .runner import Runner
-from .tokenize import Tokenized
+from .tokenize import TextTokenizer, Tokenized
 from .vectors import normalize
+
+if TYPE_CHECKING:
+    from .plan import LoadPlan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,19 @@ def embed_tokenized(
     return out
 
 
+def embed_as_runtime(runner: Runner, tok: Tokenized, pad_id: int, dim: int) -> np.ndarray:
+    """:func:`embed_tokenized` in the batches a plan on ``runner.provider`` uses by default: how
+    the export validates and times a candidate it has no folder for yet."""
+    return embed_tokenized(
+        runner,
+        tok,
+        pad_id=pad_id,
+        dim=dim,
+        max_batch_tokens=DEFAULT_BATCH_TOKENS[runner.provider],
+        batch_size=DEFAULT_BATCH_SIZE,
+    )
+
+
 def finish(vectors: np.ndarray, spec: OutputSpec) -> np.ndarray:
     """The model's vectors as ``spec`` asks: cut to ``spec.dim`` (as sentence-transformers cuts,
     after the model's own normalisation), renormalised when asked, then quantized."""
@@ -105,3 +129,120 @@ def finish(vectors: np.ndarray, spec: OutputSpec) -> np.ndarray:
     if spec.normalize:
         vectors = normalize(vectors)
     return quantize(vectors, spec.precision, spec.ranges)
+
+
+class Pipeline:
+    """A started plan's text → vector machinery, in the pieces a server runs apart: :meth:`prepare`
+    (on the event loop), :meth:`run` (on the inference thread, batched with other requests), then
+    :func:`finish` with :meth:`output_spec`. ``Embedder`` chains them; the server calls them
+    itself. Thread-safe: the runner serialises its calls, the counters take a lock."""
+
+    def __init__(self, plan: LoadPlan, runner: Runner) -> None:
+        self.plan = plan
+        self.manifest = plan.manifest
+        self.runner = runner
+        #: replaced (not mutated) when ``max_seq_length`` is lowered
+        self.tokenizer = TextTokenizer(plan.tokenizer_file, plan.manifest.max_length)
+        #: texts cut at max_length so far (the first cut is logged, once)
+        self.truncated_count = 0
+        self._lock = threading.Lock()
+        # its own lock: computing the calibration vectors must not hold up truncation counting
+        self._calibration_lock = threading.Lock()
+        self._calibration: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    def prepare(
+        self,
+        items: list[str],
+        prompt: str = "",
+        truncate: bool = True,
+        *,
+        offset: int = 0,
+        count: bool = True,
+    ) -> Prepared:
+        """``items`` (checked texts) as the model will see them: ``prompt`` put first, tokenised,
+        and cut at max_length (``truncate``) or refused with a TooLongError naming the first text
+        too long (its index + ``offset``). ``count``: add the cuts to :attr:`truncated_count`."""
+        tok = self.tokenizer.encode([prompt + t for t in items] if prompt else items)
+        if tok.truncated and count:
+            first = offset + tok.truncated[0]
+            if not truncate:
+                raise TooLongError(
+                    f"texts[{first}] is longer than max_length={self.tokenizer.max_length} tokens "
+                    "(truncate=False)",
+                    index=first,
+                )
+            self._count_truncated(len(tok.truncated), first)
+        return Prepared(tok, prompt)
+
+    def _count_truncated(self, n: int, first: int) -> None:
+        # once per loaded model, not per call: a loop of encode calls on long texts says it once
+        with self._lock:
+            self.truncated_count += n
+            once = self.truncated_count == n
+        if once:
+            log.warning(
+                "%d text(s) longer than max_length=%d tokens were truncated (first: index %d); "
+                "later truncations are counted in Embedder.truncated_count, not logged",
+                n,
+                self.tokenizer.max_length,
+                first,
+            )
+
+    def run(
+        self, tok: Tokenized, *, batch_size: int | None = None, max_batch_tokens: int | None = None
+    ) -> np.ndarray:
+        """The model's vectors for prepared texts, rows in their order, in the plan's batches
+        (length-sorted, at most ``max_batch_tokens`` padded tokens and ``batch_size`` texts)."""
+        return embed_tokenized(
+            self.runner,
+            tok,
+            pad_id=self.manifest.tokenizer.pad_token_id,
+            dim=self.dim,
+            max_batch_tokens=max_batch_tokens or self.plan.max_batch_tokens,
+            batch_size=batch_size or self.plan.batch_size,
+        )
+
+    def output_spec(
+        self,
+        truncate_dim: int | None = None,
+        normalize_embeddings: bool | None = None,
+        precision: str = "float32",
+        *,
+        ranges: np.ndarray | None = None,
+        calibration_embeddings: np.ndarray | None = None,
+        prompt: str = "",
+    ) -> OutputSpec:
+        """What :func:`finish` does to the model's vectors, checked before anything is embedded.
+
+        ``truncate_dim``: the model's dim or a Matryoshka dim the manifest lists (None: no cut).
+        ``normalize_embeddings``: None keeps the manifest's choice (inside the graph); True
+        L2-normalises (after a cut too); False is refused for a normalised export.
+        ``precision``: float32|int8|uint8|binary|ubinary; int8/uint8 use ``ranges`` (2, dim), else
+        the min/max of ``calibration_embeddings``, else :meth:`calibration_ranges` (``prompt``:
+        the one the calibration texts get)."""
+        dim, renorm, precision = check_output(self.manifest, truncate_dim, normalize_embeddings, precision)
+        spec = OutputSpec(dim, renorm, precision)
+        if precision not in RANGED:
+            return spec
+        if ranges is None:
+            if calibration_embeddings is not None:
+                ranges = ranges_of(np.asarray(calibration_embeddings, dtype=np.float32))
+            else:
+                ranges = self.calibration_ranges(spec, prompt)
+        return OutputSpec(dim, renorm, precision, np.asarray(ranges, dtype=np.float32))
+
+    def calibration_ranges(self, spec: OutputSpec | None = None, prompt: str = "") -> np.ndarray:
+        """int8/uint8 buckets: per-dimension ``[min, max]`` (2, dim) of the built-in calibration
+        texts (``dmeta_embed.texts.calibration_texts``, with ``prompt``) after ``spec``'s cut and
+        normalisation. Fixed per model, so a text's integers do not depend on its batch."""
+        with self._calibration_lock:
+            if self._calibration is None:
+                prepared = self.prepare(calibration_texts(), prompt, True, count=False)
+                self._calibration = self.run(prepared.tokens)
+            raw = self._calibration
+        spec = spec or OutputSpec()
+        return ranges_of(finish(raw, OutputSpec(spec.dim, spec.normalize)))

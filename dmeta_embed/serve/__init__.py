@@ -46,10 +46,9 @@ def load_embedder(
     provider: str = "auto",
     threads: int | None = None,
 ) -> Embedder:
-    """The model as :func:`serve` loads it: with the server's batching settings, and ``auto``
-    told that this caller embeds short single requests (onnxruntime's int8 before int8-ov) and
-    batches concurrent ones together (only a batch-invariant variant: see
-    ``runtime.choice.batch_invariance_problem``)."""
+    """The model as :func:`serve` loads it: the ``server`` profile of the load plan (``auto`` ranks
+    by one-text latency and loads only a batch-invariant variant, OpenVINO in latency mode) with
+    the server's batching settings."""
     from ..runtime import Embedder
 
     cfg = config or ServerConfig()
@@ -61,8 +60,7 @@ def load_embedder(
         max_batch_tokens=cfg.max_batch_tokens,
         batch_size=cfg.batch_size,
         spin=cfg.spin,  # see ServerConfig.spin
-        prefer_latency=True,
-        batched_requests=True,
+        profile="server",
     )
 
 

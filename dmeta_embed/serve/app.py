@@ -131,7 +131,7 @@ class Service:
                 param="dimensions",
             )
         try:
-            return e.output_spec(dims, normalize, req.precision)
+            return e.pipeline.output_spec(dims, normalize, req.precision, prompt=e.resolve_prompt())
         except InputError as err:
             raise ApiError(bad, str(err), param="normalize") from err
 
@@ -141,7 +141,7 @@ class Service:
         e = self.embedder
 
         def run() -> Prepared:
-            return e.prepare(req.texts, prompt_name=req.prompt_name, truncate=req.truncate)
+            return e.pipeline.prepare(req.texts, e.resolve_prompt(req.prompt_name), req.truncate)
 
         try:
             if sum(map(len, req.texts)) <= INLINE_TOKENIZE_CHARS:

@@ -220,6 +220,6 @@ class Batcher:
 
     def _embed(self, toks: list[Tokenized]) -> np.ndarray:
         # the runtime's batching sorts by length and keeps each batch's padding under 2×
-        return self._embedder.encode_tokenized(
+        return self._embedder.pipeline.run(
             merge(toks), batch_size=self._batch_size, max_batch_tokens=self.max_batch_tokens
         )

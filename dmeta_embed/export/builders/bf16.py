@@ -63,13 +63,16 @@ class BF16(BaseBuilder):
         require("openvino")
 
     def build(self, ctx: Context) -> Candidate:
-        from ..openvino import compile_runner, embed_as_runtime, engine_version
+        from ...runtime.pipeline import embed_as_runtime
+        from ..openvino import compile_runner, engine_version
 
         model = ctx.fp32_model
         with stage(f"bf16: validation on OpenVINO, {len(ctx.reference)} probe texts"):
             runner = compile_runner(ctx.work, model, PROPERTIES)
             _check_bf16(runner)
-            vectors = embed_as_runtime(runner, ctx.probe_tok, ctx.tok_info.pad_token_id, ctx.hidden)
+            vectors = embed_as_runtime(
+                runner, ctx.probe_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.hidden
+            )
             # a server batches concurrent requests: bf16 is close to batch-invariant, not exactly
             fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
         return Candidate(

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ...manifest import Fidelity, Precision, Provider, Variant
+from ...runtime.pipeline import embed_as_runtime
 from .. import openvino
 from .. import variants as derive
 from ..progress import stage
@@ -76,7 +77,7 @@ class INT8OV(BaseBuilder):
         alone differs from the same text in a batch (static scales make it batch-invariant up to
         float summation order; a server reads it: runtime.choice.batch_invariance_problem)."""
         runner = openvino.compile_runner(ctx.work, model, properties)
-        vectors = openvino.embed_as_runtime(runner, ctx.probe_tok, ctx.tok_info.pad_token_id, ctx.hidden)
+        vectors = embed_as_runtime(runner, ctx.probe_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.hidden)
         return ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
 
     def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
