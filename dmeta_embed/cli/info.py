@@ -1,5 +1,6 @@
-"""``dmeta-embed inspect``: an exported folder's manifest, and what ``auto`` would load on this
-machine. Needs no engine: the choice reads the manifest, this CPU and what is installed."""
+"""``dmeta-embed inspect``: an exported folder's manifest, and the load plans ``encode`` and
+``serve`` would run on this machine. Needs no engine: a plan reads the manifest, this CPU and
+what is installed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import click
 
 from ..errors import DmetaEmbedError
 from ..manifest import Precision, Variant
+from ..runtime.cpu import CpuInfo
+from ..runtime.installed import Installed
 
 
 def summary(folder: Path) -> str:
@@ -41,25 +44,32 @@ def summary(folder: Path) -> str:
         weights = v.int8.get("float_weights") or {}
         if weights:  # int8-ov: whole MatMuls left float where int8 weights alone missed the bar
             out.append(f"{name:8} {len(weights)} MatMuls keep float weights: {next(iter(weights.values()))}")
-    # this machine, not the folder: the choice depends on its CPU class and installed providers
+    # this machine, not the folder: the plan depends on its CPU class and installed engines
     cpu = detect()
     out += ["", f"this cpu  {cpu.describe()}"]
     try:
-        from ..runtime.choice import choose
         from ..runtime.installed import installed
 
         found = installed()
     except DmetaEmbedError as e:
         return "\n".join([*out, f"auto      cannot load here: {e}"])
-    # bulk work (encode, the corpus job), then what `serve` loads: single short requests,
+    # what encode (and the corpus job) loads, then what `serve` loads: single short requests,
     # batch-invariant variants only
-    for label, server in (("auto", False), ("serve", True)):
-        try:
-            choice = choose(m, cpu=cpu, installed=found, prefer_latency=server, batched_requests=server)
-            out.append(f"{label:9} {choice.variant.value} on {choice.provider.value}: {choice.reason}")
-        except DmetaEmbedError as e:  # no onnxruntime here, or no variant this machine can run
-            out.append(f"{label:9} cannot load here: {e}")
+    for label, profile in (("auto", "library"), ("serve", "server")):
+        out += ["", *plan_lines(folder, label, profile, cpu, found)]
     return "\n".join(out)
+
+
+def plan_lines(folder: Path, label: str, profile: str, cpu: CpuInfo, found: Installed) -> list[str]:
+    """The load plan for ``profile`` on this machine: a headline, then one line per field."""
+    from ..runtime.plan import make_plan
+
+    try:
+        plan = make_plan(folder, profile=profile, cpu=cpu, engines=found)
+    except DmetaEmbedError as e:  # no onnxruntime here, or no variant this machine can run
+        return [f"{label:9} cannot load here: {e}"]
+    head = f"{label:9} {plan.variant.value} on {plan.provider.value} ({profile} profile)"
+    return [head, *("  " + line for line in plan.describe().splitlines())]
 
 
 def _validated(v: Variant) -> str:
