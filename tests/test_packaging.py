@@ -1,10 +1,13 @@
 """What ships and what a base install does: the wheel holds only ``dmeta_embed`` (no test or
-benchmark fixtures), with an SPDX license and a build log free of deprecations; ``import
-dmeta_embed`` and ``--help`` load no onnxruntime; a command whose extra is missing says which one
-in one line (the missing modules are simulated in a subprocess)."""
+benchmark fixtures), with an SPDX license and a build log free of deprecations; the extras pair
+each engine right (``[cpu]``: onnxruntime and OpenVINO, ``[gpu]``: onnxruntime-gpu alone) and the
+docs name only extras that exist; ``import dmeta_embed`` and ``--help`` load no onnxruntime; a
+command whose extra is missing says which one in one line (the missing modules are simulated in a
+subprocess)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,25 +128,109 @@ def _cli(args: list[str], block: tuple[str, ...] = ()) -> subprocess.CompletedPr
     )
 
 
+def _extras() -> dict[str, list[Requirement]]:
+    """pyproject's extras, each with the extras it names (``dmeta-embed[a,b]``) expanded in place."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def expand(extra: str) -> list[Requirement]:
+        out: list[Requirement] = []
+        for line in raw[extra]:
+            req = Requirement(line)
+            if req.name == "dmeta-embed":
+                for inner in sorted(req.extras):
+                    out.extend(expand(inner))
+            else:
+                out.append(req)
+        return out
+
+    return {extra: expand(extra) for extra in raw}
+
+
+# platform_machine as Linux / macOS / Windows report it
+X86 = ("x86_64", "AMD64")
+ARM = ("aarch64", "arm64")
+
+
 def test_engine_extras_need_an_onnxruntime_that_fuses_transformers_5() -> None:
     """onnxruntime 1.30 fuses no Attention in transformers 5's BERT graph, 1.31 does (docs/gpu.md):
     [cpu], [gpu] and the GPU check's own install accept no onnxruntime older than 1.31."""
-    import re
-
-    from packaging.requirements import Requirement
-
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = _extras()
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     gpu_check = re.findall(r"'(onnxruntime-gpu\[[^']*)'", script)
     assert gpu_check, "benchmarks/gpu_check.sh installs no onnxruntime-gpu"
     for extra, dist in (("cpu", "onnxruntime"), ("gpu", "onnxruntime-gpu")):
-        reqs = [Requirement(r) for r in extras[extra] if Requirement(r).name == dist]
+        reqs = [r for r in extras[extra] if r.name == dist]
         assert len(reqs) == 1, (extra, extras[extra])
         requirements = reqs + [Requirement(r) for r in gpu_check] if extra == "gpu" else reqs
         for req in requirements:
             assert not req.specifier.contains("1.30.0") and not req.specifier.contains("1.30.99"), req
             assert req.specifier.contains("1.31.0") and req.specifier.contains("1.31.1"), req
+
+
+def test_cpu_installs_the_headline_engine() -> None:
+    """``auto``'s first picks on AMX and AVX-512 (bf16, int8-ov) run on OpenVINO's own runtime, so
+    the README's first install line, ``[cpu]``, brings it beside onnxruntime on x86 (not on arm64,
+    where no OpenVINO variant is ranked first); ``[openvino]`` stays, the same requirement, for
+    install lines written before."""
+    extras = _extras()
+    cpu = {r.name: r for r in extras["cpu"]}
+    assert set(cpu) == {"onnxruntime", "openvino"}, extras["cpu"]
+    ov = cpu["openvino"]
+    assert ov.marker is not None
+    assert all(ov.marker.evaluate({"platform_machine": m}) for m in X86), ov
+    assert not any(ov.marker.evaluate({"platform_machine": m}) for m in ARM), ov
+    # 2026.4: OpenVINO 2025.4 computed bf16 wrong on float-heavy graphs (docs/performance.md)
+    assert ov.specifier.contains("2026.4.1") and not ov.specifier.contains("2025.4.1"), ov
+    (alias,) = extras["openvino"]
+    assert alias.name == "openvino" and alias.specifier == ov.specifier and alias.marker is None, alias
+    assert cpu["onnxruntime"].marker is None
+
+
+def test_gpu_never_brings_the_cpu_onnxruntime() -> None:
+    """onnxruntime and onnxruntime-gpu install the same module, so the one installed last shadows
+    the other: ``[gpu]`` holds onnxruntime-gpu alone, and no extra but ``[cpu]`` names the CPU
+    wheel (so ``[gpu,server]``, ``[gpu,export]`` ... stay on CUDA), nor any but ``[gpu]`` the GPU one."""
+    extras = _extras()
+    assert [r.name for r in extras["gpu"]] == ["onnxruntime-gpu"], extras["gpu"]
+    for extra, reqs in extras.items():
+        names = {r.name for r in reqs}
+        assert extra == "cpu" or "onnxruntime" not in names, (extra, names)
+        assert extra == "gpu" or "onnxruntime-gpu" not in names, (extra, names)
+
+
+def _docs() -> dict[str, str]:
+    """README.md and docs/*.md by their path in the repository."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return {p.relative_to(ROOT).as_posix(): p.read_text() for p in files}
+
+
+def test_docs_name_only_extras_that_exist() -> None:
+    """Every ``dmeta-embed[...]`` in the README and docs/ installs; the README's first ``pip
+    install`` takes ``[cpu]`` (the headline's engine), and ``make demo`` / ``make test`` stay in it."""
+    extras = _extras()
+    for name, text in _docs().items():
+        for group in re.findall(r"dmeta-embed\[([^\]]*)\]", text):
+            # "extra" itself is docs/development.md's placeholder for any of them
+            missing = {e.strip() for e in group.split(",")} - set(extras) - {"extra"}
+            assert not missing, (name, group)
+    readme = (ROOT / "README.md").read_text()
+    first = re.search(r"pip install [^\n]*", readme)
+    assert first and re.search(r"dmeta-embed\[([^\]]*,)?cpu[,\]]", first.group()), first
+    assert "make demo" in readme and "make test" in readme
+
+
+def test_docs_quote_no_issue_numbers_or_clock_times() -> None:
+    """The README and docs/ are for readers of the code, who cannot see the tracker or the sessions:
+    no "issue 18" or "#18", and runs are identified by their date, not the time of day."""
+    banned = re.compile(r"\bissues? \d+|(?<![\w/])#\d+\b|\bstop \d+|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
+    found = [
+        f"{name}:{i}: {line.strip()}"
+        for name, text in _docs().items()
+        for i, line in enumerate(text.splitlines(), 1)
+        if banned.search(line)
+    ]
+    assert not found, "\n".join(found)
 
 
 def test_import_leaves_onnxruntime_out() -> None:
