@@ -11,15 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ModelLoadError, ProviderError, TooLongError
+from ..errors import ModelLoadError, ProviderError, TooLongError
 from ..manifest import Manifest, Provider, sha256_file
 from ..texts import calibration_texts
 from .choice import Choice, choose
 from .cpu import CpuInfo, detect
 from .engines import start_runner
 from .installed import Installed, installed
+from .options import check_output
 from .pipeline import Encoded, OutputSpec, Prepared, embed_tokenized, finish
-from .quantize import RANGED, check_precision, ranges_of
+from .quantize import RANGED, ranges_of
 from .runner import Runner
 from .st_compat import SentenceTransformerAPI
 from .tokenize import TextTokenizer, Token, Tokenized, check_texts
@@ -254,16 +255,8 @@ class Embedder(SentenceTransformerAPI):
         graph); True L2-normalises (after a cut too); False is refused for a normalised export.
         ``precision``: float32|int8|uint8|binary|ubinary; int8/uint8 use ``ranges`` (2, dim), else
         the min/max of ``calibration_embeddings``, else :meth:`calibration_ranges`."""
-        if normalize_embeddings is False and self.manifest.normalize:
-            raise InputError(
-                "this folder was exported with normalisation inside the graph; "
-                "re-export with --no-normalize to get raw vectors"
-            )
-        dim = self._check_truncate_dim(truncate_dim) if truncate_dim is not None else self.truncate_dim
-        if dim is not None and dim >= self.dim:
-            dim = None
-        renorm = bool(normalize_embeddings) and (dim is not None or not self.manifest.normalize)
-        spec = OutputSpec(dim, renorm, check_precision(precision))
+        dim = self.truncate_dim if truncate_dim is None else truncate_dim
+        spec = check_output(self.manifest, dim, normalize_embeddings, precision)
         if precision not in RANGED:
             return spec
         if ranges is None:
@@ -271,7 +264,7 @@ class Embedder(SentenceTransformerAPI):
                 ranges = ranges_of(np.asarray(calibration_embeddings, dtype=np.float32))
             else:
                 ranges = self.calibration_ranges(spec)
-        return OutputSpec(dim, renorm, precision, np.asarray(ranges, dtype=np.float32))
+        return replace(spec, ranges=np.asarray(ranges, dtype=np.float32))
 
     def calibration_ranges(self, spec: OutputSpec | None = None) -> np.ndarray:
         """int8/uint8 buckets: per-dimension ``[min, max]`` (2, dim) of the built-in calibration
