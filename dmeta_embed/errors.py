@@ -31,13 +31,19 @@ class VariantsLeftOutError(FidelityError):
 class InputError(DmetaEmbedError, ValueError):
     """Bad input to a runtime call. ``field``: the argument that was wrong, by the runtime's name
     for it (``texts``, ``prompt_name``, ``truncate_dim``, ``normalize``, ``precision``...);
-    ``index``: which item of a list argument, where it is one. Callers map errors by these
-    attributes (the server to its own field names and HTTP statuses), never by the message."""
+    ``index``: which item of a list argument, where it is one; ``reason``: what was wrong, worded
+    to follow the field's name (``f"{name} {reason}"``), for a caller that names the field its own
+    way (the server: ``'dimensions'`` for ``truncate_dim``); None where only the message says it.
+    Callers map errors by these attributes (the server to its own field names and HTTP
+    statuses), never by the message."""
 
-    def __init__(self, message: str, index: int | None = None, *, field: str = "texts") -> None:
+    def __init__(
+        self, message: str, index: int | None = None, *, field: str = "texts", reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.index = index
         self.field = field
+        self.reason = reason
 
 
 class TooLongError(InputError):

@@ -208,6 +208,70 @@ def test_bad_requests_get_clear_4xx(
     assert words in message
 
 
+#: each kind of bad request on both API shapes: (path, body, status, OpenAI's error.param and
+#: error.code); TEI's body has neither, only its error_type
+KINDS = [
+    ("/v1/embeddings", b'{"input": ', 400, None, None),
+    ("/embed", b'{"inputs": ', 400, None, None),  # not JSON: 400 on TEI too, as its extractor answers
+    ("/v1/embeddings", [1], 400, None, None),
+    ("/embed", [1], 422, None, None),
+    ("/v1/embeddings", {"input": ["a", None]}, 400, "input[1]", None),
+    ("/embed", {"inputs": ["a", None]}, 422, None, None),
+    ("/v1/embeddings", {"input": "x", "dimensions": 8}, 400, "dimensions", None),
+    ("/embed", {"inputs": "x", "dimensions": 8}, 422, None, None),
+    ("/v1/embeddings", {"input": "x", "precision": "int4"}, 400, "precision", None),
+    ("/embed", {"inputs": "x", "precision": "int4"}, 422, None, None),
+    ("/v1/embeddings", {"input": "x", "prompt_name": "query"}, 400, "prompt_name", None),
+    ("/embed", {"inputs": "x", "prompt_name": "query"}, 422, None, None),
+    ("/tokenize", {"inputs": "x", "prompt_name": "query"}, 422, None, None),
+    ("/v1/embeddings", {"input": ["ok", "\ud800"]}, 400, "input[1]", None),
+    ("/embed", {"inputs": ["ok", "\ud800"]}, 422, None, None),
+    ("/tokenize", {"inputs": ["ok", "\ud800"]}, 422, None, None),
+    ("/v1/embeddings", {"input": ["x"] * 33}, 413, "input", "max_inputs"),
+    ("/embed", {"inputs": ["x"] * 33}, 413, None, None),
+    ("/v1/embeddings", {"input": ["ok", "x" * 5001]}, 413, "input[1]", "max_chars"),
+    ("/tokenize", {"inputs": ["ok", "x" * 5001]}, 413, None, None),
+    ("/v1/embeddings", {"input": "x" * 250_000}, 413, None, "max_body_bytes"),
+    ("/embed", {"inputs": "x" * 250_000}, 413, None, None),
+]
+
+
+def refusal(r: httpx.Response) -> tuple[int, str | None, str | None]:
+    """(status, param, code) of an OpenAI error; (status, None, None) of a TEI one, after checking
+    each body has exactly its shape's keys."""
+    body = r.json()
+    if r.request.url.path.startswith("/v1"):
+        err = body["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+        return r.status_code, err["param"], err["code"]
+    assert set(body) == {"error", "error_type"} and body["error_type"] == "Validation"
+    return r.status_code, None, None
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param", "code"), KINDS, ids=[f"{k[0]}-{i}" for i, k in enumerate(KINDS)]
+)
+def test_each_refusal_has_its_status_param_and_code(
+    client: httpx.Client, path: str, body: object, status: int, param: str | None, code: str | None
+) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert refusal(r) == (status, param, code), r.text
+
+
+def test_runtime_refusals_on_tei(client: httpx.Client, embedder: Embedder) -> None:
+    """Text too long without truncation (413), normalize false on a normalised export (422)."""
+    long = "维" * (embedder.max_length + 10)
+    assert refusal(client.post("/embed", json={"inputs": ["ok", long]})) == (413, None, None)
+    r = client.post("/v1/embeddings", json={"input": ["ok", long]})  # OpenAI's endpoint truncates
+    assert r.status_code == 200
+    r = client.post("/embed", json={"inputs": "x", "normalize": False})
+    if embedder.manifest.normalize:
+        assert refusal(r) == (422, None, None)
+    else:
+        assert r.status_code == 200
+
+
 def test_wrong_method_and_path(client: httpx.Client) -> None:
     r = client.get("/v1/embeddings")
     assert r.status_code == 405 and "Method Not Allowed" in r.json()["error"]["message"]

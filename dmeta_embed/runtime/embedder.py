@@ -13,7 +13,8 @@ from ..manifest import Manifest, Precision, Provider
 from .choice import Choice
 from .cpu import CpuInfo
 from .installed import Installed
-from .pipeline import Encoded, OutputSpec, Pipeline, finish
+from .options import OutputSpec
+from .pipeline import Encoded, Pipeline, finish
 from .plan import LoadPlan, Profile, Streams, make_plan, start
 from .runner import Runner
 from .st_compat import SentenceTransformerAPI

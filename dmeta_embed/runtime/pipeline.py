@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import TooLongError
 from ..texts import calibration_texts
 from .batching import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, pad, plan_batches
-from .options import check_output
+from .options import OutputSpec, check_output
 from .quantize import RANGED, quantize, ranges_of
 from .runner import Runner
 from .tokenize import TextTokenizer, Tokenized
@@ -52,20 +52,6 @@ class Prepared:
     def truncated(self) -> list[int]:
         """Indices of the texts cut at max_length."""
         return self.tokens.truncated
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """What happens to the model's vectors before they are returned (checked once, per call)."""
-
-    #: Matryoshka dims to keep (None: all)
-    dim: int | None = None
-    #: L2-normalise after the cut (the model's own normalisation sits inside the graph)
-    normalize: bool = False
-    #: float32, int8, uint8, binary or ubinary (``runtime.quantize``)
-    precision: str = "float32"
-    #: int8/uint8: per-dimension ``[min, max]`` (2, dim) of the cut, normalised vectors
-    ranges: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -224,16 +210,15 @@ class Pipeline:
         ``precision``: float32|int8|uint8|binary|ubinary; int8/uint8 use ``ranges`` (2, dim), else
         the min/max of ``calibration_embeddings``, else :meth:`calibration_ranges` (``prompt``:
         the one the calibration texts get)."""
-        dim, renorm, precision = check_output(self.manifest, truncate_dim, normalize_embeddings, precision)
-        spec = OutputSpec(dim, renorm, precision)
-        if precision not in RANGED:
+        spec = check_output(self.manifest, truncate_dim, normalize_embeddings, precision)
+        if spec.precision not in RANGED:
             return spec
         if ranges is None:
             if calibration_embeddings is not None:
                 ranges = ranges_of(np.asarray(calibration_embeddings, dtype=np.float32))
             else:
                 ranges = self.calibration_ranges(spec, prompt)
-        return OutputSpec(dim, renorm, precision, np.asarray(ranges, dtype=np.float32))
+        return replace(spec, ranges=np.asarray(ranges, dtype=np.float32))
 
     def calibration_ranges(self, spec: OutputSpec | None = None, prompt: str = "") -> np.ndarray:
         """int8/uint8 buckets: per-dimension ``[min, max]`` (2, dim) of the built-in calibration

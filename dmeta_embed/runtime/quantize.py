@@ -27,7 +27,8 @@ RANGED = ("int8", "uint8")
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`, else an InputError listing them."""
     if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        reason = f"must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        raise InputError(f"precision {reason}", field="precision", reason=reason)
     return precision
 
 
@@ -44,10 +45,12 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = No
         return vectors
     if precision in RANGED:
         if ranges is None:
-            raise InputError(f"precision={precision!r} needs calibration ranges (2, dim)")
+            raise InputError(f"precision={precision!r} needs calibration ranges (2, dim)", field="ranges")
         ranges = np.asarray(ranges)
         if ranges.shape != (2, vectors.shape[-1]):
-            raise InputError(f"ranges has shape {ranges.shape}; expected (2, {vectors.shape[-1]})")
+            raise InputError(
+                f"ranges has shape {ranges.shape}; expected (2, {vectors.shape[-1]})", field="ranges"
+            )
         starts = ranges[0, :]
         steps = (ranges[1, :] - ranges[0, :]) / 255
         steps = np.where(steps == 0, 1, steps)  # a constant dimension: every value in bucket 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from .options import check_output
 from .vectors import normalize
 
 if TYPE_CHECKING:
@@ -64,10 +65,7 @@ class SentenceTransformerAPI:
     @default_prompt_name.setter
     def default_prompt_name(self, value: str | None) -> None:
         if value is not None and value not in self.prompts:
-            raise InputError(
-                f"default_prompt_name {value!r} is not one of the prompts "
-                f"({', '.join(self.prompts) or 'none'})"
-            )
+            raise _not_a_prompt("default_prompt_name", value, self.prompts)
         self.__dict__["_default_prompt_name"] = value
 
     @property
@@ -79,7 +77,8 @@ class SentenceTransformerAPI:
     def similarity_fn_name(self, value: str) -> None:
         value = str(getattr(value, "value", value))  # sentence-transformers' SimilarityFunction enum
         if value not in SIMILARITY_FNS:
-            raise InputError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FNS)}, got {value!r}")
+            reason = f"must be one of {', '.join(SIMILARITY_FNS)}, got {value!r}"
+            raise InputError(f"similarity_fn_name {reason}", field="similarity_fn_name", reason=reason)
         self.__dict__["_similarity_fn_name"] = value
 
     @property
@@ -89,7 +88,8 @@ class SentenceTransformerAPI:
 
     @truncate_dim.setter
     def truncate_dim(self, value: int | None) -> None:
-        self.__dict__["_truncate_dim"] = self._check_truncate_dim(value)
+        check_output(self.manifest, value)
+        self.__dict__["_truncate_dim"] = value
 
     @property
     def max_seq_length(self) -> int:
@@ -101,9 +101,8 @@ class SentenceTransformerAPI:
         from .tokenize import TextTokenizer
 
         if not 2 <= int(value) <= self.manifest.max_length:
-            raise InputError(
-                f"max_seq_length must be 2..{self.manifest.max_length} (the export's max_length), got {value}"
-            )
+            reason = f"must be 2..{self.manifest.max_length} (the export's max_length), got {value}"
+            raise InputError(f"max_seq_length {reason}", field="max_seq_length", reason=reason)
         self.tokenizer = TextTokenizer(self.path / self.manifest.tokenizer.file, int(value))
 
     def get_embedding_dimension(self) -> int:
@@ -190,10 +189,7 @@ class SentenceTransformerAPI:
         if prompt is None:
             if prompt_name is not None:
                 if prompt_name not in self.prompts:
-                    raise InputError(
-                        f"prompt_name {prompt_name!r} is not one of this model's prompts "
-                        f"({', '.join(self.prompts) or 'none'})"
-                    )
+                    raise _not_a_prompt("prompt_name", prompt_name, self.prompts)
                 prompt = self.prompts[prompt_name]
             elif self.default_prompt_name is not None:
                 prompt = self.prompts.get(self.default_prompt_name)
@@ -201,23 +197,17 @@ class SentenceTransformerAPI:
             log.warning(
                 "both prompt and prompt_name given: using prompt, ignoring prompt_name %r", prompt_name
             )
+        if not isinstance(prompt, str | None):
+            reason = f"must be a str, got {type(prompt).__name__}"
+            raise InputError(f"prompt {reason}", field="prompt", reason=reason)
         return prompt or ""
 
-    def _check_truncate_dim(self, dim: int | None) -> int | None:
-        if dim is None or dim == self.manifest.dim:
-            return dim
-        supported = self.manifest.truncate_dims
-        if dim not in supported:
-            if not supported:
-                raise InputError(
-                    f"truncate_dim={dim}: this export lists no Matryoshka dims; re-export "
-                    "with --truncate-dims D1,D2,... if the model was trained for them"
-                )
-            raise InputError(
-                f"truncate_dim={dim} is not one of this export's Matryoshka dims "
-                f"({', '.join(map(str, supported))})"
-            )
-        return dim
+
+def _not_a_prompt(field: str, name: str, prompts: dict[str, str]) -> InputError:
+    which = f"not one of this model's prompts ({', '.join(prompts) or 'none'})"
+    return InputError(
+        f"{field} {name!r} is {which}", field=field, reason=f"cannot be {name!r}: it is {which}"
+    )
 
 
 def _as_batch(x: Any) -> np.ndarray:

@@ -37,17 +37,17 @@ class Token:
 def check_texts(texts: object) -> list[str]:
     """Return ``texts`` as a list of str, or raise InputError naming the first bad item."""
     if texts is None:
-        raise InputError("texts is None; expected a str or a list of str")
+        raise InputError("texts is None; expected a str or a list of str", field="texts")
     if isinstance(texts, (str, bytes)):
         texts = [texts]
     if not isinstance(texts, Iterable):
-        raise InputError(f"texts is {type(texts).__name__}; expected a str or a list of str")
+        raise InputError(f"texts is {type(texts).__name__}; expected a str or a list of str", field="texts")
     out = texts if isinstance(texts, list) else list(texts)
     for i, t in enumerate(out):
         if not isinstance(t, str):
             if isinstance(t, (bytes, bytearray)):
-                raise InputError(f"texts[{i}] is bytes; decode it to str first", index=i)
-            raise InputError(f"texts[{i}] is {type(t).__name__}, expected str", index=i)
+                raise InputError(f"texts[{i}] is bytes; decode it to str first", index=i, field="texts")
+            raise InputError(f"texts[{i}] is {type(t).__name__}, expected str", index=i, field="texts")
     return out
 
 
@@ -56,9 +56,9 @@ def _find_unencodable(texts: Sequence[str]) -> InputError | None:
         try:
             t.encode("utf-8")
         except UnicodeEncodeError as e:
+            what = f"not valid Unicode (lone surrogate {t[e.start]!r} at position {e.start})"
             return InputError(
-                f"texts[{i}] is not valid Unicode (lone surrogate {t[e.start]!r} at position {e.start})",
-                index=i,
+                f"texts[{i}] is {what}", index=i, field="texts", reason=f"cannot be tokenised: it is {what}"
             )
     return None
 
@@ -82,7 +82,11 @@ class TextTokenizer:
             bad = _find_unencodable(texts)
             if bad is not None:
                 raise bad from e
-            raise InputError(f"tokenizer rejected the input: {e}") from e
+            raise InputError(
+                f"tokenizer rejected the input: {e}",
+                field="texts",
+                reason=f"cannot be tokenised: the tokenizer rejected it ({e})",
+            ) from e
 
     def encode(self, texts: list[str]) -> Tokenized:
         """Tokenise checked texts (see :func:`check_texts`)."""

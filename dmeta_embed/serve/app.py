@@ -2,7 +2,7 @@
 readiness, info, metrics.
 
 The routes parse, queue and render; every step from text to vector is the runtime's
-(``Embedder.prepare`` → the batcher's ``encode_tokenized`` → ``runtime.pipeline.finish``), so the
+(``Embedder.pipeline``: ``prepare`` → the batcher's ``run`` → ``runtime.pipeline.finish``), so the
 server returns exactly what ``Embedder.encode`` returns for the same text and options.
 
 Nothing a request sends names a file or a model to load: ``model`` is checked to be a string and
@@ -30,13 +30,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import InputError, TooLongError
 from ..runtime import Embedder
 from ..runtime.choice import batch_invariance_problem
-from ..runtime.pipeline import OutputSpec, Prepared, finish
-from .batcher import Batcher, Overloaded, warm_up
+from ..runtime.options import OutputSpec
+from ..runtime.pipeline import Prepared, finish
+from .batcher import Batcher, warm_up
 from .config import ServerConfig
-from .errors import ApiError
+from .errors import Kind, RequestError, error_body, refusal, to_request_error
 from .metrics import Metrics
 from .schemas import EmbedRequest, parse_openai, parse_tei, parse_tokenize
 
@@ -88,7 +88,9 @@ class Service:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         # compare_digest: the time taken does not tell an attacker how much of the key matched
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._key):
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+            raise RequestError(
+                "missing or wrong API key: send 'Authorization: Bearer <key>'", Kind.UNAUTHORIZED
+            )
 
     async def read_json(self, request: Request) -> Any:
         limit = self.cfg.max_body_bytes
@@ -103,39 +105,24 @@ class Service:
                     raise _too_big(limit)
                 chunks.append(chunk)
         except ClientDisconnect as e:  # nobody will read the answer; no traceback in the log
-            raise ApiError(400, "the client disconnected before sending the whole body") from e
+            raise RequestError("the client disconnected before sending the whole body", Kind.MALFORMED) from e
         raw = b"".join(chunks)
         if not raw.strip():
-            raise ApiError(400, "the request body is empty; send a JSON object")
+            raise RequestError("the request body is empty; send a JSON object", Kind.MALFORMED)
         try:
             if len(raw) <= INLINE_JSON_BYTES:
                 return json.loads(raw)
             return await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ApiError(400, f"the request body is not valid JSON: {e}") from e
+            raise RequestError(f"the request body is not valid JSON: {e}", Kind.MALFORMED) from e
 
-    def spec(self, req: EmbedRequest, normalize: bool | None, bad: int) -> OutputSpec:
-        """The request's output options as the runtime checks them (before anything is queued)."""
+    def spec(self, req: EmbedRequest, normalize: bool | None) -> OutputSpec:
+        """The request's output options as the runtime checks them (before anything is queued):
+        its InputErrors (``truncate_dim``, ``normalize``, ``precision``) go to the edge's table."""
         e = self.embedder
-        dims = req.dimensions
-        if dims is not None and dims != e.dim and dims not in e.manifest.truncate_dims:
-            cuts = sorted(e.manifest.truncate_dims, reverse=True)
-            also = (
-                f", or one of the Matryoshka dims it was exported with: {', '.join(map(str, cuts))}"
-                if cuts
-                else " only (it was exported without --truncate-dims)"
-            )
-            raise ApiError(
-                bad,
-                f"'dimensions'={dims} is not supported: this model returns {e.dim}-dimensional embeddings{also}",
-                param="dimensions",
-            )
-        try:
-            return e.pipeline.output_spec(dims, normalize, req.precision, prompt=e.resolve_prompt())
-        except InputError as err:
-            raise ApiError(bad, str(err), param="normalize") from err
+        return e.pipeline.output_spec(req.dimensions, normalize, req.precision, prompt=e.resolve_prompt())
 
-    async def prepare(self, req: EmbedRequest, field: str, bad: int) -> Prepared:
+    async def prepare(self, req: EmbedRequest) -> Prepared:
         """The runtime's prompt, tokenise and truncate step: on the event loop for small requests,
         on a thread for big ones (one large request must not stall everyone else's I/O)."""
         e = self.embedder
@@ -143,38 +130,20 @@ class Service:
         def run() -> Prepared:
             return e.pipeline.prepare(req.texts, e.resolve_prompt(req.prompt_name), req.truncate)
 
-        try:
-            if sum(map(len, req.texts)) <= INLINE_TOKENIZE_CHARS:
-                return run()
-            return await asyncio.get_running_loop().run_in_executor(None, run)
-        except TooLongError as err:
-            i = err.index
-            raise ApiError(
-                413,
-                f"'{field}[{i}]' is longer than max_length={e.max_seq_length} tokens; "
-                'send "truncate": true to cut it',
-                param=f"{field}[{i}]",
-                code="max_length",
-            ) from err
-        except InputError as err:
-            if err.index is None and req.prompt_name is not None and "prompt_name" in str(err):
-                raise ApiError(bad, str(err), param="prompt_name") from err
-            where = f"'{field}[{err.index}]'" if err.index is not None else f"'{field}'"
-            raise ApiError(bad, f"{where} cannot be tokenised: {err}", param=field) from err
+        if sum(map(len, req.texts)) <= INLINE_TOKENIZE_CHARS:
+            return run()
+        return await asyncio.get_running_loop().run_in_executor(None, run)
 
-    async def embed(
-        self, request: Request, req: EmbedRequest, spec: OutputSpec, field: str, bad: int
-    ) -> tuple[np.ndarray, int]:
+    async def embed(self, request: Request, req: EmbedRequest, spec: OutputSpec) -> tuple[np.ndarray, int]:
         """Prepare, queue, wait, finish: the request's vectors (input order) and its token count.
+        ``Overloaded`` (the queue is full, or the server stopped before the request ran) goes to
+        the edge's table.
 
         A client that disconnects while its request waits gets its work dropped from the queue:
         under overload, clients time out and retry, and serving the abandoned copies first is
         how a busy server tips into serving nobody."""
-        prepared = await self.prepare(req, field, bad)
-        try:
-            vectors = await self._wait(request, self.batcher.submit(prepared.tokens))
-        except Overloaded as e:  # refused at submit, or the server stopped before the request ran
-            raise ApiError(503, f"{e}; retry later", retry_after=1, code="overloaded") from e
+        prepared = await self.prepare(req)
+        vectors = await self._wait(request, self.batcher.submit(prepared.tokens))
         return finish(vectors, spec), int(prepared.lengths.sum())
 
     async def _wait(self, request: Request, future: asyncio.Future[np.ndarray]) -> np.ndarray:
@@ -195,17 +164,10 @@ class Service:
             future.cancel()  # frees its place in the queue; a batch already running just discards it
             if gone is not None and gone in done:
                 self.metrics.abandoned.inc()
-                raise ApiError(
-                    499,
-                    "the client closed the connection before its vectors were ready",
-                    code="client_closed",
+                raise RequestError(
+                    "the client closed the connection before its vectors were ready", Kind.CLIENT_CLOSED
                 )
-            raise ApiError(
-                503,
-                f"the request was not served within request_timeout_s={timeout}",
-                retry_after=1,
-                code="timeout",
-            )
+            raise RequestError(f"the request was not served within request_timeout_s={timeout}", Kind.TIMEOUT)
         return future.result()
 
     # -- routes -------------------------------------------------------------------------------------
@@ -215,8 +177,8 @@ class Service:
         # a cut keeps the export's choice: a normalised model's shorter vectors are unit length
         # again (as OpenAI's are), a raw model's stay raw
         cut = req.dimensions is not None and req.dimensions != self.embedder.dim
-        spec = self.spec(req, True if cut and self.embedder.manifest.normalize else None, 400)
-        vectors, tokens = await self.embed(request, req, spec, "input", 400)
+        spec = self.spec(req, True if cut and self.embedder.manifest.normalize else None)
+        vectors, tokens = await self.embed(request, req, spec)
         if req.encoding_format == "base64":
             # little-endian float32, OpenAI's wire format, for every precision: the OpenAI client
             # asks for base64 by default and decodes float32, so quantized values travel as the
@@ -236,15 +198,8 @@ class Service:
 
     async def tei_embed(self, request: Request) -> Response:
         req = parse_tei(await self.read_json(request), self.cfg)
-        if req.normalize is False and self.embedder.manifest.normalize:
-            raise ApiError(
-                422,
-                "'normalize': false is not available: this model was exported with "
-                "normalisation inside the graph (re-export with --no-normalize)",
-                param="normalize",
-            )
-        spec = self.spec(req, req.normalize, 422)
-        vectors, _ = await self.embed(request, req, spec, "inputs", 422)
+        spec = self.spec(req, req.normalize)
+        vectors, _ = await self.embed(request, req, spec)
         return await self._big_json(vectors.tolist(), vectors.size)
 
     async def tei_tokenize(self, request: Request) -> Response:
@@ -252,14 +207,9 @@ class Service:
         offsets into the text as the model sees it, the prompt first), truncated as embedding
         truncates, so each list's length is the count the model is fed."""
         req = parse_tokenize(await self.read_json(request), self.cfg)
-        e = self.embedder
-        try:
-            tokens = e.tokens(
-                req.texts, prompt_name=req.prompt_name, add_special_tokens=req.add_special_tokens
-            )
-        except InputError as err:
-            param = "prompt_name" if err.index is None and req.prompt_name is not None else "inputs"
-            raise ApiError(422, str(err), param=param) from err
+        tokens = self.embedder.tokens(
+            req.texts, prompt_name=req.prompt_name, add_special_tokens=req.add_special_tokens
+        )
         body = [[t.__dict__ for t in row] for row in tokens]
         return await self._big_json(body, sum(map(len, tokens)))
 
@@ -323,9 +273,9 @@ class Service:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
 
-def _too_big(limit: int) -> ApiError:
+def _too_big(limit: int) -> RequestError:
     """Built only when raised: most requests are within the limit."""
-    return ApiError(413, f"the request body is larger than max_body_bytes={limit}", code="max_body_bytes")
+    return RequestError(f"the request body is larger than max_body_bytes={limit}", Kind.MAX_BODY_BYTES)
 
 
 async def _client_gone(request: Request) -> None:
@@ -340,11 +290,9 @@ async def _client_gone(request: Request) -> None:
 
 
 def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei: bool = False) -> Handler:
-    """Wrap a route: API key, error rendering (OpenAI or TEI shape), latency and status metrics."""
+    """Wrap a route: API key, latency and status metrics, and the server's edge: every error a
+    route lets through becomes OpenAI's or TEI's error response here (``serve.errors.refusal``)."""
     m = svc.metrics
-
-    def render(e: ApiError) -> Response:
-        return json_response(e.tei_body() if tei else e.openai_body(), e.status, e.headers())
 
     async def endpoint(request: Request) -> Response:
         start = time.perf_counter()
@@ -353,11 +301,13 @@ def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei
             if protected:
                 svc.check_auth(request)
             response = await handler(request)
-        except ApiError as e:
-            response = render(e)
-        except Exception:  # a bug must cost one request a 500, never the process
-            log.exception("unhandled error in %s", name)
-            response = render(ApiError(500, "internal server error (see the server log)"))
+        except Exception as e:
+            err = to_request_error(e, tei=tei, max_length=svc.embedder.max_seq_length)
+            if err is None:  # a bug must cost one request a 500, never the process
+                log.exception("unhandled error in %s", name)
+                err = RequestError("internal server error (see the server log)", Kind.INTERNAL)
+            out = refusal(err, tei=tei)
+            response = json_response(out.body, out.status, out.headers)
         finally:
             m.in_progress.dec()
         m.requests.labels(name, str(response.status_code)).inc()
@@ -391,7 +341,7 @@ def create_app(
         assert isinstance(exc, HTTPException)
         svc.metrics.requests.labels("other", str(exc.status_code)).inc()
         message = f"{request.method} {request.url.path}: {exc.detail}"
-        return json_response(ApiError(exc.status_code, message).openai_body(), exc.status_code, exc.headers)
+        return json_response(error_body(exc.status_code, message, tei=False), exc.status_code, exc.headers)
 
     def route(
         path: str, name: str, handler: Handler, method: str, protected: bool = True, tei: bool = False

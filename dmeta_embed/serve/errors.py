@@ -1,8 +1,97 @@
-"""The one error type routes raise; the app renders it as OpenAI's or TEI's JSON error shape."""
+"""Why a request is refused, and the one table that turns every refusal into HTTP.
+
+Parsers and routes raise :class:`RequestError`: a :class:`Kind` and the request field at fault,
+no status. The runtime raises ``InputError`` (``TooLongError``) with its own field names and the
+batcher raises ``Overloaded``; routes let them all through. At the edge, :func:`to_request_error`
+gives each its kind (:data:`EXCEPTIONS`) and the request's field names (:data:`REQUEST_FIELDS`),
+and :func:`refusal` the status for the API shape (:data:`STATUS`) and OpenAI's or TEI's error
+body: one table, as httpx's ``map_exceptions`` maps transport errors.
+"""
 
 from __future__ import annotations
 
-from ..errors import DmetaEmbedError
+from dataclasses import dataclass
+from enum import Enum
+
+from ..errors import DmetaEmbedError, InputError, TooLongError
+from .batcher import Overloaded
+
+
+class Kind(str, Enum):
+    """Why a request gets no vectors; a limit's kind is the limit's name (OpenAI's ``error.code``)."""
+
+    #: the body is not JSON, is empty, or did not arrive whole
+    MALFORMED = "malformed"
+    #: a field has the wrong type or a value the model does not take
+    INVALID = "invalid"
+    MAX_INPUTS = "max_inputs"
+    MAX_CHARS = "max_chars"
+    MAX_BODY_BYTES = "max_body_bytes"
+    #: a text is longer than max_length tokens and truncation is off
+    MAX_LENGTH = "max_length"
+    UNAUTHORIZED = "unauthorized"
+    OVERLOADED = "overloaded"
+    TIMEOUT = "timeout"
+    CLIENT_CLOSED = "client_closed"
+    INTERNAL = "internal"
+
+
+class RequestError(DmetaEmbedError):
+    """A request the server refuses: a message naming what was wrong, why (``kind``), and the
+    request field at fault (``field``, ``index`` for an item of a list; None where no one field is)."""
+
+    def __init__(
+        self, message: str, kind: Kind = Kind.INVALID, *, field: str | None = None, index: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.field = field
+        self.index = index
+
+
+@dataclass(frozen=True)
+class Http:
+    """How one kind of refusal is answered."""
+
+    openai: int
+    tei: int
+    #: OpenAI's ``error.code``
+    code: str | None = None
+    #: seconds sent as Retry-After
+    retry_after: int | None = None
+
+
+#: the one table: each kind's status on OpenAI's endpoints (400 for a bad request, as
+#: api.openai.com answers) and on TEI's (422, as text-embeddings-inference answers a well-formed
+#: body it cannot take; 400 for one that is not JSON, as its JSON extractor does)
+STATUS: dict[Kind, Http] = {
+    Kind.MALFORMED: Http(400, 400),
+    Kind.INVALID: Http(400, 422),
+    Kind.MAX_INPUTS: Http(413, 413, "max_inputs"),
+    Kind.MAX_CHARS: Http(413, 413, "max_chars"),
+    Kind.MAX_BODY_BYTES: Http(413, 413, "max_body_bytes"),
+    Kind.MAX_LENGTH: Http(413, 413, "max_length"),
+    Kind.UNAUTHORIZED: Http(401, 401),
+    Kind.OVERLOADED: Http(503, 503, "overloaded", retry_after=1),
+    Kind.TIMEOUT: Http(503, 503, "timeout", retry_after=1),
+    Kind.CLIENT_CLOSED: Http(499, 499, "client_closed"),
+    Kind.INTERNAL: Http(500, 500),
+}
+#: errors from below the routes → their kind; the first class that matches wins
+EXCEPTIONS: tuple[tuple[type[Exception], Kind], ...] = (
+    (TooLongError, Kind.MAX_LENGTH),
+    (InputError, Kind.INVALID),
+    (Overloaded, Kind.OVERLOADED),
+)
+#: the runtime's name for a field → the request's (OpenAI, TEI); a name not here is the same in both
+REQUEST_FIELDS: dict[str, tuple[str, str]] = {
+    "texts": ("input", "inputs"),
+    "truncate_dim": ("dimensions", "dimensions"),
+    "normalize": ("normalize", "normalize"),
+    "prompt_name": ("prompt_name", "prompt_name"),
+    "precision": ("precision", "precision"),
+}
 
 #: OpenAI's ``error.type`` for each status we send
 _TYPES = {
@@ -19,42 +108,54 @@ _TYPES = {
 _TEI_TYPES = {413: "Validation", 422: "Validation", 503: "Overloaded", 500: "Backend", 401: "Unauthorized"}
 
 
-class ApiError(DmetaEmbedError):
-    """A request the server refuses: HTTP status, a message naming what was wrong, and its field."""
+@dataclass(frozen=True)
+class Refusal:
+    """An error response: status, JSON body, headers."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.retry_after = retry_after
+    status: int
+    body: dict[str, object]
+    headers: dict[str, str]
 
-    def openai_body(self) -> dict[str, object]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": _TYPES.get(self.status, "invalid_request_error"),
-                "param": self.param,
-                "code": self.code,
-            }
-        }
 
-    def tei_body(self) -> dict[str, object]:
-        return {"error": self.message, "error_type": _TEI_TYPES.get(self.status, "Validation")}
+def error_body(
+    status: int, message: str, *, tei: bool, param: str | None = None, code: str | None = None
+) -> dict[str, object]:
+    """OpenAI's ``{"error": {message, type, param, code}}`` or TEI's ``{"error", "error_type"}``."""
+    if tei:
+        return {"error": message, "error_type": _TEI_TYPES.get(status, "Validation")}
+    kind = _TYPES.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
-    def headers(self) -> dict[str, str]:
-        out = {}
-        if self.retry_after is not None:
-            out["Retry-After"] = str(self.retry_after)
-        if self.status == 401:
-            out["WWW-Authenticate"] = "Bearer"
-        return out
+
+def to_request_error(exc: Exception, *, tei: bool, max_length: int) -> RequestError | None:
+    """``exc`` in the request's terms (its kind, the request's field names), or None for an error
+    that is no refusal (a bug). ``max_length``: the tokens a text may have, for MAX_LENGTH."""
+    if isinstance(exc, RequestError):
+        return exc
+    kind = next((k for cls, k in EXCEPTIONS if isinstance(exc, cls)), None)
+    if kind is None:
+        return None
+    if not isinstance(exc, InputError):
+        return RequestError(f"{exc}; retry later", kind)
+    field = REQUEST_FIELDS.get(exc.field, (exc.field, exc.field))[tei]
+    name = field if exc.index is None else f"{field}[{exc.index}]"
+    if isinstance(exc, TooLongError):
+        message = f"'{name}' is longer than max_length={max_length} tokens; send \"truncate\": true to cut it"
+    elif exc.reason is not None:
+        message = f"'{name}' {exc.reason}"
+    else:
+        message = f"'{name}': {exc}"
+    return RequestError(message, kind, field=field, index=exc.index)
+
+
+def refusal(err: RequestError, *, tei: bool) -> Refusal:
+    """The response to ``err`` on OpenAI's (``tei=False``) or TEI's endpoints."""
+    http = STATUS[err.kind]
+    status = http.tei if tei else http.openai
+    param = err.field if err.index is None else f"{err.field}[{err.index}]"
+    headers = {}
+    if http.retry_after is not None:
+        headers["Retry-After"] = str(http.retry_after)
+    if err.kind is Kind.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Refusal(status, error_body(status, err.message, tei=tei, param=param, code=http.code), headers)

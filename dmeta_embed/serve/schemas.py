@@ -1,7 +1,10 @@
-"""Request bodies → checked, typed requests. Every refusal names the field and, for a limit, the limit.
+"""Request bodies → checked, typed requests. Every refusal is a ``RequestError`` naming the field
+and its kind (``invalid``, or the limit it breaks); which status that is on which API is decided
+at the server's edge (``serve.errors.STATUS``), not here.
 
-OpenAI's endpoint answers invalid requests with 400 (as api.openai.com does), TEI's with 422 (as
-text-embeddings-inference does); both answer a broken limit with 413.
+What only the model can judge (a ``dimensions`` or ``precision`` it does not take, an unknown
+``prompt_name``, ``normalize: false`` on a normalised export) is the runtime's check, made once
+there (``runtime.options.check_output``, ``resolve_prompt``).
 """
 
 from __future__ import annotations
@@ -9,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime.quantize import PRECISIONS
 from .config import ServerConfig
-from .errors import ApiError
+from .errors import Kind, RequestError
 
 ENCODINGS = ("float", "base64")
 #: the request field naming the output precision (infinity's embedding dtype, sentence-transformers'
@@ -61,25 +63,24 @@ def json_type(value: object) -> str:
     return "object"
 
 
-def _texts(value: object, name: str, cfg: ServerConfig, bad: int) -> list[str]:
+def _texts(value: object, name: str, cfg: ServerConfig) -> list[str]:
     if value is None:
-        raise ApiError(bad, f"'{name}' is required: a string or an array of strings", param=name)
+        raise RequestError(f"'{name}' is required: a string or an array of strings", field=name)
     if isinstance(value, str):
         items: list[Any] = [value]
     elif isinstance(value, list):
         if not value:
-            raise ApiError(bad, f"'{name}' is an empty array; send at least one string", param=name)
+            raise RequestError(f"'{name}' is an empty array; send at least one string", field=name)
         items = value
     else:
-        raise ApiError(
-            bad, f"'{name}' must be a string or an array of strings, got {json_type(value)}", param=name
+        raise RequestError(
+            f"'{name}' must be a string or an array of strings, got {json_type(value)}", field=name
         )
     if len(items) > cfg.max_inputs:
-        raise ApiError(
-            413,
+        raise RequestError(
             f"'{name}' has {len(items)} items; the limit is max_inputs={cfg.max_inputs} per request",
-            param=name,
-            code="max_inputs",
+            Kind.MAX_INPUTS,
+            field=name,
         )
     for i, t in enumerate(items):
         if not isinstance(t, str):
@@ -88,115 +89,102 @@ def _texts(value: object, name: str, cfg: ServerConfig, bad: int) -> list[str]:
                 if json_type(t) in ("number", "array")
                 else ""
             )
-            raise ApiError(
-                bad, f"'{name}[{i}]' is {json_type(t)}, expected a string{hint}", param=f"{name}[{i}]"
+            raise RequestError(
+                f"'{name}[{i}]' is {json_type(t)}, expected a string{hint}", field=name, index=i
             )
         if len(t) > cfg.max_chars:
-            raise ApiError(
-                413,
+            raise RequestError(
                 f"'{name}[{i}]' has {len(t)} characters; the limit is max_chars={cfg.max_chars}",
-                param=f"{name}[{i}]",
-                code="max_chars",
+                Kind.MAX_CHARS,
+                field=name,
+                index=i,
             )
     return items
 
 
-def _object(body: object, bad: int) -> dict[str, Any]:
+def _object(body: object) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise ApiError(bad, f"the request body must be a JSON object, got {json_type(body)}")
+        raise RequestError(f"the request body must be a JSON object, got {json_type(body)}")
     return body
 
 
-def _bool(body: dict[str, Any], key: str, default: bool, bad: int) -> bool:
+def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
     value = body.get(key)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise ApiError(bad, f"'{key}' must be true or false, got {json_type(value)}", param=key)
+        raise RequestError(f"'{key}' must be true or false, got {json_type(value)}", field=key)
+    return value
+
+
+def _int(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RequestError(
+            f"'{key}' must be an integer of at least 1, got {json_type(value)} {value!r}", field=key
+        )
+    return value
+
+
+def _str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RequestError(f"'{key}' must be a string, got {json_type(value)}", field=key)
     return value
 
 
 def parse_openai(body: object, cfg: ServerConfig) -> EmbedRequest:
     """``POST /v1/embeddings``: input, model, encoding_format, dimensions, and TEI's prompt_name
-    and ``precision`` as extensions (user is ignored). Whether ``dimensions`` is one of the
-    model's is the runtime's check."""
-    body = _object(body, 400)
-    texts = _texts(body.get("input"), "input", cfg, 400)
+    and ``precision`` as extensions (user is ignored)."""
+    body = _object(body)
+    texts = _texts(body.get("input"), "input", cfg)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise ApiError(400, f"'model' must be a string, got {json_type(model)}", param="model")
+        raise RequestError(f"'model' must be a string, got {json_type(model)}", field="model")
     fmt = body.get("encoding_format")
     fmt = "float" if fmt is None else fmt
     if fmt not in ENCODINGS:
-        raise ApiError(
-            400, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}", param="encoding_format"
+        raise RequestError(
+            f"'encoding_format' must be 'float' or 'base64', got {fmt!r}", field="encoding_format"
         )
     return EmbedRequest(
         texts=texts,
         encoding_format=fmt,
-        dimensions=_int(body, "dimensions", 400),
-        prompt_name=_str(body, "prompt_name", 400),
-        precision=_precision(body, 400),
+        dimensions=_int(body, "dimensions"),
+        prompt_name=_str(body, "prompt_name"),
+        precision=_str(body, PRECISION_FIELD) or "float32",
     )
-
-
-def _int(body: dict[str, Any], key: str, bad: int) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ApiError(
-            bad, f"'{key}' must be an integer of at least 1, got {json_type(value)} {value!r}", param=key
-        )
-    return value
-
-
-def _str(body: dict[str, Any], key: str, bad: int) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ApiError(bad, f"'{key}' must be a string, got {json_type(value)}", param=key)
-    return value
-
-
-def _precision(body: dict[str, Any], bad: int) -> str:
-    value = _str(body, PRECISION_FIELD, bad) or "float32"
-    if value not in PRECISIONS:
-        raise ApiError(
-            bad,
-            f"'{PRECISION_FIELD}' must be one of {', '.join(PRECISIONS)}, got {value!r}",
-            param=PRECISION_FIELD,
-        )
-    return value
 
 
 def parse_tei(body: object, cfg: ServerConfig) -> EmbedRequest:
     """``POST /embed`` as text-embeddings-inference takes it: inputs, normalize, truncate,
     truncation_direction (right only), prompt_name, dimensions; plus ``precision``."""
-    body = _object(body, 422)
-    texts = _texts(body.get("inputs"), "inputs", cfg, 422)
+    body = _object(body)
+    texts = _texts(body.get("inputs"), "inputs", cfg)
     direction = body.get("truncation_direction")
     if direction is not None and direction not in ("right", "Right"):
-        raise ApiError(
-            422,
+        raise RequestError(
             f"'truncation_direction'={direction!r} is not supported; only 'right'",
-            param="truncation_direction",
+            field="truncation_direction",
         )
     return EmbedRequest(
         texts=texts,
-        normalize=_bool(body, "normalize", True, 422),
-        truncate=_bool(body, "truncate", False, 422),
-        dimensions=_int(body, "dimensions", 422),
-        prompt_name=_str(body, "prompt_name", 422),
-        precision=_precision(body, 422),
+        normalize=_bool(body, "normalize", True),
+        truncate=_bool(body, "truncate", False),
+        dimensions=_int(body, "dimensions"),
+        prompt_name=_str(body, "prompt_name"),
+        precision=_str(body, PRECISION_FIELD) or "float32",
     )
 
 
 def parse_tokenize(body: object, cfg: ServerConfig) -> TokenizeRequest:
     """``POST /tokenize`` as text-embeddings-inference takes it: inputs, add_special_tokens,
     prompt_name."""
-    body = _object(body, 422)
+    body = _object(body)
     return TokenizeRequest(
-        texts=_texts(body.get("inputs"), "inputs", cfg, 422),
-        add_special_tokens=_bool(body, "add_special_tokens", True, 422),
-        prompt_name=_str(body, "prompt_name", 422),
+        texts=_texts(body.get("inputs"), "inputs", cfg),
+        add_special_tokens=_bool(body, "add_special_tokens", True),
+        prompt_name=_str(body, "prompt_name"),
     )
