@@ -4,7 +4,7 @@ Every node starts in the cheapest format this CPU computes exactly and fast (``l
 the u8×s8 kernels accumulate in int32, s7 where they saturate (x86 without VNNI). When the whole
 graph misses the bar on the calibration texts, nodes are promoted one rung at a time (s7 → u8 →
 fp32, or s8 → fp32), most damaging first. The damage of each node is estimated from sampled
-activations in numpy (``int8_rows.node_errors``: no graph, no session), and the number of
+activations in numpy (``int8_calibration.node_errors``: no graph, no session), and the number of
 promotions is found by doubling and bisection with real graphs: a handful of trials where ranking
 each node by a trial of its own took 83 on a BERT-base.
 """

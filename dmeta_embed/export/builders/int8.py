@@ -1,6 +1,6 @@
 """int8 for onnxruntime's CPU kernels: per-row (per-token) activation scales after SmoothQuant-style
-smoothing (``export.int8_rows``), weight formats searched on the model's weights
-(``export.int8_search``), validated as the runtime will feed it.
+smoothing (``export.int8_rows``, ``export.int8_calibration``), weight formats searched on the
+model's weights (``export.int8_search``), validated as the runtime will feed it.
 
 Per-row scales make a token's integers depend on that token only, so a text gets the same vector
 alone and in any batch, and one outlier token no longer flattens the others' resolution. On real
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...manifest import Precision, Provider
-from .. import int8_rows, int8_search
+from .. import attention_split, int8_calibration, int8_rows, int8_search
 from .. import variants as derive
 from ..progress import stage
 from ..reference import cosines
@@ -47,15 +47,17 @@ class INT8(BaseBuilder):
 
         backbone = onnx.ModelProto()
         backbone.CopyFrom(ctx.cpu_backbone)
-        int8_rows.unfuse_attention(backbone)  # its QKV projection becomes a per-row MatMul
+        attention_split.unfuse_attention(backbone)  # its QKV projection becomes a per-row MatMul
         nodes = int8_rows.row_quantizable(backbone)
         rungs = int8_search.ladder(ctx.cpu)
         with stage(f"int8: activation statistics on {len(ctx.calib_tok.ids)} calibration texts"):
-            stats = int8_rows.ActivationStats(backbone, ctx.feeds(), sample_rows=SAMPLE_ROWS, nodes=nodes)
-            smooth = int8_rows.smoothing_scales(backbone, alpha=SMOOTHING, stats=stats)
+            stats = int8_calibration.ActivationStats(
+                backbone, ctx.feeds(), sample_rows=SAMPLE_ROWS, nodes=nodes
+            )
+            smooth = int8_calibration.smoothing_scales(backbone, stats, alpha=SMOOTHING)
             # a fixed zero point where a node's inputs are two-sided, asymmetric rows elsewhere
-            symmetric = int8_rows.symmetric_nodes(stats, smooth)
-            damage = int8_rows.node_errors(backbone, stats, rungs[0], smooth, symmetric)
+            symmetric = int8_calibration.symmetric_nodes(stats, smooth)
+            damage = int8_calibration.node_errors(backbone, stats, rungs[0], smooth, symmetric)
         reference = ctx.calibration_reference()
 
         def build(formats: dict[str, str]) -> onnx.ModelProto:
