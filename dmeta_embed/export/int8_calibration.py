@@ -49,7 +49,7 @@ class ActivationStats:
         sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         self.amax: dict[str, np.ndarray] = {}
         # a few rows from each batch as it comes: every activation of a base-size model over the
-        # calibration texts would be ~1.5 GB
+        # calibration texts would take gigabytes
         per_batch = -(-sample_rows // max(1, len(feeds)))
         rng = np.random.default_rng(0)
         kept: dict[str, list[np.ndarray]] = {t: [] for t in taps}
