@@ -1,4 +1,5 @@
-"""Per-row int8 (export.int8_rows): against a numpy reference, batch invariance, the u8 shift.
+"""Per-row int8 (export.int8_rows, its calibration and the attention split): against a numpy
+reference, batch invariance, the u8 shift.
 
 Every int8 file is also run after the runtime's s8 → u8 weight shift (``runtime.int8``): u8×u8
 is exact on every CPU class, so those assertions hold everywhere; the unshifted file is checked
@@ -18,7 +19,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from dmeta_embed.export.int8_rows import quantize_rows, row_quantizable, unfuse_attention  # noqa: E402
+from dmeta_embed.export.attention_split import unfuse_attention  # noqa: E402
+from dmeta_embed.export.int8_rows import quantize_rows, row_quantizable  # noqa: E402
 from dmeta_embed.export.variants import check_int8_tensors  # noqa: E402
 from dmeta_embed.runtime.cpu import detect  # noqa: E402
 from dmeta_embed.runtime.int8 import shift_int8_weights  # noqa: E402
@@ -157,7 +159,7 @@ def test_per_node_formats_and_fp32(micro) -> None:
 def test_node_errors_rank_the_node_with_an_outlier_channel_first() -> None:
     """The numpy damage estimate sees what quantization does: a MatMul whose input has one huge
     channel loses the other channels' resolution (per row), a plain one does not."""
-    from dmeta_embed.export.int8_rows import ActivationStats, node_errors
+    from dmeta_embed.export.int8_calibration import ActivationStats, node_errors, smoothing_scales
 
     rng = np.random.default_rng(0)
     k = 32
@@ -188,9 +190,7 @@ def test_node_errors_rank_the_node_with_an_outlier_channel_first() -> None:
     err = node_errors(model, stats, "s8")
     assert err["skewed"] > 5 * err["plain"] > 0
     # smoothing moves the outlier into the weights and takes most of that damage away
-    from dmeta_embed.export.int8_rows import smoothing_scales
-
-    smooth = smoothing_scales(model, stats=stats)
+    smooth = smoothing_scales(model, stats)
     assert node_errors(model, stats, "s8", smooth)["skewed"] < err["skewed"] / 3
 
 

@@ -72,7 +72,8 @@ def s8_int8(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """The tiny model's int8 as an export on a CPU with exact u8×s8 kernels writes it (per-row,
     8-bit s8 weights): the file the runtime shifts on x86 without VNNI. Built here with those
     formats whatever this CPU is (an export here would write 7-bit or u8 weights)."""
-    from dmeta_embed.export.int8_rows import quantize_rows, unfuse_attention
+    from dmeta_embed.export.attention_split import unfuse_attention
+    from dmeta_embed.export.int8_rows import quantize_rows
 
     fp32 = onnx.load(str(tiny_export / "model.onnx"))
     unfuse_attention(fp32)

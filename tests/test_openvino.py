@@ -184,10 +184,10 @@ def test_search_keeps_float_weights_by_role_when_int8_weights_alone_miss(
 
 
 def ov_tokenizer(tiny_src: Path, folder: Path) -> Path:
-    from dmeta_embed.export.pipeline import _write_tokenizer
+    from dmeta_embed.export.context import write_tokenizer
     from dmeta_embed.export.source import resolve
 
-    _write_tokenizer(resolve(str(tiny_src)), folder)
+    write_tokenizer(resolve(str(tiny_src)), folder)
     return folder / "tokenizer.json"
 
 

@@ -147,22 +147,57 @@ def sorted_batches(lengths: np.ndarray, size: int = 16) -> list[list[int]]:
     return [order[s : s + size] for s in range(0, len(order), size)]
 
 
+#: what onnxruntime's per-tensor dynamic int8 quantizes: MatMuls and the fused Attention
+PER_TENSOR_OPS = ("MatMul", "Attention")
+
+
+def per_tensor_nodes(backbone) -> list[str]:  # type: ignore[no-untyped-def]
+    """MatMul nodes with a constant weight, and fused Attention nodes, in graph order."""
+    inits = {i.name for i in backbone.graph.initializer}
+    return [
+        n.name
+        for n in backbone.graph.node
+        if n.op_type == "Attention" or (n.op_type == "MatMul" and n.input[1] in inits)
+    ]
+
+
+def quantize_per_tensor(backbone, exclude: list[str], workdir: Path):  # type: ignore[no-untyped-def]
+    """onnxruntime's own dynamic int8 (``quantize_dynamic``: one activation scale per batch),
+    the export's int8 before per-row scales, kept here to compare against."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = workdir / "q.onnx"
+    quantize_dynamic(
+        backbone,
+        out,
+        op_types_to_quantize=list(PER_TENSOR_OPS),
+        per_channel=True,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
+        # the fused graph lacks value_info for some weights; without this quantize_dynamic fails
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
+    )
+    return onnx.load(str(out))
+
+
 def recipes(
     model: Model, calib_feeds: list[dict[str, np.ndarray]]
 ) -> dict[str, Callable[[list[str]], object]]:
     """name → (exclude list → int8 backbone); the search calls them with the nodes to keep float."""
     import onnx
 
-    from dmeta_embed.export import int8_rows
-    from dmeta_embed.export import variants as derive
+    from dmeta_embed.export import int8_calibration, int8_rows
+    from dmeta_embed.export.attention_split import unfuse_attention
 
     tmp = Path(tempfile.mkdtemp(prefix="int8-rows-"))
     unfused = onnx.ModelProto()
     unfused.CopyFrom(model.backbone)
-    int8_rows.unfuse_attention(unfused)
+    unfuse_attention(unfused)
 
     def per_tensor(exclude):  # type: ignore[no-untyped-def]
-        return derive.quantize_int8(model.backbone, list(exclude), tmp)
+        return quantize_per_tensor(model.backbone, list(exclude), tmp)
 
     def rows_attn_float(exclude):  # type: ignore[no-untyped-def]
         return int8_rows.quantize_rows(model.backbone, exclude)
@@ -172,7 +207,9 @@ def recipes(
 
     out = {"per-tensor": per_tensor, "rows, attention fp32": rows_attn_float, "rows": rows}
     if calib_feeds:
-        smooth = int8_rows.smoothing_scales(model.head(unfused), calib_feeds, alpha=0.5)
+        head = model.head(unfused)
+        stats = int8_calibration.ActivationStats(head, calib_feeds, sample_rows=1)
+        smooth = int8_calibration.smoothing_scales(head, stats, alpha=0.5)
 
         def rows_smooth(exclude):  # type: ignore[no-untyped-def]
             return int8_rows.quantize_rows(unfused, exclude, smooth=smooth)
@@ -191,7 +228,7 @@ def recipes(
                 out[f"{'sym' if sym else 'rows'} w{bits} + smooth 0.5"] = variant
 
         def rows_a7(exclude):  # type: ignore[no-untyped-def]
-            return int8_rows.quantize_rows(unfused, exclude, smooth=smooth, activation_bits=7)
+            return int8_rows.quantize_rows(unfused, exclude, smooth=smooth, weights="s8/a7")
 
         out["rows a7 + smooth 0.5"] = rows_a7  # 7-bit activations, 8-bit s8 weights unshifted: no saturation
     return out
@@ -204,10 +241,9 @@ def shifted(name: str) -> bool:
 
 def nodes_of(name: str, model: Model) -> Callable[[object], list[str]]:
     from dmeta_embed.export import int8_rows
-    from dmeta_embed.export import variants as derive
 
     if name == "per-tensor":
-        return derive.quantizable_nodes  # type: ignore[return-value]
+        return per_tensor_nodes
     return int8_rows.row_quantizable  # type: ignore[return-value]
 
 
@@ -230,7 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
 
-    from dmeta_embed.export import int8_rows
     from dmeta_embed.export import variants as derive
     from dmeta_embed.export.reference import cosines, torch_embeddings
     from dmeta_embed.manifest import BARS, Precision
@@ -358,12 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if a.out:
         a.out.write_text(text + "\n")
-    del int8_rows
     return 0
 
 
 def search(make, nodes: list[str], score, goal):  # type: ignore[no-untyped-def]
-    """The export's search (``variants.search_int8``, 2026-12-01) over any quantizer: all nodes
+    """The export's search as it was for per-tensor int8 (2026-12-01), over any quantizer: all nodes
     int8; else rank nodes by the damage each does alone, then the fewest most-sensitive kept
     float (doubling, then bisection) that reach ``goal`` on the calibration texts."""
     trials = 0
@@ -408,13 +442,13 @@ _UNFUSED: dict[int, object] = {}
 def _unfused(model: Model):  # type: ignore[no-untyped-def]
     import onnx
 
-    from dmeta_embed.export import int8_rows
+    from dmeta_embed.export.attention_split import unfuse_attention
 
     key = id(model)
     if key not in _UNFUSED:
         m = onnx.ModelProto()
         m.CopyFrom(model.backbone)
-        int8_rows.unfuse_attention(m)
+        unfuse_attention(m)
         _UNFUSED[key] = m
     return _UNFUSED[key]
 

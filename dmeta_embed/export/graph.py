@@ -244,7 +244,8 @@ def unfuse_skip_layernorm(model: onnx.ModelProto) -> int:
 
     For the CPU variants only: onnxruntime 1.32's contrib SkipLayerNormalization CPU kernel is
     several times slower than the standard LayerNormalization + Add pair, which makes the whole
-    model faster for the same math (fp32 cos 0.999999); figures in docs/performance.md.
+    model faster for the same math (figures: docs/performance.md, "Levers" and "Why the runtime's
+    defaults are what they are").
     onnxruntime 1.24 re-fuses the pair at load, so older versions lose nothing.
     The fp16 (CUDA) variant keeps the fused op. Returns the number of nodes replaced.
 

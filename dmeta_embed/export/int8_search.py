@@ -4,9 +4,10 @@ Every node starts in the cheapest format this CPU computes exactly and fast (``l
 the u8×s8 kernels accumulate in int32, s7 where they saturate (x86 without VNNI). When the whole
 graph misses the bar on the calibration texts, nodes are promoted one rung at a time (s7 → u8 →
 fp32, or s8 → fp32), most damaging first. The damage of each node is estimated from sampled
-activations in numpy (``int8_rows.node_errors``: no graph, no session), and the number of
-promotions is found by doubling and bisection with real graphs: a handful of trials where ranking
-each node by a trial of its own took 83 on a BERT-base.
+activations in numpy (``int8_calibration.node_errors``: no graph, no session), and the number of
+promotions is found by doubling and bisection with real graphs: a handful of trials, where ranking
+each node by a trial of its own took more trials than the model has nodes (docs/export.md,
+"Fidelity").
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ def ladder(cpu: CpuInfo) -> tuple[str, ...]:
     they are asymmetric in 7 bits."""
     if cpu.cpu_class in U8_SHIFT:
         # 8-bit s8 weights beside 8-bit rows saturate u8×s8's int16 pair sums here, and the u8
-        # shift that makes them exact runs u8×u8 kernels, ~1.5× slower on AVX2. Fast and exact:
-        # 7-bit weights (s7); u8 (the shift, built in) for the nodes that need the 8th bit. 7-bit
-        # rows beside 8-bit weights (s8/a7) were tried as a middle rung on real MPNet and helped
-        # no more than u8 did (docs/performance.md)
+        # shift that makes them exact runs the slower u8×u8 kernels. Fast and exact: 7-bit
+        # weights (s7); u8 (the shift, built in) for the nodes that need the 8th bit. 7-bit rows
+        # beside 8-bit weights (s8/a7) were tried as a middle rung on real weights and helped no
+        # more than u8 did (docs/performance.md, "Why int8 gains little on AVX2" for the kernel
+        # rates, "Choosing the recipe" for the rungs)
         return ("s7", "u8/asym", FP32)
     return ("s8", "s8/asym", FP32)
 
@@ -117,8 +119,8 @@ def search(
 
     tolerance = max(1, len(nodes) // 24)
     progress = Progress("int8: promotions", 2 * math.ceil(math.log2(max(2, len(steps)))), bound=True)
-    # each trial's cosines only: keeping every trial's graph held ~0.6 GB per trial on real
-    # all-mpnet-base-v2 (export peak 14 GB); the chosen graph is built once more at the end
+    # each trial's cosines only: keeping every trial's graph made the search the export's memory
+    # peak on a base-size model (docs/export.md, "Fidelity"); the chosen graph is built once more
     results: dict[int, np.ndarray] = {}
 
     def passes(k: int) -> bool:

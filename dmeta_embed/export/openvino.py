@@ -1,24 +1,26 @@
 """The ``int8-ov`` variant: static int8 QDQ run by OpenVINO (``runtime.openvino``).
 
 OpenVINO's fused int8 kernels with static activation scales run batches faster than onnxruntime's
-dynamic int8 on CPUs with int8 units (figures: docs/performance.md), but static scales cost fidelity
-on real weights (all-MiniLM-L6-v2: min cos 0.983 with every MatMul quantized). So the export searches:
+dynamic int8 on CPUs with int8 units (docs/performance.md, "Why the runtime's defaults are what
+they are"), but static scales cost fidelity on real weights: with every MatMul quantized they miss
+the bar (docs/export.md, "Fidelity", the int8-ov search, has the figures for what follows). So the
+export searches:
 
 1. each MatMul's outlier input channels (calibration activations or weight rows far above the
-   median) move to a float side path (``outlier_split``; real MPNet needs it even for int8 weights
-   alone), then NNCF quantizes the graph (``ModelType.TRANSFORMER``; SmoothQuant off: on real
-   MiniLM it took min cos from 0.983 down to 0.954), calibrated on the calibration texts;
+   median) move to a float side path (``outlier_split``; some real models need it even for int8
+   weights alone), then NNCF quantizes the graph (``ModelType.TRANSFORMER``; SmoothQuant off: on
+   real weights it lowered fidelity further), calibrated on the calibration texts;
 2. each candidate is run through OpenVINO's CPU plugin (the runtime's engine for it) on the
    calibration texts against the fp32 graph: every activation static; if that misses the
    tightened bar, every activation float (int8 weights only); then the number of roles of
    ``ROLE_ORDER`` whose activation quantizers are removed is bisected (those MatMuls keep int8
-   weights and run in the float precision below). On real MiniLM the FFN output projection is the
-   role that matters (min cos 0.983 → 0.992 without it; 0.995 without both FFN projections);
+   weights and run in the float precision below). On real weights the FFN projections are the
+   roles that matter, the output projection most;
 3. when even int8 weights alone miss the tightened bar, whole roles of ``WEIGHT_ROLE_ORDER`` keep
    float weights too, one more per trial, until it is met (or every role is float: the variant's
-   validation then decides). Real all-mpnet-base-v2's weights-only int8 passed its calibration
-   texts at min cos 0.9945 and then scored 0.9896 on a held-out repeated-word text; with the
-   attention output projections' weights float, 0.9929 (docs/performance.md, "AVX-512 VNNI").
+   validation then decides). Weights-only int8 can pass the calibration texts and still miss the
+   bar on a held-out text (a word repeated past max length), which one role's float weights fix
+   (docs/performance.md, "AVX-512 VNNI", its levers table).
 
 The float parts run in f32, or in bf16 where the export machine computes bf16 natively and bf16
 met the bar and ran faster (``BF16``; the manifest's ``engine_properties`` say which).
@@ -52,8 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: roles removed from static quantization in this order until the bar is met (most sensitive first,
-#: measured on real all-MiniLM-L6-v2); "other" is anything the name patterns do not place
+#: roles removed from static quantization in this order until the bar is met, most sensitive first
+#: on real weights (docs/export.md, "Fidelity"); "other" is anything the name patterns do not place
 ROLE_ORDER = ("ffn_output", "ffn_intermediate", "attention_output", "qkv", "other")
 _ROLES = (
     ("ffn_intermediate", re.compile(r"intermediate/dense/MatMul$")),
@@ -64,10 +66,9 @@ _ROLES = (
 
 
 #: roles whose weights stay float, cumulatively, when int8 weights alone miss the bar, the fewest
-#: float weight bytes first (attention output: 1/12 of a BERT layer's weights). On real
-#: all-mpnet-base-v2, Zen 4, the worst held-out text (a repeated word) with int8 weights alone
-#: 0.9896; with one role's weights float: attention output 0.9929 at no measurable speed cost, FFN
-#: intermediate 0.9935 at -3 %, FFN output 0.9924 at -9 %, QKV 0.9915 (docs/performance.md)
+#: float weight bytes first (attention output: 1/12 of a BERT layer's weights): on real weights any
+#: one role's float weights lift the worst held-out text about as much, and the attention output
+#: costs the least speed (docs/performance.md, "AVX-512 VNNI", its levers table)
 WEIGHT_ROLE_ORDER = ("attention_output", "ffn_intermediate", "ffn_output", "qkv", "other")
 
 
@@ -163,7 +164,7 @@ def quantize_static(
 ) -> onnx.ModelProto:
     """NNCF static int8 QDQ, one calibration text per sample (no padding in the statistics), after
     each MatMul's outlier channels are moved to a float side path (``outlier_split``: without it
-    real all-mpnet-base-v2 misses the bar even with int8 weights alone). The MatMuls of the roles
+    some real models miss the bar even with int8 weights alone). The MatMuls of the roles
     in ``float_weights`` are left out of quantization altogether (float weights and inputs)."""
     import nncf
     from nncf.quantization.advanced_parameters import (

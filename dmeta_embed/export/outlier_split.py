@@ -1,14 +1,13 @@
 """Outlier channels of a MatMul moved to a float side path before static int8 (LLM.int8()-style),
 so a handful of huge channels no longer set the int8 scales of everything else.
 
-Measured on real all-mpnet-base-v2 (AVX2, OpenVINO 2026.4, docs/export.md "int8-ov on MPNet"):
-the FFN output projections' weights hold a few input rows 50-100x the median row (layer 5: one row
-at 15.6 against a median row max of 0.16), so per-output-channel int8 weights lose most of every
-column such a row touches (int8 weights alone: min cos 0.982 on the probe texts); and the LayerNorm
-outputs feeding the MatMuls carry a few channels far above the rest, so one per-tensor static
-activation scale flattens the others (every activation static: min cos ~0; one LayerNorm output
-static alone: 0.54). With those channels split out, int8 weights alone give 0.998 and every
-activation static 0.93 (the search then keeps the sensitive roles float as usual).
+Real weights need it twice (figures: docs/export.md, "int8-ov on MPNet"): the FFN output
+projections' weights hold a few input rows far above the median row, so per-output-channel int8
+weights lose most of every column such a row touches (int8 weights alone miss the bar); and the
+LayerNorm outputs feeding the MatMuls carry a few channels far above the rest, so one per-tensor
+static activation scale flattens the others (every activation static leaves almost nothing of the
+vectors). With those channels split out, int8 weights alone meet the bar and static activations
+come much closer to it (the search then keeps the sensitive roles float as usual).
 
 ``x @ W`` becomes ``(x * mask) @ W_rest + x[..., idx] @ W[idx]``: ``mask`` zeroes the outlier
 channels (so the activation quantizer of the main MatMul never sees them), ``W_rest`` is ``W``

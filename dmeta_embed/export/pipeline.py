@@ -34,7 +34,6 @@ from ..manifest import (
 from . import graph
 from .builders import BUILDERS, Candidate, default_variants
 from .context import Context, prepare
-from .context import write_tokenizer as _write_tokenizer  # noqa: F401  (tests build tokenizers with it)
 from .progress import quiet_third_party, stage
 from .source import DEFAULT_MODEL, Source, resolve
 from .speed import FP32, SpeedRun, calibration_pass, measure

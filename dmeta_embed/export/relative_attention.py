@@ -13,7 +13,7 @@ that one tensor. The fused graph keeps it computed once and passes the un-expand
 Works on the graph after :func:`graph.fuse` (SkipLayerNormalization fused or not). int8 note:
 ``QAttention`` has no ``attention_bias`` input, so the int8 variant splits this ``Attention`` into
 its QKV MatMul (quantized per row) and ``MultiHeadAttention``, which keeps the bias
-(``export.int8_rows.unfuse_attention``).
+(``export.attention_split``).
 """
 
 from __future__ import annotations

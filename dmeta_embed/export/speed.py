@@ -3,10 +3,10 @@ text per call: what ``auto`` needs to never pick a variant slower than fp32 on t
 to pick the fastest one for bulk work and for a server's single queries (the manifest's ``speed``:
 ``tokens_per_s``, ``vs_fp32``, ``query_ms``).
 
-The two orders differ by model size and CPU class: on real all-mpnet-base-v2 on an Intel Xeon
-with AMX, OpenVINO's bf16 was the fastest for both (``query_ms`` 10.7 against 13.3 for
-onnxruntime's int8), while on real all-MiniLM-L6-v2 onnxruntime's int8 answered single queries
-first (1.56 vs 2.03 ms) and bf16 ran bulk work 1.7-1.8x faster (docs/performance.md, "AMX")."""
+The two orders differ by model size and CPU class, so both are measured: on one class OpenVINO's
+bf16 was the fastest for both on a base-size model, while on a small model onnxruntime's int8
+answered single queries first and bf16 ran bulk work fastest (docs/performance.md, "Real
+weights", the AMX section's "Single queries")."""
 
 from __future__ import annotations
 

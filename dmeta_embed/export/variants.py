@@ -1,25 +1,15 @@
-"""Derive variants from the fused fp32 backbone: fp16, and the int8 helpers shared by the int8
-builder (``builders.int8``: per-row int8, ``export.int8_rows``) and the investigations.
-
-:func:`quantize_int8` is onnxruntime's own dynamic int8 (one activation scale per batch), which
-the export no longer writes: the investigations compare against it.
+"""Derive variants from the fused fp32 backbone: fp16, and the checks and calibration target the
+int8 builders share (``builders.int8``: per-row int8, ``export.int8_rows``; ``builders.int8_ov``).
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..manifest import Bar
 
 if TYPE_CHECKING:
     import onnx
-
-
-log = logging.getLogger(__name__)
-
-QUANTIZABLE = ("MatMul", "Attention")
 
 
 def to_fp16(backbone: onnx.ModelProto) -> onnx.ModelProto:
@@ -34,35 +24,6 @@ def to_fp16(backbone: onnx.ModelProto) -> onnx.ModelProto:
     om = OnnxModel(m)
     om.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
     return om.model
-
-
-def quantizable_nodes(backbone: onnx.ModelProto) -> list[str]:
-    """MatMul nodes with a constant weight, and fused Attention nodes, in graph order."""
-    inits = {i.name for i in backbone.graph.initializer}
-    return [
-        n.name
-        for n in backbone.graph.node
-        if n.op_type == "Attention" or (n.op_type == "MatMul" and n.input[1] in inits)
-    ]
-
-
-def quantize_int8(backbone: onnx.ModelProto, exclude: list[str], workdir: Path) -> onnx.ModelProto:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = workdir / "q.onnx"
-    quantize_dynamic(
-        backbone,
-        out,
-        op_types_to_quantize=list(QUANTIZABLE),
-        per_channel=True,
-        reduce_range=False,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(exclude),
-        # the fused graph lacks value_info for some weights; without this quantize_dynamic fails
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
-    )
-    return onnx.load(str(out))
 
 
 #: int8 ops and the input positions of their weight and its zero point

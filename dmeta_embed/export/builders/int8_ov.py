@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 
 #: the calibration texts must lose at most this share of the bar's allowance, as int8's
-#: (``builders.int8.MARGIN``): real all-mpnet-base-v2's weights-only int8 passed its calibration
-#: texts at min cos 0.9945 (the old target, 0.7 of the allowance: 0.993) and then scored 0.9896 on
-#: a held-out repeated-word text; at 0.5 it keeps a role's weights float instead
+#: (``builders.int8.MARGIN``): with 0.7, a real model's weights-only int8 passed its calibration
+#: texts and then missed the bar on a held-out repeated-word text; with 0.5 the search keeps a
+#: role's weights float instead (docs/export.md, "Fidelity", the int8-ov search)
 MARGIN = 0.5
 
 
