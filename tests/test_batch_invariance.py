@@ -16,7 +16,7 @@ import pytest
 from dmeta_embed.manifest import INVARIANCE_BAR, Precision
 from dmeta_embed.runtime import Embedder
 from dmeta_embed.runtime.batching import pad
-from dmeta_embed.runtime.choice import batch_invariance_problem
+from dmeta_embed.runtime.choice import Objection, Why, batch_invariance_problem
 from dmeta_embed.runtime.installed import installed
 from dmeta_embed.runtime.plan import make_plan
 from tests.helpers import mixed_texts
@@ -60,7 +60,9 @@ def test_alone_and_in_a_batch_through_embedder(tiny_export: Path, name: str) -> 
     spec = emb.manifest.variants[name]
     problem = batch_invariance_problem(emb.manifest, Precision(name))
     if name == "fp32" or spec.int8.get("activations") == "per-row":
-        assert problem == "", problem  # invariant by construction: the rule must say so
+        assert problem is None, problem  # invariant by construction: the rule must say so
+    elif name == "int8":  # one activation scale per batch: batch-dependent by construction
+        assert problem == Objection(Precision.INT8, Why.PER_TENSOR_INT8)
     if problem:  # e.g. per-tensor int8: then serve's auto must not load it
         assert serve_would_load(tiny_export) != Precision(name), problem
         return

@@ -16,7 +16,7 @@ from dmeta_embed.errors import ExportError, ProviderError
 from dmeta_embed.export.builders import BUILDERS, default_variants
 from dmeta_embed.export.builders.bf16 import BF16
 from dmeta_embed.manifest import BARS, VARIANT_FILES, Manifest, Precision, Provider, Variant
-from dmeta_embed.runtime.choice import choose
+from dmeta_embed.runtime.choice import Basis, Bf16, Objection, Why, choose
 from dmeta_embed.runtime.cpu import CpuClass, CpuInfo, detect
 from dmeta_embed.runtime.installed import Installed
 from dmeta_embed.texts import probe_texts
@@ -132,14 +132,15 @@ def test_auto_picks_bf16_where_native_and_measured_fastest(cpu: CpuInfo) -> None
         Provider.OPENVINO,
         {HINT: "bf16"},
     )
-    assert "fastest measured at export" in ch.reason and not ch.warning
+    assert (ch.basis, ch.bf16, ch.set_aside, ch.caveat) == (Basis.FASTEST_MEASURED, Bf16.NATIVE, (), None)
     # slower than another variant at the bar: not chosen
     slower = dataclasses.replace(m, variants={**m.variants, "bf16": bf16(speed=speed(c, 2400))})
     assert choose(slower, cpu=cpu, installed=OPENVINO).variant == Precision.INT8_OV
     # below its bar: never auto's, however fast
     missed = dataclasses.replace(m, variants={**m.variants, "bf16": bf16(False, speed(c, 9000))})
     ch = choose(missed, cpu=cpu, installed=OPENVINO)
-    assert ch.variant == Precision.INT8_OV and "bf16 missed its fidelity bar" in ch.reason
+    assert ch.variant == Precision.INT8_OV
+    assert [(o.variant, o.why, o.min_cos) for o in ch.set_aside] == [(Precision.BF16, Why.MISSED_BAR, 0.5)]
     # no OpenVINO here, or onnxruntime's CPU provider asked for: onnxruntime's fastest
     assert choose(m, cpu=cpu, installed=Installed()).variant == Precision.INT8
     assert choose(m, "auto", "cpu", cpu=cpu, installed=OPENVINO).variant == Precision.INT8
@@ -149,12 +150,13 @@ def test_auto_order_on_amx_without_measurement_puts_bf16_before_onnxruntime_int8
     m = manifest(variant(Precision.FP32), variant(Precision.INT8), bf16())
     ch = choose(m, cpu=AMX, installed=OPENVINO)
     assert (ch.variant, ch.engine_properties) == (Precision.BF16, {HINT: "bf16"})
-    assert "built-in order" in ch.reason
+    assert (ch.basis, ch.bf16) == (Basis.BUILT_IN_ORDER, Bf16.NATIVE)
     # with int8-ov there, bf16 still leads: real weights leave int8-ov weights-only, 0.7-0.8x
     # bf16 on AMX (docs/performance.md, "AMX"); provider='openvino' follows the same order
     both = dataclasses.replace(m, variants={**m.variants, "int8-ov": variant(Precision.INT8_OV)})
     assert choose(both, cpu=AMX, installed=OPENVINO).variant == Precision.BF16
-    assert choose(both, "auto", "openvino", cpu=AMX, installed=OPENVINO).variant == Precision.BF16
+    ov = choose(both, "auto", "openvino", cpu=AMX, installed=OPENVINO)
+    assert (ov.variant, ov.basis) == (Precision.BF16, Basis.OPENVINO_ORDER)
     # measured on this class, the faster one wins, also for provider='openvino'
     measured = dataclasses.replace(
         both,
@@ -164,7 +166,8 @@ def test_auto_order_on_amx_without_measurement_puts_bf16_before_onnxruntime_int8
             "int8-ov": dataclasses.replace(both.variants["int8-ov"], speed=speed("amx", 4000)),
         },
     )
-    assert choose(measured, "auto", "openvino", cpu=AMX, installed=OPENVINO).variant == Precision.INT8_OV
+    ov = choose(measured, "auto", "openvino", cpu=AMX, installed=OPENVINO)
+    assert (ov.variant, ov.basis) == (Precision.INT8_OV, Basis.OPENVINO_FASTEST_MEASURED)
 
 
 @pytest.mark.parametrize("cpu", [AVX2, VNNI_NO_BF16, ARM], ids=lambda c: c.cpu_class.value)
@@ -173,7 +176,8 @@ def test_auto_never_picks_bf16_without_native_bf16(cpu: CpuInfo) -> None:
     # a folder exported elsewhere, with bf16 "measured" fastest on this class: still not auto's
     m = manifest(variant(Precision.FP32, speed=speed(c, 1000)), bf16(speed=speed(c, 5000)))
     ch = choose(m, cpu=cpu, installed=OPENVINO)
-    assert ch.variant == Precision.FP32 and "no native bf16" in ch.reason
+    assert ch.variant == Precision.FP32
+    assert ch.set_aside == (Objection(Precision.BF16, Why.NO_NATIVE_BF16, cpu.cpu_class),)
 
 
 @pytest.mark.parametrize("cpu", [AVX2, VNNI_NO_BF16, ARM], ids=lambda c: c.cpu_class.value)
@@ -183,17 +187,18 @@ def test_asked_for_without_native_bf16_loads_in_f32_with_a_warning(cpu: CpuInfo)
         ch = choose(m, **asked, cpu=cpu, installed=OPENVINO)
         assert (ch.variant, ch.provider) == (Precision.BF16, Provider.OPENVINO)
         # f32 said, not emulated bf16: the vectors are fp32's, the export's speed is not
-        assert ch.engine_properties == {HINT: "f32"} and "this CPU has no native bf16" in ch.reason
-        assert "no native bf16" in ch.warning and "asked for by name" in ch.warning
+        assert (ch.engine_properties, ch.bf16) == ({HINT: "f32"}, Bf16.IN_F32)
+        assert ch.caveat == Objection(Precision.BF16, Why.NO_NATIVE_BF16, cpu.cpu_class) and ch.warning
 
 
 def test_asked_for_where_native_runs_bf16_and_refuses_other_engines() -> None:
     m = manifest(variant(Precision.FP32), bf16())
     ch = choose(m, "bf16", cpu=AMX, installed=OPENVINO)
-    assert ch.engine_properties == {HINT: "bf16"} and not ch.warning
-    assert "graph in bf16 (native on this CPU)" in ch.reason
+    assert (ch.engine_properties, ch.caveat, ch.warning) == ({HINT: "bf16"}, None, "")
+    assert (ch.basis, ch.bf16) == (Basis.ASKED_FOR, Bf16.NATIVE)
     # provider='openvino' alone: the folder's OpenVINO variant
-    assert choose(m, "auto", "openvino", cpu=AMX, installed=OPENVINO).variant == Precision.BF16
+    ov = choose(m, "auto", "openvino", cpu=AMX, installed=OPENVINO)
+    assert (ov.variant, ov.basis) == (Precision.BF16, Basis.OPENVINO_ORDER)
     with pytest.raises(ProviderError, match="runs on provider 'openvino' only"):
         choose(m, "bf16", "cpu", cpu=AMX, installed=OPENVINO)
     with pytest.raises(ProviderError, match=r"pip install 'dmeta-embed\[openvino\]'"):
@@ -281,7 +286,7 @@ def test_real_export_meets_its_bar_against_torch(mean_src: Path, bf16_export: Pa
     assert v.speed["cpu_class"] == detect().cpu_class.value and v.speed["tokens_per_s"] > 0
     # independently of the export's own measurement: the runtime's bf16 against sentence-transformers
     e = Embedder.load(bf16_export, variant="bf16")
-    assert e.choice.engine_properties == {HINT: "bf16"} and not e.choice.warning
+    assert (e.choice.engine_properties, e.choice.bf16, e.choice.caveat) == ({HINT: "bf16"}, Bf16.NATIVE, None)
     texts = probe_texts(m.max_length)
     c = _cosines(e.encode(texts), _st_reference(mean_src, texts))
     bar = BARS[Precision.BF16]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -17,7 +18,17 @@ from dmeta_embed.manifest import (
     TokenizerInfo,
     Variant,
 )
-from dmeta_embed.runtime.choice import choose
+from dmeta_embed.runtime.choice import (
+    BATCH_DEPENDENT,
+    Basis,
+    Bf16,
+    Choice,
+    Int8Feed,
+    NothingToLoadError,
+    Objection,
+    Why,
+    choose,
+)
 from dmeta_embed.runtime.cpu import S8_EXACT, U8_SHIFT, CpuClass, CpuInfo
 from dmeta_embed.runtime.installed import Installed
 
@@ -60,6 +71,27 @@ def manifest(*variants: Variant) -> Manifest:
 ALL = manifest(
     variant(Precision.FP32), variant(Precision.FP16), variant(Precision.INT8), variant(Precision.INT8_OV)
 )
+#: ``auto``'s own words for "ask for it by name": what the user types next
+BY_NAME = "variant='int8' (CLI: --variant int8)"
+
+
+def missed(p: Precision) -> Objection:
+    """The objection ``variant(p, passed=False)`` earns: its figures against its bar."""
+    bar = BARS[p]
+    return Objection(
+        p, Why.MISSED_BAR, min_cos=0.5, bar_min_cos=bar.min_cos, mean_cos=0.5, bar_mean_cos=bar.mean_cos
+    )
+
+
+def feed(c: CpuClass) -> Int8Feed:
+    """How an s8 int8 file (no ``weights`` record) is fed on class ``c``, from the CPU tables."""
+    return (
+        Int8Feed.AS_EXPORTED
+        if c in S8_EXACT
+        else Int8Feed.SHIFTED_TO_U8
+        if c in U8_SHIFT
+        else Int8Feed.KERNELS_UNKNOWN
+    )
 
 
 def cpu(c: CpuClass) -> CpuInfo:
@@ -78,12 +110,14 @@ def test_auto_on_cpu_without_optional_providers(c: CpuClass) -> None:
     ch = choose(ALL, cpu=cpu(c), installed=NOTHING)
     if c == CpuClass.UNKNOWN:  # int8 kernels unknown: exactness not guaranteed
         assert (ch.variant, ch.provider, ch.int8_weights) == (Precision.FP32, Provider.CPU, None)
-        assert "int8 kernels are unknown" in ch.reason
+        assert ch.set_aside == (Objection(Precision.INT8, Why.INT8_KERNELS_UNKNOWN, c),)
+        assert ch.basis == Basis.ONLY_ONE_LEFT
     else:
         assert (ch.variant, ch.provider) == (Precision.INT8, Provider.CPU)
         assert ch.int8_weights == ("s8" if c in S8_EXACT else "u8")
-        assert f"this CPU is {c.value}" in ch.reason and "validated on amx" in ch.reason
-        assert ("shifted to u8" in ch.reason) == (c in U8_SHIFT)
+        assert (ch.cpu_class, ch.validated_class, ch.set_aside) == (c, "amx", ())
+        assert ch.basis == Basis.BUILT_IN_ORDER  # int8 and fp32, no speed measured
+        assert ch.int8_feed == (Int8Feed.SHIFTED_TO_U8 if c in U8_SHIFT else Int8Feed.AS_EXPORTED)
 
 
 @pytest.mark.parametrize("c", CLASSES)
@@ -119,8 +153,9 @@ def test_export_measurement_on_this_class_decides(c: CpuClass) -> None:
         variant(Precision.INT8_OV, speed=speed(c, 800)),
     )
     ch = choose(here, cpu=cpu(c), installed=OPENVINO)
-    assert ch.variant == Precision.FP32
-    assert "int8 was measured slower than fp32" in ch.reason and "int8-ov was measured slower" in ch.reason
+    assert (ch.variant, ch.basis) == (Precision.FP32, Basis.ONLY_ONE_LEFT)
+    slower = {o.variant: (o.cpu_class, o.vs_fp32) for o in ch.set_aside if o.why == Why.SLOWER_THAN_FP32}
+    assert slower == {Precision.INT8: (c, 0.9), Precision.INT8_OV: (c, 0.8)}
 
     faster_ov = manifest(
         variant(Precision.FP32, speed=speed(c, 1000)),
@@ -128,7 +163,7 @@ def test_export_measurement_on_this_class_decides(c: CpuClass) -> None:
         variant(Precision.INT8_OV, speed=speed(c, 2000)),
     )
     ch = choose(faster_ov, cpu=cpu(c), installed=OPENVINO)
-    assert ch.variant == Precision.INT8_OV and "fastest measured at export" in ch.reason
+    assert (ch.variant, ch.basis) == (Precision.INT8_OV, Basis.FASTEST_MEASURED)
 
     other = CpuClass.AVX2 if c != CpuClass.AVX2 else CpuClass.AMX
     elsewhere = manifest(
@@ -160,16 +195,21 @@ def test_single_queries_follow_the_measured_latency(c: CpuClass) -> None:
     # base size on AMX: bf16 first for bulk and for single queries
     ch = choose(folder(14.3, 11.5), cpu=here, installed=OPENVINO, prefer_latency=True)
     assert (ch.variant, ch.provider) == (Precision.BF16, Provider.OPENVINO)
-    assert "lowest one-text latency measured at export" in ch.reason and "11.5 ms" in ch.reason
+    assert (ch.basis, ch.query_ms) == (Basis.LOWEST_LATENCY, 11.5)
     # a small model: onnxruntime's int8 answers one text sooner, bf16 still wins bulk work
     ch = choose(folder(2.1, 2.3), cpu=here, installed=OPENVINO, prefer_latency=True)
-    assert (ch.variant, ch.provider) == (Precision.INT8, Provider.CPU)
-    assert choose(folder(2.1, 2.3), cpu=here, installed=OPENVINO).variant == Precision.BF16
+    assert (ch.variant, ch.provider, ch.basis, ch.query_ms) == (
+        Precision.INT8,
+        Provider.CPU,
+        Basis.LOWEST_LATENCY,
+        2.1,
+    )
+    bulk = choose(folder(2.1, 2.3), cpu=here, installed=OPENVINO)
+    assert (bulk.variant, bulk.basis, bulk.query_ms) == (Precision.BF16, Basis.FASTEST_MEASURED, None)
     # one candidate unmeasured, or measured on another class: the old rule
     for m in (folder(14.3, None), folder(14.3, 11.5, CpuClass.AVX2 if c != CpuClass.AVX2 else CpuClass.AMX)):
         ch = choose(m, cpu=here, installed=OPENVINO, prefer_latency=True)
-        assert ch.variant == Precision.INT8
-        assert "lowest one-text latency" not in ch.reason
+        assert (ch.variant, ch.basis, ch.query_ms) == (Precision.INT8, Basis.INT8_FIRST_FOR_REQUESTS, None)
 
 
 @pytest.mark.parametrize("c", [k for k in CLASSES if k != CpuClass.UNKNOWN])
@@ -189,37 +229,39 @@ def test_a_server_judges_int8_against_fp32_by_one_text_latency(c: CpuClass) -> N
             variant(Precision.INT8, speed=speed(997, int8_ms)),
         )
 
+    slower_in_bulk = Objection(Precision.INT8, Why.SLOWER_THAN_FP32, c, vs_fp32=0.997)
     bulk = choose(folder(28.3), cpu=cpu(c), installed=NOTHING)
-    assert bulk.variant == Precision.FP32
-    assert "int8 was measured slower than fp32" in bulk.reason and "(0.997x)" in bulk.reason
+    assert (bulk.variant, bulk.set_aside) == (Precision.FP32, (slower_in_bulk,))
     served = choose(folder(28.3), cpu=cpu(c), installed=NOTHING, prefer_latency=True)
     assert (served.variant, served.provider) == (Precision.INT8, Provider.CPU)
-    assert "lowest one-text latency" in served.reason and "28.3 ms" in served.reason
+    assert (served.basis, served.query_ms, served.set_aside) == (Basis.LOWEST_LATENCY, 28.3, ())
     slow_one = choose(folder(33.0), cpu=cpu(c), installed=NOTHING, prefer_latency=True)
     assert slow_one.variant == Precision.FP32
-    assert (
-        "int8 answered one text no sooner than fp32" in slow_one.reason
-        and "33.0 against 31.9" in slow_one.reason
+    assert slow_one.set_aside == (
+        Objection(Precision.INT8, Why.SLOWER_ONE_TEXT, c, query_ms=33.0, fp32_query_ms=31.9),
     )
     unmeasured = choose(folder(28.3, fp32_ms=None), cpu=cpu(c), installed=NOTHING, prefer_latency=True)
-    assert unmeasured.variant == Precision.FP32 and "measured slower than fp32" in unmeasured.reason
+    assert (unmeasured.variant, unmeasured.set_aside) == (Precision.FP32, (slower_in_bulk,))
 
 
 def test_missed_bar_is_skipped_and_said() -> None:
     m = manifest(variant(Precision.FP32), variant(Precision.INT8, passed=False))
     ch = choose(m, cpu=cpu(CpuClass.AVX2), installed=NOTHING)
-    assert ch.variant == Precision.FP32 and "int8 missed its fidelity bar" in ch.reason
+    assert (ch.variant, ch.set_aside) == (Precision.FP32, (missed(Precision.INT8),))
     # the only CPU variant missed its bar: auto refuses it and says how to ask for it by name
     only = manifest(variant(Precision.INT8, passed=False))
-    with pytest.raises(
-        ProviderError, match=r"int8 missed its fidelity bar.*variant='int8' \(CLI: --variant int8\)"
-    ):
+    with pytest.raises(NothingToLoadError) as refused:
         choose(only, cpu=cpu(CpuClass.AVX2), installed=NOTHING)
+    assert refused.value.set_aside == (missed(Precision.INT8),)
+    assert refused.value.by_name == (Precision.INT8,) and BY_NAME in str(refused.value)
+    assert isinstance(refused.value, ProviderError)  # what callers catch
     named = choose(only, "int8", cpu=cpu(CpuClass.AVX2), installed=NOTHING)
     assert (named.variant, named.int8_weights) == (Precision.INT8, "u8")
-    assert "missed its fidelity bar" in named.warning and "asked for by name" in named.warning
-    assert choose(m, "int8", cpu=cpu(CpuClass.AVX2), installed=NOTHING).warning  # named, with fp32 there
-    assert choose(m, cpu=cpu(CpuClass.AVX2), installed=NOTHING).warning == ""
+    assert (named.basis, named.caveat) == (Basis.ASKED_FOR, missed(Precision.INT8)) and named.warning
+    # named, with fp32 there
+    assert choose(m, "int8", cpu=cpu(CpuClass.AVX2), installed=NOTHING).caveat == missed(Precision.INT8)
+    ch = choose(m, cpu=cpu(CpuClass.AVX2), installed=NOTHING)
+    assert (ch.caveat, ch.warning) == (None, "")
 
 
 def test_unknown_int8_kernels_are_never_auto() -> None:
@@ -227,28 +269,36 @@ def test_unknown_int8_kernels_are_never_auto() -> None:
     variant and how to ask for it); by name it loads, with the warning."""
     only = manifest(variant(Precision.INT8))
     unknown = cpu(CpuClass.UNKNOWN)
-    with pytest.raises(ProviderError, match=r"int8 kernels are unknown.*variant='int8'"):
+    kernels = Objection(Precision.INT8, Why.INT8_KERNELS_UNKNOWN, CpuClass.UNKNOWN)
+    with pytest.raises(NothingToLoadError) as refused:
         choose(only, cpu=unknown, installed=NOTHING)
+    assert (refused.value.set_aside, refused.value.by_name) == ((kernels,), (Precision.INT8,))
+    assert BY_NAME in str(refused.value)
     named = choose(only, "int8", cpu=unknown, installed=NOTHING)
-    assert named.variant == Precision.INT8 and "int8 kernels are unknown" in named.warning
+    assert (named.variant, named.caveat, named.int8_feed) == (
+        Precision.INT8,
+        kernels,
+        Int8Feed.KERNELS_UNKNOWN,
+    )
     # a CPU with known kernels gets no warning for the same request
-    assert choose(only, "int8", cpu=cpu(CpuClass.AVX2), installed=NOTHING).warning == ""
+    avx2 = choose(only, "int8", cpu=cpu(CpuClass.AVX2), installed=NOTHING)
+    assert (avx2.caveat, avx2.warning) == (None, "")
 
 
 @pytest.mark.parametrize("c", CLASSES)
 def test_explicit_requests_are_honoured_with_the_right_weights(c: CpuClass) -> None:
     ch = choose(ALL, "int8", "cpu", cpu=cpu(c), installed=NOTHING)
-    assert (ch.variant, ch.provider) == (Precision.INT8, Provider.CPU) and ch.reason.startswith("asked for")
+    assert (ch.variant, ch.provider, ch.basis) == (Precision.INT8, Provider.CPU, Basis.ASKED_FOR)
     assert ch.int8_weights == ("u8" if c in U8_SHIFT else "s8")
-    if c == CpuClass.UNKNOWN:
-        assert "results may differ" in ch.reason
-    assert choose(ALL, "fp32", cpu=cpu(c), installed=CUDA).provider == Provider.CUDA
+    assert ch.int8_feed == feed(c)  # KERNELS_UNKNOWN on an unknown class: results may differ
+    on_cuda = choose(ALL, "fp32", cpu=cpu(c), installed=CUDA)
+    assert (on_cuda.provider, on_cuda.basis, on_cuda.int8_feed) == (Provider.CUDA, Basis.ASKED_FOR, None)
     assert choose(ALL, "int8", cpu=cpu(c), installed=CUDA).provider == Provider.CPU  # int8 is a CPU file
 
 
 def test_cuda_auto_and_errors() -> None:
     ch = choose(ALL, cpu=cpu(CpuClass.AVX2), installed=CUDA)
-    assert (ch.variant, ch.provider) == (Precision.FP16, Provider.CUDA)
+    assert (ch.variant, ch.provider, ch.basis) == (Precision.FP16, Provider.CUDA, Basis.CUDA_FASTEST)
     with pytest.raises(ProviderError, match="pip install 'dmeta-embed\\[gpu\\]'"):
         choose(ALL, "auto", "cuda", cpu=cpu(CpuClass.AMX), installed=NOTHING)
     with pytest.raises(ProviderError, match="pip install 'dmeta-embed\\[openvino\\]'"):
@@ -260,8 +310,9 @@ def test_cuda_auto_and_errors() -> None:
     with pytest.raises(ProviderError, match="provider must be"):
         choose(ALL, "auto", "tpu", cpu=cpu(CpuClass.AMX), installed=NOTHING)
     no_cpu = dataclasses.replace(ALL, variants={"fp16": ALL.variants["fp16"]})
-    with pytest.raises(ProviderError, match="no CPU variant"):
+    with pytest.raises(NothingToLoadError, match="pass provider='cuda'") as nothing:
         choose(no_cpu, cpu=cpu(CpuClass.AMX), installed=NOTHING)
+    assert (nothing.value.set_aside, nothing.value.by_name) == ((), ())  # fp16 is a CUDA file: no objection
     with pytest.raises(ProviderError, match="is not in this folder"):
         choose(
             dataclasses.replace(ALL, variants={"fp32": ALL.variants["fp32"]}),
@@ -284,12 +335,12 @@ def test_int8_ov_float_parts_in_bf16_only_where_native(c: CpuClass, native_bf16:
     ch = choose(manifest(variant(Precision.FP32), bf16), "int8-ov", cpu=here, installed=OPENVINO)
     assert ch.provider == Provider.OPENVINO
     assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "bf16" if native_bf16 else "f32"}
-    assert ("bf16 (native on this CPU)" if native_bf16 else "no native bf16") in ch.reason
+    assert ch.bf16 == (Bf16.NATIVE if native_bf16 else Bf16.IN_F32)
     f32 = dataclasses.replace(
         variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "f32"}
     )
     ch = choose(manifest(variant(Precision.FP32), f32), "int8-ov", cpu=here, installed=OPENVINO)
-    assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert (ch.engine_properties, ch.bf16) == ({"INFERENCE_PRECISION_HINT": "f32"}, None)
     assert choose(ALL, "int8", cpu=here, installed=OPENVINO).engine_properties == {}  # onnxruntime's: none
 
 
@@ -310,7 +361,7 @@ def test_unmeasured_order_on_avx512_vnni(native_bf16: bool) -> None:
     folder = manifest(variant(Precision.FP32), variant(Precision.INT8), ov8, bf16)
     ch = choose(folder, cpu=here, installed=OPENVINO)
     assert (ch.variant, ch.provider) == (Precision.INT8_OV, Provider.OPENVINO)
-    assert "built-in order for avx512_vnni" in ch.reason
+    assert (ch.basis, ch.cpu_class) == (Basis.BUILT_IN_ORDER, CpuClass.AVX512_VNNI)
     assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "bf16" if native_bf16 else "f32"}
     without = manifest(variant(Precision.FP32), variant(Precision.INT8), bf16)
     ch = choose(without, cpu=here, installed=OPENVINO)
@@ -343,11 +394,11 @@ def test_serve_skips_per_tensor_int8_and_says_why(c: CpuClass) -> None:
         m = manifest(variant(Precision.FP32), int8)
         assert choose(m, cpu=cpu(c), installed=NOTHING).variant == Precision.INT8  # bulk: the faster
         ch = choose(m, cpu=cpu(c), installed=NOTHING, prefer_latency=True, batched_requests=True)
-        assert (ch.variant, ch.provider) == (Precision.FP32, Provider.CPU) and ch.warning == ""
-        assert "int8 is not batch-invariant" in ch.reason and "per tensor" in ch.reason
+        assert (ch.variant, ch.provider, ch.caveat) == (Precision.FP32, Provider.CPU, None)
+        assert ch.set_aside == (Objection(Precision.INT8, Why.PER_TENSOR_INT8),)
     per_row = manifest(variant(Precision.FP32), measured(variant(Precision.INT8), None, "per-row"))
     ch = choose(per_row, cpu=cpu(c), installed=NOTHING, prefer_latency=True, batched_requests=True)
-    assert ch.variant == Precision.INT8 and "batch-invariant" not in ch.reason
+    assert (ch.variant, ch.set_aside) == (Precision.INT8, ())
 
 
 @pytest.mark.parametrize(
@@ -366,34 +417,35 @@ def test_serve_follows_the_export_measurement(batch_min_cos: float | None, invar
         assert choose(m, cpu=c, installed=installed).variant == p  # bulk: measured or not, the faster
         ch = choose(m, cpu=c, installed=installed, batched_requests=True)
         assert ch.variant == (p if invariant else Precision.FP32), (p, batch_min_cos)
-        said = f"{p.value} is not batch-invariant: a text alone vs inside a batch gave min cos"
-        assert (said in ch.reason) == (not invariant)
-        if not invariant:
-            assert f"{batch_min_cos:.6f}" in ch.reason
+        objection = Objection(p, Why.NOT_BATCH_INVARIANT, batch_min_cos=batch_min_cos)
+        assert ch.set_aside == (() if invariant else (objection,))
 
 
 def test_serve_refuses_a_folder_with_no_invariant_variant_and_loads_one_by_name() -> None:
     only = manifest(variant(Precision.INT8), measured(variant(Precision.FP32), 0.999))
     avx2 = cpu(CpuClass.AVX2)
-    with pytest.raises(
-        ProviderError, match=r"int8 is not batch-invariant.*fp32 is not batch-invariant.*variant="
-    ):
+    per_tensor = Objection(Precision.INT8, Why.PER_TENSOR_INT8)
+    fp32_batch = Objection(Precision.FP32, Why.NOT_BATCH_INVARIANT, batch_min_cos=0.999)
+    with pytest.raises(NothingToLoadError) as refused:
         choose(only, cpu=avx2, installed=NOTHING, batched_requests=True)
+    assert refused.value.set_aside == (per_tensor, fp32_batch)
+    assert refused.value.by_name == (Precision.INT8, Precision.FP32)
+    assert f"{BY_NAME} or variant='fp32' (CLI: --variant fp32)" in str(refused.value)
     assert choose(only, cpu=avx2, installed=NOTHING).variant == Precision.INT8  # not a server: no matter
     named = choose(only, "int8", cpu=avx2, installed=NOTHING, batched_requests=True)
     assert (named.variant, named.int8_weights) == (Precision.INT8, "u8")
-    assert "int8 is not batch-invariant" in named.warning and "asked for by name" in named.warning
-    assert choose(only, "int8", cpu=avx2, installed=NOTHING).warning == ""  # bulk: nothing to warn
+    assert (named.basis, named.caveat) == (Basis.ASKED_FOR, per_tensor) and named.warning
+    assert choose(only, "int8", cpu=avx2, installed=NOTHING).caveat is None  # bulk: nothing to warn
     fp32 = choose(only, "fp32", cpu=avx2, installed=NOTHING, batched_requests=True)
-    assert "min cos 0.999000" in fp32.warning
+    assert fp32.caveat == fp32_batch
 
 
 def test_serve_on_cuda_skips_fp16_measured_batch_dependent() -> None:
     m = manifest(variant(Precision.FP32), measured(variant(Precision.FP16), 0.998))
     assert choose(m, cpu=cpu(CpuClass.AVX2), installed=CUDA).variant == Precision.FP16
     ch = choose(m, cpu=cpu(CpuClass.AVX2), installed=CUDA, batched_requests=True)
-    assert (ch.variant, ch.provider) == (Precision.FP32, Provider.CUDA)
-    assert "fp16 is not batch-invariant" in ch.reason
+    assert (ch.variant, ch.provider, ch.basis) == (Precision.FP32, Provider.CUDA, Basis.CUDA_FASTEST)
+    assert ch.set_aside == (Objection(Precision.FP16, Why.NOT_BATCH_INVARIANT, batch_min_cos=0.998),)
     # unmeasured fp16 (older folders) is float: invariant
     old = manifest(variant(Precision.FP32), variant(Precision.FP16))
     assert (
@@ -408,6 +460,10 @@ def test_serve_takes_bf16_only_when_measured_invariant() -> None:
         pytest.skip("this version has no bf16 variant")
     bf16 = Precision("bf16")
     amx = CpuInfo(CpuClass.AMX, arch="x86_64", flags=frozenset({"amx_bf16", "avx512_bf16"}))
+    objections = {
+        None: Objection(bf16, Why.BATCH_UNMEASURED),
+        0.9995: Objection(bf16, Why.NOT_BATCH_INVARIANT, batch_min_cos=0.9995),
+    }
     for batch_min_cos, served in ((None, False), (0.9995, False), (0.99999, True)):
         m = manifest(variant(Precision.FP32), measured(variant(bf16), batch_min_cos))
         bulk = choose(m, cpu=amx, installed=OPENVINO).variant
@@ -415,7 +471,8 @@ def test_serve_takes_bf16_only_when_measured_invariant() -> None:
             pytest.skip(f"bf16 is not auto's bulk choice on native bf16 here ({bulk.value})")
         ch = choose(m, cpu=amx, installed=OPENVINO, batched_requests=True)
         assert (ch.variant == bf16) == served, (batch_min_cos, ch.reason)
-        assert ("bf16 is not" in ch.reason) == (not served)
+        batch = tuple(o for o in ch.set_aside if o.why in BATCH_DEPENDENT)
+        assert batch == (() if served else (objections[batch_min_cos],))
 
 
 @pytest.mark.parametrize(
@@ -435,5 +492,72 @@ def test_saturation_free_int8_loads_unshifted_on_every_class(weights: dict, fed_
     installed = Installed(cuda=False, openvino=False)
     avx2 = choose(m, "int8", cpu=cpu(CpuClass.AVX2), installed=installed)
     assert avx2.int8_weights == fed_on_avx2
-    assert ("no shift" in avx2.reason) == (fed_on_avx2 == "s8")
-    assert choose(m, "int8", cpu=cpu(CpuClass.AMX), installed=installed).int8_weights == "s8"
+    assert avx2.int8_feed == (Int8Feed.SATURATION_FREE if fed_on_avx2 == "s8" else Int8Feed.SHIFTED_TO_U8)
+    amx = choose(m, "int8", cpu=cpu(CpuClass.AMX), installed=installed)
+    assert (amx.int8_weights, amx.int8_feed) == ("s8", Int8Feed.AS_EXPORTED)
+
+
+# -- the words are generated from the decision ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("why", list(Why))
+def test_every_objection_has_words(why: Why) -> None:
+    """Text generation is total: every ``Why`` renders a sentence naming its variant, with its
+    figures or without them (a record from another version may lack one)."""
+    bare = Objection(Precision.INT8, why)
+    full = Objection(
+        Precision.INT8,
+        why,
+        CpuClass.AVX2,
+        min_cos=0.5,
+        bar_min_cos=0.99,
+        mean_cos=0.6,
+        bar_mean_cos=0.995,
+        batch_min_cos=0.998,
+        vs_fp32=0.9,
+        query_ms=3.0,
+        fp32_query_ms=2.0,
+    )
+    for o in (bare, full):
+        assert str(o).startswith("int8") and len(str(o)) > len("int8: ")
+        ch = Choice(Precision.FP32, Provider.CPU, Basis.ONLY_ONE_LEFT, CpuClass.AVX2, set_aside=(o,))
+        assert str(o) in ch.reason
+        named = Choice(Precision.INT8, Provider.CPU, Basis.ASKED_FOR, CpuClass.AVX2, caveat=o)
+        assert named.warning.startswith(str(o))
+        assert Objection.from_dict(json.loads(json.dumps(o.to_dict()))) == o
+
+
+@pytest.mark.parametrize("basis", list(Basis))
+@pytest.mark.parametrize("provider", list(Provider))
+def test_every_basis_has_words(basis: Basis, provider: Provider) -> None:
+    ch = Choice(Precision.FP32, provider, basis, CpuClass.AMX)
+    assert ch.reason and ch.warning == ""
+    assert Choice(Precision.FP32, provider, basis, CpuClass.AMX, query_ms=1.5).reason
+
+
+@pytest.mark.parametrize("c", CLASSES)
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_decision_travels_as_json(c: CpuClass, batched: bool) -> None:
+    """``to_dict`` is plain JSON with enums as their values (what ``inspect`` prints and the corpus
+    workers receive); ``from_dict`` gives back the same choice, words included."""
+    here = dataclasses.replace(cpu(c), flags=frozenset({"avx512_bf16"}))
+    bf16 = dataclasses.replace(
+        variant(Precision.BF16), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"}
+    )
+    folder = manifest(
+        variant(Precision.FP32, speed={"cpu_class": c.value, "tokens_per_s": 1000, "query_ms": 5.0}),
+        variant(Precision.INT8, passed=False),
+        bf16,
+    )
+    asked = [
+        choose(folder, cpu=here, installed=OPENVINO, prefer_latency=batched, batched_requests=batched),
+        choose(folder, "int8", cpu=here, installed=OPENVINO, batched_requests=batched),
+        choose(folder, "bf16", cpu=cpu(c), installed=OPENVINO, batched_requests=batched),
+        choose(ALL, cpu=here, installed=CUDA, batched_requests=batched),
+    ]
+    for ch in asked:
+        d = json.loads(json.dumps(ch.to_dict()))
+        assert d["variant"] == ch.variant.value and d["basis"] == ch.basis.value
+        assert [o["why"] for o in d["set_aside"]] == [o.why.value for o in ch.set_aside]
+        assert (d["reason"], d["warning"]) == (ch.reason, ch.warning)
+        assert Choice.from_dict(d) == ch

@@ -15,7 +15,7 @@ from dmeta_embed import Embedder, InputError, ModelLoadError, ProviderError
 from dmeta_embed.export.reference import cosines, torch_embeddings
 from dmeta_embed.manifest import Manifest, Pooling, Precision
 from dmeta_embed.runtime import embedder as embedder_module
-from dmeta_embed.runtime.choice import choose
+from dmeta_embed.runtime.choice import Int8Feed, choose
 from dmeta_embed.runtime.cpu import cpu_info, detect
 from dmeta_embed.runtime.installed import installed
 from dmeta_embed.texts import EN, MIXED, ZH
@@ -169,9 +169,9 @@ def test_int8_on_a_cpu_without_vnni_is_exact_and_meets_the_bar(tiny_export, monk
     monkeypatch.setattr(embedder_module, "detect", lambda: avx2)
     emb = Embedder.load(tiny_export, variant="int8", provider="cpu")
     if Manifest.load(tiny_export).variants["int8"].saturation_free:
-        assert emb.choice.int8_weights == "s8" and "no shift" in emb.choice.reason
+        assert (emb.choice.int8_weights, emb.choice.int8_feed) == ("s8", Int8Feed.SATURATION_FREE)
     else:
-        assert emb.choice.int8_weights == "u8" and "shifted to u8" in emb.choice.reason
+        assert (emb.choice.int8_weights, emb.choice.int8_feed) == ("u8", Int8Feed.SHIFTED_TO_U8)
     texts = ZH + EN + MIXED
     c = cosines(emb.encode(texts), fp32.encode(texts))
     assert c.min() >= 0.99 and c.mean() >= 0.995

@@ -150,8 +150,11 @@ class LoadPlan:
             "verify": self.verify,
             "cpu_class": self.cpu.cpu_class.value,
             "asked": {"variant": self.request.variant, "provider": self.request.provider},
+            "basis": c.basis.value,
             "reason": c.reason,
             "warnings": list(self.warnings),
+            #: the structured decision (``Choice.to_dict``): what was set aside and why, with figures
+            "decision": c.to_dict(),
         }
 
     @classmethod
@@ -192,6 +195,7 @@ _SHOWN = (
     "cache_dir",
     "verify",
     "cpu_class",
+    "basis",
 )
 
 
