@@ -1,5 +1,5 @@
-"""Command line: export, encode, similarity, inspect, serve (a thin wrapper over ``dmeta_embed.serve``),
-embed-corpus. ``bench`` only points to the repository's harness (``python -m benchmarks``), which is
+"""Command line: export, encode, similarity, inspect, verify, serve (a thin wrapper over
+``dmeta_embed.serve``), embed-corpus. ``bench`` only points to the repository's harness (``python -m benchmarks``), which is
 not installed. One module per command (``cli.export``, ``cli.encode``, ``cli.info``, ``cli.server``,
 ``cli.corpus``), shared options in ``cli.options``.
 
@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..errors import DmetaEmbedError
-from . import corpus, encode, export, info, server
+from . import corpus, encode, export, info, server, verify
 from .encode import format_ranking
 from .info import summary
 
@@ -41,6 +41,7 @@ for command in (
     server.serve,
     server.bench,
     corpus.embed_corpus,
+    verify.verify,
 ):
     cli.add_command(command)
 
