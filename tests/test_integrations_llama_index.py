@@ -30,7 +30,7 @@ class Counting(Embedder):
 
 @pytest.fixture
 def counting(tiny_export: Path) -> Counting:
-    e = Counting(tiny_export, variant="fp32")
+    e = Counting.load(tiny_export, variant="fp32")
     e.calls = []
     return e
 
