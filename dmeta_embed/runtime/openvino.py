@@ -33,8 +33,8 @@ CACHE_ENV = "DMETA_EMBED_OPENVINO_CACHE"
 def default_cache_dir() -> Path | None:
     """Where compiled int8-ov models are cached: ``$DMETA_EMBED_OPENVINO_CACHE``, else
     ``$XDG_CACHE_HOME/dmeta-embed/openvino`` (``~/.cache/...``); None when the variable is empty.
-    A restarted process then imports the compiled model instead of compiling it again (figures:
-    docs/performance.md, "OpenVINO"); OpenVINO keys each entry by model, properties and version."""
+    A restarted process then imports the compiled model instead of compiling it again
+    (docs/performance.md, "OpenVINO"); OpenVINO keys each entry by model, properties and version."""
     if CACHE_ENV in os.environ:
         return Path(os.environ[CACHE_ENV]) if os.environ[CACHE_ENV] else None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -67,20 +67,18 @@ class OpenVINORunner:
 
     ``properties``: the CPU plugin properties the variant was validated with. ``cache_dir``:
     OpenVINO's compiled-model cache (a restarted process imports instead of compiling).
-    ``throughput``: compile for bulk work: :meth:`run_many` keeps one batch in flight per stream
-    (on 2 cores, 2 streams of one thread: through ``Embedder.encode``, real all-mpnet-base-v2 in
-    bf16 on AMX ran 1.04x (mixed texts) / 1.07x (short queries) the tokens/s of latency mode,
-    real all-MiniLM-L6-v2 1.09x / 1.22x), while a single :meth:`run` gets
-    one stream's threads only (about twice the latency of one text).
+    ``throughput``: compile for bulk work: :meth:`run_many` keeps one batch in flight per stream,
+    more tokens/s on large calls, while a single :meth:`run` gets one stream's threads only (about
+    twice the latency of one text).
     ``bulk``: stay in latency mode for :meth:`run` and small calls, and hand a :meth:`run_many`
     call of at least :attr:`BULK_ROUNDS` batches per stream to a throughput-mode twin, compiled
-    the first time such a call comes (it holds its own copy of the compiled weights: on real
-    all-mpnet-base-v2 in bf16 about 630 MB more; figures: docs/performance.md, "Streams").
+    the first time such a call comes (it holds its own copy of the compiled weights). What each
+    mode gains and costs: docs/performance.md, "OpenVINO: one environment, bf16, shapes, streams".
     """
 
     #: a :meth:`run_many` call goes to the throughput twin only with at least this many batches
     #: per stream: with fewer, one stream idles while the other runs the last batch on half the
-    #: threads (real all-mpnet-base-v2 in bf16 on AMX, 40 queries in 2 batches: 0.69x latency mode)
+    #: threads, slower than latency mode (docs/performance.md, "OpenVINO")
     BULK_ROUNDS = 2
 
     provider = Provider.OPENVINO
