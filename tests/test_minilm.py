@@ -72,8 +72,7 @@ def test_auto_picks_int8_on_cpu_with_the_weights_each_class_needs(
     import json
     import shutil
 
-    from dmeta_embed.runtime import embedder as embedder_module
-    from dmeta_embed.runtime.cpu import cpu_info
+    from dmeta_embed.runtime.cpu import cpu_info, detect
 
     st = pytest.importorskip("sentence_transformers")
     # the export's speed record is for the machine that ran it (it may be one of the classes below)
@@ -85,7 +84,7 @@ def test_auto_picks_int8_on_cpu_with_the_weights_each_class_needs(
     (folder / "manifest.json").write_text(json.dumps(manifest))
     texts = ZH + EN + MIXED
     ref = st.SentenceTransformer(str(minilm_src), device="cpu").encode(texts, convert_to_numpy=True)
-    real = embedder_module.detect()  # the CPU the vectors are really computed on
+    real = detect()  # the CPU the vectors are really computed on
     # an export on a CPU whose u8×s8 saturates writes weights that never saturate (7-bit or u8):
     # they run as exported everywhere; 8-bit s8 files are shifted to u8 on such CPUs
     free = Manifest.load(folder).variants["int8"].saturation_free
@@ -93,8 +92,7 @@ def test_auto_picks_int8_on_cpu_with_the_weights_each_class_needs(
         ("avx2 avx512f avx512bw avx512_vnni amx_tile amx_int8", "s8"),
         ("avx2 fma", "s8" if free else "u8"),
     ):
-        monkeypatch.setattr(embedder_module, "detect", lambda f=flags: cpu_info({"flags": f}, "x86_64"))
-        emb = Embedder.load(folder, provider="cpu")
+        emb = Embedder.load(folder, provider="cpu", cpu=cpu_info({"flags": flags}, "x86_64"))
         assert (emb.variant.value, emb.choice.int8_weights) == ("int8", weights), emb.choice.reason
         if weights == "s8" and real.int8_weights != "s8" and not free:
             continue  # 8-bit s8 weights are exact only on CPUs with int8 units; this one saturates them

@@ -14,7 +14,6 @@ import pytest
 from dmeta_embed import Embedder, InputError, ModelLoadError, ProviderError
 from dmeta_embed.export.reference import cosines, torch_embeddings
 from dmeta_embed.manifest import Manifest, Pooling, Precision
-from dmeta_embed.runtime import embedder as embedder_module
 from dmeta_embed.runtime.choice import Int8Feed, choose
 from dmeta_embed.runtime.cpu import cpu_info, detect
 from dmeta_embed.runtime.installed import installed
@@ -166,8 +165,7 @@ def test_int8_on_a_cpu_without_vnni_is_exact_and_meets_the_bar(tiny_export, monk
     its weights never saturate (an export on such a CPU), and its vectors meet the int8 bar
     against fp32 on this machine too."""
     avx2 = cpu_info({"flags": "fpu sse4_2 avx avx2 fma"}, "x86_64")
-    monkeypatch.setattr(embedder_module, "detect", lambda: avx2)
-    emb = Embedder.load(tiny_export, variant="int8", provider="cpu")
+    emb = Embedder.load(tiny_export, variant="int8", provider="cpu", cpu=avx2)
     if Manifest.load(tiny_export).variants["int8"].saturation_free:
         assert (emb.choice.int8_weights, emb.choice.int8_feed) == ("s8", Int8Feed.SATURATION_FREE)
     else:
