@@ -62,7 +62,7 @@ def batch_invariance_problem(manifest: Manifest, variant: Precision) -> str:
     bf16 does not (OpenVINO's bf16 rounding follows the batch shape: real all-mpnet-base-v2 gave
     min cos 0.99923 alone vs in a batch, below the bar)."""
     v = manifest.variants[variant.value]
-    if variant == Precision.INT8 and v.int8.get("activations") != "per-row":
+    if variant == Precision.INT8 and not v.int8.per_row:
         return (
             "int8 is not batch-invariant: it quantizes activations per tensor (one scale for the "
             "whole batch), so a text's vector depends on the texts batched with it"
@@ -116,7 +116,7 @@ def _named(choice: Choice, manifest: Manifest, cpu: CpuInfo, batched: bool) -> C
 
 def _validated(manifest: Manifest, variant: Precision) -> str:
     cpu = manifest.variants[variant.value].validated_cpu
-    return f"validated on {cpu['cpu_class']}" if cpu.get("cpu_class") else "validated"
+    return f"validated on {cpu.cpu_class}" if cpu.cpu_class else "validated"
 
 
 def _openvino_choice(
@@ -125,7 +125,7 @@ def _openvino_choice(
     """``variant`` (int8-ov or bf16) on OpenVINO with the properties it was validated with; bf16
     only where this CPU computes bf16 natively (elsewhere OpenVINO would emulate it or fall back):
     f32 otherwise, said in the reason."""
-    props = dict(manifest.variants[variant.value].engine_properties)
+    props = manifest.variants[variant.value].engine_properties.config()
     part = "float parts" if variant == Precision.INT8_OV else "graph"
     if props.get(PRECISION_HINT) == "bf16":
         if cpu.bf16:
@@ -142,7 +142,7 @@ def _cpu_choice(manifest: Manifest, variant: Precision, cpu: CpuInfo, why: str) 
         return Choice(variant, Provider.CPU, None, why)
     weights = cpu.int8_weights
     where = f"int8 {_validated(manifest, variant)}; this CPU is {cpu.cpu_class.value}"
-    if weights == "u8" and manifest.variants[variant.value].saturation_free:
+    if weights == "u8" and manifest.variants[variant.value].int8.saturation_free:
         return Choice(
             variant,
             Provider.CPU,
@@ -252,9 +252,9 @@ def _measured(
     here)."""
     out = {}
     for p in variants:
-        speed = manifest.variants[p.value].speed
-        if speed.get("cpu_class") == cpu_class and key in speed:
-            out[p] = float(speed[key])
+        figure = manifest.variants[p.value].speed.figure_on(cpu_class, key)
+        if figure is not None:
+            out[p] = figure
     return out
 
 
@@ -274,9 +274,9 @@ def _slower_than_fp32(manifest: Manifest, p: Precision, cls: str, prefer_latency
                 f"{p.value} answered one text no sooner than fp32 on {cls} "
                 f"({ms[p]:.1f} against {ms[Precision.FP32]:.1f} ms)"
             )
-    if not v.slower_than_fp32_on(cls):
+    if not v.speed.slower_than_fp32_on(cls):
         return ""
-    return f"{p.value} was measured slower than fp32 on {cls} ({float(v.speed['vs_fp32']):.3g}x)"
+    return f"{p.value} was measured slower than fp32 on {cls} ({v.speed.vs_fp32:.3g}x)"
 
 
 def _openvino_auto(manifest: Manifest, cpu: CpuInfo) -> str:
