@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
+from .variant_records import EngineProperties, Int8Recipe, Speed, ValidatedCpu
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -122,17 +123,16 @@ class Bar:
     mean_cos: float
 
 
-#: the bars every export enforces (see README, "Fidelity")
+#: the bars every export enforces (docs/export.md, "Fidelity")
 BARS = {
     Precision.FP32: Bar(min_cos=0.99999, mean_cos=0.99999),
     Precision.FP16: Bar(min_cos=0.9999, mean_cos=0.9999),
     Precision.INT8: Bar(min_cos=0.99, mean_cos=0.995),
     Precision.INT8_OV: Bar(min_cos=0.99, mean_cos=0.995),
     # bf16 keeps 8 significant bits (fp16: 11), so its bar sits below fp16's and far above int8's:
-    # the fp32 graph in bf16 on OpenVINO 2026.4 measured min / mean cos 0.99995 / 0.99998 vs torch
-    # on real all-MiniLM-L6-v2 (docs/performance.md, "OpenVINO"), so 0.999 / 0.9995 leaves
-    # margin for other models while a wrong bf16 kernel (OpenVINO 2025.4 got float-heavy graphs
-    # wrong in bf16: min cos 0.17) still fails it
+    # a correct bf16 kernel stays well above it on real models, with margin for other models,
+    # while a wrong one (older OpenVINO releases computed float-heavy graphs wrongly in bf16)
+    # still fails it (figures: docs/performance.md, "OpenVINO")
     Precision.BF16: Bar(min_cos=0.999, mean_cos=0.9995),
 }
 
@@ -183,11 +183,11 @@ class Variant:
     file: str
     sha256: str
     size_bytes: int
-    #: where it is built to run (``Provider.manifest_name``): onnxruntime's execution-provider
-    #: name (``CPUExecutionProvider``, ``CUDAExecutionProvider``), or ``openvino`` for int8-ov, which
-    #: OpenVINO's own runtime runs. Folders exported before said ``OpenVINOExecutionProvider`` there;
-    #: :meth:`from_dict` reads that as ``openvino``
-    provider: str
+    #: where it is built to run; the manifest records :attr:`Provider.manifest_name`
+    #: (``CPUExecutionProvider``, ``CUDAExecutionProvider``, or ``openvino`` for the variants
+    #: OpenVINO's own runtime runs). Folders exported before said ``OpenVINOExecutionProvider``
+    #: there, which reads as OPENVINO
+    provider: Provider
     fidelity: Fidelity
     #: what the export left in float, each with the measured reason. int8: whole nodes kept fp32;
     #: int8-ov: activation quantizers removed (those MatMuls keep int8 weights, run in float)
@@ -196,53 +196,36 @@ class Variant:
     ops: dict[str, int] = field(default_factory=dict)
     #: the engine the fidelity was measured on (an execution provider, or ``openvino <version> CPU``)
     validated_on: str = "CPUExecutionProvider"
-    #: the CPU the fidelity was measured on (``runtime.cpu.CpuInfo.to_dict``: class, vendor, model,
-    #: how int8 weights were fed); empty in folders exported before it was recorded
-    validated_cpu: dict[str, str] = field(default_factory=dict)
-    #: int8-ov: the OpenVINO CPU properties the fidelity was measured with (the runtime uses them)
-    engine_properties: dict[str, str] = field(default_factory=dict)
+    #: the CPU the fidelity was measured on
+    validated_cpu: ValidatedCpu = field(default_factory=ValidatedCpu)
+    #: int8-ov and bf16: the OpenVINO CPU properties the fidelity was measured with (the runtime
+    #: uses them)
+    engine_properties: EngineProperties = field(default_factory=EngineProperties)
     #: int8: how many INT8 tensors (weights + zero points) the file holds; the runtime checks it
     #: before shifting them to u8 on CPUs without VNNI
     int8_tensors: int = 0
-    #: throughput measured at export on the export machine: ``cpu_class``, ``tokens_per_s``,
-    #: ``vs_fp32`` (this variant's tokens/s over fp32's, same texts, same session settings) and
-    #: ``query_ms`` (median latency of one short text per call: what a server's ``auto`` ranks by)
-    speed: dict[str, Any] = field(default_factory=dict)
-    #: int8: how it quantizes. ``activations``: ``per-row`` (each token its own scale: batch-
-    #: invariant) or ``per-tensor`` (one scale per batch; folders without this field);
-    #: ``weights``: node count per weight format (``s8``: 8-bit signed, which the runtime shifts
-    #: to u8 where u8×s8 kernels saturate; ``s7``: 7-bit signed, which never saturates; ``u8``:
-    #: 8-bit stored unsigned with zero point 128, u8×u8 kernels, exact everywhere; ``s8a7``: 8-bit
-    #: s8 beside 7-bit activation rows, which never saturate either). int8-ov: ``float_weights``,
-    #: the MatMuls whose weights stayed float as well (int8 weights alone missed the bar), each
-    #: with the measured reason
-    int8: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def engine(self) -> str:
-        """The engine that runs this file: ``onnxruntime`` or ``openvino``."""
-        return "openvino" if self.provider == Provider.OPENVINO.manifest_name else "onnxruntime"
-
-    @property
-    def validated_class(self) -> str | None:
-        return self.validated_cpu.get("cpu_class")
-
-    @property
-    def saturation_free(self) -> bool:
-        """int8 whose weights no CPU's u8×s8 kernels saturate on (no 8-bit s8 weights): the
-        runtime loads it as exported everywhere, with no u8 shift."""
-        weights = self.int8.get("weights") or {}
-        return bool(weights) and not weights.get("s8")
-
-    def slower_than_fp32_on(self, cpu_class: str) -> bool:
-        """Whether the export measured this variant slower than fp32 on CPUs of ``cpu_class``."""
-        return self.speed.get("cpu_class") == cpu_class and float(self.speed.get("vs_fp32", 1.0)) < 1.0
+    #: throughput measured at export on the export machine
+    speed: Speed = field(default_factory=Speed)
+    #: int8 and int8-ov: how it quantizes
+    int8: Int8Recipe = field(default_factory=Int8Recipe)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["precision"] = self.precision.value
-        d["fidelity"] = self.fidelity.to_dict()
-        return d
+        return {
+            "precision": self.precision.value,
+            "file": self.file,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "provider": self.provider.manifest_name,
+            "fidelity": self.fidelity.to_dict(),
+            "kept_float": dict(self.kept_float),
+            "ops": dict(self.ops),
+            "validated_on": self.validated_on,
+            "validated_cpu": self.validated_cpu.to_dict(),
+            "engine_properties": self.engine_properties.to_dict(),
+            "int8_tensors": self.int8_tensors,
+            "speed": self.speed.to_dict(),
+            "int8": self.int8.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Variant:
@@ -251,28 +234,20 @@ class Variant:
             file=d["file"],
             sha256=d["sha256"],
             size_bytes=int(d["size_bytes"]),
-            provider=_provider_name(d["provider"]),
+            # old int8-ov entries named onnxruntime's OpenVINO EP: Provider.parse reads it as OPENVINO
+            provider=Provider.parse(d["provider"]),
             fidelity=Fidelity.from_dict(d["fidelity"]),
             # "kept_fp32" in folders exported before the rename
             kept_float=dict(d.get("kept_float", d.get("kept_fp32", {}))),
             ops=dict(d.get("ops", {})),
             validated_on=d.get("validated_on", "CPUExecutionProvider"),
-            validated_cpu=dict(d.get("validated_cpu", {})),
-            engine_properties=dict(d.get("engine_properties", {})),
+            # each absent (or {}) in folders exported before it was recorded
+            validated_cpu=ValidatedCpu.from_dict(d.get("validated_cpu") or {}),
+            engine_properties=EngineProperties.from_dict(d.get("engine_properties") or {}),
             int8_tensors=int(d.get("int8_tensors", 0)),
-            speed=dict(d.get("speed", {})),
-            int8=dict(d.get("int8", {})),
+            speed=Speed.from_dict(d.get("speed") or {}),
+            int8=Int8Recipe.from_dict(d.get("int8") or {}),
         )
-
-
-def _provider_name(recorded: str) -> str:
-    """A manifest's ``provider`` in today's vocabulary: old int8-ov entries named onnxruntime's
-    OpenVINO EP (``OpenVINOExecutionProvider``), which reads as ``openvino``; a name this version
-    does not know is kept as written."""
-    try:
-        return Provider.parse(recorded).manifest_name
-    except ValueError:
-        return recorded
 
 
 @dataclass(frozen=True)

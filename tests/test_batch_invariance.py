@@ -59,7 +59,7 @@ def test_alone_and_in_a_batch_through_embedder(tiny_export: Path, name: str) -> 
     emb = Embedder.load(tiny_export, variant=name)
     spec = emb.manifest.variants[name]
     problem = batch_invariance_problem(emb.manifest, Precision(name))
-    if name == "fp32" or spec.int8.get("activations") == "per-row":
+    if name == "fp32" or spec.int8.per_row:
         assert problem is None, problem  # invariant by construction: the rule must say so
     elif name == "int8":  # one activation scale per batch: batch-dependent by construction
         assert problem == Objection(Precision.INT8, Why.PER_TENSOR_INT8)
@@ -93,7 +93,7 @@ def test_serve_at_concurrency_32_answers_as_encode_alone(tiny_export: Path) -> N
     cfg = ServerConfig(max_wait_ms=5)
     emb = load_embedder(tiny_export, cfg)  # exactly as `dmeta-embed serve` loads it
     int8 = emb.manifest.variants["int8"]
-    assert emb.variant != Precision.INT8 or int8.int8.get("activations") == "per-row", emb.choice.reason
+    assert emb.variant != Precision.INT8 or int8.int8.per_row, emb.choice.reason
     singles = mixed_texts(BATCH - len(PROBES), seed=32) + PROBES
     groups = [mixed_texts(6, seed=100 + k) for k in range(3)]
     alone = {t: emb.encode([t])[0] for t in singles + [t for g in groups for t in g]}

@@ -20,6 +20,7 @@ from dmeta_embed.runtime.choice import Basis, Bf16, Objection, Why, choose
 from dmeta_embed.runtime.cpu import CpuClass, CpuInfo, detect
 from dmeta_embed.runtime.installed import Installed
 from dmeta_embed.texts import probe_texts
+from dmeta_embed.variant_records import EngineProperties, InferencePrecision, Speed
 from tests.test_choice import manifest, variant
 
 OPENVINO = Installed(openvino=True)
@@ -33,17 +34,17 @@ VNNI_NO_BF16 = CpuInfo(CpuClass.AVX512_VNNI, arch="x86_64", flags=frozenset({"av
 ARM = CpuInfo(CpuClass.ARM64, arch="aarch64", flags=frozenset({"asimd"}))
 
 
-def bf16(passed: bool = True, speed: dict | None = None) -> Variant:
+def bf16(passed: bool = True, speed: Speed | None = None) -> Variant:
     return dataclasses.replace(
         variant(Precision.BF16, passed, speed),
         file="model.onnx",
-        provider="openvino",
-        engine_properties={HINT: "bf16"},
+        provider=Provider.OPENVINO,
+        engine_properties=EngineProperties(InferencePrecision.BF16),
     )
 
 
-def speed(cpu_class: str, tokens_per_s: float) -> dict:
-    return {"cpu_class": cpu_class, "tokens_per_s": tokens_per_s, "vs_fp32": tokens_per_s / 1000}
+def speed(cpu_class: str, tokens_per_s: float) -> Speed:
+    return Speed(cpu_class, tokens_per_s=tokens_per_s, vs_fp32=tokens_per_s / 1000)
 
 
 # -- the manifest -------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ def test_bf16_entry_points_at_the_fp32_file_and_round_trips() -> None:
     back = Manifest.from_dict(json.loads(json.dumps(m.to_dict())))
     v = back.variants["bf16"]
     assert v == m.variants["bf16"]
-    assert (v.precision, v.file, v.engine, v.engine_properties) == (
+    assert (v.precision, v.file, v.provider.engine, v.engine_properties.config()) == (
         Precision.BF16,
         "model.onnx",
         "openvino",
@@ -280,10 +281,10 @@ def test_real_export_meets_its_bar_against_torch(mean_src: Path, bf16_export: Pa
 
     m = Manifest.load(bf16_export)
     v, fp32 = m.variants["bf16"], m.variants["fp32"]
-    assert (v.file, v.sha256, v.provider) == ("model.onnx", fp32.sha256, "openvino")
-    assert v.engine_properties == {HINT: "bf16"} and v.validated_on.startswith("openvino ")
+    assert (v.file, v.sha256, v.provider) == ("model.onnx", fp32.sha256, Provider.OPENVINO)
+    assert v.engine_properties.bf16 and v.validated_on.startswith("openvino ")
     assert v.fidelity.passed and v.fidelity.batch_min_cos is not None
-    assert v.speed["cpu_class"] == detect().cpu_class.value and v.speed["tokens_per_s"] > 0
+    assert v.speed.measured_on(detect().cpu_class.value) and v.speed.tokens_per_s > 0
     # independently of the export's own measurement: the runtime's bf16 against sentence-transformers
     e = Embedder.load(bf16_export, variant="bf16")
     assert (e.choice.engine_properties, e.choice.bf16, e.choice.caveat) == ({HINT: "bf16"}, Bf16.NATIVE, None)
@@ -302,15 +303,19 @@ def test_builder_path_on_every_cpu_with_f32_standing_in(tiny_src: Path, tmp_path
     from dmeta_embed.export.builders import bf16 as builder
 
     monkeypatch.setitem(BUILDERS, Precision.BF16, BF16(AMX))
-    monkeypatch.setattr(builder, "PROPERTIES", {HINT: "f32"})
+    monkeypatch.setattr(builder, "PROPERTIES", EngineProperties(InferencePrecision.F32))
     monkeypatch.setattr(builder, "_check_bf16", lambda runner: None)
     out = tmp_path / "model"
     m = export_model(str(tiny_src), out, variants=("bf16",))
     assert list(m.variants) == ["bf16"] and sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
     v = m.variants["bf16"]
-    assert (v.file, v.provider, v.engine_properties) == ("model.onnx", "openvino", {HINT: "f32"})
+    assert (v.file, v.provider, v.engine_properties.config()) == (
+        "model.onnx",
+        Provider.OPENVINO,
+        {HINT: "f32"},
+    )
     assert v.fidelity.passed and v.fidelity.batch_min_cos is not None and v.fidelity.batch_min_cos > 0.9999
-    assert v.speed["cpu_class"] == detect().cpu_class.value and v.speed["engine"] == "openvino"
+    assert v.speed.measured_on(detect().cpu_class.value) and v.speed.engine == "openvino"
     texts = probe_texts(m.max_length)
     from dmeta_embed import Embedder
 

@@ -31,6 +31,14 @@ from dmeta_embed.runtime.choice import (
 )
 from dmeta_embed.runtime.cpu import S8_EXACT, U8_SHIFT, CpuClass, CpuInfo
 from dmeta_embed.runtime.installed import Installed
+from dmeta_embed.variant_records import (
+    Activations,
+    EngineProperties,
+    InferencePrecision,
+    Int8Recipe,
+    Speed,
+    ValidatedCpu,
+)
 
 NOTHING = Installed()
 OPENVINO = Installed(openvino=True)
@@ -38,7 +46,7 @@ CUDA = Installed(cuda=True)
 CLASSES = list(CpuClass)
 
 
-def variant(p: Precision, passed: bool = True, speed: dict | None = None, validated: str = "amx") -> Variant:
+def variant(p: Precision, passed: bool = True, speed: Speed | None = None, validated: str = "amx") -> Variant:
     bar = BARS[p]
     cos = 1.0 if passed else 0.5
     return Variant(
@@ -46,10 +54,10 @@ def variant(p: Precision, passed: bool = True, speed: dict | None = None, valida
         file=f"{p.value}.onnx",
         sha256="0" * 64,
         size_bytes=1,
-        provider="CPUExecutionProvider",
+        provider=Provider.CPU,
         fidelity=Fidelity(cos, cos, 0.0, 24, 1024, bar.min_cos, bar.mean_cos),
-        validated_cpu={"cpu_class": validated},
-        speed=speed or {},
+        validated_cpu=ValidatedCpu(cpu_class=validated),
+        speed=speed or Speed(),
     )
 
 
@@ -144,8 +152,8 @@ def test_export_measurement_on_this_class_decides(c: CpuClass) -> None:
     """A variant the export measured slower than fp32 on this class is never auto's choice, and
     the measured order beats the built-in one; a measurement on another class changes nothing."""
 
-    def speed(cls: CpuClass, rate: float) -> dict:
-        return {"cpu_class": cls.value, "tokens_per_s": rate, "vs_fp32": rate / 1000}
+    def speed(cls: CpuClass, rate: float) -> Speed:
+        return Speed(cls.value, tokens_per_s=rate, vs_fp32=rate / 1000)
 
     here = manifest(
         variant(Precision.FP32, speed=speed(c, 1000)),
@@ -181,9 +189,8 @@ def test_single_queries_follow_the_measured_latency(c: CpuClass) -> None:
     candidate it falls back to onnxruntime's int8. (bf16 needs a CPU with native bf16.)"""
     here = dataclasses.replace(cpu(c), flags=frozenset({"avx512_bf16"}))
 
-    def speed(rate: float, query_ms: float | None, cls: CpuClass = c) -> dict:
-        out = {"cpu_class": cls.value, "tokens_per_s": rate, "vs_fp32": rate / 1000}
-        return out if query_ms is None else {**out, "query_ms": query_ms}
+    def speed(rate: float, query_ms: float | None, cls: CpuClass = c) -> Speed:
+        return Speed(cls.value, tokens_per_s=rate, vs_fp32=rate / 1000, query_ms=query_ms)
 
     def folder(int8_ms: float | None, bf16_ms: float | None, cls: CpuClass = c) -> Manifest:
         return manifest(
@@ -219,9 +226,8 @@ def test_a_server_judges_int8_against_fp32_by_one_text_latency(c: CpuClass) -> N
     and goes back to fp32 when int8 answers one text no sooner; without fp32's ``query_ms`` the
     bulk rule decides for the server too."""
 
-    def speed(rate: float, query_ms: float | None) -> dict:
-        out = {"cpu_class": c.value, "tokens_per_s": rate, "vs_fp32": rate / 1000}
-        return out if query_ms is None else {**out, "query_ms": query_ms}
+    def speed(rate: float, query_ms: float | None) -> Speed:
+        return Speed(c.value, tokens_per_s=rate, vs_fp32=rate / 1000, query_ms=query_ms)
 
     def folder(int8_ms: float, fp32_ms: float | None = 31.9) -> Manifest:
         return manifest(
@@ -330,14 +336,14 @@ def test_int8_ov_float_parts_in_bf16_only_where_native(c: CpuClass, native_bf16:
     flags = frozenset({"avx512_bf16"}) if native_bf16 else frozenset()
     here = CpuInfo(c, arch="x86_64", flags=flags)
     bf16 = dataclasses.replace(
-        variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"}
+        variant(Precision.INT8_OV), engine_properties=EngineProperties(InferencePrecision.BF16)
     )
     ch = choose(manifest(variant(Precision.FP32), bf16), "int8-ov", cpu=here, installed=OPENVINO)
     assert ch.provider == Provider.OPENVINO
     assert ch.engine_properties == {"INFERENCE_PRECISION_HINT": "bf16" if native_bf16 else "f32"}
     assert ch.bf16 == (Bf16.NATIVE if native_bf16 else Bf16.IN_F32)
     f32 = dataclasses.replace(
-        variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "f32"}
+        variant(Precision.INT8_OV), engine_properties=EngineProperties(InferencePrecision.F32)
     )
     ch = choose(manifest(variant(Precision.FP32), f32), "int8-ov", cpu=here, installed=OPENVINO)
     assert (ch.engine_properties, ch.bf16) == ({"INFERENCE_PRECISION_HINT": "f32"}, None)
@@ -353,10 +359,10 @@ def test_unmeasured_order_on_avx512_vnni(native_bf16: bool) -> None:
     flags = frozenset({"avx512_vnni", "avx512_bf16"} if native_bf16 else {"avx512_vnni"})
     here = CpuInfo(CpuClass.AVX512_VNNI, arch="x86_64", flags=flags)
     ov8 = dataclasses.replace(
-        variant(Precision.INT8_OV), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"}
+        variant(Precision.INT8_OV), engine_properties=EngineProperties(InferencePrecision.BF16)
     )
     bf16 = dataclasses.replace(
-        variant(Precision.BF16), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"}
+        variant(Precision.BF16), engine_properties=EngineProperties(InferencePrecision.BF16)
     )
     folder = manifest(variant(Precision.FP32), variant(Precision.INT8), ov8, bf16)
     ch = choose(folder, cpu=here, installed=OPENVINO)
@@ -378,7 +384,8 @@ KNOWN = [c for c in CLASSES if c != CpuClass.UNKNOWN]
 def measured(v: Variant, batch_min_cos: float | None = None, activations: str | None = None) -> Variant:
     """``v`` with an alone-vs-batch measurement and (int8) an activation scheme."""
     fidelity = dataclasses.replace(v.fidelity, batch_min_cos=batch_min_cos)
-    return dataclasses.replace(v, fidelity=fidelity, int8={"activations": activations} if activations else {})
+    recipe = Int8Recipe(activations=Activations(activations)) if activations else Int8Recipe()
+    return dataclasses.replace(v, fidelity=fidelity, int8=recipe)
 
 
 @pytest.mark.parametrize("c", KNOWN)
@@ -486,7 +493,7 @@ def test_saturation_free_int8_loads_unshifted_on_every_class(weights: dict, fed_
     there; classes whose u8×s8 is exact never shift."""
     v = dataclasses.replace(
         variant(Precision.INT8, validated="avx2"),
-        int8={"activations": "per-row", "weights": weights} if weights else {},
+        int8=Int8Recipe(activations=Activations.PER_ROW, weights=weights) if weights else Int8Recipe(),
     )
     m = manifest(v)
     installed = Installed(cuda=False, openvino=False)
@@ -542,10 +549,10 @@ def test_the_decision_travels_as_json(c: CpuClass, batched: bool) -> None:
     workers receive); ``from_dict`` gives back the same choice, words included."""
     here = dataclasses.replace(cpu(c), flags=frozenset({"avx512_bf16"}))
     bf16 = dataclasses.replace(
-        variant(Precision.BF16), engine_properties={"INFERENCE_PRECISION_HINT": "bf16"}
+        variant(Precision.BF16), engine_properties=EngineProperties(InferencePrecision.BF16)
     )
     folder = manifest(
-        variant(Precision.FP32, speed={"cpu_class": c.value, "tokens_per_s": 1000, "query_ms": 5.0}),
+        variant(Precision.FP32, speed=Speed(cpu_class=c.value, tokens_per_s=1000, query_ms=5.0)),
         variant(Precision.INT8, passed=False),
         bf16,
     )

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from dmeta_embed.export.reference import cosines, torch_embeddings
-from dmeta_embed.manifest import BARS, OUTPUT_NAME, Manifest, Pooling, Precision, sha256_file
+from dmeta_embed.manifest import BARS, OUTPUT_NAME, Manifest, Pooling, Precision, Provider, sha256_file
 from dmeta_embed.texts import probe_texts
 
 ZH = [
@@ -58,8 +58,21 @@ def test_files_and_checksums(tiny_export):
         path = tiny_export / v.file
         assert sha256_file(path) == v.sha256
         assert path.stat().st_size == v.size_bytes
-    assert m.variants["fp16"].provider == "CUDAExecutionProvider"
-    assert m.variants["int8"].provider == "CPUExecutionProvider"
+    assert m.variants["fp16"].provider == Provider.CUDA
+    assert m.variants["int8"].provider == Provider.CPU
+    # written as onnxruntime's execution-provider names
+    raw = json.loads((tiny_export / "manifest.json").read_text())["variants"]
+    assert (raw["fp16"]["provider"], raw["int8"]["provider"]) == (
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    )
+
+
+def test_the_manifest_written_reads_back_identically(tiny_export):
+    """What the export writes, read into the typed manifest and written again, is the same file."""
+    written = (tiny_export / "manifest.json").read_text("utf-8")
+    again = json.dumps(Manifest.load(tiny_export).to_dict(), indent=2, ensure_ascii=False) + "\n"
+    assert again == written
 
 
 def test_fusion_recorded_and_present(tiny_export):
@@ -134,19 +147,19 @@ def test_int8_is_per_row_with_embeddings_fp32(tiny_export):
     model = onnx.load(str(tiny_export / "model.int8.onnx"))
     ops = [n.op_type for n in model.graph.node]
     v = Manifest.load(tiny_export).variants["int8"]
-    assert v.int8["activations"] == "per-row"
+    assert v.int8.per_row
     # per layer: QKV, attention output, FFN in, FFN out; 2 layers
     assert "QAttention" not in ops and "Attention" not in ops and "DynamicQuantizeLinear" not in ops
     assert ops.count("MultiHeadAttention") == 2
     int8_nodes = ops.count("MatMulInteger") + ops.count("MatMulIntegerToFloat")
     assert int8_nodes + len(v.kept_float) == 8
-    assert sum(v.int8["weights"].values()) == int8_nodes
+    assert sum(v.int8.weights.values()) == int8_nodes
     # the formats are this CPU class's ladder (fp32 is what kept_float lists)
-    assert set(v.int8["weights"]) <= {weight_format(r) for r in ladder(detect())} - {"fp32"}
+    assert set(v.int8.weights) <= {weight_format(r) for r in ladder(detect())} - {"fp32"}
     inits = {i.name: i for i in model.graph.initializer}
     int8 = sum(1 for i in inits.values() if i.data_type == onnx.TensorProto.INT8)
     assert v.int8_tensors == int8
-    assert v.saturation_free == (not v.int8["weights"].get("s8"))
+    assert v.int8.saturation_free == (not v.int8.weights.get("s8"))
     # the embedding tables stay fp32
     emb = next(n for n in model.graph.node if n.op_type == "EmbedLayerNormalization")
     assert inits[emb.input[2]].data_type == onnx.TensorProto.FLOAT
@@ -233,13 +246,13 @@ def test_int8_search_promotes_sensitive_nodes_when_bar_is_strict(tiny_src, tiny_
     )
     v = m.variants["int8"]
     assert v.fidelity.passed and v.fidelity.min_cos >= 0.9995
-    promoted = {**v.int8["promoted"], **v.kept_float}
+    promoted = {**v.int8.promoted, **v.kept_float}
     assert 0 < len(promoted) <= 8
     assert all("damage" in r for r in promoted.values())
     rungs = ladder(detect())
     assert all(r.split(":")[0] in rungs[1:] for r in promoted.values())
     default = Manifest.load(tiny_export).variants["int8"]
-    assert len(promoted) >= len({**default.int8["promoted"], **default.kept_float})
+    assert len(promoted) >= len({**default.int8.promoted, **default.kept_float})
     model = onnx.load(str(tmp_path / "strict" / "model.int8.onnx"))
     float_names = {n.name for n in model.graph.node if n.op_type == "MatMul"}
     assert set(v.kept_float) <= float_names

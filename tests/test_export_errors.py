@@ -12,7 +12,7 @@ import pytest
 
 from dmeta_embed.errors import ExportError, FidelityError, ModelLoadError
 from dmeta_embed.export import export_model
-from dmeta_embed.manifest import Bar, Precision
+from dmeta_embed.manifest import Bar, Precision, Provider
 
 
 def _leftovers(parent):
@@ -303,7 +303,7 @@ def test_fp16_validates_on_cpu_when_cuda_is_listed_but_does_not_start(
         m = export_model(str(tiny_src), tmp_path / "out", variants=["fp32", "fp16"])
     assert "fp16: CUDA is listed but did not start" in caplog.text
     v = m.variants["fp16"]
-    assert v.validated_on == "CPUExecutionProvider" and v.provider == "CUDAExecutionProvider"
+    assert v.validated_on == "CPUExecutionProvider" and v.provider == Provider.CUDA
     texts = ["胡子长得太快怎么办？", "在香港哪里买手表好", "今天北京的天气怎么样？"]
     ref = torch_embeddings(tiny_src, texts, Pooling.CLS, True, 1024)
     monkeypatch.undo()

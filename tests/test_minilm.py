@@ -54,12 +54,12 @@ def test_parity_with_sentence_transformers(minilm_export, st_reference, variant,
 def test_int8_meets_bar_per_row_and_records_its_formats(minilm_export):
     v = Manifest.load(minilm_export).variants["int8"]
     assert v.fidelity.passed and v.fidelity.min_cos >= 0.99 and v.fidelity.mean_cos >= 0.995
-    assert v.int8["activations"] == "per-row"
+    assert v.int8.per_row
     # 6 layers x (QKV, attention output, FFN in, FFN out): each int8 in some format, or kept fp32
-    assert sum(v.int8["weights"].values()) + len(v.kept_float) == 24
+    assert sum(v.int8.weights.values()) + len(v.kept_float) == 24
     int8_ops = v.ops.get("MatMulInteger", 0) + v.ops.get("MatMulIntegerToFloat", 0)
-    assert int8_ops == sum(v.int8["weights"].values())
-    assert all("damage" in reason for reason in {**v.int8["promoted"], **v.kept_float}.values())
+    assert int8_ops == sum(v.int8.weights.values())
+    assert all("damage" in reason for reason in {**v.int8.promoted, **v.kept_float}.values())
     assert v.fidelity.batch_min_cos is not None and v.fidelity.batch_min_cos >= 0.9999
 
 
@@ -87,7 +87,7 @@ def test_auto_picks_int8_on_cpu_with_the_weights_each_class_needs(
     real = detect()  # the CPU the vectors are really computed on
     # an export on a CPU whose u8×s8 saturates writes weights that never saturate (7-bit or u8):
     # they run as exported everywhere; 8-bit s8 files are shifted to u8 on such CPUs
-    free = Manifest.load(folder).variants["int8"].saturation_free
+    free = Manifest.load(folder).variants["int8"].int8.saturation_free
     for flags, weights in (
         ("avx2 avx512f avx512bw avx512_vnni amx_tile amx_int8", "s8"),
         ("avx2 fma", "s8" if free else "u8"),

@@ -65,7 +65,7 @@ def test_int8_quantizes_qkv_per_row_beside_the_biased_attention(mpnet_export: Pa
     assert "QAttention" not in v.ops and "Attention" not in v.ops and "Softmax" not in v.ops
     assert v.ops.get("MultiHeadAttention") == 2
     # 2 layers x (QKV, attention output, FFN in, FFN out)
-    assert sum(v.int8["weights"].values()) + len(v.kept_float) == 8
+    assert sum(v.int8.weights.values()) + len(v.kept_float) == 8
     g = onnx.load(str(mpnet_export / "model.int8.onnx")).graph
     mha = [n for n in g.node if n.op_type == "MultiHeadAttention"]
     assert len({n.input[5] for n in mha}) == 1 and all(n.input[5] for n in mha)  # one shared bias

@@ -4,6 +4,7 @@ OpenVINO's own engine (``runtime.openvino``), in the same environment as onnxrun
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,13 @@ from dmeta_embed.runtime.choice import choose
 from dmeta_embed.runtime.cpu import CpuClass, CpuInfo, detect
 from dmeta_embed.runtime.installed import Installed
 from dmeta_embed.texts import probe_texts
+from dmeta_embed.variant_records import Speed
 
 pytest.importorskip("nncf")
 pytest.importorskip("openvino")
 from dmeta_embed.export import openvino as ovx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-OV = "openvino"  # the manifest's provider for int8-ov: OpenVINO's own runtime (Provider.OPENVINO.manifest_name)
 
 
 @pytest.fixture(scope="session")
@@ -50,15 +51,17 @@ def test_manifest_records_the_engine_and_what_stayed_float(ov_export: Path) -> N
     import onnx
 
     v = Manifest.load(ov_export).variants["int8-ov"]
-    assert v.file == "model.int8-ov.onnx" and v.provider == OV
+    assert v.file == "model.int8-ov.onnx" and v.provider == Provider.OPENVINO
+    written = json.loads((ov_export / "manifest.json").read_text())
+    assert Manifest.from_dict(written).to_dict() == written  # the typed entry writes back what was read
     assert v.validated_on.startswith("openvino ") and v.validated_on.endswith(" CPU")
     # bf16 float parts only where the export machine has native bf16 and bf16 measured faster
-    hint = v.engine_properties["INFERENCE_PRECISION_HINT"]
+    hint = v.engine_properties.precision_hint
     assert hint in ("f32", "bf16") and (hint == "f32" or detect().bf16)
     if hint == "bf16":
-        assert v.speed["tokens_per_s"] > v.speed["f32_tokens_per_s"]
-    elif "bf16_tokens_per_s" in v.speed:  # measured and slower
-        assert v.speed["bf16_tokens_per_s"] <= v.speed["tokens_per_s"]
+        assert v.speed.f32_tokens_per_s is not None and v.speed.tokens_per_s > v.speed.f32_tokens_per_s
+    elif v.speed.bf16_tokens_per_s is not None:  # measured and slower
+        assert v.speed.bf16_tokens_per_s <= v.speed.tokens_per_s
     assert v.fidelity.passed and v.fidelity.n_texts == len(probe_texts(1024))
     # alone vs in a batch is measured (static scales: equal up to float summation order), so a
     # server's auto decides on a figure, not on an absence
@@ -69,7 +72,7 @@ def test_manifest_records_the_engine_and_what_stayed_float(ov_export: Path) -> N
     assert all(why.startswith("role ") for why in v.kept_float.values())
     # int8 weights on every MatMul (2 layers x 6) but those recorded with float weights, each with
     # its reason (the tiny random model's int8 weights lose more than real ones: some stay float)
-    float_weights = v.int8.get("float_weights", {})
+    float_weights = v.int8.float_weights
     weighted = {n for n in matmuls(model) if ovx.role_of(n) != "other"}
     assert len(weighted) == 12 and set(float_weights) <= weighted
     assert int8_weight_matmuls(model) == weighted - set(float_weights)
@@ -85,9 +88,9 @@ def test_inspect_shows_the_engine_and_its_float_precision(ov_export: Path) -> No
     assert res.exit_code == 0, res.output
     v = Manifest.load(ov_export).variants["int8-ov"]
     row = next(line for line in res.output.splitlines() if line.startswith("int8-ov "))
-    hint = v.engine_properties["INFERENCE_PRECISION_HINT"]
-    assert f"openvino {v.validated_on.split()[1]} CPU on {v.validated_class}, {hint}" in row, row
-    weights = v.int8.get("float_weights", {})
+    hint = v.engine_properties.config()["INFERENCE_PRECISION_HINT"]
+    assert f"openvino {v.validated_on.split()[1]} CPU on {v.validated_cpu.cpu_class}, {hint}" in row, row
+    weights = v.int8.float_weights
     said = [line for line in res.output.splitlines() if "MatMuls keep float weights" in line]
     assert said == (
         [f"int8-ov  {len(weights)} MatMuls keep float weights: {next(iter(weights.values()))}"]
@@ -98,7 +101,7 @@ def test_inspect_shows_the_engine_and_its_float_precision(ov_export: Path) -> No
 
 def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path: Path) -> None:
     model, tok = search_inputs(tiny_src, tmp_path)
-    embed = ovx.openvino_embedder(tmp_path, {"INFERENCE_PRECISION_HINT": "f32"}, pad_id=0)
+    embed = ovx.openvino_embedder(tmp_path, ovx.cpu_properties(), pad_id=0)
 
     loose = ovx.search(model, tok, embed, Bar(min_cos=0.0, mean_cos=0.0))
     assert loose.unquantized == {} and loose.trials == 1
@@ -158,7 +161,7 @@ def test_search_keeps_float_weights_by_role_when_int8_weights_alone_miss(
     import numpy as np
 
     model, tok = search_inputs(tiny_src, tmp_path)
-    real = ovx.openvino_embedder(tmp_path, {"INFERENCE_PRECISION_HINT": "f32"}, pad_id=0)
+    real = ovx.openvino_embedder(tmp_path, ovx.cpu_properties(), pad_id=0)
     dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
     noise = np.random.default_rng(0).normal(size=(len(tok.ids), dim))
     first, second = ovx.WEIGHT_ROLE_ORDER[:2]
@@ -201,7 +204,9 @@ def test_auto_picks_int8_ov_only_where_the_openvino_provider_is(ov_export: Path)
     m = Manifest.load(ov_export)
     amx = CpuInfo(CpuClass.AMX, arch="x86_64")
     # the export's own speed record is for the machine that ran it: drop it to test the rule alone
-    m = dataclasses.replace(m, variants={k: dataclasses.replace(v, speed={}) for k, v in m.variants.items()})
+    m = dataclasses.replace(
+        m, variants={k: dataclasses.replace(v, speed=Speed()) for k, v in m.variants.items()}
+    )
     no_ov, ov = Installed(), Installed(openvino=True)
     assert pick(m, amx, no_ov) == (Precision.INT8, Provider.CPU)
     assert pick(m, amx, ov) == (Precision.INT8_OV, Provider.OPENVINO)

@@ -155,7 +155,7 @@ def test_auto_follows_the_rule_for_this_cpu(tiny_export):
     assert emb.choice == choose(m, cpu=detect(), installed=installed())
     assert emb.cpu == detect() and f"cpu={detect().cpu_class.value!r}" in repr(emb)
     v = m.variants[emb.variant.value]
-    assert v.fidelity.passed and not v.slower_than_fp32_on(detect().cpu_class.value)
+    assert v.fidelity.passed and not v.speed.slower_than_fp32_on(detect().cpu_class.value)
     if emb.variant == Precision.INT8:
         assert emb.choice.int8_weights == detect().int8_weights
 
@@ -166,7 +166,7 @@ def test_int8_on_a_cpu_without_vnni_is_exact_and_meets_the_bar(tiny_export, monk
     against fp32 on this machine too."""
     avx2 = cpu_info({"flags": "fpu sse4_2 avx avx2 fma"}, "x86_64")
     emb = Embedder.load(tiny_export, variant="int8", provider="cpu", cpu=avx2)
-    if Manifest.load(tiny_export).variants["int8"].saturation_free:
+    if Manifest.load(tiny_export).variants["int8"].int8.saturation_free:
         assert (emb.choice.int8_weights, emb.choice.int8_feed) == ("s8", Int8Feed.SATURATION_FREE)
     else:
         assert (emb.choice.int8_weights, emb.choice.int8_feed) == ("u8", Int8Feed.SHIFTED_TO_U8)

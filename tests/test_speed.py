@@ -9,6 +9,7 @@ import pytest
 
 from dmeta_embed.export.speed import FP32, QUERY_CALLS, QUERY_LENGTHS, Pass, SpeedRun, measure, query_ids
 from dmeta_embed.manifest import Precision
+from dmeta_embed.variant_records import EngineProperties, InferencePrecision
 
 
 def test_query_ids_are_short_texts_of_the_listed_lengths() -> None:
@@ -34,19 +35,21 @@ def test_measure_times_single_queries_of_a_pass_only() -> None:
         return q
 
     slow = SpeedRun(Precision.INT8)
-    fast = SpeedRun.of(Precision.BF16, {"INFERENCE_PRECISION_HINT": "bf16"})
+    fast = SpeedRun(Precision.BF16, EngineProperties(InferencePrecision.BF16))
     runs = {
         FP32: lambda: time.sleep(0.002),  # a plain callable: bulk only
         slow: Pass(lambda: time.sleep(0.001), query("slow", 0.004)),
         fast: Pass(lambda: time.sleep(0.001), query("fast", 0.0)),
     }
     out = measure(runs, tokens=1000, cpu_class="amx", rounds=2)
-    assert "query_ms" not in out[FP32]
+    assert out[FP32].query_ms is None and "query_ms" not in out[FP32].to_dict()
     # warm-up once over every query, then QUERY_CALLS per round, in order
     for name in calls:
         assert calls[name] == list(range(QUERY_CALLS)) * 3
-    assert out[slow]["query_ms"] >= 4.0 > out[fast]["query_ms"]
-    assert out[slow]["vs_fp32"] > 1.0 and out[slow]["cpu_class"] == "amx"
+    assert out[slow].query_ms is not None and out[fast].query_ms is not None
+    assert out[slow].query_ms >= 4.0 > out[fast].query_ms
+    assert out[slow].vs_fp32 > 1.0 and out[slow].measured_on("amx") and out[slow].engine == "onnxruntime"
+    assert fast.label == "bf16+bf16" and out[fast].engine == "openvino"
 
 
 def test_measure_needs_the_fp32_baseline() -> None:

@@ -41,7 +41,7 @@ def summary(folder: Path) -> str:
             f"{_validated(v):24}  {_speed(v)}"
         )
     for name, v in m.variants.items():
-        weights = v.int8.get("float_weights") or {}
+        weights = v.int8.float_weights
         if weights:  # int8-ov: whole MatMuls left float where int8 weights alone missed the bar
             out.append(f"{name:8} {len(weights)} MatMuls keep float weights: {next(iter(weights.values()))}")
     # this machine, not the folder: the plan depends on its CPU class and installed engines
@@ -77,20 +77,20 @@ def _validated(v: Variant) -> str:
     the float parts' precision)."""
     cpu = v.validated_cpu
     engine = v.validated_on.replace("ExecutionProvider", "")
-    if not cpu:
+    if not cpu.recorded:
         return engine
-    weights = f", {cpu['int8_weights']}" if v.precision == Precision.INT8 and cpu.get("int8_weights") else ""
-    if v.engine_properties.get("INFERENCE_PRECISION_HINT"):
-        weights = f", {v.engine_properties['INFERENCE_PRECISION_HINT']}"
-    return f"{engine} on {cpu.get('cpu_class')}{weights}"
+    weights = f", {cpu.int8_weights}" if v.precision == Precision.INT8 and cpu.int8_weights else ""
+    if v.engine_properties.precision_hint is not None:
+        weights = f", {v.engine_properties.precision_hint.value}"
+    return f"{engine} on {cpu.cpu_class}{weights}"
 
 
 def _speed(v: Variant) -> str:
     sp = v.speed
-    if not sp.get("vs_fp32"):
+    if not sp.measured:
         return "-"
-    query = f", one text {sp['query_ms']:.1f} ms" if "query_ms" in sp else ""
-    return f"{sp['vs_fp32']:.2f}x on {sp['cpu_class']}{query}"
+    query = f", one text {sp.query_ms:.1f} ms" if sp.query_ms is not None else ""
+    return f"{sp.vs_fp32:.2f}x on {sp.cpu_class}{query}"
 
 
 @click.command()

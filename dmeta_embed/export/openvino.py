@@ -45,6 +45,7 @@ import numpy as np
 from .._optional import require_feature
 from ..manifest import Bar
 from ..runtime.pipeline import embed_as_runtime
+from ..variant_records import EngineProperties, InferencePrecision
 
 if TYPE_CHECKING:
     import onnx
@@ -81,13 +82,13 @@ def require() -> None:
 #: AVX512-BF16) and kept when it meets the bar and runs faster there (docs/performance.md, "OpenVINO").
 #: OpenVINO 2025.4 computed float-heavy graphs wrongly in bf16; 2026.4 (the ``openvino`` extra's
 #: floor) gets them right
-BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}
+BF16 = EngineProperties(InferencePrecision.BF16)
 
 
-def cpu_properties() -> dict[str, str]:
+def cpu_properties() -> EngineProperties:
     """OpenVINO CPU properties the search runs with, and the variant's unless bf16 wins: f32 float
     parts (the same on every CPU)."""
-    return {"INFERENCE_PRECISION_HINT": "f32"}
+    return EngineProperties(InferencePrecision.F32)
 
 
 def engine_version() -> str:
@@ -230,7 +231,7 @@ def _nncf_output_to_stderr() -> Iterator[None]:
 def compile_runner(
     workdir: Path,
     model: onnx.ModelProto,
-    properties: dict[str, str],
+    properties: EngineProperties,
     threads: int | None = None,
     bulk: bool = False,
 ) -> OpenVINORunner:
@@ -247,11 +248,11 @@ def compile_runner(
     path = workdir / name
     if not (bulk and path.exists()):
         path.write_bytes(data)
-    return OpenVINORunner(path, threads, properties, bulk=bulk)
+    return OpenVINORunner(path, threads, properties.config(), bulk=bulk)
 
 
 def openvino_embedder(
-    workdir: Path, properties: dict[str, str], pad_id: int, threads: int | None = None
+    workdir: Path, properties: EngineProperties, pad_id: int, threads: int | None = None
 ) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
     """``embed(model, tokenized)`` through OpenVINO's CPU plugin, batched as the runtime batches."""
 

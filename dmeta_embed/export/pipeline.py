@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
@@ -31,6 +32,7 @@ from ..manifest import (
     Variant,
     sha256_file,
 )
+from ..variant_records import Speed, ValidatedCpu
 from . import graph
 from .builders import BUILDERS, Candidate, default_variants
 from .context import Context, prepare
@@ -198,12 +200,12 @@ def _build(
             file=path.name,
             sha256=sha256_file(path),
             size_bytes=path.stat().st_size,
-            provider=VARIANT_PROVIDERS[precision].manifest_name,
+            provider=VARIANT_PROVIDERS[precision],
             fidelity=fid,
             kept_float=cand.kept_float,
             ops=graph.op_counts(cand.model),
             validated_on=cand.validated_on,
-            validated_cpu={} if cand.on_gpu else _validated_cpu(ctx, cand),
+            validated_cpu=ValidatedCpu() if cand.on_gpu else _validated_cpu(ctx, cand),
             engine_properties=cand.engine_properties,
             int8_tensors=cand.int8_tensors,
             int8=cand.int8,
@@ -219,11 +221,9 @@ def _build(
     return manifest, missed
 
 
-def _validated_cpu(ctx: Context, cand: Candidate) -> dict[str, str]:
-    cpu = ctx.cpu.to_dict()
-    if cand.weights_fed is not None:
-        cpu["int8_weights"] = cand.weights_fed
-    return cpu
+def _validated_cpu(ctx: Context, cand: Candidate) -> ValidatedCpu:
+    cpu = ValidatedCpu.from_dict(ctx.cpu.to_dict())
+    return cpu if cand.weights_fed is None else replace(cpu, int8_weights=cand.weights_fed)
 
 
 def _timed(
@@ -234,7 +234,7 @@ def _timed(
     runs: dict[SpeedRun, Callable[[], object]] = {}
     for precision, (_, cand) in built.items():
         runs.update(BUILDERS[precision].speed_runs(ctx, cand))
-    speeds: dict[SpeedRun, dict] = {}
+    speeds: dict[SpeedRun, Speed] = {}
     if runs:
         t = time.perf_counter()
         baseline = calibration_pass(ctx, ctx.runner(ctx.fp32_model), Provider.CPU)

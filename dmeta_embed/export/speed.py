@@ -14,9 +14,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..manifest import VARIANT_PROVIDERS, Precision, Provider
+from ..variant_records import EngineProperties, Speed
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -29,22 +30,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SpeedRun:
     """One timed configuration: a variant's file run with given engine properties (int8-ov with
-    bf16 float parts is ``SpeedRun(INT8_OV, (("INFERENCE_PRECISION_HINT", "bf16"),))``)."""
+    bf16 float parts is ``SpeedRun(INT8_OV, EngineProperties(InferencePrecision.BF16))``)."""
 
     precision: Precision
-    engine_properties: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def of(cls, precision: Precision, properties: Mapping[str, str] | None = None) -> SpeedRun:
-        return cls(precision, tuple(sorted((properties or {}).items())))
-
-    @property
-    def properties(self) -> dict[str, str]:
-        return dict(self.engine_properties)
+    engine_properties: EngineProperties = EngineProperties()
 
     @property
     def label(self) -> str:
-        extra = ",".join(v for _, v in self.engine_properties)
+        extra = ",".join(self.engine_properties.config().values())
         return f"{self.precision.value}+{extra}" if extra else self.precision.value
 
 
@@ -76,7 +69,7 @@ def measure(
     tokens: int,
     cpu_class: str,
     rounds: int = 2,
-) -> dict[SpeedRun, dict[str, Any]]:
+) -> dict[SpeedRun, Speed]:
     """Time each run (one pass over the same texts, batched as the runtime batches) and return
     its manifest ``speed`` record. The runs take turns (``rounds`` passes each) and keep their
     fastest, so a burst of other work on the machine slows one pass, not one variant. ``runs``
@@ -115,17 +108,16 @@ def measure(
                 query_s[r] = min(query_s[r], sorted(calls)[len(calls) // 2])
         progress.step()
     base = tokens / best[FP32]
-    out: dict[SpeedRun, dict[str, Any]] = {}
+    out: dict[SpeedRun, Speed] = {}
     for r, seconds in best.items():
         rate = tokens / seconds
-        out[r] = {
-            "cpu_class": cpu_class,
-            "tokens_per_s": round(rate),
-            "vs_fp32": round(rate / base, 3),
-            "engine": VARIANT_PROVIDERS[r.precision].engine,
-        }
-        if r in query_s:
-            out[r]["query_ms"] = round(query_s[r] * 1e3, 3)
+        out[r] = Speed(
+            cpu_class=cpu_class,
+            tokens_per_s=round(rate),
+            vs_fp32=round(rate / base, 3),
+            engine=VARIANT_PROVIDERS[r.precision].engine,
+            query_ms=round(query_s[r] * 1e3, 3) if r in query_s else None,
+        )
         if r != FP32:
             log.info(
                 "%s: %.0f tokens/s, %.2fx fp32 (%.0f) on %s%s",

@@ -68,14 +68,14 @@ def batch_invariance_problem(manifest: Manifest, variant: Precision) -> Objectio
     not): a server batches concurrent requests, so there its answer would depend on its neighbours.
 
     The export's measurement (``Fidelity.batch_min_cos``) decides when it is there; int8 with one
-    activation scale per batch (``Variant.int8["activations"]`` not ``per-row``; folders without
+    activation scale per batch (``Variant.int8.activations`` not ``per-row``; folders without
     the field are per-tensor) is never invariant, measured or not: the export's batches are a few,
     a server's are any. Unmeasured, fp32, fp16 and int8-ov (static scales) count as invariant;
     bf16 does not: OpenVINO's bf16 rounding follows the batch shape, and on real
     all-mpnet-base-v2 a text alone vs in a batch fell below the bar (docs/serving.md, "Batch
     invariance")."""
     v = manifest.variants[variant.value]
-    if variant == Precision.INT8 and v.int8.get("activations") != "per-row":
+    if variant == Precision.INT8 and not v.int8.per_row:
         return Objection(variant, Why.PER_TENSOR_INT8)
     measured = v.fidelity.batch_min_cos
     if measured is None and variant == Precision.BF16:
@@ -116,7 +116,7 @@ def _named(choice: Choice, manifest: Manifest, cpu: CpuInfo, batched: bool) -> C
 def _validated(manifest: Manifest, variant: Precision) -> str | None:
     """The CPU class ``variant`` was validated on at export (None when the manifest does not say)."""
     cpu = manifest.variants[variant.value].validated_cpu
-    return str(cpu["cpu_class"]) if cpu.get("cpu_class") else None
+    return cpu.cpu_class or None
 
 
 def _openvino_choice(
@@ -129,7 +129,7 @@ def _openvino_choice(
     """``variant`` (int8-ov or bf16) on OpenVINO with the properties it was validated with; bf16
     only where this CPU computes bf16 natively (elsewhere OpenVINO would emulate it or fall back):
     f32 otherwise, said in ``Choice.bf16``."""
-    props = dict(manifest.variants[variant.value].engine_properties)
+    props = manifest.variants[variant.value].engine_properties.config()
     bf16 = None
     if props.get(PRECISION_HINT) == "bf16":
         if cpu.bf16:
@@ -161,7 +161,7 @@ def _cpu_choice(
     if variant != Precision.INT8:
         return Choice(variant, Provider.CPU, basis, cpu.cpu_class, set_aside=set_aside, query_ms=query_ms)
     weights = cpu.int8_weights
-    if weights == "u8" and manifest.variants[variant.value].saturation_free:
+    if weights == "u8" and manifest.variants[variant.value].int8.saturation_free:
         feed = Int8Feed.SATURATION_FREE
     elif weights == "u8":
         feed = Int8Feed.SHIFTED_TO_U8
@@ -274,9 +274,9 @@ def _measured(
     here)."""
     out = {}
     for p in variants:
-        speed = manifest.variants[p.value].speed
-        if speed.get("cpu_class") == cpu_class and key in speed:
-            out[p] = float(speed[key])
+        figure = manifest.variants[p.value].speed.figure_on(cpu_class, key)
+        if figure is not None:
+            out[p] = figure
     return out
 
 
@@ -295,9 +295,9 @@ def _slower_than_fp32(manifest: Manifest, p: Precision, cls: str, prefer_latency
             return Objection(
                 p, Why.SLOWER_ONE_TEXT, CpuClass(cls), query_ms=ms[p], fp32_query_ms=ms[Precision.FP32]
             )
-    if not v.slower_than_fp32_on(cls):
+    if not v.speed.slower_than_fp32_on(cls):
         return None
-    return Objection(p, Why.SLOWER_THAN_FP32, CpuClass(cls), vs_fp32=float(v.speed["vs_fp32"]))
+    return Objection(p, Why.SLOWER_THAN_FP32, CpuClass(cls), vs_fp32=v.speed.vs_fp32)
 
 
 def _openvino_auto(manifest: Manifest, cpu: CpuInfo) -> tuple[str, Basis]:

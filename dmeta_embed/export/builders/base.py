@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ...manifest import Fidelity, Precision, Provider, Variant
+from ...variant_records import EngineProperties, Int8Recipe, Speed
 
 if TYPE_CHECKING:
     import onnx
@@ -30,10 +31,10 @@ class Candidate:
     validated_on: str = Provider.CPU.ort_name
     #: measured on a GPU (the manifest then records no CPU)
     on_gpu: bool = False
-    engine_properties: dict[str, str] = field(default_factory=dict)
+    engine_properties: EngineProperties = field(default_factory=EngineProperties)
     int8_tensors: int = 0
-    #: int8: how it quantizes (``Variant.int8``)
-    int8: dict[str, Any] = field(default_factory=dict)
+    #: int8 and int8-ov: how it quantizes (``Variant.int8``)
+    int8: Int8Recipe = field(default_factory=Int8Recipe)
     #: int8: how the weights were fed when validated (``"s8"`` as exported, ``"u8"`` shifted),
     #: recorded as the validated CPU's ``int8_weights``; None: the CPU's default
     weights_fed: str | None = None
@@ -72,7 +73,7 @@ class Builder(Protocol):
         """The timed runs of this variant (none: it is not timed at export)."""
         ...
 
-    def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, dict[str, Any]]) -> Variant:
+    def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, Speed]) -> Variant:
         """The manifest entry once the speed runs are in (records the speed; may pick among
         alternatives that met the bar)."""
         ...
@@ -96,8 +97,8 @@ class BaseBuilder:
     def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
         return {}
 
-    def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, dict[str, Any]]) -> Variant:
+    def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, Speed]) -> Variant:
         from ..speed import SpeedRun
 
-        own = speeds.get(SpeedRun.of(self.precision, cand.engine_properties))
+        own = speeds.get(SpeedRun(self.precision, cand.engine_properties))
         return replace(variant, speed=own) if own is not None else variant

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ...errors import ExportError
 from ...manifest import Precision, Provider
 from ...runtime.cpu import CpuInfo, detect
+from ...variant_records import EngineProperties, InferencePrecision
 from ..progress import stage
 from .base import BaseBuilder, Candidate
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from ..speed import SpeedRun
 
 #: the OpenVINO CPU properties the variant is validated, timed and run with
-PROPERTIES = {"INFERENCE_PRECISION_HINT": "bf16"}
+PROPERTIES = EngineProperties(InferencePrecision.BF16)
 
 
 class BF16(BaseBuilder):
@@ -79,7 +80,7 @@ class BF16(BaseBuilder):
             model,
             fid,
             validated_on=engine_version(),
-            engine_properties=dict(PROPERTIES),
+            engine_properties=PROPERTIES,
         )
 
     def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
@@ -88,9 +89,7 @@ class BF16(BaseBuilder):
 
         runner = compile_runner(ctx.work, cand.model, cand.engine_properties, bulk=True)
         return {
-            SpeedRun.of(self.precision, cand.engine_properties): calibration_pass(
-                ctx, runner, Provider.OPENVINO
-            )
+            SpeedRun(self.precision, cand.engine_properties): calibration_pass(ctx, runner, Provider.OPENVINO)
         }
 
 

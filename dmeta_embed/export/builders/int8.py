@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...manifest import Precision, Provider
+from ...variant_records import Activations, Int8Recipe
 from .. import attention_split, int8_calibration, int8_rows, int8_search
 from .. import variants as derive
 from ..progress import stage
@@ -87,25 +88,25 @@ class INT8(BaseBuilder):
             fid,
             kept_float={n: r for n, r in found.reasons.items() if found.formats[n] == int8_search.FP32},
             int8_tensors=int8_tensors,
-            int8={
-                "activations": "per-row",
-                "smoothing": SMOOTHING,
-                "weights": _by_weight_format(counts),
-                "asymmetric_rows": sum(
+            int8=Int8Recipe(
+                activations=Activations.PER_ROW,
+                smoothing=SMOOTHING,
+                weights=_by_weight_format(counts),
+                asymmetric_rows=sum(
                     1
                     for n in nodes
                     if found.formats.get(n, rungs[0]) != int8_search.FP32
                     and ("/" in found.formats.get(n, "") or n not in symmetric)
                 ),
-                "promoted": {n: r for n, r in found.reasons.items() if found.formats[n] != int8_search.FP32},
-                "trials": found.trials,
-            },
+                promoted={n: r for n, r in found.reasons.items() if found.formats[n] != int8_search.FP32},
+                trials=found.trials,
+            ),
             weights_fed="s8",
         )
 
     def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
         runner = ctx.runner(cand.model, Provider.CPU)
-        return {SpeedRun.of(self.precision): calibration_pass(ctx, runner, Provider.CPU)}
+        return {SpeedRun(self.precision): calibration_pass(ctx, runner, Provider.CPU)}
 
 
 def _by_weight_format(counts: dict[str, int]) -> dict[str, int]:

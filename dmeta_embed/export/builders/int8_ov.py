@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...manifest import Fidelity, Precision, Provider, Variant
 from ...runtime.pipeline import embed_as_runtime
+from ...variant_records import EngineProperties, Int8Recipe, Speed
 from .. import openvino
 from .. import variants as derive
 from ..progress import stage
@@ -63,7 +64,7 @@ class INT8OV(BaseBuilder):
             kept_float=found.unquantized,
             validated_on=openvino.engine_version(),
             engine_properties=properties,
-            int8={"float_weights": found.float_weights} if found.float_weights else {},
+            int8=Int8Recipe(float_weights=found.float_weights),
         )
         if ctx.cpu.bf16 and fid.passed:
             # bf16 float parts where this CPU computes bf16 natively: kept in settle() only if it
@@ -72,7 +73,7 @@ class INT8OV(BaseBuilder):
                 cand.extra["bf16"] = self._validate(ctx, found.model, openvino.BF16)
         return cand
 
-    def _validate(self, ctx: Context, model: Any, properties: dict[str, str]) -> Fidelity:
+    def _validate(self, ctx: Context, model: Any, properties: EngineProperties) -> Fidelity:
         """Fidelity on the probe texts through OpenVINO with ``properties``, and how far a text
         alone differs from the same text in a batch (static scales make it batch-invariant up to
         float summation order; a server reads it: runtime.choice.batch_invariance_problem)."""
@@ -81,37 +82,37 @@ class INT8OV(BaseBuilder):
         return ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
 
     def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
-        def run(properties: dict[str, str]) -> Callable[[], object]:
+        def run(properties: EngineProperties) -> Callable[[], object]:
             runner = openvino.compile_runner(ctx.work, cand.model, properties, bulk=True)
             return calibration_pass(ctx, runner, Provider.OPENVINO)
 
-        runs = {SpeedRun.of(self.precision, cand.engine_properties): run(cand.engine_properties)}
+        runs = {SpeedRun(self.precision, cand.engine_properties): run(cand.engine_properties)}
         bf16 = cand.extra.get("bf16")
         if bf16 is not None and bf16.passed:
-            runs[SpeedRun.of(self.precision, openvino.BF16)] = run(openvino.BF16)
+            runs[SpeedRun(self.precision, openvino.BF16)] = run(openvino.BF16)
         return runs
 
-    def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, dict[str, Any]]) -> Variant:
+    def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, Speed]) -> Variant:
         import logging
 
-        f32 = speeds.get(SpeedRun.of(self.precision, cand.engine_properties))
-        bf16 = speeds.get(SpeedRun.of(self.precision, openvino.BF16))
+        f32 = speeds.get(SpeedRun(self.precision, cand.engine_properties))
+        bf16 = speeds.get(SpeedRun(self.precision, openvino.BF16))
         if f32 is None:
             return variant
         if bf16 is None:
             return replace(variant, speed=f32)
-        faster = bf16["tokens_per_s"] > f32["tokens_per_s"]
+        faster = bf16.tokens_per_s > f32.tokens_per_s
         logging.getLogger(__name__).info(
             "int8-ov: bf16 float parts %d tokens/s vs f32 %d: keeping %s",
-            bf16["tokens_per_s"],
-            f32["tokens_per_s"],
+            bf16.tokens_per_s,
+            f32.tokens_per_s,
             "bf16" if faster else "f32",
         )
         if faster:
             return replace(
                 variant,
-                engine_properties=dict(openvino.BF16),
+                engine_properties=openvino.BF16,
                 fidelity=cand.extra["bf16"],
-                speed={**bf16, "f32_tokens_per_s": f32["tokens_per_s"]},
+                speed=replace(bf16, f32_tokens_per_s=f32.tokens_per_s),
             )
-        return replace(variant, speed={**f32, "bf16_tokens_per_s": bf16["tokens_per_s"]})
+        return replace(variant, speed=replace(f32, bf16_tokens_per_s=bf16.tokens_per_s))
