@@ -75,3 +75,161 @@ def calibration_texts(n: int = 48, seed: int = 7) -> list[str]:
     # degenerate texts of the same kinds as the probe set's, but not the same texts
     out += ["  ", "✨🌟💡", "test " * 300]
     return out
+
+
+# -- degenerate input, by family ---------------------------------------------------------------------
+# What users send besides prose: separators, emoji-only chat lines, table cells, code, URLs,
+# boilerplate. int8's activation ranges meet their extremes on such texts, and a probe set of
+# prose never looks there. Each family makes as many members as asked from a seed, so the export
+# calibrates on some members, validates on others, and the test suite checks members neither saw.
+
+_CJK_PUNCT = "，。！？；：、“”‘’《》【】（）…—·～「」『』〈〉"
+_ASCII_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+_SYMBOLS = "©®™°±×÷§¶†‡•‰′″€£¥₩¢∞≈≠≤≥∑∏√∫∂∆∇←→↑↓↔⇒⇔♠♣♥♦★☆○●◎◇◆□■△▲▽▼※"
+_EMOJI = "😀😂🥲😍🤔😭😡👍👎👏🙏💪🔥✨🎉🚀💡❤️💔⭐🌟☀️🌧️🍜🍺⚽🎵📱💻📈🧧🐼"
+_ZWJ = ["👨‍👩‍👧‍👦", "👩‍💻", "🧑‍🚀", "🏳️‍🌈", "👨‍🍳", "🧑‍🤝‍🧑", "❤️‍🔥", "🐻‍❄️", "👩🏽‍🔬", "🏃‍♀️"]
+_WORDS = ["the", "word", "好", "的", "test", "数据", "ok", "是", "a", "模型"]
+_SCRIPTS = [
+    "Привет мир",
+    "مرحبا بالعالم",
+    "שלום עולם",
+    "नमस्ते दुनिया",
+    "こんにちは世界",
+    "안녕하세요 세계",
+    "สวัสดีชาวโลก",
+    "Γειά σου Κόσμε",
+    "Xin chào thế giới",
+    "你好世界",
+    "hello world",
+]
+_CODE = [
+    "def f(x):\n    return x ** 2 + 1",
+    "for (int i = 0; i < n; ++i) { sum += a[i]; }",
+    "SELECT id, name FROM users WHERE age > 30 ORDER BY name;",
+    '{"key": [1, 2, 3], "ok": true, "name": null}',
+    '<div class="row"><span>价格</span></div>',
+    "import numpy as np\nx = np.zeros((3, 4), dtype=np.float32)",
+    "$ pip install 'dmeta-embed[cpu]' && dmeta-embed serve --model out/m",
+    'fn main() { println!("{}", 1 + 2); }',
+]
+
+
+def _pick(rng: random.Random, alphabet: str | list[str], lo: int, hi: int, sep: str = "") -> str:
+    return sep.join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
+
+
+def _punct_cjk(rng: random.Random, max_length: int) -> str:
+    return _pick(rng, _CJK_PUNCT, 1, 40, rng.choice(["", "", " "]))
+
+
+def _punct_ascii(rng: random.Random, max_length: int) -> str:
+    return _pick(rng, _ASCII_PUNCT, 1, 40, rng.choice(["", "", " "]))
+
+
+def _punct_mixed(rng: random.Random, max_length: int) -> str:
+    return _pick(rng, _CJK_PUNCT + _ASCII_PUNCT, 2, 40, rng.choice(["", " "]))
+
+
+def _symbols(rng: random.Random, max_length: int) -> str:
+    return _pick(rng, _SYMBOLS, 1, 30, rng.choice(["", " "]))
+
+
+def _emoji(rng: random.Random, max_length: int) -> str:
+    return _pick(rng, list(_EMOJI.replace("\ufe0f", "")), 1, 20, rng.choice(["", " "]))
+
+
+def _emoji_zwj(rng: random.Random, max_length: int) -> str:
+    return _pick(rng, _ZWJ, 1, 8, rng.choice(["", " "]))
+
+
+def _digits(rng: random.Random, max_length: int) -> str:
+    forms = [
+        lambda: str(rng.randint(0, 10 ** rng.randint(1, 12))),
+        lambda: f"{rng.uniform(-1e4, 1e4):.{rng.randint(1, 6)}f}",
+        lambda: f"{rng.randint(1990, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        lambda: f"+86 1{rng.randint(30, 99)}{rng.randint(0, 99999999):08d}",
+        lambda: (
+            f"{rng.randint(1, 999)},{rng.randint(0, 999):03d},{rng.randint(0, 999):03d}.{rng.randint(0, 99):02d}"
+        ),
+        lambda: f"{rng.random() * 100:.1f}%",
+    ]
+    return " ".join(rng.choice(forms)() for _ in range(rng.randint(1, 6)))
+
+
+def _single_char(rng: random.Random, max_length: int) -> str:
+    return rng.choice(list("a我Z。1?好é€😀 ") + [rng.choice(_CJK_PUNCT), rng.choice(_SYMBOLS)])
+
+
+def _repeated_tokens(rng: random.Random, max_length: int) -> str:
+    word = rng.choice(_WORDS)
+    return (word + rng.choice([" ", "", ", "])) * rng.randint(2, max_length + 16)
+
+
+def _repeated_chars(rng: random.Random, max_length: int) -> str:
+    return rng.choice("哈啊好!.-=*a😂") * rng.randint(2, 3 * max_length)
+
+
+def _whitespace_control(rng: random.Random, max_length: int) -> str:
+    blank = _pick(rng, [" ", "\t", "\n", "\r\n", "\u3000", "\u00a0", "\u200b", "\x00", "\x1b", "\x7f"], 1, 30)
+    return blank if rng.random() < 0.5 else blank + rng.choice(ZH + EN) + blank
+
+
+def _mixed_scripts(rng: random.Random, max_length: int) -> str:
+    return _pick(rng, _SCRIPTS, 2, 6, rng.choice([" ", "，", " / "]))
+
+
+def _code(rng: random.Random, max_length: int) -> str:
+    return "\n".join(rng.sample(_CODE, rng.randint(1, 3)))
+
+
+def _url(rng: random.Random, max_length: int) -> str:
+    host = rng.choice(["example.com", "www.例子.中国", "api.example.org:8443", "192.168.0.1", "t.cn"])
+    path = "/".join(
+        rng.choice(["a", "search", "商品", "v1", "id", "%E4%BD%A0%E5%A5%BD"])
+        for _ in range(rng.randint(0, 4))
+    )
+    query = "&".join(f"{rng.choice('qkxyz')}={rng.randint(0, 9999)}" for _ in range(rng.randint(0, 3)))
+    url = f"{rng.choice(['https', 'http'])}://{host}/{path}" + (f"?{query}" if query else "")
+    return url if rng.random() < 0.6 else f"{rng.choice(ZH)} {url} {rng.choice(['👍', '', '谢谢'])}"
+
+
+def _at_max_length(rng: random.Random, max_length: int) -> str:
+    # prose cut right at the model's limit (and past it): the long end of every batch
+    out = ""
+    while len(out) < rng.randint(max_length, 2 * max_length):
+        out += rng.choice(ZH + EN + MIXED)
+    return out
+
+
+#: family name → a function (rng, max_length) → one member
+FAMILIES = {
+    "punct_cjk": _punct_cjk,
+    "punct_ascii": _punct_ascii,
+    "punct_mixed": _punct_mixed,
+    "symbols": _symbols,
+    "emoji": _emoji,
+    "emoji_zwj": _emoji_zwj,
+    "digits": _digits,
+    "single_char": _single_char,
+    "repeated_tokens": _repeated_tokens,
+    "repeated_chars": _repeated_chars,
+    "whitespace_control": _whitespace_control,
+    "mixed_scripts": _mixed_scripts,
+    "code": _code,
+    "url": _url,
+    "max_length": _at_max_length,
+}
+#: the seeds of the members the export sees: the int8 searches calibrate on one, validation probes
+#: the other; the test suite's held-out members use any other seed
+CALIBRATION_SEED = 11
+PROBE_SEED = 23
+
+
+def degenerate_texts(per_family: int, seed: int, max_length: int = 512) -> list[tuple[str, str]]:
+    """``per_family`` members of every family in :data:`FAMILIES`, as ``(family, text)``; the same
+    seed gives the same members (each family draws from its own generator)."""
+    out = []
+    for i, (family, make) in enumerate(FAMILIES.items()):
+        rng = random.Random(seed * 1000 + i)
+        out += [(family, make(rng, max_length)) for _ in range(per_family)]
+    return out

@@ -1,0 +1,28 @@
+"""The degenerate-input families: every family makes members, a seed gives the same members, and the
+held-out seeds give members the export never saw."""
+
+from __future__ import annotations
+
+from dmeta_embed.texts import CALIBRATION_SEED, FAMILIES, PROBE_SEED, degenerate_texts
+
+#: the suite's held-out members (any seed but the export's two)
+HELD_OUT_SEED = 97
+
+
+def test_every_family_makes_the_members_asked_for():
+    got = degenerate_texts(4, HELD_OUT_SEED, max_length=128)
+    assert len(got) == 4 * len(FAMILIES)
+    by_family: dict[str, list[str]] = {}
+    for family, text in got:
+        by_family.setdefault(family, []).append(text)
+    assert set(by_family) == set(FAMILIES) and all(len(v) == 4 for v in by_family.values())
+    assert all(isinstance(t, str) and t for t in by_family["punct_cjk"])
+    assert all(len(t) >= 128 for t in by_family["max_length"])  # at the model's limit or past it
+
+
+def test_a_seed_gives_the_same_members_and_seeds_differ():
+    assert degenerate_texts(3, CALIBRATION_SEED) == degenerate_texts(3, CALIBRATION_SEED)
+    seen = {t for _, t in degenerate_texts(3, CALIBRATION_SEED) + degenerate_texts(3, PROBE_SEED)}
+    held_out = [t for _, t in degenerate_texts(3, HELD_OUT_SEED)]
+    # families with few possible members (single characters) may repeat one; the rest are new
+    assert sum(t not in seen for t in held_out) >= len(held_out) - 6
