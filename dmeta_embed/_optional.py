@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import importlib.util
 from types import ModuleType
 
 from .errors import MissingDependencyError
@@ -76,6 +77,20 @@ def require_feature(feature: str) -> None:
     for module in FEATURES[feature]:
         own = EXTRAS[module.split(".")[0]]
         require(module, extra=own if own in ENGINE_EXTRAS else feature)
+
+
+def check_feature(feature: str) -> None:
+    """:func:`require_feature` without importing anything (each module is only found): for a
+    caller that must answer at once and imports later (a server binds its port, then exports)."""
+    for module in FEATURES[feature]:
+        top = module.split(".")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a missing parent package, or None in sys.modules
+            found = False
+        if not found:
+            own = EXTRAS[top]
+            raise MissingDependencyError(module, own if own in ENGINE_EXTRAS else feature, NOTES.get(top, ""))
 
 
 def installed_version(distribution: str) -> str | None:

@@ -3,7 +3,9 @@ benchmark harness: what two of them need lives here)."""
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 import socket
 import sys
 import threading
@@ -13,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dmeta_embed.errors import ExportError
 from dmeta_embed.texts import EN, MIXED, ZH
 
 #: texts whose tokenisation must match Hugging Face's: scripts, emoji, full-width, whitespace
@@ -109,3 +112,34 @@ def running(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def model_folder(path: Path, model_type: str = "bert") -> Path:
+    """A folder that looks like a transformers model to the resolver (config.json); no real weights."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (path / "model.safetensors").write_bytes(b"weights")
+    return path
+
+
+class FakeExport:
+    """Stands in for ``cache.run_export``: copies an exported folder after ``delay`` seconds (or
+    once ``gate`` is set), counting calls; ``fail`` writes part of the folder, then raises."""
+
+    def __init__(self, exported: Path, delay: float = 0.0, fail: bool = False) -> None:
+        self.exported, self.delay, self.fail = exported, delay, fail
+        self.calls: list[tuple[str, Path, str | None]] = []
+        self.gate: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str, output: Path, revision: str | None) -> None:
+        with self._lock:
+            self.calls.append((model, output, revision))
+        if self.gate is not None:
+            assert self.gate.wait(60)
+        time.sleep(self.delay)
+        if self.fail:
+            output.mkdir()
+            (output / "model.onnx").write_bytes(b"half")
+            raise ExportError("the fake export failed")
+        shutil.copytree(self.exported, output)

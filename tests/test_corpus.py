@@ -437,6 +437,7 @@ def test_cli_ray_flag(flag, want, tmp_path, monkeypatch):
         return {"rows_written": 1, "parts": 1, "model": {"variant": "fp32"}, "skipped_null": 0}
 
     monkeypatch.setattr(job_mod, "embed_corpus", fake)
+    (tmp_path / "manifest.json").write_text("{}")  # --model is resolved first: an exported folder
     r = CliRunner().invoke(
         cli, ["embed-corpus", "in.parquet", str(tmp_path / "o"), "-m", str(tmp_path), *flag]
     )

@@ -261,6 +261,10 @@ def test_help_works_on_a_base_install() -> None:
 
 
 CPU_LINE = "Error: onnxruntime is not installed; run: pip install 'dmeta-embed[cpu]'"
+EXPORT_FIRST = (
+    "Error: torch is not installed; run: pip install 'dmeta-embed[export]' (model is not an exported "
+    "folder and exporting it needs [export]; or export it where that is installed, dmeta-embed export "
+)
 
 
 @pytest.mark.parametrize(
@@ -281,14 +285,18 @@ CPU_LINE = "Error: onnxruntime is not installed; run: pip install 'dmeta-embed[c
             ("starlette",),
             "Error: starlette is not installed; run: pip install 'dmeta-embed[server]'",
         ),
+        # a model folder (not an export) is exported first: the same line, and the two-step way
+        (["encode", "-m", "{model}", "--cache-dir", "{out}", "hi"], ("torch",), EXPORT_FIRST),
+        (["serve", "-m", "{model}", "--cache-dir", "{out}"], ("torch",), EXPORT_FIRST),
     ],
-    ids=["encode", "similarity", "export-cpu", "export-torch", "serve"],
+    ids=["encode", "similarity", "export-cpu", "export-torch", "serve", "encode-export", "serve-export"],
 )
 def test_missing_extra_is_one_line(
     args: list[str], block: tuple[str, ...], line: str, tmp_path: Path, tiny_export: Path
 ) -> None:
     model = tmp_path / "model"
     model.mkdir()
+    (model / "config.json").write_text("{}")  # a model folder (export refuses it later: no weights)
     r = _cli([a.format(model=model, export=tiny_export, out=tmp_path / "out") for a in args], block=block)
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr

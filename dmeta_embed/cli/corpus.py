@@ -48,7 +48,9 @@ from .options import model_option, number_option, provider_option, variant_optio
 def embed_corpus(
     input_path: Path,
     output: Path,
-    model_dir: Path,
+    model: str,
+    revision: str | None,
+    cache_dir: Path | None,
     text_column: str,
     id_column: str | None,
     part_rows: int,
@@ -64,12 +66,13 @@ def embed_corpus(
 ) -> None:
     """Embed a parquet / JSON-lines corpus into OUTPUT, a folder of parquet parts (id, n_tokens,
     embedding) that a rerun resumes (docs/corpus.md)."""
+    from ..cache import resolve_model
     from ..corpus import embed_corpus as run
 
     done = run(
         input_path,
         output,
-        model_dir,
+        resolve_model(model, revision, cache_dir),  # exported here once: Ray workers get the folder
         text_column=text_column,
         id_column=id_column,
         part_rows=part_rows,

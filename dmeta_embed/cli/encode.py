@@ -78,7 +78,9 @@ def _read_inputs(texts: tuple[str, ...], input_file: str | None, input_format: s
 @variant_option
 @provider_option
 def encode(
-    model_dir: Path,
+    model: str,
+    revision: str | None,
+    cache_dir: Path | None,
     texts: tuple[str, ...],
     input_file: str | None,
     input_format: str,
@@ -97,8 +99,8 @@ def encode(
     items = _read_inputs(texts, input_file, input_format)
     if fmt == "npy" and output is None:
         raise click.UsageError("--format npy needs --output FILE")
-    model = load(model_dir, variant, provider)
-    emb = model.encode(
+    embedder = load(model, variant, provider, revision=revision, cache_dir=cache_dir)
+    emb = embedder.encode(
         items,
         batch_size=batch_size,
         show_progress_bar=len(items) > 1000,
@@ -130,12 +132,18 @@ def encode(
 @variant_option
 @provider_option
 def similarity(
-    model_dir: Path, queries: tuple[str, ...], docs: tuple[str, ...], variant: str, provider: str
+    model: str,
+    revision: str | None,
+    cache_dir: Path | None,
+    queries: tuple[str, ...],
+    docs: tuple[str, ...],
+    variant: str,
+    provider: str,
 ) -> None:
     """For each QUERY, print --docs ranked by cosine similarity (Dmeta's model-card example)."""
-    model = load(model_dir, variant, provider)
-    q = model.encode(list(queries), normalize_embeddings=True)
-    d = model.encode(list(docs), normalize_embeddings=True)
+    embedder = load(model, variant, provider, revision=revision, cache_dir=cache_dir)
+    q = embedder.encode(list(queries), normalize_embeddings=True)
+    d = embedder.encode(list(docs), normalize_embeddings=True)
     click.echo(format_ranking(list(queries), list(docs), q @ d.T))
 
 

@@ -8,25 +8,43 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ..cache import CACHE_ENV
 from ..manifest import Precision, Provider
 
 if TYPE_CHECKING:
     from ..runtime import Embedder
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 MODEL_ENV = "DMETA_EMBED_MODEL"
-model_option = click.option(
+_model = click.option(
     "--model",
     "-m",
-    "model_dir",
     envvar=MODEL_ENV,
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help=f"Exported model folder (env {MODEL_ENV}).",
+    help="An exported folder, a Hugging Face hub id, or a transformers / sentence-transformers "
+    f"folder; the last two are exported once into the cache, then reused (env {MODEL_ENV}).",
 )
+_revision = click.option(
+    "--revision", default=None, help="Hub revision (branch, tag or commit) of a hub id --model."
+)
+_cache_dir = click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=CACHE_ENV,
+    help=f"Where exports of hub ids and model folders are kept (env {CACHE_ENV}; "
+    "default ~/.cache/dmeta-embed/exports).",
+)
+
+
+def model_option(f: F) -> F:
+    """``--model`` with ``--revision`` and ``--cache-dir``: what ``dmeta_embed.cache`` resolves."""
+    return _model(_revision(_cache_dir(f)))
+
+
 VARIANTS = [p.value for p in Precision]
 PROVIDERS = [p.value for p in Provider]
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _auto_choice(name: str, values: list[str]) -> Callable[[F], F]:
@@ -65,8 +83,9 @@ def number_option(
     )
 
 
-def load(model_dir: Path, variant: str, provider: str, **kw: Any) -> Embedder:
-    """``Embedder.load``, imported only by the commands that embed (``--help`` stays fast)."""
+def load(model: str, variant: str, provider: str, **kw: Any) -> Embedder:
+    """``Embedder.load``, imported only by the commands that embed (``--help`` stays fast);
+    ``kw`` carries ``revision`` and ``cache_dir`` from :func:`model_option`."""
     from ..runtime import Embedder
 
-    return Embedder.load(model_dir, variant=variant, provider=provider, **kw)
+    return Embedder.load(model, variant=variant, provider=provider, **kw)

@@ -69,7 +69,9 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
     "use --no-spin when other busy processes share them.",
 )
 def serve(
-    model_dir: Path,
+    model: str,
+    revision: str | None,
+    cache_dir: Path | None,
     host: str,
     port: int,
     variant: str,
@@ -112,7 +114,17 @@ def serve(
     )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         click.echo(f"warning: serving on {host} without an API key (see --api-key-env)", err=True)
-    run_server(model_dir, config, host=host, port=port, variant=variant, provider=provider, threads=threads)
+    run_server(
+        model,
+        config,
+        host=host,
+        port=port,
+        variant=variant,
+        provider=provider,
+        threads=threads,
+        revision=revision,
+        cache_dir=cache_dir,
+    )
 
 
 @click.command(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import resolve_model
 from ..manifest import Manifest, Precision, Provider
 from .choice import Choice
 from .cpu import CpuInfo
@@ -75,8 +76,13 @@ class Embedder(SentenceTransformerAPI):
         truncate_dim: int | None = None,
         cpu: CpuInfo | None = None,
         engines: Installed | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
     ) -> Embedder:
-        """Load an exported folder. ``variant``: auto|fp32|fp16|int8|int8-ov|bf16; ``provider``:
+        """Load ``path``: an exported folder, or a Hugging Face hub id (at ``revision``) or a
+        transformers / sentence-transformers folder, exported once into the export cache
+        (``cache_dir``, else ``$DMETA_EMBED_CACHE``, else ``~/.cache/dmeta-embed/exports``) and
+        reused from there: ``dmeta_embed.cache.resolve_model``. ``variant``: auto|fp32|fp16|int8|int8-ov|bf16; ``provider``:
         auto|cpu|cuda|openvino (int8-ov and bf16 run on OpenVINO; bf16 asked for on a CPU without
         native bf16 loads in f32 with a warning). ``profile``: who calls — ``library`` (the
         default: single texts and large lists), ``server`` (``auto`` takes the lowest one-text
@@ -85,7 +91,7 @@ class Embedder(SentenceTransformerAPI):
         profile's OpenVINO mode (latency | throughput | latency+throughput). ``verify``: check
         the file's sha256 first. The rest: :func:`~dmeta_embed.runtime.plan.make_plan`."""
         plan = make_plan(
-            path,
+            resolve_model(path, revision, cache_dir),
             variant,
             provider,
             profile,

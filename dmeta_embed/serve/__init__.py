@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._optional import require_feature
+from ..cache import TYPICAL, Kind, ensure, locate, require_export
 from .config import ServerConfig
 
 if TYPE_CHECKING:
@@ -39,21 +41,26 @@ def create_app(
 
 
 def load_embedder(
-    model_dir: str | Path,
+    model: str | Path,
     config: ServerConfig | None = None,
     *,
     variant: str = "auto",
     provider: str = "auto",
     threads: int | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Embedder:
     """The model as :func:`serve` loads it: the ``server`` profile of the load plan (``auto`` ranks
     by one-text latency and loads only a batch-invariant variant, OpenVINO in latency mode) with
-    the server's batching settings."""
+    the server's batching settings. ``model``: what ``Embedder.load`` takes (an exported folder,
+    a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
     from ..runtime import Embedder
 
     cfg = config or ServerConfig()
     return Embedder.load(
-        model_dir,
+        model,
+        revision=revision,
+        cache_dir=cache_dir,
         variant=variant,
         provider=provider,
         threads=threads,
@@ -65,7 +72,7 @@ def load_embedder(
 
 
 def serve(
-    model_dir: str | Path,
+    model: str | Path,
     config: ServerConfig | None = None,
     *,
     host: str = "127.0.0.1",
@@ -74,17 +81,41 @@ def serve(
     provider: str = "auto",
     threads: int | None = None,
     log_level: str = "info",
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> None:
-    """Load the model (errors surface here, before any port is bound), then serve until SIGTERM/SIGINT.
+    """Load the model, then serve until SIGTERM/SIGINT. ``model``: an exported folder, or a hub id
+    (at ``revision``) or model folder with an export in ``cache_dir`` (``dmeta_embed.cache``).
 
+    An exported model loads before any port is bound (its errors surface here). One that needs
+    exporting first is exported while the port already answers: ``/health`` 200, ``/ready`` 503
+    until the model is loaded and warm; a failed export stops the server and is raised here.
     SIGTERM: stop accepting connections, finish the requests in flight and the queue, return.
     """
     require_feature("server")
     import uvicorn
 
+    from .loading import LoadingApp
+
     cfg = config or ServerConfig()
-    embedder = load_embedder(model_dir, cfg, variant=variant, provider=provider, threads=threads)
-    app = create_app(embedder, cfg)
+    source = locate(model, revision, cache_dir)
+    if source.kind is Kind.FOLDER and cfg.model_name is None:
+        cfg = replace(cfg, model_name=source.name)  # not the cache entry's name
+
+    def load(folder: Path) -> Embedder:
+        return load_embedder(folder, cfg, variant=variant, provider=provider, threads=threads)
+
+    app: Starlette | LoadingApp
+    if source.needs_export:
+        require_export(source, quick=True)  # a base install is told before any port is bound
+        app = LoadingApp(
+            lambda: load(ensure(source)),
+            cfg,
+            status="exporting",
+            detail=f"exporting {source.name} into {source.folder} ({TYPICAL})",
+        )
+    else:
+        app = create_app(load(source.folder), cfg)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -97,15 +128,30 @@ def serve(
             timeout_graceful_shutdown=int(cfg.request_timeout_s) + 5,
         )
     )
-    # uvicorn's own logger: configured by uvicorn.Config, so this line appears beside its start-up lines
-    logging.getLogger("uvicorn.error").info(
-        "serving %r (%s, %s) on http://%s:%d",
-        app.state.service.name,
-        embedder.variant.value,
-        embedder.provider.value,
-        host,
-        port,
-    )
+    # uvicorn's own logger: configured by uvicorn.Config, so these lines appear beside its own
+    say = logging.getLogger("uvicorn.error").info
+
+    def serving(model_app: Starlette) -> None:
+        svc = model_app.state.service
+        url = f"http://{host}:{port}"
+        say(
+            "serving %r (%s, %s) on %s",
+            svc.name,
+            svc.embedder.variant.value,
+            svc.embedder.provider.value,
+            url,
+        )
+
+    if isinstance(app, LoadingApp):
+        app.on_ready = serving
+
+        def stop(e: BaseException) -> None:
+            server.should_exit = True  # serve() raises the error once the server has stopped
+
+        app.on_error = stop
+        say("exporting %s, then serving it on http://%s:%d (/ready: 503 until then)", source.name, host, port)
+    else:
+        serving(app)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so the process dies
     # "by signal" (status 143); a handler installed here receives that second delivery, so a
     # graceful stop exits 0 as service managers expect
@@ -114,3 +160,5 @@ def serve(
         server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if isinstance(app, LoadingApp) and app.error is not None:
+        raise app.error

@@ -54,6 +54,8 @@ INLINE_JSON_FLOATS = 100_000
 INLINE_JSON_BYTES = 1 << 20
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: TEI's routes: their errors have TEI's shape and statuses
+TEI_PATHS = frozenset({"/embed", "/tokenize"})
 
 
 def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -343,17 +345,16 @@ def create_app(
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return json_response(error_body(exc.status_code, message, tei=False), exc.status_code, exc.headers)
 
-    def route(
-        path: str, name: str, handler: Handler, method: str, protected: bool = True, tei: bool = False
-    ) -> Route:
-        return Route(path, _endpoint(svc, name, handler, protected=protected, tei=tei), methods=[method])
+    def route(path: str, name: str, handler: Handler, method: str, protected: bool = True) -> Route:
+        endpoint = _endpoint(svc, name, handler, protected=protected, tei=path in TEI_PATHS)
+        return Route(path, endpoint, methods=[method])
 
     routes = [
         route("/v1/embeddings", "openai", svc.openai_embeddings, "POST"),
         route("/embeddings", "openai", svc.openai_embeddings, "POST"),
         route("/v1/models", "models", svc.models, "GET"),
-        route("/embed", "tei", svc.tei_embed, "POST", tei=True),
-        route("/tokenize", "tokenize", svc.tei_tokenize, "POST", tei=True),
+        route("/embed", "tei", svc.tei_embed, "POST"),
+        route("/tokenize", "tokenize", svc.tei_tokenize, "POST"),
         route("/health", "health", svc.health, "GET", protected=False),
         route("/ready", "ready", svc.ready, "GET", protected=False),
         route("/info", "info", svc.info, "GET"),

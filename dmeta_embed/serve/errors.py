@@ -33,6 +33,8 @@ class Kind(str, Enum):
     OVERLOADED = "overloaded"
     TIMEOUT = "timeout"
     CLIENT_CLOSED = "client_closed"
+    #: the model is still being exported or loaded
+    LOADING = "loading"
     INTERNAL = "internal"
 
 
@@ -76,6 +78,7 @@ STATUS: dict[Kind, Http] = {
     Kind.OVERLOADED: Http(503, 503, "overloaded", retry_after=1),
     Kind.TIMEOUT: Http(503, 503, "timeout", retry_after=1),
     Kind.CLIENT_CLOSED: Http(499, 499, "client_closed"),
+    Kind.LOADING: Http(503, 503, "loading", retry_after=5),
     Kind.INTERNAL: Http(500, 500),
 }
 #: errors from below the routes → their kind; the first class that matches wins
