@@ -30,8 +30,8 @@ from enum import Enum
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__
 from ._optional import check_feature, require_feature
+from ._version import __version__
 from .errors import MissingDependencyError, ModelLoadError, VariantsLeftOutError
 from .manifest import MANIFEST_NAME
 

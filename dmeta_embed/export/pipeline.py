@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from .. import __version__
 from .._optional import installed_version, require_feature
+from .._version import __version__
 from ..errors import ExportError, FidelityError, VariantsLeftOutError
 from ..manifest import (
     BARS,

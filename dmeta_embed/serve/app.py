@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import __version__
+from .._version import __version__
 from ..runtime import Embedder
 from ..runtime.choice import batch_invariance_problem
 from ..runtime.options import OutputSpec
