@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,59 @@ def test_batch_invariance(minilm_export):
             worst = min(worst, float(cosines(emb.encode(texts, batch_size=bs), base).min()))
         print(f"\nbatch invariance {variant}: min cos {worst:.6f}")
         assert worst >= bar
+
+
+def test_serve_a_sentence_transformers_folder_exports_once_and_restarts_from_the_cache(minilm_src, tmp_path):
+    """``dmeta-embed serve --model <sentence-transformers folder>``: the port answers at once, the
+    model is exported into the cache with the default variants, served at the bar against
+    sentence-transformers, and a restart serves the cached export (no second export). The start
+    times are printed for the record (run pytest -s), not asserted."""
+    import signal
+    import subprocess
+    import time
+
+    httpx = pytest.importorskip("httpx")
+    st = pytest.importorskip("sentence_transformers")
+    from tests.helpers import free_port
+
+    cache_dir = tmp_path / "cache"
+    texts = EN + ZH[:6] + MIXED
+
+    def start() -> tuple[subprocess.Popen[str], str, float]:
+        port = free_port()
+        cmd = [sys.executable, "-m", "dmeta_embed.cli", "serve", "-m", str(minilm_src)]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--cache-dir", str(cache_dir)]
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        end = t0 + 900
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < end, "not ready in time"
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    return proc, url, time.monotonic() - t0
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+
+    def stop(proc: subprocess.Popen[str]) -> str:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        return err
+
+    proc, url, first = start()
+    body = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60).json()
+    err = stop(proc)
+    got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+    ref = st.SentenceTransformer(str(minilm_src), device="cpu").encode(texts, convert_to_numpy=True)
+    c = cosines(got, ref)
+    assert c.min() >= 0.99 and c.mean() >= 0.995, (c.min(), c.mean())
+    entries = [p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(entries) == 1 and (entries[0] / "manifest.json").is_file()
+    assert "export" in err  # the first start said it was exporting
+    proc, url, again = start()
+    err = stop(proc)
+    assert [p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] == entries
+    print(f"\nserve from a sentence-transformers folder: first start {first:.1f} s, restart {again:.1f} s")
