@@ -8,7 +8,10 @@ from pathlib import Path
 import click
 
 from ..serve.config import ServerConfig  # a plain dataclass: imports nothing of the server stack
-from .options import F, model_option, number_option, provider_option, variant_option
+from .options import MODEL_ENV, F, number_option, provider_option, variant_option
+
+#: the API key's default variable (a container sets it with -e; the name can be changed with --api-key-env)
+API_KEY_ENV = "DMETA_EMBED_API_KEY"
 
 
 def server_option(flag: str, field: str, text: str, kind: click.ParamType | None = None) -> Callable[[F], F]:
@@ -17,7 +20,17 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
 
 
 @click.command()
-@model_option
+@click.option(
+    "--model",
+    "-m",
+    "model_dir",
+    envvar=MODEL_ENV,
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="FOLDER|HUB_ID",
+    help="Exported model folder; a Hugging Face hub id or model folder is exported first, once, into "
+    f"$XDG_CACHE_HOME/dmeta-embed/exports (needs the export extra) (env {MODEL_ENV}).",
+)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -56,7 +69,8 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
     "--api-key-env",
     default=None,
     metavar="NAME",
-    help="Require 'Authorization: Bearer <key>', the key read from environment variable NAME.",
+    help="Require 'Authorization: Bearer <key>', the key read from environment variable NAME "
+    f"(default: {API_KEY_ENV}, when it is set and not empty).",
 )
 @click.option(
     "--model-name", default=None, help="Name reported as 'model' (default: the export's source model)."
@@ -92,6 +106,8 @@ def serve(
     from ..serve import serve as run_server
 
     api_key = None
+    if api_key_env is None and os.environ.get(API_KEY_ENV):
+        api_key_env = API_KEY_ENV
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "")
         if not api_key:
@@ -111,7 +127,13 @@ def serve(
         spin=spin,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        click.echo(f"warning: serving on {host} without an API key (see --api-key-env)", err=True)
+        click.echo(
+            f"warning: serving on {host} without an API key (set {API_KEY_ENV}, or see --api-key-env)",
+            err=True,
+        )
+    from .served_model import served_folder
+
+    model_dir = served_folder(model_dir, variant)  # a hub id: exported once into the cache
     run_server(model_dir, config, host=host, port=port, variant=variant, provider=provider, threads=threads)
 
 
