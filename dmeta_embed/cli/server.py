@@ -10,6 +10,9 @@ import click
 from ..serve.config import ServerConfig  # a plain dataclass: imports nothing of the server stack
 from .options import F, model_option, number_option, provider_option, variant_option
 
+#: the API key's default variable (a container sets it with -e; the name can be changed with --api-key-env)
+API_KEY_ENV = "DMETA_EMBED_API_KEY"
+
 
 def server_option(flag: str, field: str, text: str, kind: click.ParamType | None = None) -> Callable[[F], F]:
     """An option for one ``ServerConfig`` field, with the dataclass's default (one source of truth)."""
@@ -56,7 +59,8 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
     "--api-key-env",
     default=None,
     metavar="NAME",
-    help="Require 'Authorization: Bearer <key>', the key read from environment variable NAME.",
+    help="Require 'Authorization: Bearer <key>', the key read from environment variable NAME "
+    f"(default: {API_KEY_ENV}, when it is set and not empty).",
 )
 @click.option(
     "--model-name", default=None, help="Name reported as 'model' (default: the export's source model)."
@@ -94,6 +98,8 @@ def serve(
     from ..serve import serve as run_server
 
     api_key = None
+    if api_key_env is None and os.environ.get(API_KEY_ENV):
+        api_key_env = API_KEY_ENV
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "")
         if not api_key:
@@ -113,7 +119,10 @@ def serve(
         spin=spin,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        click.echo(f"warning: serving on {host} without an API key (see --api-key-env)", err=True)
+        click.echo(
+            f"warning: serving on {host} without an API key (set {API_KEY_ENV}, or see --api-key-env)",
+            err=True,
+        )
     run_server(
         model,
         config,
