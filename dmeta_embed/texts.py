@@ -61,13 +61,15 @@ def probe_texts(max_length: int) -> list[str]:
     texts.append(over)
     # degenerate inputs users send, held out of the calibration set: empty, whitespace only,
     # emoji only, and one word repeated past max length (int8's activation scales meet their
-    # extremes on such texts)
+    # extremes on such texts), then members of every degenerate family (PROBE_SEED's)
     texts += ["", " \t\n ", "😀🎉🚀👍🔥", "好 " * (max_length + 8)]
-    return texts
+    return texts + [t for _, t in degenerate_texts(PROBE_PER_FAMILY, PROBE_SEED, max_length)]
 
 
 def calibration_texts(n: int = 48, seed: int = 7) -> list[str]:
-    """Texts the int8 search measures sensitivity on (disjoint seed from the probe set)."""
+    """Prose and a few degenerate texts (a seed disjoint from the probe set's): what int8 output
+    quantization takes its ranges from (``Embedder.calibration_ranges``); the export's searches
+    add members of every degenerate family (:func:`search_texts`)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -75,6 +77,14 @@ def calibration_texts(n: int = 48, seed: int = 7) -> list[str]:
     # degenerate texts of the same kinds as the probe set's, but not the same texts
     out += ["  ", "✨🌟💡", "test " * 300]
     return out
+
+
+def search_texts(max_length: int = 512) -> list[str]:
+    """What the export's int8 searches calibrate on and its speed stage times: the calibration
+    texts and members of every degenerate family (CALIBRATION_SEED's, none of the probe set's)."""
+    return calibration_texts() + [
+        t for _, t in degenerate_texts(SEARCH_PER_FAMILY, CALIBRATION_SEED, max_length)
+    ]
 
 
 # -- degenerate input, by family ---------------------------------------------------------------------
@@ -223,6 +233,10 @@ FAMILIES = {
 #: the other; the test suite's held-out members use any other seed
 CALIBRATION_SEED = 11
 PROBE_SEED = 23
+#: members of each family the probe set validates on, and the searches calibrate on (few: the long
+#: families' members run at max length, and every search trial embeds them all)
+PROBE_PER_FAMILY = 2
+SEARCH_PER_FAMILY = 1
 
 
 def degenerate_texts(per_family: int, seed: int, max_length: int = 512) -> list[tuple[str, str]]:

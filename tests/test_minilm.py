@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,7 +125,16 @@ def test_batch_invariance(minilm_export):
         assert worst >= bar
 
 
-def test_serve_a_sentence_transformers_folder_exports_once_and_restarts_from_the_cache(minilm_src, tmp_path):
+@pytest.fixture(scope="module")
+def minilm_cache(tmp_path_factory) -> Path:
+    """One export cache for this module: the first test that needs real MiniLM's default export
+    (every variant ``auto`` can pick here) makes it, the others reuse it."""
+    return tmp_path_factory.mktemp("minilm-cache")
+
+
+def test_serve_a_sentence_transformers_folder_exports_once_and_restarts_from_the_cache(
+    minilm_src, minilm_cache
+):
     """``dmeta-embed serve --model <sentence-transformers folder>``: the port answers at once, the
     model is exported into the cache with the default variants, served at the bar against
     sentence-transformers, and a restart serves the cached export (no second export). The start
@@ -137,7 +147,7 @@ def test_serve_a_sentence_transformers_folder_exports_once_and_restarts_from_the
     st = pytest.importorskip("sentence_transformers")
     from tests.helpers import free_port
 
-    cache_dir = tmp_path / "cache"
+    cache_dir = minilm_cache
     texts = EN + ZH[:6] + MIXED
 
     def start() -> tuple[subprocess.Popen[str], str, float]:
@@ -166,15 +176,34 @@ def test_serve_a_sentence_transformers_folder_exports_once_and_restarts_from_the
 
     proc, url, first = start()
     body = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60).json()
-    err = stop(proc)
+    stop(proc)
     got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
     ref = st.SentenceTransformer(str(minilm_src), device="cpu").encode(texts, convert_to_numpy=True)
     c = cosines(got, ref)
     assert c.min() >= 0.99 and c.mean() >= 0.995, (c.min(), c.mean())
     entries = [p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(entries) == 1 and (entries[0] / "manifest.json").is_file()
-    assert "export" in err  # the first start said it was exporting
     proc, url, again = start()
-    err = stop(proc)
+    stop(proc)
     assert [p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] == entries
     print(f"\nserve from a sentence-transformers folder: first start {first:.1f} s, restart {again:.1f} s")
+
+
+def test_held_out_degenerate_input_meets_every_variants_bar(minilm_src, minilm_cache):
+    """Members of every degenerate family that neither the export's calibration nor its probe set
+    saw (``dmeta_embed.texts``: another seed) meet each variant's own bar against the source
+    model, on real MiniLM's default export (every variant ``auto`` can pick on this machine)."""
+    from dmeta_embed.cache import resolve_model
+    from dmeta_embed.export.verify import verify
+    from dmeta_embed.texts import FAMILIES, degenerate_texts
+
+    folder = resolve_model(str(minilm_src), cache_dir=minilm_cache, progress=None)
+    members = degenerate_texts(3, 97, Manifest.load(folder).max_length)
+    assert {f for f, _ in members} == set(FAMILIES)
+    texts = [t for _, t in members]
+    checks = verify(folder, texts)
+    ran = [c for c in checks if not c.skipped]
+    assert {c.variant for c in ran} >= {"fp32", "int8"}
+    for c in ran:
+        worst = c.worst(texts, 1)[0]
+        assert c.meets, (c.variant, c.min_cos, c.mean_cos, members[worst["index"]][0], worst["text"][:60])
