@@ -124,9 +124,9 @@ class LoadPlan:
     def describe(self) -> str:
         """The plan as ``dmeta-embed inspect`` prints it: one ``key: value`` line per field."""
         d = self.to_dict()
-        lines = [f"{k:<17}{_show(d[k])}" for k in _SHOWN if d.get(k) not in (None, "", {}, [])]
-        lines.append(f"{'reason':<17}{self.choice.reason}")
-        lines += [f"{'warning':<17}{w}" for w in self.warnings]
+        lines = [f"{k:<18} {_show(d[k])}" for k in _SHOWN if d.get(k) not in (None, "", {}, [])]
+        lines.append(f"{'reason':<18} {self.choice.reason}")
+        lines += [f"{'warning':<18} {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
