@@ -71,6 +71,7 @@ class Embedder(SentenceTransformerAPI):
         batch_size: int | None = None,
         truncate: bool = True,
         verify: bool = True,
+        guard: bool = True,
         spin: bool = True,
         streams: Streams | str | None = None,
         truncate_dim: int | None = None,
@@ -89,7 +90,8 @@ class Embedder(SentenceTransformerAPI):
         latency measured at export on this CPU class, and only a batch-invariant variant) or
         ``bulk`` (OpenVINO runs batches side by side in streams only). ``streams`` overrides the
         profile's OpenVINO mode (latency | throughput | latency+throughput). ``verify``: check
-        the file's sha256 first. The rest: :func:`~dmeta_embed.runtime.plan.make_plan`."""
+        the file's sha256 first. ``guard``: texts made of one token over and over run on the fp32
+        graph (``runtime.guard``). The rest: :func:`~dmeta_embed.runtime.plan.make_plan`."""
         plan = make_plan(
             resolve_model(path, revision, cache_dir),
             variant,
@@ -101,6 +103,7 @@ class Embedder(SentenceTransformerAPI):
             spin=spin,
             streams=streams,
             verify=verify,
+            guard=guard,
             cpu=cpu,
             engines=engines,
         )

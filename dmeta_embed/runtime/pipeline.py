@@ -16,21 +16,20 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import TooLongError
 from ..texts import calibration_texts
+from . import guard
 from .batching import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, pad, plan_batches
+from .engines import start_runner
 from .options import OutputSpec, check_output
+from .plan import LoadPlan, fp32_plan
 from .quantize import RANGED, quantize, ranges_of
 from .runner import Runner
 from .tokenize import TextTokenizer, Tokenized
 from .vectors import normalize
-
-if TYPE_CHECKING:
-    from .plan import LoadPlan
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +134,9 @@ class Pipeline:
         # its own lock: computing the calibration vectors must not hold up truncation counting
         self._calibration_lock = threading.Lock()
         self._calibration: np.ndarray | None = None
+        #: the fp32 graph for texts the guard routes (``runtime.guard``), started on first need
+        self._fp32: Runner | None = None
+        self._fp32_lock = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -182,15 +184,33 @@ class Pipeline:
         self, tok: Tokenized, *, batch_size: int | None = None, max_batch_tokens: int | None = None
     ) -> np.ndarray:
         """The model's vectors for prepared texts, rows in their order, in the plan's batches
-        (length-sorted, at most ``max_batch_tokens`` padded tokens and ``batch_size`` texts)."""
-        return embed_tokenized(
-            self.runner,
-            tok,
-            pad_id=self.manifest.tokenizer.pad_token_id,
-            dim=self.dim,
-            max_batch_tokens=max_batch_tokens or self.plan.max_batch_tokens,
-            batch_size=batch_size or self.plan.batch_size,
-        )
+        (length-sorted, at most ``max_batch_tokens`` padded tokens and ``batch_size`` texts).
+        Where the plan guards, texts made of one token over and over run on the fp32 graph
+        (``runtime.guard``): decided per text, so a text gets the same vector alone or in any
+        batch."""
+        sizes = {
+            "pad_id": self.manifest.tokenizer.pad_token_id,
+            "dim": self.dim,
+            "max_batch_tokens": max_batch_tokens or self.plan.max_batch_tokens,
+            "batch_size": batch_size or self.plan.batch_size,
+        }
+        rows = guard.routed(tok) if self.plan.guard else np.empty(0, dtype=np.int64)
+        if not len(rows):
+            return embed_tokenized(self.runner, tok, **sizes)
+        out = np.empty((len(tok.ids), self.dim), dtype=np.float32)
+        rest = np.setdiff1d(np.arange(len(tok.ids)), rows)
+        if len(rest):
+            out[rest] = embed_tokenized(self.runner, guard.take(tok, rest), **sizes)
+        out[rows] = embed_tokenized(self.fp32_runner(), guard.take(tok, rows), **sizes)
+        return out
+
+    def fp32_runner(self) -> Runner:
+        """The fp32 graph the guard routes to (``plan.fp32_plan``), started the first time it is
+        needed (a server starts it while warming up): a second session, fp32's weights in memory."""
+        with self._fp32_lock:
+            if self._fp32 is None:
+                self._fp32 = start_runner(fp32_plan(self.plan))
+            return self._fp32
 
     def output_spec(
         self,

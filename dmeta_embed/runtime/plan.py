@@ -70,6 +70,7 @@ class Request:
     max_batch_tokens: int | None = None
     batch_size: int | None = None
     streams: Streams | None = None
+    guard: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class LoadPlan:
     verify: bool
     #: why this plan replaced an earlier one ("" when it did not): CUDA listed but not started
     fallback: str = ""
+    #: texts made of one token over and over go to the folder's fp32 graph instead
+    #: (``runtime.guard``): on for every variant but fp32, where onnxruntime can run fp32
+    guard: bool = False
 
     @property
     def variant(self) -> Precision:
@@ -148,6 +152,7 @@ class LoadPlan:
             "batch_size": self.batch_size,
             "cache_dir": str(self.cache_dir) if self.cache_dir and self.engine == "openvino" else None,
             "verify": self.verify,
+            "guard": self.guard,
             "cpu_class": self.cpu.cpu_class.value,
             "asked": {"variant": self.request.variant, "provider": self.request.provider},
             "basis": c.basis.value,
@@ -175,6 +180,7 @@ class LoadPlan:
             spin=d["spin"],
             streams=d["streams"],
             verify=d["verify"],
+            guard=d.get("guard", True),
         )
 
 
@@ -194,6 +200,7 @@ _SHOWN = (
     "batch_size",
     "cache_dir",
     "verify",
+    "guard",
     "cpu_class",
     "basis",
 )
@@ -256,6 +263,7 @@ def make_plan(
     spin: bool = True,
     streams: Streams | str | None = None,
     verify: bool = True,
+    guard: bool = True,
     cache_dir: Path | None | Default = Default.CACHE,
     cpu: CpuInfo | None = None,
     engines: Installed | None = None,
@@ -265,8 +273,10 @@ def make_plan(
     ``profile``: who calls (:class:`Profile`). ``threads``: default every CPU this process may
     use (affinity and cgroup quota). ``streams``: override the profile's OpenVINO mode.
     ``cache_dir``: OpenVINO's compiled-model cache (default ``$DMETA_EMBED_OPENVINO_CACHE``, else
-    the user cache; None turns it off). ``cpu``/``engines``: the machine's facts (detected when
-    None), injectable so every machine can be planned for on any other."""
+    the user cache; None turns it off). ``guard``: route texts made of one token over and over
+    to the fp32 graph (``runtime.guard``; only where the variant is not fp32 and onnxruntime can
+    run fp32). ``cpu``/``engines``: the machine's facts (detected when None), injectable so every
+    machine can be planned for on any other."""
     path, manifest = read_folder(folder)
     profile = Profile(profile)
     cpu = cpu or detect()
@@ -280,7 +290,7 @@ def make_plan(
 
         cache_dir = default_cache_dir()
     request = Request(
-        variant, provider, threads, max_batch_tokens, batch_size, Streams(streams) if streams else None
+        variant, provider, threads, max_batch_tokens, batch_size, Streams(streams) if streams else None, guard
     )
     return LoadPlan(
         folder=path,
@@ -297,6 +307,30 @@ def make_plan(
         batch_size=batch_size or DEFAULT_BATCH_SIZE,
         cache_dir=cache_dir,
         verify=verify,
+        guard=guard
+        and choice.variant != Precision.FP32
+        and Precision.FP32.value in manifest.variants
+        and engines.onnxruntime,
+    )
+
+
+def fp32_plan(plan: LoadPlan) -> LoadPlan:
+    """What a guarded plan's routed texts run on: the folder's fp32 graph on onnxruntime's CPU
+    provider, with the plan's threads, batching and profile."""
+    return make_plan(
+        plan.folder,
+        Precision.FP32.value,
+        Provider.CPU.value,
+        plan.profile,
+        threads=plan.threads,
+        max_batch_tokens=plan.request.max_batch_tokens,
+        batch_size=plan.batch_size,
+        spin=plan.spin,
+        verify=plan.verify,
+        guard=False,
+        cache_dir=None,
+        cpu=plan.cpu,
+        engines=plan.installed,
     )
 
 
@@ -314,6 +348,7 @@ def without_cuda(plan: LoadPlan, why: str) -> LoadPlan:
         spin=plan.spin,
         streams=asked.streams,
         verify=plan.verify,
+        guard=plan.request.guard,
         cache_dir=plan.cache_dir,
         cpu=plan.cpu,
         engines=replace(plan.installed, cuda=False),

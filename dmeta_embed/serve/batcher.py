@@ -53,6 +53,8 @@ def warm_up(embedder: Embedder) -> None:
     # int8/uint8 requests use fixed calibration ranges: computed here, on the inference thread,
     # rather than by the first such request on the event loop
     embedder.calibration_ranges()
+    if embedder.plan.guard:  # the fp32 graph the guard routes to: started now, not by a request
+        embedder.pipeline.fp32_runner()
 
 
 def merge(toks: list[Tokenized]) -> Tokenized:
