@@ -19,7 +19,7 @@ from ..runtime.pipeline import embed_as_runtime
 from ..runtime.runner import Runner
 from ..runtime.session import OnnxRuntimeRunner
 from ..runtime.tokenize import TextTokenizer
-from ..texts import calibration_texts, probe_texts
+from ..texts import probe_texts, search_texts
 from . import graph
 from .progress import stage
 from .reference import cosines, fidelity, torch_embeddings
@@ -231,7 +231,7 @@ def prepare(src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[st
         tok_info=tok_info,
         hidden=hidden,
         probe_tok=probe_tok,
-        calib_tok=tokenizer.encode(calibration_texts()),
+        calib_tok=tokenizer.encode(search_texts(src.max_length)),
         reference=reference,
         raw_path=raw,
         backbone=backbone,
