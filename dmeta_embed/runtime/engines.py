@@ -5,12 +5,14 @@ by :mod:`dmeta_embed.runtime.installed`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from ..errors import MissingDependencyError, ModelLoadError, ProviderError
 from ..manifest import sha256_file
 from .runner import Runner
+from .workers import Workers
 
 if TYPE_CHECKING:
     from .plan import LoadPlan
@@ -79,3 +81,32 @@ def start_runner(plan: LoadPlan) -> Runner:
         raise
     except Exception as e:  # onnxruntime and OpenVINO raise their own error types
         raise ModelLoadError(f"{plan.model_file}: {plan.engine} cannot load it ({e})") from e
+
+
+def start_workers(plan: LoadPlan, runner: Runner, split: Workers) -> list[Runner]:
+    """One runner per server worker (``split.workers`` of them), started from ``plan``, whose
+    ``runner`` is already running. One worker: ``runner`` itself (the server as before).
+
+    onnxruntime: one session per worker on ``split.threads`` threads, ``runner`` among them
+    when it already has that many; each session holds its own copy of the weights (onnxruntime's
+    Python API has no shared prepacked-weights container: docs/serving.md, "Workers").
+    OpenVINO: one compiled model with a stream per worker on all the plan's threads, one infer
+    request per worker; the streams share its weights. CUDA: one session per worker."""
+    if split.workers == 1:
+        return [runner]
+    if plan.engine == "openvino":
+        from .openvino import OpenVINORunner
+
+        compiled = OpenVINORunner(
+            plan.model_file,
+            plan.threads,
+            dict(plan.choice.engine_properties),
+            inputs=plan.manifest.inputs,
+            output=plan.manifest.output,
+            cache_dir=plan.cache_dir,
+            streams=split.workers,
+        )
+        return list(compiled.lanes(split.workers))
+    same = replace(plan, threads=split.threads, verify=False)  # the file was checked at the first start
+    first = [runner] if plan.threads == split.threads else []
+    return first + [start_runner(same) for _ in range(split.workers - len(first))]

@@ -179,12 +179,19 @@ class Pipeline:
             )
 
     def run(
-        self, tok: Tokenized, *, batch_size: int | None = None, max_batch_tokens: int | None = None
+        self,
+        tok: Tokenized,
+        *,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        runner: Runner | None = None,
     ) -> np.ndarray:
         """The model's vectors for prepared texts, rows in their order, in the plan's batches
-        (length-sorted, at most ``max_batch_tokens`` padded tokens and ``batch_size`` texts)."""
+        (length-sorted, at most ``max_batch_tokens`` padded tokens and ``batch_size`` texts).
+        ``runner``: another engine started from the same plan (a server worker's; default this
+        pipeline's)."""
         return embed_tokenized(
-            self.runner,
+            runner or self.runner,
             tok,
             pad_id=self.manifest.tokenizer.pad_token_id,
             dim=self.dim,
