@@ -92,7 +92,7 @@ def test_cli_workers_option() -> None:
 pytest.importorskip("starlette")
 httpx = pytest.importorskip("httpx")
 
-from dmeta_embed.serve import ServerConfig, create_app  # noqa: E402
+from dmeta_embed.serve import ServerConfig, create_app, load_embedder  # noqa: E402
 from tests.helpers import running  # noqa: E402
 
 MIN_COS = 0.99999  # fp32: batch composition changes a vector by float rounding only
@@ -230,3 +230,15 @@ def test_openvino_lanes_share_one_compiled_model(tiny_export: Path, embedder: Em
         outs = list(pool.map(lambda lane: embedder.pipeline.run(tok, runner=lane), lanes))
     for out in outs:
         assert cos(out, want).min() >= MIN_COS
+
+
+def test_served_embedder_is_the_first_worker(tiny_export: Path) -> None:
+    """``serve`` starts N sessions, not N + 1: its embedder runs on the first worker's threads."""
+    cfg = ServerConfig(workers=2)
+    served = load_embedder(tiny_export, cfg, variant="fp32", threads=2)
+    assert served.plan.threads == 1
+    pool = create_app(served, cfg).state.service.batcher.pool
+    assert len(pool.workers) == 2 and pool.workers[0].runner is served.pipeline.runner
+    assert pool.workers[1].runner is not served.pipeline.runner
+    one = load_embedder(tiny_export, ServerConfig(workers=1), variant="fp32", threads=2)
+    assert one.plan.threads == 2  # one worker: the plan as before

@@ -52,8 +52,9 @@ def load_embedder(
 ) -> Embedder:
     """The model as :func:`serve` loads it: the ``server`` profile of the load plan (``auto`` ranks
     by one-text latency and loads only a batch-invariant variant, OpenVINO in latency mode) with
-    the server's batching settings, on the first worker's share of the threads (``workers``). ``model``: what ``Embedder.load`` takes (an exported folder,
-    a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
+    the server's batching settings; with several onnxruntime workers (``config.workers``), on the
+    first worker's share of the threads. ``model``: what ``Embedder.load`` takes (an exported
+    folder, a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
     from ..cache import resolve_model
     from ..runtime import Embedder
     from ..runtime.plan import make_plan
