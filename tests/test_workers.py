@@ -215,23 +215,6 @@ def test_two_workers_answer_as_encode_under_concurrency(
     assert metric(client, "dmeta_embed_batch_size_count") >= 2
 
 
-def test_openvino_lanes_share_one_compiled_model(tiny_export: Path, embedder: Embedder) -> None:
-    pytest.importorskip("openvino")
-    from dmeta_embed.runtime.openvino import OpenVINORunner
-
-    compiled = OpenVINORunner(
-        tiny_export / "model.onnx", 2, {"INFERENCE_PRECISION_HINT": "f32"}, streams=2, cache_dir=None
-    )
-    assert compiled.config["NUM_STREAMS"] == 2
-    lanes = compiled.lanes(2)
-    tok = embedder.pipeline.prepare(["维生素C可以预防感冒吗", "今天天气很好"]).tokens
-    want = embedder.encode(["维生素C可以预防感冒吗", "今天天气很好"])
-    with ThreadPoolExecutor(2) as pool:
-        outs = list(pool.map(lambda lane: embedder.pipeline.run(tok, runner=lane), lanes))
-    for out in outs:
-        assert cos(out, want).min() >= MIN_COS
-
-
 def test_served_embedder_is_the_first_worker(tiny_export: Path) -> None:
     """``serve`` starts N sessions, not N + 1: its embedder runs on the first worker's threads."""
     cfg = ServerConfig(workers=2)
@@ -242,3 +225,24 @@ def test_served_embedder_is_the_first_worker(tiny_export: Path) -> None:
     assert pool.workers[1].runner is not served.pipeline.runner
     one = load_embedder(tiny_export, ServerConfig(workers=1), variant="fp32", threads=2)
     assert one.plan.threads == 2  # one worker: the plan as before
+
+
+def test_openvino_workers_are_requests_on_one_compiled_model(tiny_export: Path, embedder: Embedder) -> None:
+    """The served embedder's runner is the first worker's request; the pool adds the others on
+    the same compiled model (one copy of the weights), each answering as onnxruntime does."""
+    pytest.importorskip("openvino")
+    from dataclasses import replace
+
+    from dmeta_embed.manifest import Provider
+    from dmeta_embed.runtime.engines import start_runner, start_workers
+
+    plan = make_plan(tiny_export, "fp32", "cpu", "server", threads=2, cache_dir=None)
+    f32 = (("INFERENCE_PRECISION_HINT", "f32"),)  # the fp32 file, not AMX's default bf16
+    plan = replace(plan, choice=replace(plan.choice, provider=Provider.OPENVINO, engine_properties=f32))
+    first = start_runner(plan, streams=2)
+    lanes = start_workers(plan, first, Workers(2, 1))
+    assert lanes[0] is first and lanes[1].owner is first.owner  # type: ignore[attr-defined]
+    texts = ["维生素C可以预防感冒吗", "今天天气很好"]
+    tok = embedder.pipeline.prepare(texts).tokens
+    for lane in lanes:
+        assert cos(embedder.pipeline.run(tok, runner=lane), embedder.encode(texts)).min() >= MIN_COS

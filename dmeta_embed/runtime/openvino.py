@@ -107,6 +107,8 @@ class OpenVINORunner:
             except OSError:  # read-only home, say: compile every time rather than fail
                 cache_dir = None
         self.config = compile_config(properties or {}, threads, cache_dir, throughput, streams)
+        #: streams asked for (None: OpenVINO's choice for the mode): :meth:`lanes` runs that many
+        self.streams = streams
         self.compiled = ov.Core().compile_model(str(model), "CPU", self.config)
         self._ids, self._mask = feed_names([next(iter(i.get_names())) for i in self.compiled.inputs], inputs)
         self._output = self.compiled.output(output)
@@ -194,6 +196,8 @@ class OpenVINOLane:
     provider = Provider.OPENVINO
 
     def __init__(self, owner: OpenVINORunner) -> None:
+        #: the compiled model: ``owner.lanes`` gives more requests on it
+        self.owner = owner
         self._ids, self._mask, self._output = owner._ids, owner._mask, owner._output
         self._request = owner.compiled.create_infer_request()
         self._lock = threading.Lock()  # one worker thread uses a lane; the lock keeps others safe

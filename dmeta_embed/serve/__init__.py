@@ -52,11 +52,13 @@ def load_embedder(
 ) -> Embedder:
     """The model as :func:`serve` loads it: the ``server`` profile of the load plan (``auto`` ranks
     by one-text latency and loads only a batch-invariant variant, OpenVINO in latency mode) with
-    the server's batching settings; with several onnxruntime workers (``config.workers``), on the
-    first worker's share of the threads. ``model``: what ``Embedder.load`` takes (an exported
+    the server's batching settings; with several workers (``config.workers``), the first
+    worker's engine (onnxruntime: on its share of the threads; OpenVINO: a request on the
+    compiled model with a stream per worker). ``model``: what ``Embedder.load`` takes (an exported
     folder, a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
     from ..cache import resolve_model
     from ..runtime import Embedder
+    from ..runtime.engines import start_runner
     from ..runtime.plan import make_plan
     from ..runtime.workers import split_for
 
@@ -72,6 +74,9 @@ def load_embedder(
         spin=cfg.spin,  # see ServerConfig.spin
     )
     split = split_for(plan, cfg.workers)
+    if split.workers > 1 and plan.engine == "openvino":
+        # the first worker's request on the compiled model the workers share (no second copy)
+        return Embedder(plan, start_runner(plan, streams=split.workers))
     if split.workers > 1 and plan.engine == "onnxruntime":
         # one session per worker: this one is the first worker's, on its share of the threads
         # (create_app's pool starts the others)
