@@ -95,6 +95,13 @@ class Server:
             await asyncio.sleep(0.1)
         raise RuntimeError("server did not become ready")
 
+    async def info(self) -> Any:
+        """The server's ``/info`` (its variant, batching and workers)."""
+        conn = Connection(HOST, self.port)
+        reply = await conn.request("GET", "/info")
+        await conn.close()
+        return json.loads(reply.body)
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, then the exit status (0 is a graceful stop)."""
         self.proc.send_signal(signal.SIGTERM)
@@ -165,6 +172,10 @@ async def load(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "batching": ["--max-wait-ms", str(args.max_wait_ms)],
         "one_at_a_time": ["--max-wait-ms", "0", "--batch-size", "1"],
     }
+    if args.workers:  # batching on, one server per --workers value (docs/performance.md, "Serving: workers")
+        modes = {
+            f"workers={w}": ["--max-wait-ms", str(args.max_wait_ms), "--workers", w] for w in args.workers
+        }
     out: dict[str, Any] = {}
     for mode, extra in modes.items():
         server = Server(args.model, args.variant, extra + args.server_args, workdir / f"load-{mode}.log")
@@ -181,6 +192,8 @@ async def load(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 levels.append(level)
             out[mode] = {
                 "server_args": extra + args.server_args,
+                "rss_mb": rss_mb(server.proc.pid),
+                "info": await server.info(),
                 "levels": levels,
                 "exit_status": server.stop(),
             }
@@ -398,6 +411,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     load = result.get("load")
     if not load:
         return {}
+    if "batching" not in load or "one_at_a_time" not in load:
+        return {}
     on = {lv["concurrency"]: lv for lv in load["batching"]["levels"]}
     off = {lv["concurrency"]: lv for lv in load["one_at_a_time"]["levels"]}
     if 32 not in on or 1 not in on:
@@ -431,6 +446,14 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(
                     f"| {mode} | {lv['concurrency']} | {lv['throughput_rps']} | {lv['p50_ms']} | "
                     f"{lv['p99_ms']} | {lv['errors']} | {lv['server_cpu_ms_per_request']} |"
+                )
+        lines.append("")
+        for mode, data in result["load"].items():
+            w = data.get("info", {}).get("workers")
+            if w:
+                lines.append(
+                    f"- {mode}: {w['count']} worker(s) × {w['threads']} thread(s), "
+                    f"variant {data['info']['variant']}, server RSS after the load {data['rss_mb']} MB"
                 )
         s = result.get("summary", {})
         if s:
@@ -497,6 +520,11 @@ def main() -> None:
     p.add_argument("--min-cos", type=float, default=0.99999)
     p.add_argument("--skip-load", action="store_true")
     p.add_argument("--skip-soak", action="store_true")
+    p.add_argument(
+        "--workers",
+        default=None,
+        help="compare --workers values instead of batching on/off, e.g. 1,auto,2 (batching on)",
+    )
     p.add_argument("--tag", default=None, help="results file name: serve_<tag>.{json,md}")
     p.add_argument(
         "--server-arg",
@@ -507,6 +535,7 @@ def main() -> None:
     )
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.workers = args.workers.split(",") if args.workers else []
     run = asyncio.run
     try:
         import uvloop

@@ -14,6 +14,22 @@ from .options import F, model_option, number_option, provider_option, variant_op
 API_KEY_ENV = "DMETA_EMBED_API_KEY"
 
 
+class WorkersType(click.ParamType):
+    """``auto`` (None: the rule in ``runtime.workers``) or a count of at least 1."""
+
+    name = "auto|N"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return None
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is neither 'auto' nor a whole number of at least 1", param, ctx)
+
+
 def server_option(flag: str, field: str, text: str, kind: click.ParamType | None = None) -> Callable[[F], F]:
     """An option for one ``ServerConfig`` field, with the dataclass's default (one source of truth)."""
     return number_option(flag, text, default=getattr(ServerConfig(), field), kind=kind, dest=field)
@@ -56,6 +72,15 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
     click.FloatRange(min=0.001),
 )
 @click.option(
+    "--workers",
+    type=WorkersType(),
+    default="auto",
+    show_default=True,
+    envvar="DMETA_EMBED_WORKERS",
+    help="Inferences run at once, each on its own engine with an equal share of the threads; "
+    "auto: 1 on up to 4 cores, more on larger machines (docs/serving.md, 'Workers').",
+)
+@click.option(
     "--api-key-env",
     default=None,
     metavar="NAME",
@@ -88,6 +113,7 @@ def serve(
     max_inputs: int,
     max_chars: int,
     request_timeout_s: float,
+    workers: int | None,
     api_key_env: str | None,
     model_name: str | None,
     spin: bool,
@@ -117,6 +143,7 @@ def serve(
         api_key=api_key,
         model_name=model_name,
         spin=spin,
+        workers=workers,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         click.echo(

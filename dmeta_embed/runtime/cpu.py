@@ -171,22 +171,23 @@ def available_cpus() -> int:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    quota = _cgroup_quota()
-    return max(1, min(n, quota) if quota else n)
+    quota = cgroup_quota()
+    return max(1, min(n, math.ceil(quota)) if quota else n)
 
 
-def _cgroup_quota() -> int | None:
+def cgroup_quota() -> float | None:
+    """The cgroup's CPU quota in cores (``1.5`` for 150000/100000), None when there is none."""
     try:  # cgroup v2: "max 100000" or "150000 100000"
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
         if quota != "max":
-            return math.ceil(int(quota) / int(period))
+            return int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:  # cgroup v1
         q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
         p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
         if q > 0 and p > 0:
-            return math.ceil(q / p)
+            return q / p
     except (OSError, ValueError):
         pass
     return None

@@ -5,14 +5,17 @@ by :mod:`dmeta_embed.runtime.installed`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from ..errors import MissingDependencyError, ModelLoadError, ProviderError
 from ..manifest import sha256_file
 from .runner import Runner
+from .workers import Workers
 
 if TYPE_CHECKING:
+    from .openvino import OpenVINOLane
     from .plan import LoadPlan
 
 
@@ -62,9 +65,28 @@ def _openvino(plan: LoadPlan) -> Runner:
 ENGINES: Mapping[str, Callable[[LoadPlan], Runner]] = {"onnxruntime": _onnxruntime, "openvino": _openvino}
 
 
-def start_runner(plan: LoadPlan) -> Runner:
+def _openvino_lane(plan: LoadPlan, streams: int) -> OpenVINOLane:
+    """The first of ``streams`` infer requests on one compiled model with that many streams
+    (``lane.owner.lanes`` makes the others)."""
+    from .openvino import OpenVINORunner
+
+    compiled = OpenVINORunner(
+        plan.model_file,
+        plan.threads,
+        dict(plan.choice.engine_properties),
+        inputs=plan.manifest.inputs,
+        output=plan.manifest.output,
+        cache_dir=plan.cache_dir,
+        streams=streams,
+    )
+    return compiled.lanes(1)[0]
+
+
+def start_runner(plan: LoadPlan, streams: int | None = None) -> Runner:
     """The plan's engine, started: the file's checksum checked first (``plan.verify``); an
-    engine's own load error becomes a ModelLoadError naming the file."""
+    engine's own load error becomes a ModelLoadError naming the file. ``streams`` (OpenVINO
+    only): compile with that many streams and return the first one's runner (a server's
+    workers: :func:`start_workers`)."""
     if plan.verify:
         expected = plan.manifest.variants[plan.variant.value].sha256
         digest = sha256_file(plan.model_file)
@@ -74,8 +96,35 @@ def start_runner(plan: LoadPlan) -> Runner:
                 f"changed after export): {digest[:12]} != {expected[:12]}"
             )
     try:
+        if streams is not None and plan.engine == "openvino":
+            return _openvino_lane(plan, streams)
         return ENGINES[plan.engine](plan)
     except (ProviderError, MissingDependencyError):
         raise
     except Exception as e:  # onnxruntime and OpenVINO raise their own error types
         raise ModelLoadError(f"{plan.model_file}: {plan.engine} cannot load it ({e})") from e
+
+
+def start_workers(plan: LoadPlan, runner: Runner, split: Workers) -> list[Runner]:
+    """One runner per server worker (``split.workers`` of them), started from ``plan``, whose
+    ``runner`` is already running. One worker: ``runner`` itself (the server as before).
+
+    onnxruntime: one session per worker on ``split.threads`` threads, ``runner`` among them
+    when it already has that many; each session holds its own copy of the weights (onnxruntime's
+    Python API has no shared prepacked-weights container: docs/serving.md, "Workers").
+    OpenVINO: one compiled model with a stream per worker on all the plan's threads, one infer
+    request per worker (``runner`` the first, when it is already such a request: what
+    ``serve.load_embedder`` starts); the streams share its weights. CUDA: one session per worker."""
+    n = split.workers
+    if n == 1:
+        return [runner]
+    if plan.engine == "openvino":
+        from .openvino import OpenVINOLane
+
+        ok = isinstance(runner, OpenVINOLane) and runner.owner.streams == n
+        lane = runner if ok else _openvino_lane(plan, n)
+        assert isinstance(lane, OpenVINOLane)
+        return [lane, *lane.owner.lanes(n - 1)]
+    same = replace(plan, threads=split.threads, verify=False)  # the file was checked at the first start
+    first = [runner] if plan.threads == split.threads else []
+    return first + [start_runner(same) for _ in range(n - len(first))]

@@ -46,15 +46,19 @@ def compile_config(
     threads: int | None,
     cache_dir: str | Path | None = None,
     throughput: bool = False,
+    streams: int | None = None,
 ) -> dict[str, Any]:
     """The CPU plugin's configuration: the variant's validated ``properties`` (the manifest's
     ``engine_properties``, e.g. the inference precision), latency mode (one stream on all
     ``threads``) or throughput mode (OpenVINO splits ``threads`` into streams that run batches
-    side by side), and the compiled-model cache folder when one is given."""
+    side by side; ``streams``: exactly that many, else OpenVINO's choice), and the
+    compiled-model cache folder when one is given."""
     config: dict[str, Any] = {
-        "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
+        "PERFORMANCE_HINT": "THROUGHPUT" if throughput or streams else "LATENCY",
         "INFERENCE_NUM_THREADS": threads or available_cpus(),
     }
+    if streams:
+        config["NUM_STREAMS"] = streams
     config.update(properties)
     if cache_dir is not None:
         config["CACHE_DIR"] = str(cache_dir)
@@ -94,6 +98,7 @@ class OpenVINORunner:
         cache_dir: str | Path | None = None,
         throughput: bool = False,
         bulk: bool = False,
+        streams: int | None = None,
     ) -> None:
         ov = require("openvino")
         if cache_dir is not None:
@@ -101,7 +106,9 @@ class OpenVINORunner:
                 Path(cache_dir).mkdir(parents=True, exist_ok=True)
             except OSError:  # read-only home, say: compile every time rather than fail
                 cache_dir = None
-        self.config = compile_config(properties or {}, threads, cache_dir, throughput)
+        self.config = compile_config(properties or {}, threads, cache_dir, throughput, streams)
+        #: streams asked for (None: OpenVINO's choice for the mode): :meth:`lanes` runs that many
+        self.streams = streams
         self.compiled = ov.Core().compile_model(str(model), "CPU", self.config)
         self._ids, self._mask = feed_names([next(iter(i.get_names())) for i in self.compiled.inputs], inputs)
         self._output = self.compiled.output(output)
@@ -118,6 +125,12 @@ class OpenVINORunner:
         self._bulk = bulk and not throughput
         self._twin: OpenVINORunner | None = None
         self._twin_lock = threading.Lock()
+
+    def lanes(self, n: int) -> list[OpenVINOLane]:
+        """``n`` runners on this compiled model, each with its own infer request: ``n`` threads
+        (a server's workers) then run one batch each at once, in the model's streams (compile
+        with ``streams=n``), sharing its weights."""
+        return [OpenVINOLane(self) for _ in range(n)]
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -174,3 +187,28 @@ class OpenVINORunner:
                 self._twin = twin
         twin = self._twin
         return twin if count >= self.BULK_ROUNDS * twin.in_flight else None
+
+
+class OpenVINOLane:
+    """One infer request of an :class:`OpenVINORunner`'s compiled model: a server worker's runner
+    (:meth:`OpenVINORunner.lanes`). The stream that runs it is OpenVINO's choice."""
+
+    provider = Provider.OPENVINO
+
+    def __init__(self, owner: OpenVINORunner) -> None:
+        #: the compiled model: ``owner.lanes`` gives more requests on it
+        self.owner = owner
+        self._ids, self._mask, self._output = owner._ids, owner._mask, owner._output
+        self._request = owner.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one worker thread uses a lane; the lock keeps others safe
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._request.infer({self._ids: input_ids, self._mask: attention_mask})
+            return np.array(self._request.get_tensor(self._output).data, dtype=np.float32)
+
+    def run_many(
+        self, batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int | None = None
+    ) -> list[np.ndarray]:
+        """One batch after another on this lane's request (the other lanes run other workers')."""
+        return [self.run(ids, mask) for ids, mask in batches]

@@ -181,32 +181,40 @@ class Pipeline:
             )
 
     def run(
-        self, tok: Tokenized, *, batch_size: int | None = None, max_batch_tokens: int | None = None
+        self,
+        tok: Tokenized,
+        *,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        runner: Runner | None = None,
     ) -> np.ndarray:
         """The model's vectors for prepared texts, rows in their order, in the plan's batches
         (length-sorted, at most ``max_batch_tokens`` padded tokens and ``batch_size`` texts).
         Where the plan guards, texts made of one token over and over run on the fp32 graph
         (``runtime.guard``): decided per text, so a text gets the same vector alone or in any
-        batch."""
+        batch. ``runner``: another engine started from the same plan (a server worker's; default
+        this pipeline's)."""
         sizes = {
             "pad_id": self.manifest.tokenizer.pad_token_id,
             "dim": self.dim,
             "max_batch_tokens": max_batch_tokens or self.plan.max_batch_tokens,
             "batch_size": batch_size or self.plan.batch_size,
         }
+        engine = runner or self.runner
         rows = guard.routed(tok) if self.plan.guard else np.empty(0, dtype=np.int64)
         if not len(rows):
-            return embed_tokenized(self.runner, tok, **sizes)
+            return embed_tokenized(engine, tok, **sizes)
         out = np.empty((len(tok.ids), self.dim), dtype=np.float32)
         rest = np.setdiff1d(np.arange(len(tok.ids)), rows)
         if len(rest):
-            out[rest] = embed_tokenized(self.runner, guard.take(tok, rest), **sizes)
+            out[rest] = embed_tokenized(engine, guard.take(tok, rest), **sizes)
         out[rows] = embed_tokenized(self.fp32_runner(), guard.take(tok, rows), **sizes)
         return out
 
     def fp32_runner(self) -> Runner:
         """The fp32 graph the guard routes to (``plan.fp32_plan``), started the first time it is
-        needed (a server starts it while warming up): a second session, fp32's weights in memory."""
+        needed (a server starts it while warming up): a second session, fp32's weights in memory.
+        Shared by every worker: it serialises their routed texts (rare by construction)."""
         with self._fp32_lock:
             if self._fp32 is None:
                 self._fp32 = start_runner(fp32_plan(self.plan))

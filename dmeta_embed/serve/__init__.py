@@ -52,23 +52,36 @@ def load_embedder(
 ) -> Embedder:
     """The model as :func:`serve` loads it: the ``server`` profile of the load plan (``auto`` ranks
     by one-text latency and loads only a batch-invariant variant, OpenVINO in latency mode) with
-    the server's batching settings. ``model``: what ``Embedder.load`` takes (an exported folder,
-    a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
+    the server's batching settings; with several workers (``config.workers``), the first
+    worker's engine (onnxruntime: on its share of the threads; OpenVINO: a request on the
+    compiled model with a stream per worker). ``model``: what ``Embedder.load`` takes (an exported
+    folder, a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
+    from ..cache import resolve_model
     from ..runtime import Embedder
+    from ..runtime.engines import start_runner
+    from ..runtime.plan import make_plan
+    from ..runtime.workers import split_for
 
     cfg = config or ServerConfig()
-    return Embedder.load(
-        model,
-        revision=revision,
-        cache_dir=cache_dir,
-        variant=variant,
-        provider=provider,
+    plan = make_plan(
+        resolve_model(model, revision, cache_dir),
+        variant,
+        provider,
+        "server",
         threads=threads,
         max_batch_tokens=cfg.max_batch_tokens,
         batch_size=cfg.batch_size,
         spin=cfg.spin,  # see ServerConfig.spin
-        profile="server",
     )
+    split = split_for(plan, cfg.workers)
+    if split.workers > 1 and plan.engine == "openvino":
+        # the first worker's request on the compiled model the workers share (no second copy)
+        return Embedder(plan, start_runner(plan, streams=split.workers))
+    if split.workers > 1 and plan.engine == "onnxruntime":
+        # one session per worker: this one is the first worker's, on its share of the threads
+        # (create_app's pool starts the others)
+        plan = replace(plan, threads=split.threads)
+    return Embedder(plan)
 
 
 def serve(

@@ -260,6 +260,11 @@ class Service:
                     "max_batch_tokens": self.batcher.max_batch_tokens,
                     "spin": c.spin,
                 },
+                "workers": {
+                    "asked": "auto" if c.workers is None else c.workers,
+                    "count": self.batcher.pool.split.workers,
+                    "threads": self.batcher.pool.split.threads,
+                },
                 "limits": {
                     "max_inputs": c.max_inputs,
                     "max_chars": c.max_chars,

@@ -1,9 +1,11 @@
-"""Dynamic batching: requests from many clients → token-budget batches on one inference thread.
+"""Dynamic batching: requests from many clients → token-budget batches on the inference workers.
 
 Each request is prepared once by the runtime (``Embedder.prepare``: prompt, tokens, truncation;
-before it is queued, so its size is known and usage can be counted); the worker merges queued requests into one batch, runs the runtime's length-sorted
-batching over it on a dedicated thread (the event loop never runs inference), and hands each
-request the rows of its own slice, in its own order.
+before it is queued, so its size is known and usage can be counted). One batcher waits for a free
+worker (``serve.pool``; one by default on a few cores), merges queued requests into one batch,
+and has that worker run the runtime's length-sorted batching over it on its own thread (the event
+loop never runs inference); each request gets the rows of its own slice, in its own order. With
+N workers up to N batches run at once.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import DmetaEmbedError
 from ..runtime import Embedder
+from ..runtime.runner import Runner
 from ..runtime.tokenize import Tokenized
+from ..runtime.workers import split_for
 from .config import ServerConfig
 from .metrics import Metrics
+from .pool import Worker, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +46,19 @@ class _Job:
         return len(self.tok.ids)
 
 
-def warm_up(embedder: Embedder) -> None:
-    """Run a few shapes once: onnxruntime allocates and picks kernels on first use, which would
-    otherwise land on the first clients' latency."""
+def warm_up_shapes(embedder: Embedder) -> list[list[str]]:
+    """A few shapes to run once: onnxruntime allocates and picks kernels on first use, which
+    would otherwise land on the first clients' latency."""
     long = "warm up the model " * 120
     while embedder.count_tokens([long])[0] >= embedder.max_length:
         long = long[: len(long) // 2]  # stay under max_length: truncation would log a warning
-    for n, text in ((1, "warm up"), (32, "warm up the model " * 3), (4, long)):
-        embedder.encode([text] * n)
+    return [[text] * n for n, text in ((1, "warm up"), (32, "warm up the model " * 3), (4, long))]
+
+
+def warm_up(embedder: Embedder) -> None:
+    """The default warm-up: :func:`warm_up_shapes` through ``encode``, then the int8 ranges."""
+    for texts in warm_up_shapes(embedder):
+        embedder.encode(texts)
     # int8/uint8 requests use fixed calibration ranges: computed here, on the inference thread,
     # rather than by the first such request on the event loop
     embedder.calibration_ranges()
@@ -63,8 +72,14 @@ def merge(toks: list[Tokenized]) -> Tokenized:
     return Tokenized(ids=ids, lengths=np.concatenate([t.lengths for t in toks]), truncated=[])
 
 
+def warm_up_runner(embedder: Embedder, runner: Runner) -> None:
+    """:func:`warm_up_shapes` through another worker's engine."""
+    for texts in warm_up_shapes(embedder):
+        embedder.pipeline.run(embedder.pipeline.prepare(texts, count=False).tokens, runner=runner)
+
+
 class Batcher:
-    """One queue and one inference worker per model. Use from the event loop only."""
+    """One queue per model, feeding its inference workers. Use from the event loop only."""
 
     def __init__(self, embedder: Embedder, cfg: ServerConfig, metrics: Metrics) -> None:
         self._embedder = embedder
@@ -77,20 +92,21 @@ class Batcher:
         self._pending: deque[_Job] = deque()
         self._queued = 0  # inputs in _pending
         metrics.queue_depth.set_function(lambda: self._queued)  # read at scrape time
-        self._busy = False
         self._closing = False
         #: requests merged into the last batch: >1 means clients are concurrent, and waiting for
         #: company pays; a lone client's request is never held back
         self._last_merged = 1
-        # one thread: onnxruntime already uses every core for one batch, and a single worker
-        # keeps batches whole instead of splitting the cores between two half-full ones
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dmeta-embed-infer")
+        # one worker on a few cores: onnxruntime already uses every core for one batch, and a
+        # single worker keeps batches whole instead of splitting the cores between two half-full
+        # ones; on more cores several workers (runtime.workers)
+        self.pool = WorkerPool(embedder, split_for(embedder.plan, cfg.workers), metrics)
+        self._running: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.ready = False
 
     def start(self, warmup: Callable[[Embedder], None]) -> None:
-        """Warm up on the worker thread, then take jobs; jobs submitted meanwhile wait in the queue."""
+        """Warm up on the worker threads, then take jobs; jobs submitted meanwhile wait in the queue."""
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._work(warmup), name="dmeta-embed-batcher")
 
@@ -126,7 +142,7 @@ class Batcher:
         self._closing = True
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while (self._pending or self._busy) and loop.time() < end:
+        while (self._pending or self.pool.busy) and loop.time() < end:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -134,26 +150,45 @@ class Batcher:
         for job in self._pending:
             if not job.future.done():
                 job.future.set_exception(Overloaded("the server stopped before this request ran"))
-        await loop.run_in_executor(None, self._executor.shutdown)
+        await self.pool.close()
+
+    async def _warm_up(self, warmup: Callable[[Embedder], None]) -> None:
+        """``warmup`` on the first worker's thread (it runs the embedder's own engine), and the
+        warm-up shapes through every worker's engine that is not that one, at once."""
+        e, pool = self._embedder, self.pool
+
+        def first() -> None:
+            warmup(e)
+            if pool.workers[0].runner is not e.pipeline.runner:
+                warm_up_runner(e, pool.workers[0].runner)
+
+        steps = [pool.call(pool.workers[0], first)]
+        steps += [pool.call(w, warm_up_runner, e, w.runner) for w in pool.workers[1:]]
+        await asyncio.gather(*steps)
 
     async def _work(self, warmup: Callable[[Embedder], None]) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, warmup, self._embedder)
+            await self._warm_up(warmup)
             self.ready = True
             self._metrics.ready.set(1)
         except Exception:  # a model that fails warm-up stays "not ready"; requests still get an answer
             log.exception("warm-up failed; /ready will keep answering 503")
         while True:
+            worker = await self.pool.acquire()
             try:
+                # a batch is made only once a worker is free to run it: with one worker, the
+                # next batch is merged while the last one ran (as before workers existed)
                 jobs = await self._collect()
-                if jobs:
-                    self._busy = True
-                    await self._run(jobs)
-            except Exception:  # a bug here must not stop the worker: later requests still get served
+            except Exception:  # a bug here must not stop the batcher: later requests still get served
                 log.exception("batcher step failed")
-            finally:
-                self._busy = False
+                jobs = []
+            if not jobs:
+                self.pool.release(worker)
+                continue
+            self.pool.begin(worker)
+            task = asyncio.get_running_loop().create_task(self._run(worker, jobs))
+            self._running.add(task)  # a reference, so the task is not collected while it runs
+            task.add_done_callback(self._running.discard)
 
     def _pop(self) -> _Job:
         job = self._pending.popleft()
@@ -197,10 +232,17 @@ class Batcher:
             self._last_merged = len(jobs)
         return jobs
 
-    async def _run(self, jobs: list[_Job]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _run(self, worker: Worker, jobs: list[_Job]) -> None:
         try:
-            out = await loop.run_in_executor(self._executor, self._embed, [j.tok for j in jobs])
+            await self._answer(worker, jobs)
+        except Exception:  # a bug here must not keep the worker busy forever
+            log.exception("batcher step failed")
+        finally:
+            self.pool.release(worker)
+
+    async def _answer(self, worker: Worker, jobs: list[_Job]) -> None:
+        try:
+            out = await self.pool.call(worker, self._embed, worker.runner, [j.tok for j in jobs])
         except Exception as e:
             log.exception("inference failed for a batch of %d request(s)", len(jobs))
             for job in jobs:
@@ -220,8 +262,8 @@ class Batcher:
         m.inputs.inc(offset)
         m.tokens.inc(tokens)
 
-    def _embed(self, toks: list[Tokenized]) -> np.ndarray:
+    def _embed(self, runner: Runner, toks: list[Tokenized]) -> np.ndarray:
         # the runtime's batching sorts by length and keeps each batch's padding under 2×
         return self._embedder.pipeline.run(
-            merge(toks), batch_size=self._batch_size, max_batch_tokens=self.max_batch_tokens
+            merge(toks), batch_size=self._batch_size, max_batch_tokens=self.max_batch_tokens, runner=runner
         )

@@ -35,6 +35,10 @@ class ServerConfig:
     #: faster; on cores shared with other busy processes it steals their CPU and single queries get
     #: slower, so turn it off there (--no-spin). Figures: docs/performance.md
     spin: bool = True
+    #: inferences run at once, each on its own engine (onnxruntime session, OpenVINO stream) with
+    #: an equal share of the threads, fed by the one batcher; None: ``auto``, the rule in
+    #: ``runtime.workers.workers_for`` (one worker on up to 4 cores)
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -48,6 +52,8 @@ class ServerConfig:
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         if self.max_wait_ms < 0:
             bad.append(f"max_wait_ms={self.max_wait_ms}")
+        if self.workers is not None and self.workers <= 0:
+            bad.append(f"workers={self.workers}")
         if self.max_batch_tokens is not None and self.max_batch_tokens <= 0:
             bad.append(f"max_batch_tokens={self.max_batch_tokens}")
         if bad:

@@ -124,7 +124,10 @@ class LoadingApp:
     async def _serve_when_loaded(self, loaded: asyncio.Future[Embedder]) -> None:
         try:
             embedder = await loaded
-            app = create_app(embedder, self.config, warmup=self.warmup)
+            # on a thread: several workers start their engines (seconds), while /health answers
+            app = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: create_app(embedder, self.config, warmup=self.warmup)
+            )
             await self._stack.enter_async_context(app.router.lifespan_context(app))
         except asyncio.CancelledError:
             raise

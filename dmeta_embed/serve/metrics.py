@@ -71,6 +71,12 @@ class Metrics:
             "Requests whose client went away before their vectors were ready (their queued work is dropped)",
             registry=r,
         )
+        self.worker_busy = Gauge(
+            "dmeta_embed_worker_busy",
+            "1 while the inference worker runs a batch (--workers: one series per worker)",
+            ["worker"],
+            registry=r,
+        )
         self.ready = Gauge("dmeta_embed_ready", "1 once the model is loaded and warmed up", registry=r)
 
     def render(self) -> bytes:
