@@ -36,7 +36,7 @@ def test_routed_rows_and_take():
     assert part.ids == [ids[0], ids[2]] and part.lengths.tolist() == [12, 18]
 
 
-TEXTS = ["胡子长得太快怎么办？", "word " * 40, "在香港哪里买手表好", "的" * 60, "a short query"]
+TEXTS = ["胡子长得太快怎么办？", "好 " * 40, "在香港哪里买手表好", "的" * 60, "a short query"]
 
 
 def test_int8_routes_dominated_texts_to_fp32_and_keeps_the_rest(tiny_export):
@@ -46,7 +46,8 @@ def test_int8_routes_dominated_texts_to_fp32_and_keeps_the_rest(tiny_export):
     assert int8.plan.guard and not fp32.plan.guard and not raw.plan.guard
     assert int8.plan.to_dict()["guard"] is True
     got, ref, unguarded = int8.encode(TEXTS), fp32.encode(TEXTS), raw.encode(TEXTS)
-    dominated = [guard.dominated(ids) for ids in int8.tokenizer.encode(TEXTS).ids]
+    unk = int8.tokenizer.unk_id
+    dominated = [guard.dominated(ids, unk) for ids in int8.tokenizer.encode(TEXTS).ids]
     assert dominated == [False, True, False, True, False]
     for i, d in enumerate(dominated):
         # routed texts: fp32's vector exactly; the others: int8's own
@@ -59,3 +60,12 @@ def test_the_plan_guards_only_where_fp32_can_run(tiny_export):
     assert not make_plan(tiny_export, "fp32").guard
     assert make_plan(tiny_export, "int8", "cpu").guard
     assert not make_plan(tiny_export, "int8", "cpu", guard=False).guard
+
+
+def test_the_unknown_token_never_dominates():
+    unk = 100
+    assert not guard.dominated([101, *([unk] * 20), 102], unk_id=unk)  # a script the vocabulary lacks
+    assert guard.dominated([101, *([unk] * 20), 102], unk_id=None)
+    # a real token still dominates among unknown ones: its share of the whole body counts
+    assert guard.dominated([101, *([7] * 10), *([unk] * 10), 102], unk_id=unk)
+    assert not guard.dominated([101, *([7] * 4), *([unk] * 16), 102], unk_id=unk)

@@ -22,19 +22,25 @@ MIN_TOKENS = 8
 DOMINANT_SHARE = 0.5
 
 
-def dominated(ids: list[int]) -> bool:
+def dominated(ids: list[int], unk_id: int | None = None) -> bool:
     """Whether one token makes up at least :data:`DOMINANT_SHARE` of the text (special tokens at
-    both ends left out), at :data:`MIN_TOKENS` tokens or more."""
-    body = ids[1:-1]
+    both ends left out), at :data:`MIN_TOKENS` tokens or more. The unknown token never counts as
+    the dominant one: a script outside the vocabulary (Chinese through an English model) maps
+    whole texts to it, and those stayed within every bar (docs/export.md, "Degenerate input")."""
+    body = np.asarray(ids[1:-1])
     if len(body) < MIN_TOKENS:
         return False
-    _, counts = np.unique(np.asarray(body), return_counts=True)
-    return bool(counts.max() >= DOMINANT_SHARE * len(body))
+    if unk_id is not None:
+        body = body[body != unk_id]
+        if not len(body):
+            return False
+    _, counts = np.unique(body, return_counts=True)
+    return bool(counts.max() >= DOMINANT_SHARE * (len(ids) - 2))
 
 
-def routed(tok: Tokenized) -> np.ndarray:
+def routed(tok: Tokenized, unk_id: int | None = None) -> np.ndarray:
     """Row indices of ``tok`` that go to the fp32 graph."""
-    return np.array([i for i, ids in enumerate(tok.ids) if dominated(ids)], dtype=np.int64)
+    return np.array([i for i, ids in enumerate(tok.ids) if dominated(ids, unk_id)], dtype=np.int64)
 
 
 def take(tok: Tokenized, rows: np.ndarray) -> Tokenized:

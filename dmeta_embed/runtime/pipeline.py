@@ -201,7 +201,7 @@ class Pipeline:
             "batch_size": batch_size or self.plan.batch_size,
         }
         engine = runner or self.runner
-        rows = guard.routed(tok) if self.plan.guard else np.empty(0, dtype=np.int64)
+        rows = guard.routed(tok, self.tokenizer.unk_id) if self.plan.guard else np.empty(0, dtype=np.int64)
         if not len(rows):
             return embed_tokenized(engine, tok, **sizes)
         out = np.empty((len(tok.ids), self.dim), dtype=np.float32)

@@ -74,6 +74,9 @@ class TextTokenizer:
         self._tok.no_padding()
         self._tok.enable_truncation(max_length)
         self.max_length = max_length
+        unk = getattr(self._tok.model, "unk_token", None)
+        #: the id of the model's unknown token (None: its vocabulary has none)
+        self.unk_id: int | None = self._tok.token_to_id(unk) if isinstance(unk, str) else None
 
     def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[Any]:
         try:
