@@ -418,6 +418,30 @@ def test_bulk_calls_go_to_a_throughput_twin_with_the_same_vectors(ov_export: Pat
     assert served.pipeline.runner._twin is None and not served.pipeline.runner._bulk  # type: ignore[attr-defined]
 
 
+def test_a_dropped_runner_frees_its_compiled_model_after_streams_ran(ov_export: Path) -> None:
+    """The infer queue keeps its callback where Python's cycle collector cannot see it: a callback
+    that held the runner kept every throughput runner (and its compiled model) alive for the
+    process's life, one per variant the export timed; one that held an output port could be the
+    last hold on the compiled model, freed on an executor thread that then joined itself (abort)."""
+    import gc
+    import weakref
+
+    from dmeta_embed.runtime.openvino import OpenVINORunner
+
+    ids = np.array([[101, 2000, 102]] * 2, np.int64)
+    for _ in range(3):  # the abort came and went with the threads' timing
+        runner = OpenVINORunner(
+            ov_export / "model.onnx", 2, {"INFERENCE_PRECISION_HINT": "f32"}, throughput=True
+        )
+        if runner.in_flight < 2:
+            pytest.skip("one stream here: no infer queue")
+        runner.run_many(iter([(ids, np.ones_like(ids))] * 4))
+        alive = weakref.ref(runner)
+        del runner
+        gc.collect()
+        assert alive() is None
+
+
 def test_compiled_model_cache(ov_export: Path, tmp_path: Path, monkeypatch) -> None:
     """CACHE_DIR: the first compile writes the compiled model, a second runner (a restarted
     process) reads it and computes the same vectors; the folder is configurable and can be off."""
