@@ -418,6 +418,31 @@ def test_bulk_calls_go_to_a_throughput_twin_with_the_same_vectors(ov_export: Pat
     assert served.pipeline.runner._twin is None and not served.pipeline.runner._bulk  # type: ignore[attr-defined]
 
 
+def test_export_times_openvino_as_the_runtime_runs_it_one_engine_at_a_time(ov_export: Path) -> None:
+    """``StagedRunner`` (the export's speed runs): the same calls go to the twin as in the
+    runtime's bulk runner, with the same vectors; each engine is compiled on first need and the
+    twin can be dropped before the single texts are timed."""
+    from dmeta_embed.export.openvino import StagedRunner
+    from dmeta_embed.runtime.openvino import OpenVINORunner
+
+    f, props = ov_export / "model.onnx", {"INFERENCE_PRECISION_HINT": "f32"}
+    runtime = OpenVINORunner(f, None, props, bulk=True)
+    staged = StagedRunner(f, props)
+    assert staged._latency is None and staged._twin is None
+    ids = np.array([[101, 2000, 2001, 102]] * 2, np.int64)
+    batch = (ids, np.ones_like(ids))
+    for count in range(1, 11):
+        got = staged.run_many(iter([batch] * count), count)
+        want = runtime.run_many(iter([batch] * count), count)
+        assert len(got) == count and float(np.abs(np.stack(got) - np.stack(want)).max()) < 1e-5
+        used_twin = runtime._bulk_twin(count) is not None
+        assert (
+            staged._twin is not None and OpenVINORunner.twin_takes(count, staged._twin.in_flight)
+        ) is used_twin
+    staged.release_bulk()
+    assert staged._twin is None and float(np.abs(staged.run(*batch) - runtime.run(*batch)).max()) < 1e-5
+
+
 def test_a_dropped_runner_frees_its_compiled_model_after_streams_ran(ov_export: Path) -> None:
     """The infer queue keeps its callback where Python's cycle collector cannot see it: a callback
     that held the runner kept every throughput runner (and its compiled model) alive for the
