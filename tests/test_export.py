@@ -48,6 +48,10 @@ def test_manifest_contents(tiny_export, tiny_src):
     assert set(m.variants) == {"fp32", "fp16", "int8"}
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(m.export["tools"])
     assert m.export["opset"] == 17 and m.export["wall_seconds"] > 0
+    # recorded, not judged: the figures are in docs/performance.md, "Export time and memory"
+    stages = m.export["stage_peak_rss_mb"]
+    assert m.export["peak_rss_mb"] > 0 and m.export["peak_rss_mb"] == max(stages.values())
+    assert {"reference", "torch_export", "fuse", "fp32", "fp16", "int8", "speed int8"} <= set(stages)
 
 
 def test_files_and_checksums(tiny_export):

@@ -22,7 +22,9 @@ from dmeta_embed.variant_records import Speed
 
 pytest.importorskip("nncf")
 pytest.importorskip("openvino")
+from dmeta_embed.export import int8_ov_search as ovs  # noqa: E402
 from dmeta_embed.export import openvino as ovx  # noqa: E402
+from dmeta_embed.export import openvino_runner as ovr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,14 +103,14 @@ def test_inspect_shows_the_engine_and_its_float_precision(ov_export: Path) -> No
 
 def test_search_removes_roles_in_order_until_the_target(tiny_src: Path, tmp_path: Path) -> None:
     model, tok = search_inputs(tiny_src, tmp_path)
-    embed = ovx.openvino_embedder(tmp_path, ovx.cpu_properties(), pad_id=0)
+    embed = ovr.openvino_embedder(tmp_path, ovx.cpu_properties(), pad_id=0)
 
-    loose = ovx.search(model, tok, embed, Bar(min_cos=0.0, mean_cos=0.0))
+    loose = ovs.search(model, tok, embed, Bar(min_cos=0.0, mean_cos=0.0))
     assert loose.unquantized == {} and loose.trials == 1
     n_static = len(ovx.activation_quantizers(loose.model))
     assert n_static > 0
 
-    strict = ovx.search(model, tok, embed, Bar(min_cos=1.0, mean_cos=1.0))  # unreachable: every role goes
+    strict = ovs.search(model, tok, embed, Bar(min_cos=1.0, mean_cos=1.0))  # unreachable: every role goes
     assert len(strict.unquantized) == n_static and ovx.activation_quantizers(strict.model) == []
     order = list(
         dict.fromkeys(why.split(":")[0].removeprefix("role ") for why in strict.unquantized.values())
@@ -161,7 +163,7 @@ def test_search_keeps_float_weights_by_role_when_int8_weights_alone_miss(
     import numpy as np
 
     model, tok = search_inputs(tiny_src, tmp_path)
-    real = ovx.openvino_embedder(tmp_path, ovx.cpu_properties(), pad_id=0)
+    real = ovr.openvino_embedder(tmp_path, ovx.cpu_properties(), pad_id=0)
     dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
     noise = np.random.default_rng(0).normal(size=(len(tok.ids), dim))
     first, second = ovx.WEIGHT_ROLE_ORDER[:2]
@@ -173,7 +175,7 @@ def test_search_keeps_float_weights_by_role_when_int8_weights_alone_miss(
         return v
 
     # the tiny random model's own int8 weights score about 0.986 with two roles float: a loose target
-    found = ovx.search(model, tok, embed, Bar(min_cos=0.9, mean_cos=0.95))
+    found = ovs.search(model, tok, embed, Bar(min_cos=0.9, mean_cos=0.95))
     floated = {n for n in matmuls(model) if ovx.role_of(n) in (first, second)}
     assert {ovx.role_of(n) for n in floated} == {first, second}
     assert set(found.float_weights) == floated
@@ -320,7 +322,7 @@ def test_int8_ov_on_openvino_matches_torch_and_the_export_engine(ov_export: Path
     assert cosines(alone, batched).min() > 0.999  # static scales: a text's vector barely depends on its batch
 
     v = m.variants["int8-ov"]
-    engine = ovx.openvino_embedder(ov_export.parent, v.engine_properties, m.tokenizer.pad_token_id)
+    engine = ovr.openvino_embedder(ov_export.parent, v.engine_properties, m.tokenizer.pad_token_id)
     direct = engine(
         onnx.load(str(ov_export / v.file)), TextTokenizer(ov_export / "tokenizer.json", 1024).encode(texts)
     )
@@ -421,6 +423,55 @@ def test_bulk_calls_go_to_a_throughput_twin_with_the_same_vectors(ov_export: Pat
     served = Embedder.load(ov_export, variant="int8-ov", profile="server")
     served.encode(texts, batch_size=2)
     assert served.pipeline.runner._twin is None and not served.pipeline.runner._bulk  # type: ignore[attr-defined]
+
+
+def test_export_times_openvino_as_the_runtime_runs_it_one_engine_at_a_time(ov_export: Path) -> None:
+    """``StagedRunner`` (the export's speed runs): the same calls go to the twin as in the
+    runtime's bulk runner, with the same vectors; each engine is compiled on first need and the
+    twin can be dropped before the single texts are timed."""
+    from dmeta_embed.export.openvino_runner import StagedRunner
+    from dmeta_embed.runtime.openvino import OpenVINORunner
+
+    f, props = ov_export / "model.onnx", {"INFERENCE_PRECISION_HINT": "f32"}
+    runtime = OpenVINORunner(f, None, props, bulk=True)
+    staged = StagedRunner(f, props)
+    assert staged._latency is None and staged._twin is None
+    ids = np.array([[101, 2000, 2001, 102]] * 2, np.int64)
+    batch = (ids, np.ones_like(ids))
+    for count in range(1, 11):
+        got = staged.run_many(iter([batch] * count), count)
+        want = runtime.run_many(iter([batch] * count), count)
+        assert len(got) == count and float(np.abs(np.stack(got) - np.stack(want)).max()) < 1e-5
+        used_twin = runtime._bulk_twin(count) is not None
+        assert (
+            staged._twin is not None and OpenVINORunner.twin_takes(count, staged._twin.in_flight)
+        ) is used_twin
+    staged.release_bulk()
+    assert staged._twin is None and float(np.abs(staged.run(*batch) - runtime.run(*batch)).max()) < 1e-5
+
+
+def test_a_dropped_runner_frees_its_compiled_model_after_streams_ran(ov_export: Path) -> None:
+    """The infer queue keeps its callback where Python's cycle collector cannot see it: a callback
+    that held the runner kept every throughput runner (and its compiled model) alive for the
+    process's life, one per variant the export timed; one that held an output port could be the
+    last hold on the compiled model, freed on an executor thread that then joined itself (abort)."""
+    import gc
+    import weakref
+
+    from dmeta_embed.runtime.openvino import OpenVINORunner
+
+    ids = np.array([[101, 2000, 102]] * 2, np.int64)
+    for _ in range(3):  # the abort came and went with the threads' timing
+        runner = OpenVINORunner(
+            ov_export / "model.onnx", 2, {"INFERENCE_PRECISION_HINT": "f32"}, throughput=True
+        )
+        if runner.in_flight < 2:
+            pytest.skip("one stream here: no infer queue")
+        runner.run_many(iter([(ids, np.ones_like(ids))] * 4))
+        alive = weakref.ref(runner)
+        del runner
+        gc.collect()
+        assert alive() is None
 
 
 def test_compiled_model_cache(ov_export: Path, tmp_path: Path, monkeypatch) -> None:

@@ -7,9 +7,18 @@ import time
 
 import pytest
 
-from dmeta_embed.export.speed import FP32, QUERY_CALLS, QUERY_LENGTHS, Pass, SpeedRun, measure, query_ids
+from dmeta_embed.export.speed import (
+    FP32,
+    QUERY_CALLS,
+    QUERY_LENGTHS,
+    Pass,
+    SpeedRun,
+    anchored,
+    measure,
+    query_ids,
+)
 from dmeta_embed.manifest import Precision
-from dmeta_embed.variant_records import EngineProperties, InferencePrecision
+from dmeta_embed.variant_records import EngineProperties, InferencePrecision, Speed
 
 
 def test_query_ids_are_short_texts_of_the_listed_lengths() -> None:
@@ -55,3 +64,23 @@ def test_measure_times_single_queries_of_a_pass_only() -> None:
 def test_measure_needs_the_fp32_baseline() -> None:
     with pytest.raises(ValueError, match="fp32 baseline"):
         measure({SpeedRun(Precision.INT8): Pass(lambda: None)}, tokens=10, cpu_class="amx")
+
+
+def test_runs_timed_apart_are_put_on_the_scale_of_fp32s_fastest_rounds() -> None:
+    """Each variant is timed beside fp32 in its own rounds: its rate and latency are scaled by
+    fp32's best over fp32's in those rounds, so ``tokens_per_s`` compares across variants (and
+    with fp32's) as ``vs_fp32`` says, however busy the machine was for each."""
+    int8 = SpeedRun(Precision.INT8)
+    bf16 = SpeedRun(Precision.BF16, EngineProperties(InferencePrecision.BF16))
+    busy = Speed(tokens_per_s=500, vs_fp32=1.0, query_ms=40.0)
+    quiet = Speed(tokens_per_s=1000, vs_fp32=1.0, query_ms=20.0)
+    out = anchored(
+        {
+            int8: (Speed(tokens_per_s=750, vs_fp32=1.5, query_ms=30.0, engine="onnxruntime"), busy),
+            bf16: (Speed(tokens_per_s=3000, vs_fp32=3.0, query_ms=10.0, engine="openvino"), quiet),
+        }
+    )
+    assert out[FP32] == quiet
+    assert out[int8] == Speed(tokens_per_s=1500, vs_fp32=1.5, query_ms=15.0, engine="onnxruntime")
+    assert out[bf16].tokens_per_s == 3000 and out[bf16].query_ms == 10.0
+    assert anchored({}) == {}

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.investigations.int8_rows import held_out
     from benchmarks.workloads import workload
-    from dmeta_embed.export import graph, openvino
+    from dmeta_embed.export import graph, int8_ov_search, openvino, openvino_runner
     from dmeta_embed.export.reference import cosines, torch_embeddings
     from dmeta_embed.export.source import resolve
     from dmeta_embed.runtime.cpu import detect
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     order = sorted(score, key=score.get, reverse=True)  # type: ignore[arg-type]
     role = {q.name: q.role for q in quantizers}
     ks = [len(order) if k == "all" else int(k) for k in a.ks.split(",")]
-    embed = openvino.openvino_embedder(work, openvino.BF16, pad)
+    embed = openvino_runner.openvino_embedder(work, openvino.BF16, pad)
     mixed = tokenize(workload("mixed", 256))
     n_tokens = int(mixed.lengths.sum())
     result: dict[str, object] = {
@@ -144,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     def run(runner, tok: Tokenized) -> np.ndarray:  # type: ignore[no-untyped-def]
         return embed_as_runtime(runner, tok, pad_id=pad, dim=hidden)
 
-    fp32_runner = openvino.compile_runner(work, head, openvino.BF16)
+    fp32_runner = openvino_runner.compile_runner(work, head, openvino.BF16)
     runners["bf16 (no int8)"] = fp32_runner
     result["candidates"]["bf16 (no int8)"] = {"min_cos": float(cosines(run(fp32_runner, probe), ref).min())}
     for k in ks:
-        cand = openvino._final(static, {q: "ranked" for q in order[:k]}) if k else static
+        cand = int8_ov_search._final(static, {q: "ranked" for q in order[:k]}) if k else static
         (work / f"k{k}").mkdir(exist_ok=True)
-        runner = openvino.compile_runner(work / f"k{k}", cand, openvino.BF16)
+        runner = openvino_runner.compile_runner(work / f"k{k}", cand, openvino.BF16)
         v = run(runner, probe)
         c = cosines(v, ref)
         alone = np.stack(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ExportError, ModelLoadError
-from ..manifest import Bar, Fidelity, Pooling, Precision, Provider, TokenizerInfo
+from ..manifest import VARIANT_FILES, Bar, Fidelity, Pooling, Precision, Provider, TokenizerInfo
 from ..runtime.batching import pad
 from ..runtime.cpu import CpuInfo, detect
 from ..runtime.pipeline import embed_as_runtime
@@ -21,6 +21,7 @@ from ..runtime.session import OnnxRuntimeRunner
 from ..runtime.tokenize import TextTokenizer
 from ..texts import probe_texts, search_texts
 from . import graph
+from .memory import Peaks, release
 from .progress import stage
 from .reference import cosines, fidelity, torch_embeddings
 from .relative_attention import fuse_relative_attention
@@ -30,17 +31,21 @@ if TYPE_CHECKING:
     import onnx
 
     from ..runtime.tokenize import Tokenized
+    from .speed import Pass
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Context:
-    """One export's shared state. The graphs are never modified by a builder (each derives a copy)."""
+    """One export's shared state. The graphs live on disk (``work``, and the fp32 variant's file in
+    ``out``) and are loaded by the builder that needs one, so a base-size model's 440 MB graphs are
+    not held through the export, three at a time, beside the engines that run them."""
 
     src: Source
     out: Path
-    #: scratch folder inside the staging folder (the raw export, OpenVINO candidates)
+    #: scratch folder inside the staging folder (the raw export, the fused graphs, OpenVINO
+    #: candidates)
     work: Path
     cpu: CpuInfo
     bars: dict[Precision, Bar]
@@ -53,46 +58,84 @@ class Context:
     #: the TorchScript export, unfused (int8-ov starts from it: OpenVINO fuses on its own)
     raw_path: Path
     #: the fused graph without pooling head (fp16 starts from it: SkipLayerNormalization kept)
-    backbone: onnx.ModelProto
-    #: the CPU graph (SkipLayerNormalization unfused) fp32 is made of
-    cpu_backbone: onnx.ModelProto
+    backbone_path: Path
+    #: the CPU graph (SkipLayerNormalization unfused) without head: what int8 quantizes
+    cpu_backbone_path: Path
+    #: the fp32 variant's file, the CPU graph with its head, written once into the folder: fp32
+    #: and bf16 run it, and it is every speed run's baseline (removed at the end when neither
+    #: variant is kept)
+    fp32_path: Path
+    #: its operators (the manifest's ``ops``), counted when it was written
+    fp32_ops: dict[str, int]
     fusion: dict[str, int]
     passes: list[str]
     #: s8 weights where this CPU's u8×s8 kernels are exact, shifted to u8 where they saturate
     #: (``runtime.cpu``); int8 is validated as the runtime will feed it
     int8_weights: str | None
     _calib_ref: np.ndarray | None = field(default=None, repr=False)
-    _fp32_model: onnx.ModelProto | None = field(default=None, repr=False)
 
     @property
     def max_tokens(self) -> int:
         return int(self.probe_tok.lengths.max())
 
-    def head(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        """``model`` with the pooling (and normalisation) head appended, on a copy."""
-        return graph.append_head(model, self.src.pooling, self.src.normalize, self.hidden)
+    def head(self, model: onnx.ModelProto, *, copy: bool = True) -> onnx.ModelProto:
+        """``model`` with the pooling (and normalisation) head appended (``copy=False``: in place,
+        for a graph nothing else holds)."""
+        return graph.append_head(model, self.src.pooling, self.src.normalize, self.hidden, copy=copy)
 
-    @property
-    def fp32_model(self) -> onnx.ModelProto:
-        """The fp32 CPU graph with its head: the fp32 variant, and every speed run's baseline."""
-        if self._fp32_model is None:
-            self._fp32_model = self.head(self.cpu_backbone)
-        return self._fp32_model
+    @staticmethod
+    def load(path: Path) -> onnx.ModelProto:
+        """A graph of the work folder (a fresh copy: the builder may change it in place)."""
+        import onnx
+
+        return onnx.load(str(path))
+
+    def save(self, model: onnx.ModelProto, precision: Precision) -> Path:
+        """Write ``precision``'s graph to its file in the folder, where the runtime reads it and
+        the builder's engines load it from (the pipeline removes it if the variant is left out)."""
+        import onnx
+
+        path = self.out / VARIANT_FILES[precision]
+        onnx.save(model, str(path))
+        return path
+
+    def fp32_runner(self) -> OnnxRuntimeRunner:
+        """A session over the fp32 file (fp32's validation, the int8 search's target, the speed
+        baseline), started when needed and dropped by its caller: a base-size session is about
+        500 MB that no other stage should carry."""
+        return OnnxRuntimeRunner(self.fp32_path, Provider.CPU)
+
+    def baseline(self) -> Pass:
+        """The fp32 speed run a variant is timed against (``export.speed``), on its own session."""
+        from .speed import calibration_pass
+
+        return calibration_pass(self, self.fp32_runner(), Provider.CPU)
 
     def runner(
-        self, model: onnx.ModelProto, provider: Provider = Provider.CPU, weights: str | None = None
+        self, model: onnx.ModelProto | Path, provider: Provider = Provider.CPU, weights: str | None = None
     ) -> OnnxRuntimeRunner:
-        return OnnxRuntimeRunner(model.SerializeToString(), provider, int8_weights=weights)
+        """An onnxruntime session over ``model``: a file, or a graph written to the work folder
+        first (a session made from bytes keeps them for its life: ``graph.ort_session``)."""
+        if isinstance(model, Path):
+            return OnnxRuntimeRunner(model, provider, int8_weights=weights)
+        import onnx
+
+        path = self.work / "candidate.onnx"
+        onnx.save(model, str(path))
+        try:
+            return OnnxRuntimeRunner(path, provider, int8_weights=weights)
+        finally:
+            path.unlink()
 
     def embed(
         self,
-        model: onnx.ModelProto,
+        model: onnx.ModelProto | Path,
         tok: Tokenized | None = None,
         provider: Provider = Provider.CPU,
         weights: str | None = None,
     ) -> np.ndarray:
         """Embeddings of ``tok`` (default: the probe texts) through onnxruntime, batched as the
-        runtime batches."""
+        runtime batches; the session is dropped on return."""
         return self.embed_runner(self.runner(model, provider, weights), tok)
 
     def embed_runner(self, runner: Runner, tok: Tokenized | None = None) -> np.ndarray:
@@ -129,7 +172,7 @@ class Context:
     def calibration_reference(self) -> np.ndarray:
         """fp32 (ONNX) embeddings of the calibration texts, computed once: the searches' target."""
         if self._calib_ref is None:
-            self._calib_ref = self.embed(self.fp32_model, self.calib_tok)
+            self._calib_ref = self.embed_runner(self.fp32_runner(), self.calib_tok)
         return self._calib_ref
 
     def fidelity(
@@ -161,15 +204,19 @@ def write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
     return TokenizerInfo(file="tokenizer.json", pad_token_id=int(tok.pad_token_id or 0))
 
 
-def prepare(src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[str, float]) -> Context:
-    """Tokenizer, reference embeddings, the TorchScript export and the fused graphs, with each
-    stage's seconds added to ``timings``."""
+def prepare(
+    src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[str, float], peaks: Peaks
+) -> Context:
+    """Tokenizer, reference embeddings, the TorchScript export and the fused graphs (written to
+    their files), with each stage's seconds added to ``timings`` and its peak memory to ``peaks``."""
     t = time.perf_counter()
 
     def lap(name: str) -> None:
         nonlocal t
         now = time.perf_counter()
         timings[name] = round(now - t, 2)
+        release()
+        peaks.lap(name)
         t = now
 
     cpu = detect()
@@ -201,26 +248,7 @@ def prepare(src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[st
         graph.export_backbone(src.path, raw, trust_remote_code=src.trust_remote_code)
     lap("torch_export")
     with stage("fuse: ONNX Runtime's BERT fusions and graph passes"):
-        backbone, fusion = graph.fuse(raw, heads, hidden)
-        passes = []
-        if src.pooling == Pooling.CLS and graph.cls_only_last_layer(backbone):
-            passes.append("cls_only_last_layer")
-        if not fusion.get("Attention"):
-            # MPNet: attention with a relative-position bias, which onnxruntime's patterns miss
-            n = fuse_relative_attention(backbone, heads)
-            if n:
-                fusion["Attention"] = n
-                passes.append("relative_position_attention")
-            else:
-                log.warning(
-                    "ONNX Runtime did not fuse Attention for %s: the graph will be slower%s",
-                    src.model_type,
-                    graph.attention_fusion_hint(),
-                )
-        # the CPU variants get SkipLayerNormalization unfused; fp16 (CUDA) keeps it
-        cpu_backbone = _copy(backbone)
-        if graph.unfuse_skip_layernorm(cpu_backbone):
-            passes.append("unfuse_skip_layernorm")
+        fused = _fuse(src, raw, work, out, heads, hidden)
     lap("fuse")
     return Context(
         src=src,
@@ -234,17 +262,55 @@ def prepare(src: Source, out: Path, bars: dict[Precision, Bar], timings: dict[st
         calib_tok=tokenizer.encode(search_texts(src.max_length)),
         reference=reference,
         raw_path=raw,
-        backbone=backbone,
-        cpu_backbone=cpu_backbone,
-        fusion=fusion,
-        passes=passes,
+        backbone_path=fused.backbone,
+        cpu_backbone_path=fused.cpu_backbone,
+        fp32_path=fused.fp32,
+        fp32_ops=fused.fp32_ops,
+        fusion=fused.fusion,
+        passes=fused.passes,
         int8_weights="u8" if cpu.int8_weights == "u8" else None,
     )
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+@dataclass(frozen=True)
+class _Fused:
+    backbone: Path
+    cpu_backbone: Path
+    fp32: Path
+    fp32_ops: dict[str, int]
+    fusion: dict[str, int]
+    passes: list[str]
+
+
+def _fuse(src: Source, raw: Path, work: Path, out: Path, heads: int, hidden: int) -> _Fused:
+    """The fused graph, its CPU form and the fp32 variant (the CPU form with its head), each
+    written to its file as soon as it exists: one graph in memory, changed in place."""
     import onnx
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    return m
+    model, fusion = graph.fuse(raw, heads, hidden, work)
+    passes = []
+    if src.pooling == Pooling.CLS and graph.cls_only_last_layer(model):
+        passes.append("cls_only_last_layer")
+    if not fusion.get("Attention"):
+        # MPNet: attention with a relative-position bias, which onnxruntime's patterns miss
+        n = fuse_relative_attention(model, heads)
+        if n:
+            fusion["Attention"] = n
+            passes.append("relative_position_attention")
+        else:
+            log.warning(
+                "ONNX Runtime did not fuse Attention for %s: the graph will be slower%s",
+                src.model_type,
+                graph.attention_fusion_hint(),
+            )
+    backbone = work / "backbone.onnx"
+    onnx.save(model, str(backbone))
+    # the CPU variants get SkipLayerNormalization unfused; fp16 (CUDA) keeps it (in its file)
+    if graph.unfuse_skip_layernorm(model):
+        passes.append("unfuse_skip_layernorm")
+    cpu_backbone = work / "cpu_backbone.onnx"
+    onnx.save(model, str(cpu_backbone))
+    graph.append_head(model, src.pooling, src.normalize, hidden, copy=False)
+    fp32 = out / VARIANT_FILES[Precision.FP32]
+    onnx.save(model, str(fp32))
+    return _Fused(backbone, cpu_backbone, fp32, graph.op_counts(model), fusion, passes)

@@ -18,6 +18,8 @@ import numpy as np
 from .int8_rows import MIN_SCALE, is_symmetric, quantize_weight, row_quantizable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import onnx
 
 
@@ -25,7 +27,8 @@ class ActivationStats:
     """What one fp32 pass over calibration batches saw at the input of each row-quantizable
     MatMul: per-channel max |x| (for smoothing) and a seeded sample of rows (to estimate each
     node's quantization error without building graphs). Padding rows are included: they are
-    ordinary tokens to the MatMuls."""
+    ordinary tokens to the MatMuls. ``workdir``: the session reads the graph from a file there
+    (``graph.ort_session``)."""
 
     def __init__(
         self,
@@ -33,20 +36,26 @@ class ActivationStats:
         feeds: Sequence[dict[str, np.ndarray]],
         sample_rows: int = 512,
         nodes: Iterable[str] | None = None,
+        workdir: Path | None = None,
     ) -> None:
         import onnx
-        import onnxruntime as ort
         from onnx import helper
+
+        from .graph import ort_session
 
         self.nodes = list(nodes) if nodes is not None else row_quantizable(model)
         by_name = {n.name: n for n in model.graph.node}
         self.input_of = {name: by_name[name].input[0] for name in self.nodes}
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
         taps = list(dict.fromkeys(self.input_of.values()))
+        # the taps become outputs only while the session is built from the serialized graph: no
+        # second copy of a (base-size: 440 MB) graph
+        outputs = len(model.graph.output)
         for x in taps:
-            probe.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            model.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+        try:
+            sess = ort_session(model, workdir)
+        finally:
+            del model.graph.output[outputs:]
         self.amax: dict[str, np.ndarray] = {}
         # a few rows from each batch as it comes: every activation of a base-size model over the
         # calibration texts would take gigabytes

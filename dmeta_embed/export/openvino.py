@@ -33,24 +33,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import math
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._optional import require_feature
-from ..manifest import Bar
-from ..runtime.pipeline import embed_as_runtime
 from ..variant_records import EngineProperties, InferencePrecision
 
 if TYPE_CHECKING:
     import onnx
 
-    from ..runtime.openvino import OpenVINORunner
     from ..runtime.tokenize import Tokenized
 
 log = logging.getLogger(__name__)
@@ -161,21 +158,30 @@ def unquantize(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
 
 
 def quantize_static(
-    model: onnx.ModelProto, calib: Tokenized, float_weights: tuple[str, ...] = ()
+    model: onnx.ModelProto | Path,
+    calib: Tokenized,
+    float_weights: tuple[str, ...] = (),
+    amax: dict[str, np.ndarray] | None = None,
+    workdir: Path | None = None,
 ) -> onnx.ModelProto:
     """NNCF static int8 QDQ, one calibration text per sample (no padding in the statistics), after
     each MatMul's outlier channels are moved to a float side path (``outlier_split``: without it
     some real models miss the bar even with int8 weights alone). The MatMuls of the roles
-    in ``float_weights`` are left out of quantization altogether (float weights and inputs)."""
-    import nncf
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-    )
+    in ``float_weights`` are left out of quantization altogether (float weights and inputs).
+
+    ``model``: a graph (left as it is) or its file (loaded here and split in place). ``amax``:
+    ``outlier_split.activation_absmax(model, calib)`` when the caller has it (a search quantizes
+    the same model several times). ``workdir``: NNCF gets the graph with its weights in a file
+    there (ONNX external data), the same result for a fraction of the memory (:func:`_nncf`)."""
+    import onnx
 
     from . import outlier_split
 
-    channels = outlier_split.outlier_channels(model, outlier_split.activation_absmax(model, calib))
+    loaded = isinstance(model, Path)
+    m = onnx.load(str(model)) if isinstance(model, Path) else model
+    if amax is None:
+        amax = outlier_split.activation_absmax(m, calib, workdir)
+    channels = outlier_split.outlier_channels(m, amax)
     # a MatMul that stays float whole needs no side path
     channels = {name: c for name, c in channels.items() if role_of(name) not in float_weights}
     log.info(
@@ -183,17 +189,65 @@ def quantize_static(
         sum(len(c) for c in channels.values()),
         len(channels),
     )
-    model = outlier_split.split(model, channels)
-    keep = [n.name for n in model.graph.node if n.op_type == "MatMul" and role_of(n.name) in float_weights]
+    split = outlier_split.split(m, channels, copy=not loaded)
+    del m
+    keep = [n.name for n in split.graph.node if n.op_type == "MatMul" and role_of(n.name) in float_weights]
     items = [
         {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
         for ids in calib.ids
     ]
+    folder = None
+    if workdir is not None:
+        folder = workdir / "nncf"
+        split = _weights_to_disk(split, folder)  # rebound: the graph with its weights is dropped here
+    return _nncf(split, items, keep, folder)
+
+
+def _weights_to_disk(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
+    """``model`` written to ``folder`` with its weights in a file beside it (ONNX external data),
+    and read back without them."""
+    import onnx
+
+    shutil.rmtree(folder, ignore_errors=True)  # onnx appends to a data file already there
+    folder.mkdir()
+    path = folder / "model.onnx"
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.data"
+    )
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _nncf(
+    model: onnx.ModelProto, items: list[dict[str, np.ndarray]], keep: list[str], weights: Path | None
+) -> onnx.ModelProto:
+    """``nncf.quantize`` of ``model`` (ignoring the MatMuls ``keep`` and the outlier side paths).
+
+    NNCF's ONNX backend copies the graph several times (a deep copy per transformation, a
+    serialization to check its size, one per statistics session): on a base-size model it peaked
+    3.2 GB above the graph it was given. ``weights``: ``model`` is a graph whose weights are in
+    that folder (:func:`_weights_to_disk`; what NNCF's ``EXTERNAL_DATA_DIR`` is for): the copies
+    are the graph alone, the sessions read the weights from the file, and NNCF loads them into the
+    result; 1.5 GB at most above it. The same graph, byte for byte, once the ``data_location``
+    each loaded tensor is marked with is cleared (figures: docs/performance.md, "Export time and
+    memory")."""
+    import nncf
+    import onnx
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    from . import outlier_split
+
     no_smooth_quant = AdvancedQuantizationParameters(
         smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)
     )
+    if weights is not None:
+        from nncf.onnx.quantization.backend_parameters import BackendParameters
+
+        no_smooth_quant.backend_params = {BackendParameters.EXTERNAL_DATA_DIR: str(weights.resolve())}
     with _nncf_output_to_stderr():
-        return nncf.quantize(
+        out = nncf.quantize(
             model,
             nncf.Dataset(items),
             model_type=nncf.ModelType.TRANSFORMER,
@@ -203,6 +257,16 @@ def quantize_static(
                 names=keep, patterns=[outlier_split.IGNORED_PATTERN], validate=False
             ),
         )
+    if weights is None:
+        return out
+    for t in out.graph.initializer:
+        if t.HasField("data_location") and t.data_location == onnx.TensorProto.DEFAULT:
+            t.ClearField("data_location")
+    # NNCF read the float weights into the result before it replaced them by int8 ones: a copy
+    # holds the int8 graph alone (the replaced tensors stay in a protobuf message until it is freed)
+    compact = onnx.ModelProto()
+    compact.CopyFrom(out)
+    return compact
 
 
 @contextlib.contextmanager
@@ -226,181 +290,3 @@ def _nncf_output_to_stderr() -> Iterator[None]:
     finally:
         for h, stream in zip(moved, before, strict=True):
             h.setStream(stream)
-
-
-def compile_runner(
-    workdir: Path,
-    model: onnx.ModelProto,
-    properties: EngineProperties,
-    threads: int | None = None,
-    bulk: bool = False,
-) -> OpenVINORunner:
-    """``model`` compiled with ``properties`` by the runtime's own OpenVINO runner: the export
-    validates and times int8-ov and bf16 with the code and settings that will run them.
-    ``bulk``: as ``Embedder.encode`` runs them (large calls in streams, on a twin compiled from
-    the file later): the file is then named by its content, so no later candidate overwrites it."""
-    import hashlib
-
-    from ..runtime.openvino import OpenVINORunner
-
-    data = model.SerializeToString()
-    name = f"openvino-{hashlib.sha256(data).hexdigest()[:16]}.onnx" if bulk else "openvino-candidate.onnx"
-    path = workdir / name
-    if not (bulk and path.exists()):
-        path.write_bytes(data)
-    return OpenVINORunner(path, threads, properties.config(), bulk=bulk)
-
-
-def openvino_embedder(
-    workdir: Path, properties: EngineProperties, pad_id: int, threads: int | None = None
-) -> Callable[[onnx.ModelProto, Tokenized], np.ndarray]:
-    """``embed(model, tokenized)`` through OpenVINO's CPU plugin, batched as the runtime batches."""
-
-    def embed(model: onnx.ModelProto, tok: Tokenized) -> np.ndarray:
-        runner = compile_runner(workdir, model, properties, threads)
-        dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value  # [batch, dim] from append_head
-        return embed_as_runtime(runner, tok, pad_id=pad_id, dim=dim)
-
-    return embed
-
-
-@dataclass
-class OpenVinoInt8:
-    model: onnx.ModelProto
-    #: activation quantizers removed, with the measured reason
-    unquantized: dict[str, str]
-    trials: int
-    #: MatMuls whose weights stayed float too (int8 weights alone missed the bar), with the reason
-    float_weights: dict[str, str] = field(default_factory=dict)
-
-
-def search(
-    model: onnx.ModelProto,
-    calib: Tokenized,
-    embed: Callable[[onnx.ModelProto, Tokenized], np.ndarray],
-    target: Bar,
-) -> OpenVinoInt8:
-    """Static int8 of ``model`` (fp32 with the pooling head), with the activation quantizers of
-    the first roles of ``ROLE_ORDER`` removed: the fewest roles with which OpenVINO's output on the
-    calibration texts meets ``target`` vs fp32.
-
-    Every activation static first; then every one removed (int8 weights only). When even that
-    misses, the roles of :data:`WEIGHT_ROLE_ORDER` keep float weights, one more per trial, until
-    the target is met or every role is float (the caller's validation then decides). Otherwise the
-    number of roles removed is bisected (a role removed never lowers fidelity much), about
-    log2(roles) more trials."""
-    from .progress import Progress
-    from .reference import cosines
-
-    reference = embed(model, calib)
-    static = quantize_static(model, calib)
-    quantizers = activation_quantizers(static)
-    roles = [r for r in ROLE_ORDER if any(q.role == r for q in quantizers)]
-    progress = Progress("int8-ov search trials", 2 + math.ceil(math.log2(max(2, len(roles)))), bound=True)
-    trials = 0
-    scores: dict[int, np.ndarray] = {}
-
-    def removed_for(k: int) -> dict[str, str]:
-        """The first ``k`` roles' quantizers, each with why (the score of the candidate before)."""
-        out: dict[str, str] = {}
-        for j, role in enumerate(roles[:k]):
-            before = scores[max(x for x in scores if x <= j)]
-            why = (
-                f"role {role}: static scales missed the bar "
-                f"(calibration min cos {before.min():.5f}, mean {before.mean():.5f})"
-            )
-            out |= {q.name: why for q in quantizers if q.role == role}
-        return out
-
-    def trial(k: int) -> bool:
-        nonlocal trials
-        trials += 1
-        candidate = static if k == 0 else unquantize(static, set(removed_for(k)))
-        c = cosines(embed(candidate, calib), reference)
-        scores[k] = c
-        static_left = sum(1 for q in quantizers if q.role not in roles[:k])
-        passed = bool(c.min() >= target.min_cos and c.mean() >= target.mean_cos)
-        log.info(
-            "int8-ov: %d/%d activation quantizers static: calibration min cos %.5f, mean %.5f",
-            static_left,
-            len(quantizers),
-            c.min(),
-            c.mean(),
-        )
-        progress.step(f"{len(roles[:k])} of {len(roles)} roles float{': ok' if passed else ''}")
-        return passed
-
-    if trial(0) or not roles:
-        return OpenVinoInt8(static, {}, trials)
-    if not trial(len(roles)):
-        # even int8 weights alone miss the target: nothing in between can pass; whole roles keep
-        # float weights instead
-        removed = removed_for(len(roles))
-        return _float_weights(model, calib, embed, target, reference, scores[len(roles)], trials, removed)
-    lo, hi = 0, len(roles)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if trial(mid):
-            hi = mid
-        else:
-            lo = mid
-    removed = removed_for(hi)
-    return OpenVinoInt8(_final(static, removed), removed, trials)
-
-
-def _float_weights(
-    model: onnx.ModelProto,
-    calib: Tokenized,
-    embed: Callable[[onnx.ModelProto, Tokenized], np.ndarray],
-    target: Bar,
-    reference: np.ndarray,
-    scores: np.ndarray,
-    trials: int,
-    removed: dict[str, str],
-) -> OpenVinoInt8:
-    """Weights-only int8 that missed ``target`` (calibration cosines ``scores``; ``removed``: its
-    activation quantizers, every one float): the roles of :data:`WEIGHT_ROLE_ORDER` present in
-    ``model`` keep float weights, one more per trial, until ``target`` is met; the last candidate
-    tried when none meets it."""
-    from .progress import Progress
-    from .reference import cosines
-
-    present = {role_of(n.name) for n in model.graph.node if n.op_type == "MatMul"}
-    roles = [r for r in WEIGHT_ROLE_ORDER if r in present]
-    progress = Progress("int8-ov float-weight trials", len(roles), bound=True)
-    candidate = None
-    kept: dict[str, str] = {}
-    for k in range(1, len(roles) + 1):
-        why = (
-            f"weights float: int8 weights alone missed the bar "
-            f"(calibration min cos {scores.min():.5f}, mean {scores.mean():.5f})"
-        )
-        static = quantize_static(model, calib, float_weights=tuple(roles[:k]))
-        candidate = _final(static, {q.name: "" for q in activation_quantizers(static)})
-        trials += 1
-        c = cosines(embed(candidate, calib), reference)
-        kept = {
-            n.name: why for n in model.graph.node if n.op_type == "MatMul" and role_of(n.name) in roles[:k]
-        }
-        passed = bool(c.min() >= target.min_cos and c.mean() >= target.mean_cos)
-        log.info(
-            "int8-ov: int8 weights with %s float (%d MatMuls): calibration min cos %.5f, mean %.5f",
-            "+".join(roles[:k]),
-            len(kept),
-            c.min(),
-            c.mean(),
-        )
-        progress.step(f"{k} of {len(roles)} roles with float weights{': ok' if passed else ''}")
-        if passed:
-            break
-        scores = c
-    assert candidate is not None
-    return OpenVinoInt8(candidate, removed, trials, kept)
-
-
-def _final(static: onnx.ModelProto, removed: dict[str, str]) -> onnx.ModelProto:
-    """The candidate without ``removed``'s quantizers and the outlier masks they made useless
-    (exact: ``outlier_split.drop_unused_masks``)."""
-    from . import outlier_split
-
-    return outlier_split.drop_unused_masks(unquantize(static, set(removed)))

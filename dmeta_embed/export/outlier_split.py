@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import onnx
 
     from ..runtime.tokenize import Tokenized
@@ -48,22 +50,30 @@ def _weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     ]
 
 
-def activation_absmax(model: onnx.ModelProto, calib: Tokenized) -> dict[str, np.ndarray]:
+def activation_absmax(
+    model: onnx.ModelProto, calib: Tokenized, workdir: Path | None = None
+) -> dict[str, np.ndarray]:
     """Per-channel max |x| of every weight MatMul's input over the calibration texts (fp32,
-    onnxruntime, one text at a time so padding never enters the statistics)."""
+    onnxruntime, one text at a time so padding never enters the statistics). ``workdir``: the
+    session reads the graph from a file there (``graph.ort_session``)."""
     import onnx
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inputs = sorted({n.input[0] for n in _weight_matmuls(m)})
-    known = {o.name for o in m.graph.output}
-    m.graph.output.extend(
+    from .graph import ort_session
+
+    inputs = sorted({n.input[0] for n in _weight_matmuls(model)})
+    known = {o.name for o in model.graph.output}
+    # the inputs are outputs only while the session is built: no second copy of the graph
+    outputs = len(model.graph.output)
+    model.graph.output.extend(
         onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in inputs if x not in known
     )
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # the extra outputs make onnxruntime warn about nothing
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort_session(model, workdir, opts)
+    finally:
+        del model.graph.output[outputs:]
     amax: dict[str, np.ndarray] = {}
     for ids in calib.ids:
         feed = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
@@ -96,14 +106,17 @@ def outlier_channels(
     return out
 
 
-def split(model: onnx.ModelProto, channels: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` with each named MatMul's ``channels`` on a float side path (see the
-    module docstring); the main MatMul keeps its node name, so roles and reports still find it."""
+def split(model: onnx.ModelProto, channels: dict[str, np.ndarray], *, copy: bool = True) -> onnx.ModelProto:
+    """A copy of ``model`` (``copy=False``: ``model`` itself) with each named MatMul's ``channels``
+    on a float side path (see the module docstring); the main MatMul keeps its node name, so roles
+    and reports still find it."""
     import onnx
     from onnx import helper, numpy_helper
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = model
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     g = m.graph
     init = {i.name: i for i in g.initializer}
     nodes = []

@@ -12,7 +12,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,17 +28,17 @@ from ..manifest import (
     Manifest,
     Pooling,
     Precision,
-    Provider,
     Variant,
     sha256_file,
 )
 from ..variant_records import Speed, ValidatedCpu
 from . import graph
-from .builders import BUILDERS, Candidate, default_variants
+from .builders import BUILDERS, Builder, Candidate, default_variants
 from .context import Context, prepare
+from .memory import Peaks, release
 from .progress import quiet_third_party, stage
 from .source import DEFAULT_MODEL, Source, resolve
-from .speed import FP32, SpeedRun, calibration_pass, measure
+from .speed import FP32, SpeedRun, anchored, measure
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +158,23 @@ def _build(
     t0: float,
 ) -> tuple[Manifest, dict[str, str]]:
     """Build every wanted variant into ``out``; return the manifest and the variants left out
-    (name → why). Raises :class:`FidelityError` when none met its bar."""
-    import onnx
+    (name → why). Raises :class:`FidelityError` when none met its bar.
 
+    One variant at a time: built, written, validated and timed, and its graphs and engines
+    dropped before the next one starts (the fused graphs wait on disk in the work folder); each
+    timed run holds one engine beside a fp32 session. Real all-mpnet-base-v2 with every variant
+    peaked at 2.6 GB here, 9.6 GB when the graphs and every variant's engines stayed to the end
+    (docs/performance.md, "Export time and memory")."""
     timings: dict[str, float] = {}
-    ctx = prepare(src, out, bars, timings)
+    peaks = Peaks()
+    ctx = prepare(src, out, bars, timings, peaks)
     built: dict[Precision, tuple[Variant, Candidate]] = {}
-    written: dict[Path, onnx.ModelProto] = {}
+    #: each file a kept variant points at, and its sha256
+    written: dict[Path, str] = {}
+    left_out: list[Path] = []
     missed: dict[str, str] = {}
+    #: each timed run's speed record and fp32's of the same rounds
+    timed: dict[SpeedRun, tuple[Speed, Speed]] = {}
     for precision in wanted:
         t = time.perf_counter()
         builder = BUILDERS[precision]
@@ -180,6 +189,8 @@ def _build(
             fid.bar_mean_cos,
         )
         timings[precision.value] = round(time.perf_counter() - t, 2)
+        release()
+        peaks.lap(precision.value)
         if not fid.passed and not (builder.lossy and allow_low_fidelity):
             why = (
                 f"missed its fidelity bar vs PyTorch: min cos {fid.min_cos:.6f} (bar {fid.bar_min_cos}), "
@@ -188,22 +199,23 @@ def _build(
             )
             log.error("%s: %s; left out", precision.value, why)
             missed[precision.value] = why
+            left_out.append(cand.path)
             continue
         path = out / VARIANT_FILES[precision]
-        if path in written and written[path] is not cand.model:
+        if cand.path != path:
+            raise ExportError(f"internal: {precision.value} was written to {cand.path.name}, not {path.name}")
+        sha = sha256_file(path)
+        if written.setdefault(path, sha) != sha:
             raise ExportError(f"{precision.value}: {path.name} is already another variant's graph")
-        if path not in written:  # bf16 runs fp32's graph: one file, written once
-            onnx.save(cand.model, str(path))
-            written[path] = cand.model
         variant = Variant(
             precision=precision,
             file=path.name,
-            sha256=sha256_file(path),
+            sha256=sha,
             size_bytes=path.stat().st_size,
             provider=VARIANT_PROVIDERS[precision],
             fidelity=fid,
             kept_float=cand.kept_float,
-            ops=graph.op_counts(cand.model),
+            ops=cand.ops,
             validated_on=cand.validated_on,
             validated_cpu=ValidatedCpu() if cand.on_gpu else _validated_cpu(ctx, cand),
             engine_properties=cand.engine_properties,
@@ -211,12 +223,25 @@ def _build(
             int8=cand.int8,
         )
         built[precision] = (variant, cand)
+        _timed(ctx, builder, cand, timed, timings, peaks)
+    for path in left_out:  # a left-out variant's file, unless a kept one shares it (bf16 and fp32)
+        if path not in written:
+            path.unlink(missing_ok=True)
+    if ctx.fp32_path not in written:
+        ctx.fp32_path.unlink(missing_ok=True)
     if not built:
         raise FidelityError("; ".join(f"{k} variant {why}" for k, why in missed.items()))
 
-    variants = _timed(ctx, built, timings)
+    speeds = anchored(timed)
+    variants = {p.value: BUILDERS[p].settle(v, cand, speeds) for p, (v, cand) in built.items()}
     shutil.rmtree(ctx.work)
-    manifest = _manifest(src, ctx, variants, timings, t0)
+    peak = peaks.peak
+    log.info(
+        "peak memory of the export: %d MB (%s)",
+        peak,
+        ", ".join(f"{k} {v}" for k, v in peaks.stages.items()),
+    )
+    manifest = _manifest(src, ctx, variants, timings, t0, peaks)
     manifest.save(out)
     return manifest, missed
 
@@ -227,27 +252,38 @@ def _validated_cpu(ctx: Context, cand: Candidate) -> ValidatedCpu:
 
 
 def _timed(
-    ctx: Context, built: dict[Precision, tuple[Variant, Candidate]], timings: dict[str, float]
-) -> dict[str, Variant]:
-    """Each built variant's manifest entry once the speed runs (fp32 vs every timed variant on
-    this machine) are in."""
-    runs: dict[SpeedRun, Callable[[], object]] = {}
-    for precision, (_, cand) in built.items():
-        runs.update(BUILDERS[precision].speed_runs(ctx, cand))
-    speeds: dict[SpeedRun, Speed] = {}
-    if runs:
-        t = time.perf_counter()
-        baseline = calibration_pass(ctx, ctx.runner(ctx.fp32_model), Provider.CPU)
-        runs = {FP32: baseline} | runs
-        labels = ", ".join(r.label for r in runs if r != FP32)
-        with stage(f"speed: {labels} vs fp32 on {ctx.cpu.cpu_class.value}"):
-            speeds = measure(runs, int(ctx.calib_tok.lengths.sum()), ctx.cpu.cpu_class.value)
-        timings["speed"] = round(time.perf_counter() - t, 2)
-    return {p.value: BUILDERS[p].settle(v, cand, speeds) for p, (v, cand) in built.items()}
+    ctx: Context,
+    builder: Builder,
+    cand: Candidate,
+    timed: dict[SpeedRun, tuple[Speed, Speed]],
+    timings: dict[str, float],
+    peaks: Peaks,
+) -> None:
+    """Time each of ``cand``'s runs against the fp32 baseline right after it was validated, one
+    run at a time: its engine and a fp32 session are started, take turns (``speed.measure``) and
+    are dropped. Adds (its record, fp32's record of those rounds) to ``timed``."""
+    t = time.perf_counter()
+    for run, start in builder.speed_runs(ctx, cand).items():
+        with stage(f"speed: {run.label} vs fp32 on {ctx.cpu.cpu_class.value}"):
+            measured = measure(
+                {FP32: ctx.baseline(), run: start()},
+                int(ctx.calib_tok.lengths.sum()),
+                ctx.cpu.cpu_class.value,
+            )
+        timed[run] = (measured[run], measured[FP32])
+        del measured
+        release()
+        peaks.lap(f"speed {run.label}")
+    timings["speed"] = round(timings.get("speed", 0.0) + time.perf_counter() - t, 2)
 
 
 def _manifest(
-    src: Source, ctx: Context, variants: dict[str, Variant], timings: dict[str, float], t0: float
+    src: Source,
+    ctx: Context,
+    variants: dict[str, Variant],
+    timings: dict[str, float],
+    t0: float,
+    peaks: Peaks,
 ) -> Manifest:
     revision = src.revision or (src.path.name if src.model_id != str(src.path.resolve()) else None)
     return Manifest(
@@ -273,6 +309,9 @@ def _manifest(
             "tools": _tool_versions(),
             "probe_texts": len(ctx.reference),
             "stage_seconds": timings,
+            # this process's peak resident memory (MB), in all and per stage (``export.memory``)
+            "peak_rss_mb": peaks.peak,
+            "stage_peak_rss_mb": dict(peaks.stages),
             "wall_seconds": round(time.perf_counter() - t0, 2),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },

@@ -12,15 +12,18 @@ if TYPE_CHECKING:
     import onnx
 
 
-def to_fp16(backbone: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(backbone: onnx.ModelProto, *, copy: bool = True) -> onnx.ModelProto:
     """fp16 weights and compute; int64 inputs and the fp32 hidden-state output are kept, so the
     pooling/normalisation head appended afterwards runs in fp32. LayerNorm-type fused ops
-    accumulate in fp32 inside ONNX Runtime's kernels."""
+    accumulate in fp32 inside ONNX Runtime's kernels. On a copy, or with ``copy=False`` on
+    ``backbone`` itself (a graph loaded for this)."""
     import onnx
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    m = onnx.ModelProto()
-    m.CopyFrom(backbone)
+    m = backbone
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(backbone)
     om = OnnxModel(m)
     om.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
     return om.model

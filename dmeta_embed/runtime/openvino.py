@@ -112,6 +112,7 @@ class OpenVINORunner:
         self.compiled = ov.Core().compile_model(str(model), "CPU", self.config)
         self._ids, self._mask = feed_names([next(iter(i.get_names())) for i in self.compiled.inputs], inputs)
         self._output = self.compiled.output(output)
+        self._output_name = output
         self._request = self.compiled.create_infer_request()
         #: batches in flight in :meth:`run_many` (1 in latency mode: nothing to overlap)
         self.in_flight = (
@@ -152,9 +153,15 @@ class OpenVINORunner:
         if self._queue is None:
             return [self.run(ids, mask) for ids, mask in batches]
         results: dict[int, np.ndarray] = {}
+        output = self._output_name
 
+        # the callback holds no OpenVINO object and not ``self``: the queue keeps it in C++, where
+        # Python's cycle collector cannot see it, so runner → queue → callback → runner kept the
+        # compiled model alive for the process's life (about 860 MB for a base-size model in bf16);
+        # and the callback may be freed on an executor thread, where dropping the last hold on the
+        # compiled model (an output port keeps it) joins that thread from itself: an abort
         def done(request: Any, i: int) -> None:
-            results[i] = np.array(request.get_tensor(self._output).data, dtype=np.float32)
+            results[i] = np.array(request.get_tensor(output).data, dtype=np.float32)
 
         with self._lock:
             self._queue.set_callback(done)
@@ -165,9 +172,15 @@ class OpenVINORunner:
             self._queue.wait_all()
         return [results[i] for i in range(n)]
 
+    @classmethod
+    def twin_takes(cls, count: int, in_flight: int) -> bool:
+        """Whether a :meth:`run_many` call of ``count`` batches goes to a throughput-mode twin of
+        ``in_flight`` streams (``bulk``; the export times int8-ov and bf16 by the same rule)."""
+        return in_flight >= 2 and count >= cls.BULK_ROUNDS * in_flight
+
     def _bulk_twin(self, count: int | None) -> OpenVINORunner | None:
         """The throughput-mode twin when a call of ``count`` batches should run in streams."""
-        if not self._bulk or count is None or count < 2 * self.BULK_ROUNDS:
+        if not self._bulk or count is None or not self.twin_takes(count, 2):  # 2: the fewest streams
             return None
         with self._twin_lock:
             if self._twin is None:
@@ -186,7 +199,7 @@ class OpenVINORunner:
                     return None
                 self._twin = twin
         twin = self._twin
-        return twin if count >= self.BULK_ROUNDS * twin.in_flight else None
+        return twin if self.twin_takes(count, twin.in_flight) else None
 
 
 class OpenVINOLane:

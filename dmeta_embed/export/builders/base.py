@@ -3,26 +3,28 @@ builders share (:class:`BaseBuilder`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ...manifest import Fidelity, Precision, Provider, Variant
 from ...variant_records import EngineProperties, Int8Recipe, Speed
 
 if TYPE_CHECKING:
-    import onnx
-
     from ..context import Context
-    from ..speed import SpeedRun
+    from ..speed import SpeedRun, Start
 
 
 @dataclass
 class Candidate:
-    """A built and validated variant, before it is written: the graph and what the manifest
-    records about it."""
+    """A built and validated variant: its file and what the manifest records about it. The graph
+    itself is not kept: it is written as soon as it is built and the engines load it from there
+    (the pipeline removes the file if the variant is left out)."""
 
-    model: onnx.ModelProto
+    #: the variant's file in the export folder (:meth:`Context.save`)
+    path: Path
+    #: the graph's operators (the manifest's ``ops``), counted before it was dropped
+    ops: dict[str, int]
     #: measured on the probe texts against the PyTorch reference, at the variant's bar
     fidelity: Fidelity
     #: what was left in float, each with the measured reason
@@ -69,8 +71,11 @@ class Builder(Protocol):
         """Derive, search (where the variant has a search) and validate the variant."""
         ...
 
-    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
-        """The timed runs of this variant (none: it is not timed at export)."""
+    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Start]:
+        """The timed runs of this variant (none: it is not timed at export), each as a function
+        that starts its engine and returns the pass :func:`~dmeta_embed.export.speed.measure`
+        times. The pipeline starts one at a time right after :meth:`build`, times it beside the
+        fp32 baseline and drops it before the next."""
         ...
 
     def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, Speed]) -> Variant:
@@ -94,7 +99,7 @@ class BaseBuilder:
     def build(self, ctx: Context) -> Candidate:  # pragma: no cover - every builder overrides it
         raise NotImplementedError
 
-    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
+    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Start]:
         return {}
 
     def settle(self, variant: Variant, cand: Candidate, speeds: dict[SpeedRun, Speed]) -> Variant:

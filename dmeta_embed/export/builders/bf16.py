@@ -25,7 +25,7 @@ from .base import BaseBuilder, Candidate
 if TYPE_CHECKING:
     from ...runtime.openvino import OpenVINORunner
     from ..context import Context
-    from ..speed import SpeedRun
+    from ..speed import SpeedRun, Start
 
 #: the OpenVINO CPU properties the variant is validated, timed and run with
 PROPERTIES = EngineProperties(InferencePrecision.BF16)
@@ -65,11 +65,11 @@ class BF16(BaseBuilder):
 
     def build(self, ctx: Context) -> Candidate:
         from ...runtime.pipeline import embed_as_runtime
-        from ..openvino import compile_runner, engine_version
+        from ..openvino import engine_version
+        from ..openvino_runner import compile_runner
 
-        model = ctx.fp32_model
         with stage(f"bf16: validation on OpenVINO, {len(ctx.reference)} probe texts"):
-            runner = compile_runner(ctx.work, model, PROPERTIES)
+            runner = compile_runner(ctx.work, ctx.fp32_path, PROPERTIES)
             _check_bf16(runner)
             vectors = embed_as_runtime(
                 runner, ctx.probe_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.hidden
@@ -77,20 +77,22 @@ class BF16(BaseBuilder):
             # a server batches concurrent requests: bf16 is close to batch-invariant, not exactly
             fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
         return Candidate(
-            model,
+            ctx.fp32_path,
+            ctx.fp32_ops,
             fid,
             validated_on=engine_version(),
             engine_properties=PROPERTIES,
         )
 
-    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
-        from ..openvino import compile_runner
+    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Start]:
+        from ..openvino_runner import StagedRunner
         from ..speed import SpeedRun, calibration_pass
 
-        runner = compile_runner(ctx.work, cand.model, cand.engine_properties, bulk=True)
-        return {
-            SpeedRun(self.precision, cand.engine_properties): calibration_pass(ctx, runner, Provider.OPENVINO)
-        }
+        def start() -> Callable[[], object]:
+            runner = StagedRunner(cand.path, cand.engine_properties)
+            return calibration_pass(ctx, runner, Provider.OPENVINO, runner.release_bulk)
+
+        return {SpeedRun(self.precision, cand.engine_properties): start}
 
 
 def _check_bf16(runner: OpenVINORunner) -> None:

@@ -1,4 +1,5 @@
-"""fp32: the fused CPU graph with its pooling head, validated through onnxruntime's CPU provider."""
+"""fp32: the fused CPU graph with its pooling head (written by ``context.prepare``), validated
+through onnxruntime's CPU provider."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ class FP32(BaseBuilder):
     precision = Precision.FP32
 
     def build(self, ctx: Context) -> Candidate:
-        model = ctx.fp32_model
         with stage(f"fp32: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
-            runner = ctx.runner(model)
+            runner = ctx.fp32_runner()
             vectors = ctx.embed_runner(runner)
             invariance = ctx.batch_min_cos(runner, vectors)
-        return Candidate(model, ctx.fidelity(vectors, self.precision, batch_min_cos=invariance))
+        fid = ctx.fidelity(vectors, self.precision, batch_min_cos=invariance)
+        return Candidate(ctx.fp32_path, ctx.fp32_ops, fid)

@@ -10,16 +10,15 @@ docs/export.md, "Fidelity")."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...manifest import Precision, Provider
 from ...variant_records import Activations, Int8Recipe
-from .. import attention_split, int8_calibration, int8_rows, int8_search
+from .. import attention_split, graph, int8_calibration, int8_rows, int8_search
 from .. import variants as derive
 from ..progress import stage
 from ..reference import cosines
-from ..speed import SpeedRun, calibration_pass
+from ..speed import SpeedRun, Start, calibration_pass
 from .base import BaseBuilder, Candidate
 
 if TYPE_CHECKING:
@@ -43,50 +42,22 @@ class INT8(BaseBuilder):
     lossy = True
 
     def build(self, ctx: Context) -> Candidate:
-        import onnx
-
-        backbone = onnx.ModelProto()
-        backbone.CopyFrom(ctx.cpu_backbone)
-        attention_split.unfuse_attention(backbone)  # its QKV projection becomes a per-row MatMul
-        nodes = int8_rows.row_quantizable(backbone)
-        rungs = int8_search.ladder(ctx.cpu)
-        with stage(f"int8: activation statistics on {len(ctx.calib_tok.ids)} calibration texts"):
-            stats = int8_calibration.ActivationStats(
-                backbone, ctx.feeds(), sample_rows=SAMPLE_ROWS, nodes=nodes
-            )
-            smooth = int8_calibration.smoothing_scales(backbone, stats, alpha=SMOOTHING)
-            # a fixed zero point where a node's inputs are two-sided, asymmetric rows elsewhere
-            symmetric = int8_calibration.symmetric_nodes(stats, smooth)
-            damage = int8_calibration.node_errors(backbone, stats, rungs[0], smooth, symmetric)
-        reference = ctx.calibration_reference()
-
-        def build(formats: dict[str, str]) -> onnx.ModelProto:
-            return int8_rows.quantize_rows(
-                backbone, smooth=smooth, weights=rungs[0], formats=formats, symmetric=symmetric
-            )
-
-        # the ladder starts at s8 only where u8×s8 is exact, and at s7 (never saturates) where it is
-        # not: every candidate runs as exported here, as the runtime will run it on this CPU class
-        def score(m: onnx.ModelProto) -> np.ndarray:
-            return cosines(ctx.embed(ctx.head(m), ctx.calib_tok), reference)
-
-        with stage(
-            f"int8: per-row int8 over {len(nodes)} MatMuls ({' → '.join(rungs)} on {ctx.cpu.cpu_class.value})"
-        ):
-            found = int8_search.search(
-                nodes, build, score, derive.target(ctx.bars[self.precision], MARGIN), rungs, damage
-            )
-        model = ctx.head(found.model)
+        found, nodes, rungs, symmetric = self._search(ctx)
         counts = found.counts(nodes)
+        model, formats, reasons, trials = found.model, found.formats, found.reasons, found.trials
+        del found
         int8_tensors = derive.check_int8_tensors(model)
+        path, ops = ctx.save(model, self.precision), graph.op_counts(model)
+        del model  # the session loads the file
         with stage(f"int8: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
-            runner = ctx.runner(model, Provider.CPU)
+            runner = ctx.runner(path, Provider.CPU)
             vectors = ctx.embed_runner(runner)
             fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
         return Candidate(
-            model,
+            path,
+            ops,
             fid,
-            kept_float={n: r for n, r in found.reasons.items() if found.formats[n] == int8_search.FP32},
+            kept_float={n: r for n, r in reasons.items() if formats[n] == int8_search.FP32},
             int8_tensors=int8_tensors,
             int8=Int8Recipe(
                 activations=Activations.PER_ROW,
@@ -95,18 +66,55 @@ class INT8(BaseBuilder):
                 asymmetric_rows=sum(
                     1
                     for n in nodes
-                    if found.formats.get(n, rungs[0]) != int8_search.FP32
-                    and ("/" in found.formats.get(n, "") or n not in symmetric)
+                    if formats.get(n, rungs[0]) != int8_search.FP32
+                    and ("/" in formats.get(n, "") or n not in symmetric)
                 ),
-                promoted={n: r for n, r in found.reasons.items() if found.formats[n] != int8_search.FP32},
-                trials=found.trials,
+                promoted={n: r for n, r in reasons.items() if formats[n] != int8_search.FP32},
+                trials=trials,
             ),
             weights_fed="s8",
         )
 
-    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
-        runner = ctx.runner(cand.model, Provider.CPU)
-        return {SpeedRun(self.precision): calibration_pass(ctx, runner, Provider.CPU)}
+    def _search(self, ctx: Context) -> tuple[int8_search.RowSearch, list[str], tuple[str, ...], list[str]]:
+        """The searched graph (with its head), the nodes searched, the ladder and the nodes with
+        symmetric rows. The backbone it quantizes is loaded here and gone on return."""
+        backbone = ctx.load(ctx.cpu_backbone_path)
+        attention_split.unfuse_attention(backbone)  # its QKV projection becomes a per-row MatMul
+        nodes = int8_rows.row_quantizable(backbone)
+        rungs = int8_search.ladder(ctx.cpu)
+        with stage(f"int8: activation statistics on {len(ctx.calib_tok.ids)} calibration texts"):
+            stats = int8_calibration.ActivationStats(
+                backbone, ctx.feeds(), sample_rows=SAMPLE_ROWS, nodes=nodes, workdir=ctx.work
+            )
+            smooth = int8_calibration.smoothing_scales(backbone, stats, alpha=SMOOTHING)
+            # a fixed zero point where a node's inputs are two-sided, asymmetric rows elsewhere
+            symmetric = int8_calibration.symmetric_nodes(stats, smooth)
+            damage = int8_calibration.node_errors(backbone, stats, rungs[0], smooth, symmetric)
+            del stats
+        reference = ctx.calibration_reference()
+
+        def build(formats: dict[str, str]) -> onnx.ModelProto:
+            # the head appended in place: a trial's graph is one copy of the backbone, not two
+            rows = int8_rows.quantize_rows(
+                backbone, smooth=smooth, weights=rungs[0], formats=formats, symmetric=symmetric
+            )
+            return ctx.head(rows, copy=False)
+
+        # the ladder starts at s8 only where u8×s8 is exact, and at s7 (never saturates) where it is
+        # not: every candidate runs as exported here, as the runtime will run it on this CPU class
+        def score(m: onnx.ModelProto) -> np.ndarray:
+            return cosines(ctx.embed(m, ctx.calib_tok), reference)
+
+        with stage(
+            f"int8: per-row int8 over {len(nodes)} MatMuls ({' → '.join(rungs)} on {ctx.cpu.cpu_class.value})"
+        ):
+            found = int8_search.search(
+                nodes, build, score, derive.target(ctx.bars[self.precision], MARGIN), rungs, damage
+            )
+        return found, nodes, rungs, symmetric
+
+    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Start]:
+        return {SpeedRun(self.precision): lambda: calibration_pass(ctx, ctx.runner(cand.path), Provider.CPU)}
 
 
 def _by_weight_format(counts: dict[str, int]) -> dict[str, int]:

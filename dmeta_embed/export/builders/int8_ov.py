@@ -7,18 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...manifest import Fidelity, Precision, Provider, Variant
 from ...runtime.pipeline import embed_as_runtime
 from ...variant_records import EngineProperties, Int8Recipe, Speed
-from .. import openvino
+from .. import graph, int8_ov_search, openvino, openvino_runner
 from .. import variants as derive
+from ..memory import release
 from ..progress import stage
-from ..speed import SpeedRun, calibration_pass
+from ..speed import SpeedRun, Start, calibration_pass
 from .base import BaseBuilder, Candidate
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..context import Context
 
 
@@ -48,43 +51,52 @@ class INT8OV(BaseBuilder):
         import onnx
 
         properties = openvino.cpu_properties()
-        embed = openvino.openvino_embedder(ctx.work, properties, ctx.tok_info.pad_token_id)
+        embed = openvino_runner.openvino_embedder(ctx.work, properties, ctx.tok_info.pad_token_id)
         with stage("int8-ov: NNCF static int8, searched through OpenVINO"):
-            found = openvino.search(
-                ctx.head(onnx.load(str(ctx.raw_path))),
-                ctx.calib_tok,
-                embed,
-                derive.target(ctx.bars[self.precision], MARGIN),
+            # the raw export with its head, on disk: each trial loads it while it quantizes it
+            source = ctx.work / "int8-ov.source.onnx"
+            onnx.save(ctx.head(ctx.load(ctx.raw_path), copy=False), str(source))
+            release()
+            found = int8_ov_search.search(
+                source, ctx.calib_tok, embed, derive.target(ctx.bars[self.precision], MARGIN), ctx.work
             )
+        path, ops = ctx.save(found.model, self.precision), graph.op_counts(found.model)
+        unquantized, float_weights = found.unquantized, found.float_weights
+        del found  # OpenVINO compiles the file
+        release()
         with stage(f"int8-ov: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
-            fid = self._validate(ctx, found.model, properties)
+            fid = self._validate(ctx, path, properties)
         cand = Candidate(
-            found.model,
+            path,
+            ops,
             fid,
-            kept_float=found.unquantized,
+            kept_float=unquantized,
             validated_on=openvino.engine_version(),
             engine_properties=properties,
-            int8=Int8Recipe(float_weights=found.float_weights),
+            int8=Int8Recipe(float_weights=float_weights),
         )
         if ctx.cpu.bf16 and fid.passed:
             # bf16 float parts where this CPU computes bf16 natively: kept in settle() only if it
             # meets the bar and runs faster (docs/performance.md, "OpenVINO")
             with stage("int8-ov: validation with bf16 float parts"):
-                cand.extra["bf16"] = self._validate(ctx, found.model, openvino.BF16)
+                cand.extra["bf16"] = self._validate(ctx, path, openvino.BF16)
         return cand
 
-    def _validate(self, ctx: Context, model: Any, properties: EngineProperties) -> Fidelity:
+    def _validate(self, ctx: Context, path: Path, properties: EngineProperties) -> Fidelity:
         """Fidelity on the probe texts through OpenVINO with ``properties``, and how far a text
         alone differs from the same text in a batch (static scales make it batch-invariant up to
         float summation order; a server reads it: runtime.choice.batch_invariance_problem)."""
-        runner = openvino.compile_runner(ctx.work, model, properties)
+        runner = openvino_runner.compile_runner(ctx.work, path, properties)
         vectors = embed_as_runtime(runner, ctx.probe_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.hidden)
         return ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
 
-    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Callable[[], object]]:
-        def run(properties: EngineProperties) -> Callable[[], object]:
-            runner = openvino.compile_runner(ctx.work, cand.model, properties, bulk=True)
-            return calibration_pass(ctx, runner, Provider.OPENVINO)
+    def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Start]:
+        def run(properties: EngineProperties) -> Start:
+            def start() -> Callable[[], object]:
+                runner = openvino_runner.StagedRunner(cand.path, properties)
+                return calibration_pass(ctx, runner, Provider.OPENVINO, runner.release_bulk)
+
+            return start
 
         runs = {SpeedRun(self.precision, cand.engine_properties): run(cand.engine_properties)}
         bf16 = cand.extra.get("bf16")
