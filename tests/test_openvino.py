@@ -430,11 +430,12 @@ def test_export_times_openvino_as_the_runtime_runs_it_one_engine_at_a_time(ov_ex
     runtime's bulk runner, with the same vectors; each engine is compiled on first need and the
     twin can be dropped before the single texts are timed."""
     from dmeta_embed.export.openvino_runner import StagedRunner
+    from dmeta_embed.variant_records import EngineProperties, InferencePrecision
     from dmeta_embed.runtime.openvino import OpenVINORunner
 
     f, props = ov_export / "model.onnx", {"INFERENCE_PRECISION_HINT": "f32"}
     runtime = OpenVINORunner(f, None, props, bulk=True)
-    staged = StagedRunner(f, props)
+    staged = StagedRunner(f, EngineProperties(InferencePrecision.F32))
     assert staged._latency is None and staged._twin is None
     ids = np.array([[101, 2000, 2001, 102]] * 2, np.int64)
     batch = (ids, np.ones_like(ids))
