@@ -430,8 +430,8 @@ def test_export_times_openvino_as_the_runtime_runs_it_one_engine_at_a_time(ov_ex
     runtime's bulk runner, with the same vectors; each engine is compiled on first need and the
     twin can be dropped before the single texts are timed."""
     from dmeta_embed.export.openvino_runner import StagedRunner
-    from dmeta_embed.variant_records import EngineProperties, InferencePrecision
     from dmeta_embed.runtime.openvino import OpenVINORunner
+    from dmeta_embed.variant_records import EngineProperties, InferencePrecision
 
     f, props = ov_export / "model.onnx", {"INFERENCE_PRECISION_HINT": "f32"}
     runtime = OpenVINORunner(f, None, props, bulk=True)
