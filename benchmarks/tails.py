@@ -19,9 +19,6 @@ from typing import Any
 
 import numpy as np
 
-#: the held-out members' seed: neither ``texts.CALIBRATION_SEED`` nor ``texts.PROBE_SEED``
-HELD_OUT_SEED = 97
-
 
 def tails(
     folder: Path, per_family: int, variants: list[str] | None = None, trust_remote_code: bool = False
@@ -29,7 +26,7 @@ def tails(
     from dmeta_embed.export.verify import reference, verify
     from dmeta_embed.manifest import Manifest
     from dmeta_embed.runtime.cpu import detect
-    from dmeta_embed.texts import degenerate_texts
+    from dmeta_embed.texts import HELD_OUT_SEED, degenerate_texts
 
     manifest = Manifest.load(folder)
     members = degenerate_texts(per_family, HELD_OUT_SEED, manifest.max_length)

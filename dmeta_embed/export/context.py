@@ -19,7 +19,7 @@ from ..runtime.pipeline import embed_as_runtime
 from ..runtime.runner import Runner
 from ..runtime.session import OnnxRuntimeRunner
 from ..runtime.tokenize import TextTokenizer
-from ..texts import probe_texts, search_texts
+from ..texts import calibration_texts, probe_texts
 from . import graph
 from .memory import Peaks, release
 from .progress import stage
@@ -259,7 +259,7 @@ def prepare(
         tok_info=tok_info,
         hidden=hidden,
         probe_tok=probe_tok,
-        calib_tok=tokenizer.encode(search_texts(src.max_length)),
+        calib_tok=tokenizer.encode(calibration_texts()),
         reference=reference,
         raw_path=raw,
         backbone_path=fused.backbone,
