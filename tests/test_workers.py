@@ -220,7 +220,7 @@ def test_served_embedder_is_the_first_worker(tiny_export: Path) -> None:
     cfg = ServerConfig(workers=2)
     served = load_embedder(tiny_export, cfg, variant="fp32", threads=2)
     assert served.plan.threads == 1
-    pool = create_app(served, cfg).state.service.batcher.pool
+    pool = create_app(served, cfg).state.service.models.embedding.batcher.pool
     assert len(pool.workers) == 2 and pool.workers[0].runner is served.pipeline.runner
     assert pool.workers[1].runner is not served.pipeline.runner
     one = load_embedder(tiny_export, ServerConfig(workers=1), variant="fp32", threads=2)

@@ -1,7 +1,7 @@
-"""The embeddings server: ``dmeta-embed serve`` (needs ``pip install 'dmeta-embed[server]'``).
+"""The embeddings and rerank server: ``dmeta-embed serve`` (needs ``pip install 'dmeta-embed[server]'``).
 
-Router (``app``) → dynamic batcher (``batcher``) → the runtime's ``Embedder``; like the runtime,
-nothing here imports torch.
+Router (``app``, ``rerank``) → one dynamic batcher per model (``batcher``) → the runtime's
+``Embedder`` and ``Reranker``; like the runtime, nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -11,33 +11,77 @@ import signal
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._optional import require_feature
 from ..cache import TYPICAL, Kind, ensure, locate, require_export
+from ..errors import ModelLoadError
 from .config import ServerConfig
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from ..runtime import Embedder
+    from ..runtime.plan import LoadPlan
+    from ..runtime.reranker import Reranker
+    from .models import Loaded
 
-__all__ = ["ServerConfig", "create_app", "load_embedder", "serve"]
+__all__ = ["ServerConfig", "create_app", "load_embedder", "load_reranker", "serve"]
 
 
 def create_app(
-    embedder: Embedder,
+    embedder: Embedder | None = None,
     config: ServerConfig | None = None,
     *,
-    warmup: Callable[[Embedder], None] | None = None,
+    reranker: Reranker | None = None,
+    warmup: Callable[[Any], None] | None = None,
 ) -> Starlette:
-    """The ASGI app serving ``embedder`` (run it with any ASGI server; :func:`serve` uses uvicorn).
+    """The ASGI app serving ``embedder``, ``reranker`` or both (run it with any ASGI server;
+    :func:`serve` uses uvicorn). Each model has its own batcher and workers.
 
-    ``warmup`` runs on the inference thread before the first job (None: a few shapes through the model)."""
+    ``warmup(model)`` runs on each model's inference thread before its first job (None: a few
+    shapes through the model)."""
     require_feature("server")
     from .app import create_app as _create
 
-    return _create(embedder, config, warmup=warmup)
+    return _create(embedder, config, reranker=reranker, warmup=warmup)
+
+
+def _server_plan(
+    model: str | Path,
+    cfg: ServerConfig,
+    variant: str,
+    provider: str,
+    threads: int | None,
+    revision: str | None,
+    cache_dir: str | Path | None,
+) -> tuple[LoadPlan, Any]:
+    """The ``server`` profile's plan for ``model`` and, where workers share one compiled model
+    (OpenVINO), the first worker's runner (None: the model starts its own engine)."""
+    from ..cache import resolve_model
+    from ..runtime.engines import start_runner
+    from ..runtime.plan import make_plan
+    from ..runtime.workers import split_for
+
+    plan = make_plan(
+        resolve_model(model, revision, cache_dir),
+        variant,
+        provider,
+        "server",
+        threads=threads,
+        max_batch_tokens=cfg.max_batch_tokens,
+        batch_size=cfg.batch_size,
+        spin=cfg.spin,  # see ServerConfig.spin
+    )
+    split = split_for(plan, cfg.workers)
+    if split.workers > 1 and plan.engine == "openvino":
+        # the first worker's request on the compiled model the workers share (no second copy)
+        return plan, start_runner(plan, streams=split.workers)
+    if split.workers > 1 and plan.engine == "onnxruntime":
+        # one session per worker: this one is the first worker's, on its share of the threads
+        # (create_app's pool starts the others)
+        plan = replace(plan, threads=split.threads)
+    return plan, None
 
 
 def load_embedder(
@@ -56,32 +100,39 @@ def load_embedder(
     worker's engine (onnxruntime: on its share of the threads; OpenVINO: a request on the
     compiled model with a stream per worker). ``model``: what ``Embedder.load`` takes (an exported
     folder, a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
-    from ..cache import resolve_model
     from ..runtime import Embedder
-    from ..runtime.engines import start_runner
-    from ..runtime.plan import make_plan
-    from ..runtime.workers import split_for
 
-    cfg = config or ServerConfig()
-    plan = make_plan(
-        resolve_model(model, revision, cache_dir),
-        variant,
-        provider,
-        "server",
-        threads=threads,
-        max_batch_tokens=cfg.max_batch_tokens,
-        batch_size=cfg.batch_size,
-        spin=cfg.spin,  # see ServerConfig.spin
+    plan, runner = _server_plan(
+        model, config or ServerConfig(), variant, provider, threads, revision, cache_dir
     )
-    split = split_for(plan, cfg.workers)
-    if split.workers > 1 and plan.engine == "openvino":
-        # the first worker's request on the compiled model the workers share (no second copy)
-        return Embedder(plan, start_runner(plan, streams=split.workers))
-    if split.workers > 1 and plan.engine == "onnxruntime":
-        # one session per worker: this one is the first worker's, on its share of the threads
-        # (create_app's pool starts the others)
-        plan = replace(plan, threads=split.threads)
-    return Embedder(plan)
+    return Embedder(plan, runner)
+
+
+def load_reranker(
+    model: str | Path,
+    config: ServerConfig | None = None,
+    *,
+    variant: str = "auto",
+    provider: str = "auto",
+    threads: int | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Reranker:
+    """A reranker as :func:`serve` loads it: the same plan and workers as :func:`load_embedder`."""
+    from ..runtime.reranker import Reranker
+
+    plan, runner = _server_plan(
+        model, config or ServerConfig(), variant, provider, threads, revision, cache_dir
+    )
+    return Reranker(plan, runner)
+
+
+def task_of(folder: Path) -> str:
+    """What an exported folder's manifest says the model does (``embed`` or ``rerank``)."""
+    import json
+
+    # PRE-MERGE: the manifest's own Task once rerank-core lands
+    return str(json.loads((folder / "manifest.json").read_text()).get("task", "embed"))
 
 
 def serve(
@@ -96,9 +147,12 @@ def serve(
     log_level: str = "info",
     revision: str | None = None,
     cache_dir: str | Path | None = None,
+    rerank_model: str | Path | None = None,
 ) -> None:
     """Load the model, then serve until SIGTERM/SIGINT. ``model``: an exported folder, or a hub id
-    (at ``revision``) or model folder with an export in ``cache_dir`` (``dmeta_embed.cache``).
+    (at ``revision``) or model folder with an export in ``cache_dir`` (``dmeta_embed.cache``); an
+    embedder, or a reranker (its manifest's ``task`` says), served alone. ``rerank_model``: a
+    reranker served beside the embedder ``model`` (the same kinds of source; its latest revision).
 
     An exported model loads before any port is bound (its errors surface here). One that needs
     exporting first is exported while the port already answers: ``/health`` 200, ``/ready`` 503
@@ -114,21 +168,30 @@ def serve(
     source = locate(model, revision, cache_dir)
     if source.kind is Kind.FOLDER and cfg.model_name is None:
         cfg = replace(cfg, model_name=source.name)  # not the cache entry's name
+    extra = None if rerank_model is None else locate(rerank_model, None, cache_dir)
+    if extra is not None and extra.kind is Kind.FOLDER and cfg.rerank_model_name is None:
+        cfg = replace(cfg, rerank_model_name=extra.name)
+    sources = [s for s in (source, extra) if s is not None]
 
-    def load(folder: Path) -> Embedder:
-        return load_embedder(folder, cfg, variant=variant, provider=provider, threads=threads)
+    def load() -> Loaded:
+        return _load_models(
+            ensure(source), None if extra is None else ensure(extra), cfg, variant, provider, threads
+        )
 
     app: Starlette | LoadingApp
-    if source.needs_export:
-        require_export(source, quick=True)  # a base install is told before any port is bound
+    exporting = [s for s in sources if s.needs_export]
+    if exporting:
+        for s in exporting:
+            require_export(s, quick=True)  # a base install is told before any port is bound
         app = LoadingApp(
-            lambda: load(ensure(source)),
+            load,
             cfg,
             status="exporting",
-            detail=f"exporting {source.name} into {source.folder} ({TYPICAL})",
+            detail="; ".join(f"exporting {s.name} into {s.folder} ({TYPICAL})" for s in exporting),
         )
     else:
-        app = create_app(load(source.folder), cfg)
+        loaded = load()
+        app = create_app(loaded.embedder, cfg, reranker=loaded.reranker)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -145,15 +208,17 @@ def serve(
     say = logging.getLogger("uvicorn.error").info
 
     def serving(model_app: Starlette) -> None:
-        svc = model_app.state.service
         url = f"http://{host}:{port}"
-        say(
-            "serving %r (%s, %s) on %s",
-            svc.name,
-            svc.embedder.variant.value,
-            svc.embedder.provider.value,
-            url,
-        )
+        for m in model_app.state.service.models.all():
+            plan = m.model.plan
+            say(
+                "serving %s %r (%s, %s) on %s",
+                m.task.value,
+                m.name,
+                plan.variant.value,
+                plan.provider.value,
+                url,
+            )
 
     if isinstance(app, LoadingApp):
         app.on_ready = serving
@@ -162,7 +227,8 @@ def serve(
             server.should_exit = True  # serve() raises the error once the server has stopped
 
         app.on_error = stop
-        say("exporting %s, then serving it on http://%s:%d (/ready: 503 until then)", source.name, host, port)
+        names = ", ".join(s.name for s in exporting)
+        say("exporting %s, then serving on http://%s:%d (/ready: 503 until then)", names, host, port)
     else:
         serving(app)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so the process dies
@@ -175,3 +241,29 @@ def serve(
         signal.signal(signal.SIGTERM, previous)
     if isinstance(app, LoadingApp) and app.error is not None:
         raise app.error
+
+
+def _load_models(
+    folder: Path,
+    rerank_folder: Path | None,
+    cfg: ServerConfig,
+    variant: str,
+    provider: str,
+    threads: int | None,
+) -> Loaded:
+    """``folder``'s model as its manifest's task says, and the reranker beside it. ``variant``,
+    ``provider`` and ``threads`` apply to both."""
+    from .models import Loaded
+
+    def load(f: Path) -> Any:
+        loader = load_reranker if task_of(f) == "rerank" else load_embedder
+        return loader(f, cfg, variant=variant, provider=provider, threads=threads)
+
+    main = load(folder)
+    if rerank_folder is None:
+        return Loaded(reranker=main) if task_of(folder) == "rerank" else Loaded(embedder=main)
+    if task_of(folder) == "rerank":
+        raise ModelLoadError(f"{folder}: --model is a reranker; pass an embedding model with --rerank-model")
+    if task_of(rerank_folder) != "rerank":
+        raise ModelLoadError(f"{rerank_folder}: --rerank-model is an embedding model, not a reranker")
+    return Loaded(embedder=main, reranker=load(rerank_folder))

@@ -1,12 +1,12 @@
 """HTTP routes: OpenAI's ``/v1/embeddings``, TEI's ``/embed`` and ``/tokenize``, health,
-readiness, info, metrics.
+readiness, info, metrics; the rerank routes (``serve.rerank``) when the server hosts a reranker.
 
 The routes parse, queue and render; every step from text to vector is the runtime's
 (``Embedder.pipeline``: ``prepare`` → the batcher's ``run`` → ``runtime.pipeline.finish``), so the
 server returns exactly what ``Embedder.encode`` returns for the same text and options.
 
 Nothing a request sends names a file or a model to load: ``model`` is checked to be a string and
-otherwise ignored (the server serves the one model it was started with).
+otherwise ignored (each route serves the one model of its task the server was started with).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.applications import Starlette
@@ -29,16 +28,29 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .._version import __version__
 from ..runtime import Embedder
 from ..runtime.choice import batch_invariance_problem
 from ..runtime.options import OutputSpec
 from ..runtime.pipeline import Prepared, finish
-from .batcher import Batcher, warm_up
+from ..runtime.tokenize import Tokenized
 from .config import ServerConfig
-from .errors import Kind, RequestError, error_body, refusal, to_request_error
+from .errors import (
+    REQUEST_FIELDS,
+    RERANK_FIELDS,
+    Fields,
+    Kind,
+    RequestError,
+    error_body,
+    refusal,
+    to_request_error,
+)
+from .info import info_body
 from .metrics import Metrics
+from .models import Hosted, Served, Task, host, token_limit, warm_up, warm_up_reranker
 from .schemas import EmbedRequest, parse_openai, parse_tei, parse_tokenize
+
+if TYPE_CHECKING:
+    from ..runtime.reranker import Reranker
 
 log = logging.getLogger(__name__)
 #: a request still waiting after this long starts watching for its client's disconnect; most are
@@ -55,7 +67,7 @@ INLINE_JSON_BYTES = 1 << 20
 
 Handler = Callable[[Request], Awaitable[Response]]
 #: TEI's routes: their errors have TEI's shape and statuses
-TEI_PATHS = frozenset({"/embed", "/tokenize"})
+TEI_PATHS = frozenset({"/embed", "/tokenize", "/rerank"})
 
 
 def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -63,26 +75,19 @@ def json_response(body: object, status: int = 200, headers: Mapping[str, str] | 
     return Response(content, status, headers=headers, media_type="application/json")
 
 
-def served_name(embedder: Embedder, cfg: ServerConfig) -> str:
-    """``--model-name``, else the export's source hub id, else the folder name (never a local path)."""
-    if cfg.model_name:
-        return cfg.model_name
-    source = str(embedder.manifest.source.get("model") or "")
-    if source and not Path(source).is_absolute() and not source.startswith(".") and source.count("/") <= 1:
-        return source
-    return embedder.path.resolve().name
-
-
 class Service:
-    """The model, its batcher and the settings: what every route needs."""
+    """The hosted models (each with its batcher) and the settings: what every route needs."""
 
-    def __init__(self, embedder: Embedder, cfg: ServerConfig, metrics: Metrics) -> None:
-        self.embedder = embedder
+    def __init__(self, models: Hosted, cfg: ServerConfig, metrics: Metrics) -> None:
+        self.models = models
         self.cfg = cfg
         self.metrics = metrics
-        self.batcher = Batcher(embedder, cfg, metrics)
-        self.name = served_name(embedder, cfg)
         self._key = cfg.api_key.encode() if cfg.api_key else None
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder, or the refusal saying none is loaded."""
+        return self.models.embedder().model
 
     def check_auth(self, request: Request) -> None:
         if self._key is None:
@@ -145,11 +150,18 @@ class Service:
         under overload, clients time out and retry, and serving the abandoned copies first is
         how a busy server tips into serving nobody."""
         prepared = await self.prepare(req)
-        vectors = await self._wait(request, self.batcher.submit(prepared.tokens))
+        vectors = await self.infer(request, self.models.embedder(), prepared.tokens)
         return finish(vectors, spec), int(prepared.lengths.sum())
 
-    async def _wait(self, request: Request, future: asyncio.Future[np.ndarray]) -> np.ndarray:
-        """The future's vectors, or 503 after request_timeout_s, or 499 once the client has left."""
+    async def infer(self, request: Request, served: Served[Any], tok: Tokenized) -> np.ndarray:
+        """``tok`` queued on ``served``'s batcher: its rows, once run (``Overloaded``, 503 and 499
+        as :meth:`_wait` says)."""
+        return await self._wait(request, served.batcher.submit(tok), served)
+
+    async def _wait(
+        self, request: Request, future: asyncio.Future[np.ndarray], served: Served[Any]
+    ) -> np.ndarray:
+        """The future's rows, or 503 after request_timeout_s, or 499 once the client has left."""
         timeout = self.cfg.request_timeout_s
         done, _ = await asyncio.wait({future}, timeout=min(WATCH_AFTER_S, timeout))
         gone: asyncio.Future[None] | None = None
@@ -165,9 +177,9 @@ class Service:
         if future not in done:
             future.cancel()  # frees its place in the queue; a batch already running just discards it
             if gone is not None and gone in done:
-                self.metrics.abandoned.inc()
+                served.metrics.abandoned.inc()
                 raise RequestError(
-                    "the client closed the connection before its vectors were ready", Kind.CLIENT_CLOSED
+                    "the client closed the connection before its answer was ready", Kind.CLIENT_CLOSED
                 )
             raise RequestError(f"the request was not served within request_timeout_s={timeout}", Kind.TIMEOUT)
         return future.result()
@@ -175,6 +187,7 @@ class Service:
     # -- routes -------------------------------------------------------------------------------------
 
     async def openai_embeddings(self, request: Request) -> Response:
+        self.models.embedder()  # a server without one says so before reading the body
         req = parse_openai(await self.read_json(request), self.cfg)
         # a cut keeps the export's choice: a normalised model's shorter vectors are unit length
         # again (as OpenAI's are), a raw model's stay raw
@@ -193,88 +206,57 @@ class Service:
         body = {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)],
-            "model": self.name,
+            "model": self.models.embedder().name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return await self._big_json(body, vectors.size if req.encoding_format == "float" else 0)
+        return await self.big_json(body, vectors.size if req.encoding_format == "float" else 0)
 
     async def tei_embed(self, request: Request) -> Response:
+        self.models.embedder()  # a server without one says so before reading the body
         req = parse_tei(await self.read_json(request), self.cfg)
         spec = self.spec(req, req.normalize)
         vectors, _ = await self.embed(request, req, spec)
-        return await self._big_json(vectors.tolist(), vectors.size)
+        return await self.big_json(vectors.tolist(), vectors.size)
 
     async def tei_tokenize(self, request: Request) -> Response:
         """TEI's ``/tokenize``: each input's tokens (id, text, special, start, stop: character
         offsets into the text as the model sees it, the prompt first), truncated as embedding
         truncates, so each list's length is the count the model is fed."""
+        self.models.embedder()  # a server without one says so before reading the body
         req = parse_tokenize(await self.read_json(request), self.cfg)
         tokens = self.embedder.tokens(
             req.texts, prompt_name=req.prompt_name, add_special_tokens=req.add_special_tokens
         )
         body = [[t.__dict__ for t in row] for row in tokens]
-        return await self._big_json(body, sum(map(len, tokens)))
+        return await self.big_json(body, sum(map(len, tokens)))
 
-    async def _big_json(self, body: object, floats: int) -> Response:
+    async def big_json(self, body: object, floats: int) -> Response:
         if floats <= INLINE_JSON_FLOATS:
             return json_response(body)
         return await asyncio.get_running_loop().run_in_executor(None, json_response, body)
 
-    async def models(self, request: Request) -> Response:
-        return json_response(
-            {
-                "object": "list",
-                "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "dmeta-embed"}],
-            }
-        )
+    async def models_list(self, request: Request) -> Response:
+        data = [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": "dmeta-embed", "task": m.task.value}
+            for m in self.models.all()
+        ]
+        return json_response({"object": "list", "data": data})
 
     async def health(self, request: Request) -> Response:
         return json_response({"status": "ok"})
 
+    @property
+    def is_ready(self) -> bool:
+        """Every hosted model is loaded and warmed up."""
+        return all(m.batcher.ready for m in self.models.all())
+
     async def ready(self, request: Request) -> Response:
-        if self.batcher.ready:
+        if self.is_ready:
             return json_response({"status": "ready"})
         return json_response({"status": "warming up"}, 503, {"Retry-After": "1"})
 
     async def info(self, request: Request) -> Response:
-        e, c = self.embedder, self.cfg
-        return json_response(
-            {
-                "model": self.name,
-                "variant": e.variant.value,
-                "provider": e.provider.value,
-                # whether an answer is independent of the requests batched with it
-                "batch_invariant": not batch_invariance_problem(e.manifest, e.variant),
-                "dim": e.dim,
-                "dimensions": sorted({e.dim, *e.manifest.truncate_dims}, reverse=True),
-                "prompts": sorted(e.prompts),
-                "default_prompt_name": e.default_prompt_name,
-                "max_length": e.max_length,
-                "pooling": e.manifest.pooling.value,
-                "normalize": e.manifest.normalize,
-                "version": __version__,
-                "ready": self.batcher.ready,
-                "batching": {
-                    "max_wait_ms": c.max_wait_ms,
-                    "batch_size": c.batch_size,
-                    "max_batch_tokens": self.batcher.max_batch_tokens,
-                    "spin": c.spin,
-                },
-                "workers": {
-                    "asked": "auto" if c.workers is None else c.workers,
-                    "count": self.batcher.pool.split.workers,
-                    "threads": self.batcher.pool.split.threads,
-                },
-                "limits": {
-                    "max_inputs": c.max_inputs,
-                    "max_chars": c.max_chars,
-                    "max_queue": c.max_queue,
-                    "max_body_bytes": c.max_body_bytes,
-                    "request_timeout_s": c.request_timeout_s,
-                },
-                "auth": self._key is not None,
-            }
-        )
+        return json_response(info_body(self))
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
@@ -296,9 +278,19 @@ async def _client_gone(request: Request) -> None:
             await asyncio.sleep(0.05)
 
 
-def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei: bool = False) -> Handler:
+def _endpoint(
+    svc: Service,
+    name: str,
+    handler: Handler,
+    *,
+    protected: bool,
+    tei: bool = False,
+    fields: Fields = REQUEST_FIELDS,
+    served: Served[Any] | None = None,
+) -> Handler:
     """Wrap a route: API key, latency and status metrics, and the server's edge: every error a
-    route lets through becomes OpenAI's or TEI's error response here (``serve.errors.refusal``)."""
+    route lets through becomes OpenAI's or TEI's error response here (``serve.errors.refusal``),
+    its fields named by the route's table (``fields``), its token limit ``served``'s."""
     m = svc.metrics
 
     async def endpoint(request: Request) -> Response:
@@ -309,7 +301,8 @@ def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei
                 svc.check_auth(request)
             response = await handler(request)
         except Exception as e:
-            err = to_request_error(e, tei=tei, max_length=svc.embedder.max_seq_length)
+            limit = token_limit(served) if served is not None else 0
+            err = to_request_error(e, tei=tei, max_length=limit, fields=fields)
             if err is None:  # a bug must cost one request a 500, never the process
                 log.exception("unhandled error in %s", name)
                 err = RequestError("internal server error (see the server log)", Kind.INTERNAL)
@@ -324,25 +317,48 @@ def _endpoint(svc: Service, name: str, handler: Handler, *, protected: bool, tei
     return endpoint
 
 
+Warmup = Callable[[Any], None]
+
+
 def create_app(
-    embedder: Embedder,
+    embedder: Embedder | None = None,
     config: ServerConfig | None = None,
     *,
-    warmup: Callable[[Embedder], None] | None = None,
+    reranker: Reranker | None = None,
+    warmup: Warmup | None = None,
 ) -> Starlette:
-    """The ASGI app serving ``embedder``. The batcher starts (and warms up) with the app's lifespan."""
+    """The ASGI app serving ``embedder``, ``reranker`` or both, each on its own batcher and
+    workers; the batchers start (and warm up) with the app's lifespan. ``warmup(model)`` runs on
+    each model's first worker before its first job (None: a few shapes through the model)."""
+    from .rerank import check_reranker, rerank_routes
+
     cfg = config or ServerConfig()
-    svc = Service(embedder, cfg, Metrics())
-    problem = batch_invariance_problem(embedder.manifest, embedder.variant)
-    if problem and cfg.batch_size > 1:
-        # concurrent requests share batches here: an answer would depend on its neighbours
-        log.warning("serving %s with dynamic batching on: %s", embedder.variant.value, problem)
+    metrics = Metrics()
+    embedding = rerank = None
+    if embedder is not None:
+        embedding = host(Task.EMBED, embedder, cfg, metrics, cfg.model_name)
+    if reranker is not None:
+        check_reranker(reranker)
+        name = cfg.model_name if embedder is None else cfg.rerank_model_name
+        rerank = host(Task.RERANK, reranker, cfg, metrics, name)
+    svc = Service(Hosted(embedding, rerank), cfg, metrics)
+    for served in svc.models.all():
+        problem = batch_invariance_problem(served.model.manifest, served.model.plan.variant)
+        if problem and cfg.batch_size > 1:
+            # concurrent requests share batches here: an answer would depend on its neighbours
+            log.warning("serving %s with dynamic batching on: %s", served.model.plan.variant.value, problem)
+
+    def first_warmup(served: Served[Any]) -> Callable[[], None]:
+        default: Warmup = warm_up if served.task is Task.EMBED else warm_up_reranker
+        chosen = warmup or default
+        return lambda: chosen(served.model)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
-        svc.batcher.start(warmup or warm_up)
+        for served in svc.models.all():
+            served.batcher.start(first_warmup(served))
         yield
-        await svc.batcher.close(cfg.request_timeout_s)
+        await asyncio.gather(*(s.batcher.close(cfg.request_timeout_s) for s in svc.models.all()))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -350,16 +366,24 @@ def create_app(
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return json_response(error_body(exc.status_code, message, tei=False), exc.status_code, exc.headers)
 
-    def route(path: str, name: str, handler: Handler, method: str, protected: bool = True) -> Route:
-        endpoint = _endpoint(svc, name, handler, protected=protected, tei=path in TEI_PATHS)
+    def route(
+        path: str, name: str, handler: Handler, method: str, protected: bool = True, task: Task | None = None
+    ) -> Route:
+        served = {Task.EMBED: embedding, Task.RERANK: rerank}.get(task) if task else None  # type: ignore[call-overload]
+        fields = RERANK_FIELDS if task is Task.RERANK else REQUEST_FIELDS
+        endpoint = _endpoint(
+            svc, name, handler, protected=protected, tei=path in TEI_PATHS, fields=fields, served=served
+        )
         return Route(path, endpoint, methods=[method])
 
+    embed = Task.EMBED
     routes = [
-        route("/v1/embeddings", "openai", svc.openai_embeddings, "POST"),
-        route("/embeddings", "openai", svc.openai_embeddings, "POST"),
-        route("/v1/models", "models", svc.models, "GET"),
-        route("/embed", "tei", svc.tei_embed, "POST"),
-        route("/tokenize", "tokenize", svc.tei_tokenize, "POST"),
+        route("/v1/embeddings", "openai", svc.openai_embeddings, "POST", task=embed),
+        route("/embeddings", "openai", svc.openai_embeddings, "POST", task=embed),
+        route("/v1/models", "models", svc.models_list, "GET"),
+        route("/embed", "tei", svc.tei_embed, "POST", task=embed),
+        route("/tokenize", "tokenize", svc.tei_tokenize, "POST", task=embed),
+        *(route(p, n, h, "POST", task=Task.RERANK) for p, n, h in rerank_routes(svc)),
         route("/health", "health", svc.health, "GET", protected=False),
         route("/ready", "ready", svc.ready, "GET", protected=False),
         route("/info", "info", svc.info, "GET"),

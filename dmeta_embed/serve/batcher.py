@@ -1,6 +1,7 @@
 """Dynamic batching: requests from many clients → token-budget batches on the inference workers.
 
-Each request is prepared once by the runtime (``Embedder.prepare``: prompt, tokens, truncation;
+One batcher per hosted model (an embedder, a reranker): each request is prepared once by the
+runtime (``Embedder.pipeline.prepare``: prompt, tokens, truncation; a reranker's pairs;
 before it is queued, so its size is known and usage can be counted). One batcher waits for a free
 worker (``serve.pool``; one by default on a few cores), merges queued requests into one batch,
 and has that worker run the runtime's length-sorted batching over it on its own thread (the event
@@ -14,17 +15,17 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from ..errors import DmetaEmbedError
-from ..runtime import Embedder
+from ..runtime.plan import LoadPlan
 from ..runtime.runner import Runner
 from ..runtime.tokenize import Tokenized
 from ..runtime.workers import split_for
 from .config import ServerConfig
-from .metrics import Metrics
+from .metrics import ModelMetrics
 from .pool import Worker, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,21 @@ log = logging.getLogger(__name__)
 
 class Overloaded(DmetaEmbedError):
     """The queue is full or the server is stopping: the client should retry later."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What a batcher runs, whatever the model: its plan and running engine (the first worker's),
+    how merged requests run on one worker's engine, and how that engine is warmed up.
+    ``serve.models`` makes one for an ``Embedder`` and one for a ``Reranker``."""
+
+    plan: LoadPlan
+    runner: Runner
+    #: (merged requests' tokens, a worker's runner, batch_size, max_batch_tokens) → one row per
+    #: input, in input order: the runtime's length-sorted batching
+    run: Callable[[Tokenized, Runner, int, int], np.ndarray]
+    #: a few shapes through a worker's engine: first-use costs off the first clients' latency
+    warm: Callable[[Runner], None]
 
 
 @dataclass(eq=False)
@@ -46,45 +62,31 @@ class _Job:
         return len(self.tok.ids)
 
 
-def warm_up_shapes(embedder: Embedder) -> list[list[str]]:
-    """A few shapes to run once: onnxruntime allocates and picks kernels on first use, which
-    would otherwise land on the first clients' latency."""
-    long = "warm up the model " * 120
-    while embedder.count_tokens([long])[0] >= embedder.max_length:
-        long = long[: len(long) // 2]  # stay under max_length: truncation would log a warning
-    return [[text] * n for n, text in ((1, "warm up"), (32, "warm up the model " * 3), (4, long))]
-
-
-def warm_up(embedder: Embedder) -> None:
-    """The default warm-up: :func:`warm_up_shapes` through ``encode``, then the int8 ranges."""
-    for texts in warm_up_shapes(embedder):
-        embedder.encode(texts)
-    # int8/uint8 requests use fixed calibration ranges: computed here, on the inference thread,
-    # rather than by the first such request on the event loop
-    embedder.calibration_ranges()
-    if embedder.plan.guard:  # the fp32 graph the guard routes to: started now, not by a request
-        embedder.pipeline.fp32_runner()
-
-
 def merge(toks: list[Tokenized]) -> Tokenized:
-    """Concatenate tokenised requests; request k owns rows [offset_k, offset_k + len_k)."""
-    ids = [row for t in toks for row in t.ids]
-    return Tokenized(ids=ids, lengths=np.concatenate([t.lengths for t in toks]), truncated=[])
-
-
-def warm_up_runner(embedder: Embedder, runner: Runner) -> None:
-    """:func:`warm_up_shapes` through another worker's engine."""
-    for texts in warm_up_shapes(embedder):
-        embedder.pipeline.run(embedder.pipeline.prepare(texts, count=False).tokens, runner=runner)
+    """Concatenate tokenised requests; request k owns rows [offset_k, offset_k + len_k). Every
+    per-row field is concatenated (a pair's token types too), whatever fields ``Tokenized`` has."""
+    first = toks[0]
+    values: dict[str, object] = {}
+    for f in fields(Tokenized):
+        value = getattr(first, f.name)
+        if f.name == "truncated":  # indices into one request: meaningless once merged
+            values[f.name] = []
+        elif isinstance(value, np.ndarray):
+            values[f.name] = np.concatenate([getattr(t, f.name) for t in toks])
+        elif isinstance(value, list):
+            values[f.name] = [row for t in toks for row in getattr(t, f.name)]
+        else:  # an optional per-row field none of them has (None)
+            values[f.name] = value
+    return Tokenized(**values)  # type: ignore[arg-type]
 
 
 class Batcher:
     """One queue per model, feeding its inference workers. Use from the event loop only."""
 
-    def __init__(self, embedder: Embedder, cfg: ServerConfig, metrics: Metrics) -> None:
-        self._embedder = embedder
+    def __init__(self, engine: Engine, cfg: ServerConfig, metrics: ModelMetrics) -> None:
+        self._engine = engine
         #: padded tokens per inference batch (the runtime's default for the provider unless configured)
-        self.max_batch_tokens = cfg.max_batch_tokens or embedder.max_batch_tokens
+        self.max_batch_tokens = cfg.max_batch_tokens or engine.plan.max_batch_tokens
         self._batch_size = cfg.batch_size
         self._max_wait = cfg.max_wait_ms / 1000
         self._max_queue = cfg.max_queue
@@ -99,19 +101,21 @@ class Batcher:
         # one worker on a few cores: onnxruntime already uses every core for one batch, and a
         # single worker keeps batches whole instead of splitting the cores between two half-full
         # ones; on more cores several workers (runtime.workers)
-        self.pool = WorkerPool(embedder, split_for(embedder.plan, cfg.workers), metrics)
+        self.pool = WorkerPool(engine.plan, engine.runner, split_for(engine.plan, cfg.workers), metrics)
         self._running: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.ready = False
 
-    def start(self, warmup: Callable[[Embedder], None]) -> None:
-        """Warm up on the worker threads, then take jobs; jobs submitted meanwhile wait in the queue."""
+    def start(self, warmup: Callable[[], None]) -> None:
+        """Warm up on the worker threads (``warmup`` on the first, which runs the model's own
+        engine), then take jobs; jobs submitted meanwhile wait in the queue."""
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._work(warmup), name="dmeta-embed-batcher")
 
     def submit(self, tok: Tokenized) -> asyncio.Future[np.ndarray]:
-        """Queue one request's tokens; the future gets its ``(n, dim)`` rows in input order."""
+        """Queue one request's tokens; the future gets its rows in input order (``(n, dim)``
+        vectors, or a reranker's ``(n, num_labels)`` logits)."""
         assert self._wake is not None, "Batcher.start() was not called"
         if self._closing:
             raise Overloaded("the server is shutting down")
@@ -152,21 +156,21 @@ class Batcher:
                 job.future.set_exception(Overloaded("the server stopped before this request ran"))
         await self.pool.close()
 
-    async def _warm_up(self, warmup: Callable[[Embedder], None]) -> None:
-        """``warmup`` on the first worker's thread (it runs the embedder's own engine), and the
+    async def _warm_up(self, warmup: Callable[[], None]) -> None:
+        """``warmup`` on the first worker's thread (it runs the model's own engine), and the
         warm-up shapes through every worker's engine that is not that one, at once."""
-        e, pool = self._embedder, self.pool
+        e, pool = self._engine, self.pool
 
         def first() -> None:
-            warmup(e)
-            if pool.workers[0].runner is not e.pipeline.runner:
-                warm_up_runner(e, pool.workers[0].runner)
+            warmup()
+            if pool.workers[0].runner is not e.runner:
+                e.warm(pool.workers[0].runner)
 
         steps = [pool.call(pool.workers[0], first)]
-        steps += [pool.call(w, warm_up_runner, e, w.runner) for w in pool.workers[1:]]
+        steps += [pool.call(w, e.warm, w.runner) for w in pool.workers[1:]]
         await asyncio.gather(*steps)
 
-    async def _work(self, warmup: Callable[[Embedder], None]) -> None:
+    async def _work(self, warmup: Callable[[], None]) -> None:
         try:
             await self._warm_up(warmup)
             self.ready = True
@@ -242,7 +246,7 @@ class Batcher:
 
     async def _answer(self, worker: Worker, jobs: list[_Job]) -> None:
         try:
-            out = await self.pool.call(worker, self._embed, worker.runner, [j.tok for j in jobs])
+            out = await self.pool.call(worker, self._infer, worker.runner, [j.tok for j in jobs])
         except Exception as e:
             log.exception("inference failed for a batch of %d request(s)", len(jobs))
             for job in jobs:
@@ -262,8 +266,6 @@ class Batcher:
         m.inputs.inc(offset)
         m.tokens.inc(tokens)
 
-    def _embed(self, runner: Runner, toks: list[Tokenized]) -> np.ndarray:
+    def _infer(self, runner: Runner, toks: list[Tokenized]) -> np.ndarray:
         # the runtime's batching sorts by length and keeps each batch's padding under 2×
-        return self._embedder.pipeline.run(
-            merge(toks), batch_size=self._batch_size, max_batch_tokens=self.max_batch_tokens, runner=runner
-        )
+        return self._engine.run(merge(toks), runner, self._batch_size, self.max_batch_tokens)

@@ -20,7 +20,10 @@ class ServerConfig:
     max_queue: int = 4096
     #: most inputs in one request (OpenAI's own limit is 2048)
     max_inputs: int = 2048
-    #: most characters in one input; longer texts would be truncated to max_length tokens anyway,
+    #: most documents in one rerank request (TEI's ``max_client_batch_size``; Cohere takes up to
+    #: 1,000 documents per request, so clients written for it fit)
+    max_documents: int = 1000
+    #: most characters in one input (a rerank query or document too); longer texts would be truncated to max_length tokens anyway,
     #: so this bounds work and memory, not what the model sees
     max_chars: int = 16384
     #: bodies above this are refused before they are parsed
@@ -31,6 +34,9 @@ class ServerConfig:
     api_key: str | None = field(default=None, repr=False)
     #: the name reported as ``model``; None: the export's source model (or folder name)
     model_name: str | None = None
+    #: the same for the reranker, when the server hosts one beside an embedder (``--rerank-model``);
+    #: a server of one reranker alone reports ``model_name``
+    rerank_model_name: str | None = None
     #: onnxruntime worker threads busy-wait between ops. On cores the server has to itself this is
     #: faster; on cores shared with other busy processes it steals their CPU and single queries get
     #: slower, so turn it off there (--no-spin). Figures: docs/performance.md
@@ -45,6 +51,7 @@ class ServerConfig:
             "batch_size": self.batch_size,
             "max_queue": self.max_queue,
             "max_inputs": self.max_inputs,
+            "max_documents": self.max_documents,
             "max_chars": self.max_chars,
             "max_body_bytes": self.max_body_bytes,
             "request_timeout_s": self.request_timeout_s,

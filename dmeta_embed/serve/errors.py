@@ -10,6 +10,7 @@ body: one table, as httpx's ``map_exceptions`` maps transport errors.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -35,6 +36,10 @@ class Kind(str, Enum):
     CLIENT_CLOSED = "client_closed"
     #: the model is still being exported or loaded
     LOADING = "loading"
+    #: the route needs a model of a task this server was not started with (an embedding route on
+    #: a server of one reranker, a rerank route on one of one embedder)
+    NO_MODEL = "no_model"
+    MAX_DOCUMENTS = "max_documents"
     INTERNAL = "internal"
 
 
@@ -79,6 +84,10 @@ STATUS: dict[Kind, Http] = {
     Kind.TIMEOUT: Http(503, 503, "timeout", retry_after=1),
     Kind.CLIENT_CLOSED: Http(499, 499, "client_closed"),
     Kind.LOADING: Http(503, 503, "loading", retry_after=5),
+    # TEI answers 424 on a route its model's kind does not serve; OpenAI 404 for a model it lacks
+    Kind.NO_MODEL: Http(404, 424, "model_not_found"),
+    # TEI's max_client_batch_size: 413
+    Kind.MAX_DOCUMENTS: Http(413, 413, "max_documents"),
     Kind.INTERNAL: Http(500, 500),
 }
 #: errors from below the routes → their kind; the first class that matches wins
@@ -88,19 +97,24 @@ EXCEPTIONS: tuple[tuple[type[Exception], Kind], ...] = (
     (Overloaded, Kind.OVERLOADED),
 )
 #: the runtime's name for a field → the request's (OpenAI, TEI); a name not here is the same in both
-REQUEST_FIELDS: dict[str, tuple[str, str]] = {
+Fields = Mapping[str, tuple[str, str]]
+REQUEST_FIELDS: Fields = {
     "texts": ("input", "inputs"),
     "truncate_dim": ("dimensions", "dimensions"),
     "normalize": ("normalize", "normalize"),
     "prompt_name": ("prompt_name", "prompt_name"),
     "precision": ("precision", "precision"),
 }
+#: the same for the rerank routes (``/v1/rerank``: Cohere's and Jina's names; ``/rerank``: TEI's):
+#: the runtime names a pair by its index, the request names the document
+RERANK_FIELDS: Fields = {"texts": ("documents", "texts"), "pairs": ("documents", "texts")}
 
 #: OpenAI's ``error.type`` for each status we send
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    424: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
@@ -108,7 +122,14 @@ _TYPES = {
     503: "server_overloaded",
 }
 #: TEI's ``error_type`` for each status (text-embeddings-inference's router)
-_TEI_TYPES = {413: "Validation", 422: "Validation", 503: "Overloaded", 500: "Backend", 401: "Unauthorized"}
+_TEI_TYPES = {
+    413: "Validation",
+    422: "Validation",
+    424: "Backend",
+    503: "Overloaded",
+    500: "Backend",
+    401: "Unauthorized",
+}
 
 
 @dataclass(frozen=True)
@@ -130,9 +151,12 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def to_request_error(exc: Exception, *, tei: bool, max_length: int) -> RequestError | None:
-    """``exc`` in the request's terms (its kind, the request's field names), or None for an error
-    that is no refusal (a bug). ``max_length``: the tokens a text may have, for MAX_LENGTH."""
+def to_request_error(
+    exc: Exception, *, tei: bool, max_length: int, fields: Fields = REQUEST_FIELDS
+) -> RequestError | None:
+    """``exc`` in the request's terms (its kind, the request's field names: ``fields``, the
+    route's table), or None for an error that is no refusal (a bug). ``max_length``: the tokens
+    a text may have, for MAX_LENGTH."""
     if isinstance(exc, RequestError):
         return exc
     kind = next((k for cls, k in EXCEPTIONS if isinstance(exc, cls)), None)
@@ -140,7 +164,7 @@ def to_request_error(exc: Exception, *, tei: bool, max_length: int) -> RequestEr
         return None
     if not isinstance(exc, InputError):
         return RequestError(f"{exc}; retry later", kind)
-    field = REQUEST_FIELDS.get(exc.field, (exc.field, exc.field))[tei]
+    field = fields.get(exc.field, (exc.field, exc.field))[tei]
     name = field if exc.index is None else f"{field}[{exc.index}]"
     if isinstance(exc, TooLongError):
         message = f"'{name}' is longer than max_length={max_length} tokens; send \"truncate\": true to cut it"

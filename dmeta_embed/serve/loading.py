@@ -25,24 +25,26 @@ from ..runtime import Embedder
 from .app import TEI_PATHS, create_app, json_response
 from .config import ServerConfig
 from .errors import STATUS, Kind, RequestError, refusal
+from .models import Loaded
 
 log = logging.getLogger(__name__)
 
 
 class LoadingApp:
-    """An ASGI app serving the model ``load`` returns, once it has returned; until then
+    """An ASGI app serving the model(s) ``load`` returns (an ``Embedder``, or ``Loaded``: an
+    embedder, a reranker or both), once it has returned; until then
     ``/health`` 200 and 503 elsewhere. ``status`` and ``detail``: what ``/ready`` says meanwhile
     (``"exporting"``, and where to). ``on_error``: called on the event loop with the exception when
     ``load`` fails (default: log it); ``on_ready``: with the model's app once it serves."""
 
     def __init__(
         self,
-        load: Callable[[], Embedder],
+        load: Callable[[], Embedder | Loaded],
         config: ServerConfig | None = None,
         *,
         status: str = "loading",
         detail: str = "",
-        warmup: Callable[[Embedder], None] | None = None,
+        warmup: Callable[[Any], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         on_ready: Callable[[Starlette], None] | None = None,
     ) -> None:
@@ -96,9 +98,9 @@ class LoadingApp:
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        loaded: asyncio.Future[Embedder] = loop.create_future()
+        loaded: asyncio.Future[Embedder | Loaded] = loop.create_future()
 
-        def settle(result: Embedder | None, error: BaseException | None) -> None:
+        def settle(result: Embedder | Loaded | None, error: BaseException | None) -> None:
             if loaded.done():
                 return
             if error is not None:
@@ -121,12 +123,16 @@ class LoadingApp:
         threading.Thread(target=work, name="dmeta-embed-load", daemon=True).start()
         self._task = asyncio.ensure_future(self._serve_when_loaded(loaded))
 
-    async def _serve_when_loaded(self, loaded: asyncio.Future[Embedder]) -> None:
+    async def _serve_when_loaded(self, loaded: asyncio.Future[Embedder | Loaded]) -> None:
         try:
-            embedder = await loaded
+            result = await loaded
+            models = result if isinstance(result, Loaded) else Loaded(embedder=result)
             # on a thread: several workers start their engines (seconds), while /health answers
             app = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: create_app(embedder, self.config, warmup=self.warmup)
+                None,
+                lambda: create_app(
+                    models.embedder, self.config, reranker=models.reranker, warmup=self.warmup
+                ),
             )
             await self._stack.enter_async_context(app.router.lifespan_context(app))
         except asyncio.CancelledError:

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..runtime import Embedder
 from ..runtime.engines import start_workers
+from ..runtime.plan import LoadPlan
 from ..runtime.runner import Runner
 from ..runtime.workers import Workers
-from .metrics import Metrics
+from .metrics import ModelMetrics
 
 T = TypeVar("T")
 
@@ -37,12 +37,13 @@ class Worker:
 
 
 class WorkerPool:
-    """``split.workers`` workers started from the embedder's plan. Use from the event loop only,
-    except :meth:`__init__` (starts engines: seconds, so a loading server builds it on a thread)."""
+    """``split.workers`` workers started from a model's plan, ``runner`` (its running engine) the
+    first. Use from the event loop only, except :meth:`__init__` (starts engines: seconds, so a
+    loading server builds it on a thread)."""
 
-    def __init__(self, embedder: Embedder, split: Workers, metrics: Metrics) -> None:
+    def __init__(self, plan: LoadPlan, runner: Runner, split: Workers, metrics: ModelMetrics) -> None:
         self.split = split
-        runners = start_workers(embedder.plan, embedder.pipeline.runner, split)
+        runners = start_workers(plan, runner, split)
         self.workers = [
             Worker(i, r, ThreadPoolExecutor(1, thread_name_prefix=f"dmeta-embed-infer-{i}"))
             for i, r in enumerate(runners)
