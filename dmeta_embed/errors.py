@@ -64,3 +64,12 @@ class MissingDependencyError(DmetaEmbedError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+class RemoteError(DmetaEmbedError):
+    """A dmeta-embed server (``base_url`` of an integration) refused a request or could not be
+    reached. ``status``: the HTTP status (None when no answer came); the message is the server's."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

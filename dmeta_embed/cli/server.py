@@ -64,6 +64,7 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
     "--max-queue", "max_queue", "Inputs allowed to wait; beyond it requests get 503 with Retry-After."
 )
 @server_option("--max-inputs", "max_inputs", "Inputs allowed in one request.")
+@server_option("--max-documents", "max_documents", "Documents allowed in one rerank request.")
 @server_option("--max-chars", "max_chars", "Characters allowed in one input.")
 @server_option(
     "--request-timeout",
@@ -91,6 +92,18 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
     "--model-name", default=None, help="Name reported as 'model' (default: the export's source model)."
 )
 @click.option(
+    "--rerank-model",
+    default=None,
+    envvar="DMETA_EMBED_RERANK_MODEL",
+    help="A reranker (cross-encoder) served beside --model on /rerank and /v1/rerank: an exported "
+    "folder, a hub id or a model folder, as --model. A reranker given as --model is served alone.",
+)
+@click.option(
+    "--rerank-model-name",
+    default=None,
+    help="Name the --rerank-model is reported by (default: its export's source model).",
+)
+@click.option(
     "--spin/--no-spin",
     default=True,
     show_default=True,
@@ -111,14 +124,18 @@ def serve(
     max_wait_ms: float,
     max_queue: int,
     max_inputs: int,
+    max_documents: int,
     max_chars: int,
     request_timeout_s: float,
     workers: int | None,
     api_key_env: str | None,
     model_name: str | None,
+    rerank_model: str | None,
+    rerank_model_name: str | None,
     spin: bool,
 ) -> None:
-    """Serve the model over HTTP: OpenAI /v1/embeddings, TEI /embed, /health, /ready, /info, /metrics."""
+    """Serve the model over HTTP: OpenAI /v1/embeddings, TEI /embed, /health, /ready, /info, /metrics;
+    a reranker's TEI /rerank and Cohere/Jina /v1/rerank."""
     import os
 
     from ..serve import serve as run_server
@@ -138,10 +155,12 @@ def serve(
         max_batch_tokens=max_batch_tokens,
         max_queue=max_queue,
         max_inputs=max_inputs,
+        max_documents=max_documents,
         max_chars=max_chars,
         request_timeout_s=request_timeout_s,
         api_key=api_key,
         model_name=model_name,
+        rerank_model_name=rerank_model_name,
         spin=spin,
         workers=workers,
     )
@@ -160,6 +179,7 @@ def serve(
         threads=threads,
         revision=revision,
         cache_dir=cache_dir,
+        rerank_model=rerank_model,
     )
 
 

@@ -1,21 +1,29 @@
-"""LangChain: :class:`DmetaEmbeddings`, a ``langchain_core.embeddings.Embeddings`` over ``Embedder``.
+"""LangChain: :class:`DmetaEmbeddings`, a ``langchain_core.embeddings.Embeddings`` over ``Embedder``,
+and :class:`DmetaRerank`, a document compressor over a ``Reranker`` (local or a server's).
 
-from dmeta_embed.integrations.langchain import DmetaEmbeddings
+from dmeta_embed.integrations.langchain import DmetaEmbeddings, DmetaRerank
 emb = DmetaEmbeddings(model_path="out/dmeta", variant="int8")
 vectors = emb.embed_documents(["第一段", "第二段"])
+rerank = DmetaRerank(model_path="out/reranker", top_n=3)   # or base_url="http://host:8080"
+best = rerank.compress_documents(docs, "query")
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._optional import require
 from ..runtime import Embedder
 from ._common import embedder_from
+from ._rerank import Rank, ranker_from
 
 Embeddings = require("langchain_core.embeddings").Embeddings
+BaseDocumentCompressor = require("langchain_core.documents.compressor").BaseDocumentCompressor
+Document = require("langchain_core.documents").Document
+_pydantic = require("pydantic")
 
 
 class DmetaEmbeddings(Embeddings):  # type: ignore[misc,valid-type]
@@ -47,3 +55,59 @@ class DmetaEmbeddings(Embeddings):  # type: ignore[misc,valid-type]
 
     def __repr__(self) -> str:
         return f"DmetaEmbeddings({self.embedder!r})"
+
+
+class DmetaRerank(BaseDocumentCompressor):  # type: ignore[misc,valid-type]
+    """Documents reordered by a cross-encoder, best first, the ``top_n`` kept, each with its
+    ``relevance_score`` in ``metadata`` (as LangChain's CohereRerank answers).
+
+    The reranker is exactly one of: ``model_path`` (an exported reranker folder, loaded with
+    ``**load_options``), ``reranker`` (a loaded ``Reranker``), or ``base_url`` (a
+    ``dmeta-embed serve`` hosting one; ``api_key`` its key, ``model`` the name sent, ``timeout``
+    seconds). Scores are the reranker's activated scores (CrossEncoder.rank's)."""
+
+    model_config = _pydantic.ConfigDict(arbitrary_types_allowed=True)
+    #: documents kept (None: all, reordered)
+    top_n: int | None = 3
+    _rank: Rank = _pydantic.PrivateAttr()
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        reranker: Any = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+        top_n: int | None = 3,
+        timeout: float = 60.0,
+        **load_options: Any,
+    ) -> None:
+        super().__init__(top_n=top_n)
+        self._rank = ranker_from(
+            model_path,
+            reranker,
+            base_url,
+            api_key=api_key,
+            model=model,
+            timeout=timeout,
+            load_options=load_options,
+        )
+
+    def compress_documents(
+        self, documents: Sequence[Any], query: str, callbacks: Any = None
+    ) -> Sequence[Any]:
+        if not documents:
+            return []
+        ranked = self._rank(query, [d.page_content for d in documents], self.top_n)
+        out = []
+        for index, score in ranked:
+            doc = documents[index]
+            out.append(
+                Document(
+                    page_content=doc.page_content,
+                    metadata={**doc.metadata, "relevance_score": score},
+                    id=doc.id,
+                )
+            )
+        return out

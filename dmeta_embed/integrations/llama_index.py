@@ -1,8 +1,10 @@
-"""LlamaIndex: :class:`DmetaEmbedding`, a ``BaseEmbedding`` over ``Embedder``.
+"""LlamaIndex: :class:`DmetaEmbedding`, a ``BaseEmbedding`` over ``Embedder``, and
+:class:`DmetaRerank`, a node postprocessor over a ``Reranker`` (local or a server's).
 
 from llama_index.core import Settings
-from dmeta_embed.integrations.llama_index import DmetaEmbedding
+from dmeta_embed.integrations.llama_index import DmetaEmbedding, DmetaRerank
 Settings.embed_model = DmetaEmbedding(model_path="out/dmeta", variant="int8")
+engine = index.as_query_engine(node_postprocessors=[DmetaRerank(model_path="out/reranker", top_n=3)])
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from typing import Any
 from .._optional import require
 from ..runtime import Embedder
 from ._common import embedder_from
+from ._rerank import Rank, ranker_from
 
 _base = require("llama_index.core.base.embeddings.base")
 _bridge = require("llama_index.core.bridge.pydantic")
+_schema = require("llama_index.core.schema")
 BaseEmbedding = _base.BaseEmbedding
+BaseNodePostprocessor = require("llama_index.core.postprocessor.types").BaseNodePostprocessor
 
 #: texts per call LlamaIndex hands us: the Embedder sorts each call's texts by length into its own
 #: token-bounded batches, so a large call pads less; bounded so one call's vectors stay small
@@ -77,3 +82,52 @@ class DmetaEmbedding(BaseEmbedding):  # type: ignore[misc,valid-type]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.get_running_loop().run_in_executor(None, self._get_text_embeddings, texts)
+
+
+class DmetaRerank(BaseNodePostprocessor):  # type: ignore[misc,valid-type]
+    """Nodes rescored by a cross-encoder, best first, the ``top_n`` kept (as LlamaIndex's
+    SentenceTransformerRerank does; the node's text as its embedding sees it, metadata included).
+
+    The reranker is exactly one of: ``model_path`` (an exported reranker folder, loaded with
+    ``**load_options``), ``reranker`` (a loaded ``Reranker``), or ``base_url`` (a
+    ``dmeta-embed serve`` hosting one; ``api_key`` its key, ``model`` the name sent, ``timeout``
+    seconds). Scores are the reranker's activated scores (CrossEncoder.rank's)."""
+
+    top_n: int | None = _bridge.Field(default=2, description="Nodes kept (None: all, reordered).")
+    _rank: Rank = _bridge.PrivateAttr()
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        reranker: Any = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+        top_n: int | None = 2,
+        timeout: float = 60.0,
+        **load_options: Any,
+    ) -> None:
+        super().__init__(top_n=top_n)
+        self._rank = ranker_from(
+            model_path,
+            reranker,
+            base_url,
+            api_key=api_key,
+            model=model,
+            timeout=timeout,
+            load_options=load_options,
+        )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DmetaRerank"
+
+    def _postprocess_nodes(self, nodes: list[Any], query_bundle: Any = None) -> list[Any]:
+        if query_bundle is None:
+            raise ValueError("DmetaRerank needs the query: pass query_str= or query_bundle=")
+        if not nodes:
+            return []
+        texts = [n.node.get_content(metadata_mode=_schema.MetadataMode.EMBED) for n in nodes]
+        ranked = self._rank(query_bundle.query_str, texts, self.top_n)
+        return [_schema.NodeWithScore(node=nodes[i].node, score=score) for i, score in ranked]
