@@ -23,7 +23,7 @@ from ._rerank import Rank, ranker_from
 Embeddings = require("langchain_core.embeddings").Embeddings
 BaseDocumentCompressor = require("langchain_core.documents.compressor").BaseDocumentCompressor
 Document = require("langchain_core.documents").Document
-_pydantic = require("pydantic")
+_pydantic = require("pydantic", extra="langchain")  # langchain-core is built on it
 
 
 class DmetaEmbeddings(Embeddings):  # type: ignore[misc,valid-type]

@@ -1,0 +1,95 @@
+"""The rerank adapters: LangChain's DmetaRerank (a document compressor) and LlamaIndex's (a node
+postprocessor), each on a local reranker and on a server's /v1/rerank, in the reference's order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dmeta_embed.errors import RemoteError
+from dmeta_embed.runtime import Embedder
+from tests.fake_reranker import FakeReranker
+from tests.helpers import running
+
+QUERY = "维生素C可以预防感冒吗"
+DOCS = [
+    "维生素C可以预防感冒吗",
+    "今天天气很好",
+    "如何更换花呗绑定银行卡",
+    "vitamins",
+    "维生素C",
+    "长文本" * 30,
+]
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_export: Path) -> Any:
+    return FakeReranker(Embedder.load(tiny_export, variant="fp32"))
+
+
+def reference(reranker: Any, query: str, docs: list[str]) -> np.ndarray:
+    """Each document's activated score, in input order, computed outside the adapters."""
+    return np.asarray(reranker.predict([(query, d) for d in docs]), dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def server(reranker: Any) -> Iterator[str]:
+    pytest.importorskip("starlette")
+    from dmeta_embed.serve import ServerConfig, create_app
+
+    with running(create_app(None, ServerConfig(api_key="k"), reranker=reranker)) as base:
+        yield base
+
+
+@pytest.fixture(params=["local", "remote"])
+def source(request: pytest.FixtureRequest, reranker: Any) -> dict[str, Any]:
+    if request.param == "local":
+        return {"reranker": reranker}
+    return {"base_url": request.getfixturevalue("server"), "api_key": "k"}
+
+
+def test_langchain_compressor_keeps_the_best_in_order(source: dict[str, Any], reranker: Any) -> None:
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+
+    from dmeta_embed.integrations.langchain import DmetaRerank
+
+    docs = [Document(page_content=d, metadata={"n": i}, id=f"d{i}") for i, d in enumerate(DOCS)]
+    out = DmetaRerank(top_n=3, **source).compress_documents(docs, QUERY)
+    want = reference(reranker, QUERY, DOCS)
+    order = sorted(range(len(DOCS)), key=lambda i: -want[i])[:3]
+    assert [d.metadata["n"] for d in out] == order and [d.id for d in out] == [f"d{i}" for i in order]
+    np.testing.assert_allclose([d.metadata["relevance_score"] for d in out], want[order], atol=ATOL, rtol=0)
+    assert DmetaRerank(top_n=None, **source).compress_documents([], QUERY) == []
+
+
+def test_llama_index_postprocessor_keeps_the_best_in_order(source: dict[str, Any], reranker: Any) -> None:
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from dmeta_embed.integrations.llama_index import DmetaRerank
+
+    nodes = [NodeWithScore(node=TextNode(text=d, id_=f"n{i}"), score=0.0) for i, d in enumerate(DOCS)]
+    out = DmetaRerank(top_n=4, **source).postprocess_nodes(nodes, query_str=QUERY)
+    want = reference(reranker, QUERY, DOCS)
+    order = sorted(range(len(DOCS)), key=lambda i: -want[i])[:4]
+    assert [n.node.node_id for n in out] == [f"n{i}" for i in order]
+    np.testing.assert_allclose([n.score for n in out], want[order], atol=ATOL, rtol=0)
+
+
+def test_remote_refusal_is_a_remote_error(server: str) -> None:
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+
+    from dmeta_embed.integrations.langchain import DmetaRerank
+
+    with pytest.raises(RemoteError) as e:
+        DmetaRerank(base_url=server, api_key="wrong").compress_documents([Document(page_content="a")], QUERY)
+    assert e.value.status == 401 and "API key" in str(e.value)
+    with pytest.raises(TypeError, match="exactly one"):
+        DmetaRerank()
