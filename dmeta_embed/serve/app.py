@@ -47,6 +47,7 @@ from .errors import (
 from .info import info_body
 from .metrics import Metrics
 from .models import Hosted, Served, Task, host, token_limit, warm_up, warm_up_reranker
+from .rerank import check_reranker, rerank_routes
 from .schemas import EmbedRequest, parse_openai, parse_tei, parse_tokenize
 
 if TYPE_CHECKING:
@@ -330,8 +331,6 @@ def create_app(
     """The ASGI app serving ``embedder``, ``reranker`` or both, each on its own batcher and
     workers; the batchers start (and warm up) with the app's lifespan. ``warmup(model)`` runs on
     each model's first worker before its first job (None: a few shapes through the model)."""
-    from .rerank import check_reranker, rerank_routes
-
     cfg = config or ServerConfig()
     metrics = Metrics()
     embedding = rerank = None

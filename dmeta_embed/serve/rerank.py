@@ -160,7 +160,6 @@ async def _scores(svc: Service, request: Request, req: RerankRequest) -> tuple[n
 
 def rerank_routes(svc: Service) -> list[tuple[str, str, Callable[[Request], Awaitable[Response]]]]:
     """(path, metrics name, handler) of each rerank route, for ``create_app``."""
-    from .app import json_response
 
     async def tei(request: Request) -> Response:
         svc.models.reranker()  # a server without one says so before reading the body
@@ -170,7 +169,7 @@ def rerank_routes(svc: Service) -> list[tuple[str, str, Callable[[Request], Awai
         if req.return_documents:
             for r in ranks:
                 r["text"] = req.documents[r["index"]]
-        return json_response(ranks)
+        return await svc.big_json(ranks, 0)
 
     async def cohere(request: Request) -> Response:
         served = svc.models.reranker()
@@ -188,6 +187,6 @@ def rerank_routes(svc: Service) -> list[tuple[str, str, Callable[[Request], Awai
             "results": results,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return json_response(body)
+        return await svc.big_json(body, 0)
 
     return [("/rerank", "tei_rerank", tei), ("/v1/rerank", "rerank", cohere)]
