@@ -17,10 +17,11 @@ from .errors import (
 from .manifest import Manifest, Pooling, Precision, Provider
 
 if TYPE_CHECKING:
-    from .runtime import Embedder
+    from .runtime import Embedder, Reranker
 
 __all__ = [
     "Embedder",
+    "Reranker",
     "Manifest",
     "Pooling",
     "Precision",
@@ -43,4 +44,8 @@ def __getattr__(name: str) -> Any:
         from .runtime import Embedder
 
         return Embedder
+    if name == "Reranker":
+        from .runtime import Reranker
+
+        return Reranker
     raise AttributeError(f"module 'dmeta_embed' has no attribute {name!r}")

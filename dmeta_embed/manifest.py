@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
+from .rerank_records import RerankSpec, ScoreBar, ScoreFidelity, Task
 from .variant_records import EngineProperties, Int8Recipe, Speed, ValidatedCpu
 
 FORMAT_VERSION = 1
@@ -136,6 +137,17 @@ BARS = {
     Precision.BF16: Bar(min_cos=0.999, mean_cos=0.9995),
 }
 
+#: the bars a rerank export enforces on its probe pairs' activated scores (docs/export.md,
+#: "Rerankers"): fp32 reproduces torch to float rounding; the lossy variants keep the order of
+#: every query's documents (top-k agreement 1: ties within the bar's difference allowed)
+SCORE_BARS = {
+    Precision.FP32: ScoreBar(max_abs_diff=1e-4, min_spearman=0.99),
+    Precision.FP16: ScoreBar(max_abs_diff=5e-3, min_spearman=0.98),
+    Precision.INT8: ScoreBar(max_abs_diff=0.03, min_spearman=0.9),
+    Precision.INT8_OV: ScoreBar(max_abs_diff=0.03, min_spearman=0.9),
+    Precision.BF16: ScoreBar(max_abs_diff=0.02, min_spearman=0.95),
+}
+
 #: a text's vector alone against the same text inside a batch (cosine): at or above it a variant
 #: counts as batch-invariant, what ``serve`` needs (it batches concurrent requests together)
 INVARIANCE_BAR = 0.9999
@@ -166,6 +178,17 @@ class Fidelity:
         as measured at export; False when it was not measured."""
         return self.batch_min_cos is not None and self.batch_min_cos >= INVARIANCE_BAR
 
+    @property
+    def batch_measured(self) -> bool:
+        return self.batch_min_cos is not None
+
+    def describe(self) -> str:
+        """One line: each figure beside its bar."""
+        return (
+            f"min cos {self.min_cos:.6f} (bar {self.bar_min_cos}), "
+            f"mean cos {self.mean_cos:.6f} (bar {self.bar_mean_cos})"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"passed": self.passed}
 
@@ -173,6 +196,11 @@ class Fidelity:
     def from_dict(cls, d: dict[str, Any]) -> Fidelity:
         optional = {"batch_min_cos"}
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d or k not in optional})
+
+
+def fidelity_from_dict(d: dict[str, Any]) -> Fidelity | ScoreFidelity:
+    """A variant's fidelity record: scores (``"kind": "score"``, rerank folders) or cosines."""
+    return ScoreFidelity.from_dict(d) if d.get("kind") == "score" else Fidelity.from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -188,7 +216,8 @@ class Variant:
     #: OpenVINO's own runtime runs). Folders exported before said ``OpenVINOExecutionProvider``
     #: there, which reads as OPENVINO
     provider: Provider
-    fidelity: Fidelity
+    #: cosines of embeddings (an embed folder) or scores of pairs (a rerank folder)
+    fidelity: Fidelity | ScoreFidelity
     #: what the export left in float, each with the measured reason. int8: whole nodes kept fp32;
     #: int8-ov: activation quantizers removed (those MatMuls keep int8 weights, run in float)
     kept_float: dict[str, str] = field(default_factory=dict)
@@ -236,7 +265,7 @@ class Variant:
             size_bytes=int(d["size_bytes"]),
             # old int8-ov entries named onnxruntime's OpenVINO EP: Provider.parse reads it as OPENVINO
             provider=Provider.parse(d["provider"]),
-            fidelity=Fidelity.from_dict(d["fidelity"]),
+            fidelity=fidelity_from_dict(d["fidelity"]),
             # "kept_fp32" in folders exported before the rename
             kept_float=dict(d.get("kept_float", d.get("kept_fp32", {}))),
             ops=dict(d.get("ops", {})),
@@ -282,8 +311,18 @@ class Manifest:
     similarity_fn_name: str = "cosine"
     #: Matryoshka dims the model was trained to be cut to (``export --truncate-dims``); empty: none
     truncate_dims: tuple[int, ...] = ()
+    #: what the graph computes; folders written before rerank support are embed
+    task: Task = Task.EMBED
+    #: a rerank folder's activation, labels and pair truncation (None for embed)
+    rerank: RerankSpec | None = None
+
+    def __post_init__(self) -> None:
+        if (self.task == Task.RERANK) != (self.rerank is not None):
+            raise ModelLoadError(f"manifest task {self.task.value!r} with rerank={self.rerank!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        # an embed folder's manifest is written as before rerank support (no task key: embed)
+        rerank = {} if self.rerank is None else {"task": self.task.value, "rerank": self.rerank.to_dict()}
         return {
             "format_version": self.format_version,
             "source": self.source,
@@ -300,7 +339,7 @@ class Manifest:
             "default_prompt_name": self.default_prompt_name,
             "similarity_fn_name": self.similarity_fn_name,
             "truncate_dims": list(self.truncate_dims),
-        }
+        } | rerank
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
@@ -330,6 +369,9 @@ class Manifest:
                 default_prompt_name=d.get("default_prompt_name"),
                 similarity_fn_name=str(d.get("similarity_fn_name", "cosine")),
                 truncate_dims=tuple(int(x) for x in d.get("truncate_dims", ())),
+                # absent in manifests written before rerank support: embed
+                task=Task(d.get("task", Task.EMBED.value)),
+                rerank=RerankSpec.from_dict(d["rerank"]) if d.get("rerank") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"manifest is malformed: {type(e).__name__}: {e}") from e

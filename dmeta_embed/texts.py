@@ -78,6 +78,48 @@ def calibration_texts(n: int = 48, seed: int = 7) -> list[str]:
     return out
 
 
+# -- (query, document) pairs for cross-encoders ----------------------------------------------------
+
+
+def probe_pairs(max_length: int) -> tuple[list[tuple[str, str]], list[int]]:
+    """The pairs every exported reranker variant is validated on, and each pair's query index:
+    every query against every document, so each query's documents can be ranked. Documents include
+    near-duplicates of a query and unrelated ones, an empty one, emoji only, one word repeated
+    past max length and prose past max length; one query is itself long, so pair truncation
+    (``longest_first``) cuts both sides."""
+    rng = random.Random(4321)
+    over = ""
+    while len(over) < 2 * max_length + 50:
+        over += _paragraph(rng, 10)
+    queries = [ZH[0], ZH[1], EN[1], MIXED[0], EN[3], _paragraph(rng, 20)]
+    documents = [
+        ZH[2],
+        ZH[4],
+        ZH[9],
+        EN[0],
+        EN[2],
+        MIXED[2],
+        _paragraph(rng, 3),
+        _paragraph(rng, 6),
+        over,
+        "",
+        "😀🎉🚀👍🔥",
+        "好 " * (max_length + 8),
+        _punct_mixed(rng, max_length),
+    ]
+    pairs = [(q, d) for q in queries for d in documents]
+    return pairs, [i for i in range(len(queries)) for _ in documents]
+
+
+def calibration_pairs(n: int = 48, seed: int = 7) -> list[tuple[str, str]]:
+    """Pairs the int8 searches of a reranker calibrate on (a seed disjoint from the probe pairs'):
+    a short query beside prose, related or not, and a few degenerate documents."""
+    rng = random.Random(seed)
+    texts = calibration_texts(n, seed)
+    out = [(rng.choice(ZH + EN + MIXED), t) for t in texts]
+    return out + [("", rng.choice(ZH)), (rng.choice(EN), "")]
+
+
 # -- degenerate input, by family ---------------------------------------------------------------------
 # What users send besides prose: separators, emoji-only chat lines, table cells, code, URLs,
 # boilerplate. int8's activation ranges meet their extremes on such texts, and a probe set of

@@ -231,3 +231,89 @@ def build_mpnet(folder: str | Path, *, seed: int = 0, max_seq_length: int = 384)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool, indent=2), "utf-8")
     (folder / "2_Normalize").mkdir(exist_ok=True)
     return folder
+
+
+# -- cross-encoders (rerankers) ---------------------------------------------------------------------
+
+#: label names of the tiny 3-label cross-encoder (an NLI-shaped head)
+NLI_LABELS = {0: "contradiction", 1: "entailment", 2: "neutral"}
+
+
+def _classifier_folder(folder: Path, model: Any, tokenizer_files: Path, num_labels: int) -> Path:
+    """Save ``model`` with a random head, then copy the tokenizer files of ``tokenizer_files``."""
+    import shutil
+
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            # random biases in the head too: a zero bias would hide a head whose bias is dropped
+            if name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(folder, safe_serialization=True)
+    for f in ("vocab.txt", "tokenizer_config.json", MARKER):
+        if (tokenizer_files / f).is_file():
+            shutil.copy(tokenizer_files / f, folder / f)
+    return folder
+
+
+def build_bert_cross_encoder(
+    folder: str | Path, *, num_labels: int = 1, seed: int = 0, max_length: int = 128
+) -> Path:
+    """A random-weight tiny BERT cross-encoder (``BertForSequenceClassification``, two token
+    types: the document is segment 1) in transformers' layout, with only vocab.txt."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = Path(folder)
+    base = build_model(
+        folder.parent / f"{folder.name}-base", "tiny", seed=seed, sentence_transformers_files=False
+    )
+    tok_cfg = json.loads((base / "tokenizer_config.json").read_text("utf-8")) | {
+        "model_max_length": max_length
+    }
+    (base / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), "utf-8")
+    labels = NLI_LABELS if num_labels == 3 else {i: f"LABEL_{i}" for i in range(num_labels)}
+    cfg = (
+        DMETA_CONFIG
+        | SHAPES["tiny"]
+        | {
+            "architectures": ["BertForSequenceClassification"],
+            "id2label": labels,
+            "label2id": {v: k for k, v in labels.items()},
+        }
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(**cfg)).eval()
+    return _classifier_folder(folder, model, base, num_labels)
+
+
+def build_mpnet_cross_encoder(folder: str | Path, *, seed: int = 0) -> Path:
+    """A random-weight tiny MPNet cross-encoder (``MPNetForSequenceClassification``: no token
+    types, RoBERTa-style ``classifier.dense``/``out_proj`` head) in transformers' layout."""
+    import torch
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    folder = Path(folder)
+    base = build_mpnet(folder.parent / f"{folder.name}-base", seed=seed, max_seq_length=128)
+    cfg = MPNET_TINY | {"architectures": ["MPNetForSequenceClassification"], "num_labels": 1}
+    torch.manual_seed(seed)
+    model = MPNetForSequenceClassification(MPNetConfig(**cfg)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "relative_attention_bias" in name:
+                p.normal_(0.0, 1.0)
+    folder = _classifier_folder(folder, model, base, 1)
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text("utf-8")) | {"model_max_length": 128}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), "utf-8")
+    return folder
+
+
+def save_cross_encoder(src: str | Path, folder: str | Path, activation_fn: Any = None) -> Path:
+    """``src`` saved by sentence-transformers' ``CrossEncoder`` (its own layout, with the
+    activation in ``config_sentence_transformers.json``), ``activation_fn`` set when given."""
+    from sentence_transformers import CrossEncoder
+
+    ce = CrossEncoder(str(src), activation_fn=activation_fn, device="cpu")
+    ce.save(str(folder))
+    return Path(folder)

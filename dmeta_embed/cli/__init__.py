@@ -1,4 +1,4 @@
-"""Command line: export, encode, similarity, inspect, verify, serve (a thin wrapper over
+"""Command line: export, encode, similarity, rerank, inspect, verify, serve (a thin wrapper over
 ``dmeta_embed.serve``), embed-corpus. ``bench`` only points to the repository's harness (``python -m benchmarks``), which is
 not installed. One module per command (``cli.export``, ``cli.encode``, ``cli.info``, ``cli.server``,
 ``cli.corpus``), shared options in ``cli.options``.
@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..errors import DmetaEmbedError
-from . import corpus, encode, export, info, server, verify
+from . import corpus, encode, export, info, rerank, server, verify
 from .encode import format_ranking
 from .info import summary
 
@@ -37,6 +37,7 @@ for command in (
     export.export,
     encode.encode,
     encode.similarity,
+    rerank.rerank,
     info.inspect,
     server.serve,
     server.bench,

@@ -44,6 +44,13 @@ from .options import VARIANTS
     metavar="D1,D2,...",
     help="Matryoshka dims the model was trained for: encode(truncate_dim=...) accepts only these.",
 )
+@click.option(
+    "--activation",
+    type=click.Choice(["sigmoid", "softmax", "identity"]),
+    default=None,
+    help="A cross-encoder's score activation, over what its files say (default: theirs, else "
+    "sigmoid for one label, identity for several, as sentence-transformers' CrossEncoder).",
+)
 def export(
     model: str,
     output: Path,
@@ -56,8 +63,10 @@ def export(
     allow_low_fidelity: bool,
     trust_remote_code: bool,
     truncate_dims: str,
+    activation: str | None,
 ) -> None:
-    """Export MODEL (hub id or local folder) to a validated folder of ONNX variants."""
+    """Export MODEL (hub id or local folder) to a validated folder of ONNX variants. A cross-encoder
+    (a ...ForSequenceClassification model) becomes a rerank folder (``dmeta-embed rerank``)."""
     from ..export import export_model
 
     logging.getLogger("dmeta_embed").setLevel(min(logging.getLogger("dmeta_embed").level, logging.INFO))
@@ -80,6 +89,7 @@ def export(
             allow_low_fidelity=allow_low_fidelity,
             trust_remote_code=trust_remote_code,
             truncate_dims=_int_list(truncate_dims, "--truncate-dims"),
+            activation=activation,
         )
     except VariantsLeftOutError:
         # what met its bar is written: show it, then main() prints the one Error line (exit 1)

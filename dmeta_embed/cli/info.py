@@ -11,6 +11,7 @@ import click
 
 from ..errors import DmetaEmbedError
 from ..manifest import Precision, Variant
+from ..rerank_records import ScoreFidelity
 from ..runtime.cpu import CpuInfo
 from ..runtime.installed import Installed
 
@@ -22,10 +23,20 @@ def summary(folder: Path) -> str:
 
     m = Manifest.load(folder)
     src = m.source
+    if m.rerank is not None:
+        r = m.rerank
+        labels = ", ".join(r.labels.values()) or "-"
+        head = [
+            f"task      rerank (cross-encoder): {r.num_labels} label(s) [{labels}], output {m.output}",
+            f"scores    {r.activation.value} (from {r.activation_from})  pairs cut {r.truncation}",
+            f"inputs    {', '.join(m.inputs)}",
+        ]
+    else:
+        head = [f"pooling   {m.pooling.value} (from {src.get('pooling_from')})  normalize {m.normalize}"]
     out = [
         f"model     {src.get('model')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
         f"type      {src.get('model_type')}  dim {m.dim}  max_length {m.max_length}",
-        f"pooling   {m.pooling.value} (from {src.get('pooling_from')})  normalize {m.normalize}",
+        *head,
         "fusion    " + ", ".join(f"{k} {v}" for k, v in m.export.get("fusion", {}).items()),
         "passes    " + (", ".join(m.export.get("graph_passes") or []) or "none"),
         f"exported  {m.export.get('created')} in {m.export.get('wall_seconds')} s, opset {m.export.get('opset')}",
@@ -33,12 +44,21 @@ def summary(folder: Path) -> str:
         f"{'variant':8} {'file':19} {'size MB':>8} {'min cos':>10} {'mean cos':>10} {'bar (min/mean)':>16}  ok  "
         "kept float  validated on          speed vs fp32",
     ]
+    if m.rerank is not None:
+        out[-1] = (
+            f"{'variant':8} {'file':19} {'size MB':>8} {'max |Δscore|':>12} {'min rho':>8} {'top-k':>6} "
+            f"{'bar (Δ/rho/top-k)':>20}  ok  kept float  validated on          speed vs fp32"
+        )
     for name, v in m.variants.items():
         f = v.fidelity
+        if isinstance(f, ScoreFidelity):
+            bar = f"{f.bar_max_abs_diff:g}/{f.bar_min_spearman:g}/{f.bar_min_topk:g}"
+            figures = f"{f.max_abs_diff:12.2e} {f.min_spearman:8.4f} {f.min_topk:6.3f} {bar:>20}"
+        else:
+            figures = f"{f.min_cos:10.6f} {f.mean_cos:10.6f} {f.bar_min_cos:>7}/{f.bar_mean_cos:<8}"
         out.append(
-            f"{name:8} {v.file:19} {v.size_bytes / 1e6:8.1f} {f.min_cos:10.6f} {f.mean_cos:10.6f} "
-            f"{f.bar_min_cos:>7}/{f.bar_mean_cos:<8}  {'yes' if f.passed else 'NO ':3} {len(v.kept_float):10}  "
-            f"{_validated(v):24}  {_speed(v)}"
+            f"{name:8} {v.file:19} {v.size_bytes / 1e6:8.1f} {figures}  {'yes' if f.passed else 'NO ':3} "
+            f"{len(v.kept_float):10}  {_validated(v):24}  {_speed(v)}"
         )
     for name, v in m.variants.items():
         weights = v.int8.float_weights

@@ -12,19 +12,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ExportError, ModelLoadError
-from ..manifest import VARIANT_FILES, Bar, Fidelity, Pooling, Precision, Provider, TokenizerInfo
+from ..manifest import SCORE_BARS, VARIANT_FILES, Bar, Fidelity, Pooling, Precision, Provider, TokenizerInfo
+from ..rerank_records import ScoreFidelity, Task
 from ..runtime.batching import pad
 from ..runtime.cpu import CpuInfo, detect
 from ..runtime.pipeline import embed_as_runtime
 from ..runtime.runner import Runner
 from ..runtime.session import OnnxRuntimeRunner
-from ..runtime.tokenize import TextTokenizer
-from ..texts import calibration_texts, probe_texts
+from ..runtime.tokenize import PairTokenizer, TextTokenizer
+from ..texts import calibration_pairs, calibration_texts, probe_pairs, probe_texts
 from . import graph
 from .memory import Peaks, release
 from .progress import stage
 from .reference import cosines, fidelity, torch_embeddings
 from .relative_attention import fuse_relative_attention
+from .rerank_head import ClassifierHead, append_classifier, load_classifier, read_head, torch_logits
+from .score_fidelity import batch_max_diff, score_fidelity
 from .source import Source
 
 if TYPE_CHECKING:
@@ -72,16 +75,34 @@ class Context:
     #: s8 weights where this CPU's u8×s8 kernels are exact, shifted to u8 where they saturate
     #: (``runtime.cpu``); int8 is validated as the runtime will feed it
     int8_weights: str | None
+    #: a rerank export: the classification head appended after the backbone, and each probe
+    #: pair's query (the reference is then the probe pairs' logits)
+    classifier: ClassifierHead | None = None
+    probe_queries: np.ndarray | None = None
     _calib_ref: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def max_tokens(self) -> int:
         return int(self.probe_tok.lengths.max())
 
+    @property
+    def rerank(self) -> bool:
+        return self.src.task == Task.RERANK
+
+    @property
+    def out_dim(self) -> int:
+        """The graph's output width: the hidden size (embed) or the number of labels (rerank)."""
+        return self.classifier.num_labels if self.classifier is not None else self.hidden
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The graph's inputs, in feeding order."""
+        return graph.inputs(self.src.token_types)
+
     def head(self, model: onnx.ModelProto, *, copy: bool = True) -> onnx.ModelProto:
-        """``model`` with the pooling (and normalisation) head appended (``copy=False``: in place,
-        for a graph nothing else holds)."""
-        return graph.append_head(model, self.src.pooling, self.src.normalize, self.hidden, copy=copy)
+        """``model`` with its head appended: pooling (and normalisation), or a cross-encoder's
+        classification head (``copy=False``: in place, for a graph nothing else holds)."""
+        return append_head(self.src, self.classifier, self.hidden, model, copy=copy)
 
     @staticmethod
     def load(path: Path) -> onnx.ModelProto:
@@ -140,9 +161,9 @@ class Context:
 
     def embed_runner(self, runner: Runner, tok: Tokenized | None = None) -> np.ndarray:
         """:meth:`embed` through a runner already started (one for validation and
-        :meth:`batch_min_cos`), in the batches the runtime uses on its provider."""
+        :meth:`batch_figure`), in the batches the runtime uses on its provider."""
         tok = self.probe_tok if tok is None else tok
-        return embed_as_runtime(runner, tok, pad_id=self.tok_info.pad_token_id, dim=self.hidden)
+        return embed_as_runtime(runner, tok, pad_id=self.tok_info.pad_token_id, dim=self.out_dim)
 
     def feeds(self, tok: Tokenized | None = None, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
         """``tok`` (default: the calibration texts) as length-sorted padded batches, the backbone's
@@ -151,22 +172,25 @@ class Context:
         order = np.argsort(tok.lengths, kind="stable")
         out = []
         for s in range(0, len(order), batch_size):
-            ids, mask = pad(tok.ids, order[s : s + batch_size], self.tok_info.pad_token_id)
-            out.append({"input_ids": ids, "attention_mask": mask})
+            arrays = pad(tok.ids, order[s : s + batch_size], self.tok_info.pad_token_id, tok.type_ids)
+            out.append(dict(zip(self.inputs, arrays, strict=True)))
         return out
 
-    def batch_min_cos(self, runner: Runner, batched: np.ndarray) -> float:
-        """The lowest cosine between a probe text embedded alone and the same text inside a batch:
-        the 8 shortest probe texts and the longest, each alone, against ``batched`` (the probe
-        vectors through ``runner`` in the runtime's length-sorted batches) and against one batch
-        the nine share (the short ones mostly padding, as a server's batch of short concurrent
-        requests beside one long one)."""
+    def batch_figure(self, runner: Runner, batched: np.ndarray) -> float:
+        """How far a probe text (pair) alone is from the same text inside a batch: the 8 shortest
+        and the longest, each alone, against ``batched`` (the probe outputs through ``runner`` in
+        the runtime's length-sorted batches) and against one batch the nine share (the short ones
+        mostly padding, as a server's batch of short concurrent requests beside one long one).
+        Embed: the lowest cosine; rerank: the largest |difference| of the activated scores."""
         tok = self.probe_tok
         pad_id = self.tok_info.pad_token_id
         order = np.argsort(tok.lengths, kind="stable")
         some = np.concatenate([order[:8], order[-1:]])
-        alone = np.concatenate([runner.run(*pad(tok.ids, np.array([i]), pad_id)) for i in some])
-        together = runner.run(*pad(tok.ids, some, pad_id))
+        alone = np.concatenate([runner.run(*pad(tok.ids, np.array([i]), pad_id, tok.type_ids)) for i in some])
+        together = runner.run(*pad(tok.ids, some, pad_id, tok.type_ids))
+        if self.src.rerank is not None:
+            act = self.src.rerank.activation
+            return max(batch_max_diff(alone, batched[some], act), batch_max_diff(alone, together, act))
         return float(min(cosines(alone, batched[some]).min(), cosines(alone, together).min()))
 
     def calibration_reference(self) -> np.ndarray:
@@ -176,12 +200,23 @@ class Context:
         return self._calib_ref
 
     def fidelity(
-        self, vectors: np.ndarray, precision: Precision, batch_min_cos: float | None = None
-    ) -> Fidelity:
-        """``vectors`` (of the probe texts) against the PyTorch reference, at ``precision``'s bar;
-        ``batch_min_cos``: :meth:`batch_min_cos` of the same runner, recorded beside it."""
+        self, vectors: np.ndarray, precision: Precision, batch: float | None = None
+    ) -> Fidelity | ScoreFidelity:
+        """``vectors`` (of the probe texts, or the probe pairs' logits) against the PyTorch
+        reference, at ``precision``'s bar; ``batch``: :meth:`batch_figure` of the same runner,
+        recorded beside it."""
+        if self.src.rerank is not None and self.probe_queries is not None:
+            s = score_fidelity(
+                vectors,
+                self.reference,
+                self.probe_queries,
+                self.src.rerank.activation,
+                SCORE_BARS[precision],
+                self.max_tokens,
+            )
+            return s if batch is None else replace(s, batch_max_diff=float(f"{batch:.3g}"))
         f = fidelity(vectors, self.reference, self.bars[precision], self.max_tokens)
-        return f if batch_min_cos is None else replace(f, batch_min_cos=round(batch_min_cos, 6))
+        return f if batch is None else replace(f, batch_min_cos=round(batch, 6))
 
 
 def write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
@@ -197,7 +232,9 @@ def write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
         raise ExportError(f"{src.model_id}: no fast tokenizer could be built from its files")
     backend = tok.backend_tokenizer
     backend.no_padding()
-    backend.enable_truncation(src.max_length)
+    # a cross-encoder's pairs are cut as its manifest says (transformers' pair strategy)
+    strategy = src.rerank.truncation if src.rerank is not None else "longest_first"
+    backend.enable_truncation(src.max_length, strategy=strategy)
     backend.save(str(folder / "tokenizer.json"))
     if tok.padding_side != "right":
         log.warning("tokenizer pads on the %s; the runtime pads right", tok.padding_side)
@@ -222,33 +259,27 @@ def prepare(
     cpu = detect()
     log.info("export on %s", cpu.describe())
     tok_info = write_tokenizer(src, out)
-    tokenizer = TextTokenizer(out / "tokenizer.json", src.max_length)
     hidden = int(src.config["hidden_size"])
     heads = int(src.config["num_attention_heads"])
-
-    probes = probe_texts(src.max_length)
-    probe_tok = tokenizer.encode(probes)
+    if src.rerank is not None:
+        probe_tok, calib_tok, reference, queries, classifier = _rerank_probes(src, out)
+    else:
+        probe_tok, calib_tok, reference = _probes(src, out)
+        queries, classifier = None, None
     if not probe_tok.truncated:
         raise ExportError("internal: the probe set has no over-length text")
-    with stage(f"reference: PyTorch embeddings of {len(probes)} probe texts"):
-        reference = torch_embeddings(
-            src.path,
-            probes,
-            src.pooling,
-            src.normalize,
-            src.max_length,
-            trust_remote_code=src.trust_remote_code,
-        )
     lap("reference")
 
     work = out / ".work"
     work.mkdir()
     raw = work / "raw.onnx"
     with stage("export: TorchScript → ONNX"):
-        graph.export_backbone(src.path, raw, trust_remote_code=src.trust_remote_code)
+        graph.export_backbone(
+            src.path, raw, trust_remote_code=src.trust_remote_code, token_types=src.token_types
+        )
     lap("torch_export")
     with stage("fuse: ONNX Runtime's BERT fusions and graph passes"):
-        fused = _fuse(src, raw, work, out, heads, hidden)
+        fused = _fuse(src, classifier, raw, work, out, heads, hidden)
     lap("fuse")
     return Context(
         src=src,
@@ -259,7 +290,7 @@ def prepare(
         tok_info=tok_info,
         hidden=hidden,
         probe_tok=probe_tok,
-        calib_tok=tokenizer.encode(calibration_texts()),
+        calib_tok=calib_tok,
         reference=reference,
         raw_path=raw,
         backbone_path=fused.backbone,
@@ -269,7 +300,54 @@ def prepare(
         fusion=fused.fusion,
         passes=fused.passes,
         int8_weights="u8" if cpu.int8_weights == "u8" else None,
+        classifier=classifier,
+        probe_queries=queries,
     )
+
+
+def _probes(src: Source, out: Path) -> tuple[Tokenized, Tokenized, np.ndarray]:
+    """The probe texts and calibration texts, tokenised, and the probe texts' PyTorch vectors."""
+    tokenizer = TextTokenizer(out / "tokenizer.json", src.max_length)
+    probes = probe_texts(src.max_length)
+    with stage(f"reference: PyTorch embeddings of {len(probes)} probe texts"):
+        reference = torch_embeddings(
+            src.path,
+            probes,
+            src.pooling,
+            src.normalize,
+            src.max_length,
+            trust_remote_code=src.trust_remote_code,
+        )
+    return tokenizer.encode(probes), tokenizer.encode(calibration_texts()), reference
+
+
+def _rerank_probes(
+    src: Source, out: Path
+) -> tuple[Tokenized, Tokenized, np.ndarray, np.ndarray, ClassifierHead]:
+    """A cross-encoder's probe pairs and calibration pairs, tokenised as the runtime will, the
+    probe pairs' PyTorch logits and query indices, and its classification head's weights."""
+    assert src.rerank is not None
+    tokenizer = PairTokenizer(out / "tokenizer.json", src.max_length, src.rerank.truncation, src.token_types)
+    pairs, queries = probe_pairs(src.max_length)
+    with stage(f"reference: PyTorch logits of {len(pairs)} probe pairs"):
+        reference = torch_logits(src.path, pairs, src.max_length, trust_remote_code=src.trust_remote_code)
+        classifier = read_head(load_classifier(src.path, src.trust_remote_code))
+    if classifier.num_labels != src.rerank.num_labels:
+        raise ExportError(
+            f"the head has {classifier.num_labels} outputs, config.json {src.rerank.num_labels} labels"
+        )
+    probe_tok = tokenizer.encode_pairs(pairs)
+    calib_tok = tokenizer.encode_pairs(calibration_pairs())
+    return probe_tok, calib_tok, reference, np.asarray(queries), classifier
+
+
+def append_head(
+    src: Source, classifier: ClassifierHead | None, hidden: int, model: onnx.ModelProto, *, copy: bool = True
+) -> onnx.ModelProto:
+    """The embedding head (pooling, normalisation) or a cross-encoder's classification head."""
+    if classifier is not None:
+        return append_classifier(model, classifier, copy=copy)
+    return graph.append_head(model, src.pooling, src.normalize, hidden, copy=copy)
 
 
 @dataclass(frozen=True)
@@ -282,7 +360,9 @@ class _Fused:
     passes: list[str]
 
 
-def _fuse(src: Source, raw: Path, work: Path, out: Path, heads: int, hidden: int) -> _Fused:
+def _fuse(
+    src: Source, classifier: ClassifierHead | None, raw: Path, work: Path, out: Path, heads: int, hidden: int
+) -> _Fused:
     """The fused graph, its CPU form and the fp32 variant (the CPU form with its head), each
     written to its file as soon as it exists: one graph in memory, changed in place."""
     import onnx
@@ -310,7 +390,7 @@ def _fuse(src: Source, raw: Path, work: Path, out: Path, heads: int, hidden: int
         passes.append("unfuse_skip_layernorm")
     cpu_backbone = work / "cpu_backbone.onnx"
     onnx.save(model, str(cpu_backbone))
-    graph.append_head(model, src.pooling, src.normalize, hidden, copy=False)
+    append_head(src, classifier, hidden, model, copy=False)
     fp32 = out / VARIANT_FILES[Precision.FP32]
     onnx.save(model, str(fp32))
     return _Fused(backbone, cpu_backbone, fp32, graph.op_counts(model), fusion, passes)

@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 OPSET = 17
 INPUTS = INPUT_NAMES
 HIDDEN = "last_hidden_state"
+TOKEN_TYPES = "token_type_ids"
+
+
+def inputs(token_types: bool = False) -> tuple[str, ...]:
+    """The graph's inputs in feeding order: token type ids last, for a graph that takes them."""
+    return (*INPUTS, TOKEN_TYPES) if token_types else INPUTS
 
 
 def load_model(model_dir: Path, trust_remote_code: bool = False):  # type: ignore[no-untyped-def]
@@ -44,12 +50,19 @@ def load_model(model_dir: Path, trust_remote_code: bool = False):  # type: ignor
 
 
 def export_backbone(
-    model_dir: Path, out_path: Path, *, opset: int = OPSET, trust_remote_code: bool = False
+    model_dir: Path,
+    out_path: Path,
+    *,
+    opset: int = OPSET,
+    trust_remote_code: bool = False,
+    token_types: bool = False,
 ) -> None:
     """Export the transformer (no pooling) with dynamic batch and sequence axes.
 
-    Token type ids are not an input: for one-sequence embeddings they are all zeros, and the
-    model computes that itself (EmbedLayerNormalization still fuses).
+    Token type ids are an input only with ``token_types`` (a BERT cross-encoder, whose document
+    is segment 1): for one-sequence embeddings they are all zeros, and the model computes that
+    itself (EmbedLayerNormalization still fuses). A cross-encoder's checkpoint loads as its bare
+    transformer here; its classification head is appended after fusion (``export.rerank_head``).
     """
     import torch
 
@@ -60,22 +73,30 @@ def export_backbone(
             super().__init__()
             self.m = m
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor | None = None,
+        ) -> torch.Tensor:
+            kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
 
     wrapper = Backbone(model).eval()  # eval(): otherwise dropout is live in the export
     ids = torch.full((2, 16), 100, dtype=torch.long)
     mask = torch.ones_like(ids)
+    names = inputs(token_types)
+    args = (ids, mask, torch.zeros_like(ids)) if token_types else (ids, mask)
     axes = {0: "batch", 1: "sequence"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
-            (ids, mask),
+            args,
             str(out_path),
-            input_names=list(INPUTS),
+            input_names=list(names),
             output_names=[HIDDEN],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, HIDDEN: axes},
+            dynamic_axes={**{n: axes for n in names}, HIDDEN: axes},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..manifest import Provider
 from ..runtime.pipeline import embed_as_runtime
+from ..runtime.runner import Feed
 from ..variant_records import EngineProperties
 
 if TYPE_CHECKING:
@@ -65,12 +66,12 @@ class StagedRunner:
             self._latency = OpenVINORunner(*self._args)
         return self._latency
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self._latency_runner().run(input_ids, attention_mask)
+    def run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
+        return self._latency_runner().run(input_ids, attention_mask, token_type_ids)
 
-    def run_many(
-        self, batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int | None = None
-    ) -> list[np.ndarray]:
+    def run_many(self, batches: Iterable[Feed], count: int | None = None) -> list[np.ndarray]:
         from ..runtime.openvino import OpenVINORunner
 
         if self._streams and count is not None and OpenVINORunner.twin_takes(count, 2):

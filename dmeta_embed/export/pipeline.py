@@ -31,6 +31,7 @@ from ..manifest import (
     Variant,
     sha256_file,
 )
+from ..rerank_records import LOGITS
 from ..variant_records import Speed, ValidatedCpu
 from . import graph
 from .builders import BUILDERS, Builder, Candidate, default_variants
@@ -76,6 +77,27 @@ def _wanted(variants: Iterable[str] | None) -> list[Precision]:
     return wanted
 
 
+#: the variants a reranker export builds so far: the int8 searches still score by cosine
+RERANK_VARIANTS = (Precision.FP32, Precision.FP16, Precision.BF16)
+
+
+def _rerank_wanted(wanted: list[Precision], explicit: bool) -> list[Precision]:
+    """``wanted`` for a cross-encoder: variants asked for by name that a rerank export cannot build
+    are an ExportError; a plain export leaves them out, saying so."""
+    out = [p for p in wanted if p in RERANK_VARIANTS]
+    rest = [p.value for p in wanted if p not in RERANK_VARIANTS]
+    if rest and explicit:
+        raise ExportError(
+            f"variant(s) {', '.join(rest)} cannot be built for a cross-encoder yet "
+            f"(built: {', '.join(p.value for p in RERANK_VARIANTS)})"
+        )
+    if rest:
+        log.info("cross-encoder: %s skipped (not built for rerankers yet)", ", ".join(rest))
+    if not out:
+        raise ExportError("no variant a cross-encoder export builds was asked for")
+    return out
+
+
 def export_model(
     model: str = DEFAULT_MODEL,
     output: str | Path = "out/dmeta",
@@ -90,6 +112,7 @@ def export_model(
     trust_remote_code: bool = False,
     bars: dict[Precision, Bar] | None = None,
     truncate_dims: Iterable[int] = (),
+    activation: str | None = None,
 ) -> Manifest:
     """Export ``model`` (hub id or local folder) into ``output``; return the written manifest.
 
@@ -98,7 +121,10 @@ def export_model(
     PyTorch reference on the built-in probe set. One that misses its bar (int8 kinds: unless
     ``allow_low_fidelity``) is left out: the others are written and then
     :class:`VariantsLeftOutError` names what was left out; when none met its bar,
-    :class:`FidelityError` and nothing is written. The folder is built beside ``output`` and moved
+    :class:`FidelityError` and nothing is written. A cross-encoder (a ``...ForSequenceClassification``
+    folder) exports as a rerank folder: its classification head in the graph (output ``logits``),
+    validated on probe pairs by scores (``ScoreFidelity``); ``activation`` overrides the one its
+    files name. The folder is built beside ``output`` and moved
     into place at the end, so a failed or interrupted export leaves nothing behind.
     """
     t0 = time.perf_counter()
@@ -115,11 +141,15 @@ def export_model(
         max_length=max_length,
         trust_remote_code=trust_remote_code,
         truncate_dims=tuple(truncate_dims),
+        activation=activation,
     )
+    if src.rerank is not None:
+        wanted = _rerank_wanted(wanted, explicit=variants is not None)
     log.info(
-        "exporting %s (%s, pooling=%s from %s, max_length=%d): %s",
+        "exporting %s (%s %s, pooling=%s from %s, max_length=%d): %s",
         src.model_id,
         src.model_type,
+        src.task.value,
         src.pooling.value,
         src.pooling_origin,
         src.max_length,
@@ -180,22 +210,13 @@ def _build(
         builder = BUILDERS[precision]
         cand = builder.build(ctx)
         fid = cand.fidelity
-        log.info(
-            "%s: min cos %.6f, mean cos %.6f (bar %.5f / %.5f)",
-            precision.value,
-            fid.min_cos,
-            fid.mean_cos,
-            fid.bar_min_cos,
-            fid.bar_mean_cos,
-        )
+        log.info("%s: %s", precision.value, fid.describe())
         timings[precision.value] = round(time.perf_counter() - t, 2)
         release()
         peaks.lap(precision.value)
         if not fid.passed and not (builder.lossy and allow_low_fidelity):
-            why = (
-                f"missed its fidelity bar vs PyTorch: min cos {fid.min_cos:.6f} (bar {fid.bar_min_cos}), "
-                f"mean cos {fid.mean_cos:.6f} (bar {fid.bar_mean_cos})"
-                + ("; pass --allow-low-fidelity to keep it anyway" if builder.lossy else "")
+            why = f"missed its fidelity bar vs PyTorch: {fid.describe()}" + (
+                "; pass --allow-low-fidelity to keep it anyway" if builder.lossy else ""
             )
             log.error("%s: %s; left out", precision.value, why)
             missed[precision.value] = why
@@ -286,6 +307,7 @@ def _manifest(
     peaks: Peaks,
 ) -> Manifest:
     revision = src.revision or (src.path.name if src.model_id != str(src.path.resolve()) else None)
+    rerank = {} if src.rerank is None else {"activation_from": src.rerank.activation_from}
     return Manifest(
         source={
             "model": src.model_id,
@@ -293,14 +315,15 @@ def _manifest(
             "model_type": src.model_type,
             "pooling_from": src.pooling_origin,
             "normalize_from": src.normalize_origin,
-        },
+        }
+        | rerank,
         pooling=src.pooling,
         normalize=src.normalize,
         max_length=src.max_length,
-        dim=ctx.hidden,
+        dim=ctx.out_dim,
         tokenizer=ctx.tok_info,
-        inputs=graph.INPUTS,
-        output=OUTPUT_NAME,
+        inputs=ctx.inputs,
+        output=LOGITS if ctx.rerank else OUTPUT_NAME,
         variants=variants,
         export={
             "opset": graph.OPSET,
@@ -319,4 +342,6 @@ def _manifest(
         default_prompt_name=src.default_prompt_name,
         similarity_fn_name=src.similarity_fn_name,
         truncate_dims=src.truncate_dims,
+        task=src.task,
+        rerank=src.rerank,
     )

@@ -15,6 +15,8 @@ from typing import Any
 
 from ..errors import ExportError, ModelLoadError
 from ..manifest import Pooling
+from ..rerank_records import RerankSpec, Task
+from .rerank_source import is_cross_encoder, rerank_spec
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,15 @@ class Source:
     similarity_fn_name: str = "cosine"
     #: Matryoshka dims the caller says the model was trained for (``export --truncate-dims``)
     truncate_dims: tuple[int, ...] = ()
+    #: a cross-encoder (``...ForSequenceClassification``) is a rerank export: logits, no pooling
+    task: Task = Task.EMBED
+    rerank: RerankSpec | None = None
+
+    @property
+    def token_types(self) -> bool:
+        """Whether the graph takes token type ids: a rerank model whose type vocabulary has more
+        than one entry (a BERT cross-encoder puts the document in segment 1)."""
+        return self.task == Task.RERANK and int(self.config.get("type_vocab_size", 1) or 1) > 1
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
@@ -196,8 +207,11 @@ def resolve(
     max_length: int | None = None,
     trust_remote_code: bool = False,
     truncate_dims: tuple[int, ...] = (),
+    activation: str | None = None,
 ) -> Source:
-    """Resolve ``model`` (folder or hub id) and decide pooling, normalisation and max length."""
+    """Resolve ``model`` (folder or hub id) and decide pooling, normalisation and max length; a
+    cross-encoder (``export.rerank_source``) becomes a rerank source, its activation read from
+    its files unless ``activation`` names one."""
     path = Path(model).expanduser()
     looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_local:
@@ -230,8 +244,17 @@ def resolve(
     check_safetensors(path / "model.safetensors")
     check_tokenizer_files(path)
 
-    st_pooling = _pooling_from_st(path)
-    if st_pooling is not None:
+    rerank = rerank_spec(path, config, activation) if is_cross_encoder(config) else None
+    if rerank is None and activation is not None:
+        raise ExportError(f"{model}: --activation applies to a cross-encoder; this is an embedding model")
+    st_pooling = _pooling_from_st(path) if rerank is None else None
+    if rerank is not None:
+        if pooling is not None or normalize is not None:
+            log.warning("%s is a cross-encoder: --pooling and --normalize do not apply", model)
+        # the classification head reads the first token; its logits are not normalised
+        chosen, origin = Pooling.CLS, "classification head"
+        pooling, normalize = None, False
+    elif st_pooling is not None:
         if pooling is not None and pooling != st_pooling:
             log.warning("model files say pooling=%s; ignoring --pooling %s", st_pooling.value, pooling.value)
         chosen, origin = st_pooling, "1_Pooling/config.json"
@@ -241,7 +264,9 @@ def resolve(
         log.warning("%s has no 1_Pooling/config.json and no --pooling given: using CLS", model)
         chosen, origin = Pooling.CLS, "default (cls)"
 
-    if normalize is not None:
+    if rerank is not None:
+        normalize, normalize_origin = False, "cross-encoder (raw logits)"
+    elif normalize is not None:
         normalize_origin = "flag"
     else:
         # embedding models are compared by cosine: on by default, explicit with a Normalize module
@@ -271,6 +296,8 @@ def resolve(
     bad = [d for d in truncate_dims if not 0 < d <= hidden]
     if bad:
         raise ExportError(f"--truncate-dims {bad} outside 1..{hidden} (the model's hidden size)")
+    if rerank is not None and truncate_dims:
+        raise ExportError("--truncate-dims applies to an embedding model; this is a cross-encoder")
     return Source(
         path=path,
         model_id=model_id,
@@ -287,4 +314,6 @@ def resolve(
         default_prompt_name=default_prompt,
         similarity_fn_name=similarity,
         truncate_dims=tuple(sorted(set(truncate_dims), reverse=True)),
+        task=Task.EMBED if rerank is None else Task.RERANK,
+        rerank=rerank,
     )

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._optional import require_feature
 from ..errors import DmetaEmbedError, InputError, ModelLoadError
-from ..manifest import Manifest
+from ..manifest import Fidelity, Manifest
 from .reference import cosines
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,10 @@ def verify(
     from ..runtime.embedder import Embedder
 
     manifest = Manifest.load(folder)
+    if manifest.rerank is not None:
+        raise ModelLoadError(
+            f"{folder} is a rerank folder: verify checks embedding folders (texts, not pairs)"
+        )
     names = list(variants) if variants else list(manifest.variants)
     unknown = [n for n in names if n not in manifest.variants]
     if unknown:
@@ -149,6 +153,7 @@ def verify(
     out = []
     for name in names:
         fid = manifest.variants[name].fidelity
+        assert isinstance(fid, Fidelity)  # an embed folder's (checked above)
         try:
             emb = Embedder.load(folder, variant=name)
         except DmetaEmbedError as e:

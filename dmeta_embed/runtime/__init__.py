@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .embedder import Embedder
+    from .reranker import Reranker
 
-__all__ = ["Embedder"]
+__all__ = ["Embedder", "Reranker"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from .embedder import Embedder
 
         return Embedder
+    if name == "Reranker":
+        from .reranker import Reranker
+
+        return Reranker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,8 +40,12 @@ def plan_batches(
     return batches
 
 
-def pad(ids: list[list[int]], index: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad the selected sequences to their own longest length: (input_ids, attention_mask)."""
+def pad(
+    ids: list[list[int]], index: np.ndarray, pad_id: int, type_ids: list[list[int]] | None = None
+) -> tuple[np.ndarray, ...]:
+    """Right-pad the selected sequences to their own longest length: (input_ids, attention_mask),
+    and their token type ids third when ``type_ids`` is given (padding is type 0, as
+    transformers pads them)."""
     rows = [ids[i] for i in index]
     width = max(len(r) for r in rows)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
@@ -49,4 +53,9 @@ def pad(ids: list[list[int]], index: np.ndarray, pad_id: int) -> tuple[np.ndarra
     for j, r in enumerate(rows):
         input_ids[j, : len(r)] = r
         mask[j, : len(r)] = 1
-    return input_ids, mask
+    if type_ids is None:
+        return input_ids, mask
+    types = np.zeros((len(rows), width), dtype=np.int64)
+    for j, i in enumerate(index):
+        types[j, : len(type_ids[i])] = type_ids[i]
+    return input_ids, mask, types

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from .._optional import EXTRAS, NOTES
 from ..errors import MissingDependencyError, ProviderError
-from ..manifest import INVARIANCE_BAR, Manifest, Precision, Provider
+from ..manifest import Fidelity, Manifest, Precision, Provider
 from .cpu import CpuClass, CpuInfo
 from .installed import Installed
 from .reasons import BATCH_DEPENDENT, Basis, Bf16, Choice, Int8Feed, Objection, Why
@@ -77,11 +77,13 @@ def batch_invariance_problem(manifest: Manifest, variant: Precision) -> Objectio
     v = manifest.variants[variant.value]
     if variant == Precision.INT8 and not v.int8.per_row:
         return Objection(variant, Why.PER_TENSOR_INT8)
-    measured = v.fidelity.batch_min_cos
-    if measured is None and variant == Precision.BF16:
+    f = v.fidelity
+    if not f.batch_measured and variant == Precision.BF16:
         return Objection(variant, Why.BATCH_UNMEASURED)
-    if measured is not None and measured < INVARIANCE_BAR:
-        return Objection(variant, Why.NOT_BATCH_INVARIANT, batch_min_cos=measured)
+    if f.batch_measured and not f.batch_invariant:
+        if isinstance(f, Fidelity):
+            return Objection(variant, Why.NOT_BATCH_INVARIANT, batch_min_cos=f.batch_min_cos)
+        return Objection(variant, Why.NOT_BATCH_INVARIANT, batch_max_diff=f.batch_max_diff)
     return None
 
 
@@ -91,7 +93,7 @@ def _caveat(manifest: Manifest, variant: Precision, cpu: CpuInfo, batched: bool 
     requests) and it is not batch-invariant (None when none)."""
     v = manifest.variants[variant.value]
     f = v.fidelity
-    if not f.passed:
+    if not f.passed and isinstance(f, Fidelity):
         return Objection(
             variant,
             Why.MISSED_BAR,
@@ -99,6 +101,15 @@ def _caveat(manifest: Manifest, variant: Precision, cpu: CpuInfo, batched: bool 
             bar_min_cos=f.bar_min_cos,
             mean_cos=f.mean_cos,
             bar_mean_cos=f.bar_mean_cos,
+        )
+    if not f.passed and not isinstance(f, Fidelity):  # a reranker's scores
+        return Objection(
+            variant,
+            Why.MISSED_BAR,
+            max_score_diff=f.max_abs_diff,
+            bar_max_score_diff=f.bar_max_abs_diff,
+            min_spearman=f.min_spearman,
+            bar_min_spearman=f.bar_min_spearman,
         )
     if variant == Precision.BF16 and not cpu.bf16:
         # OpenVINO compiles the bf16 hint as f32 here: fp32's vectors, not the speed measured

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import resolve_model
+from ..errors import ModelLoadError
 from ..manifest import Manifest, Precision, Provider
+from ..rerank_records import Task
 from .choice import Choice
 from .cpu import CpuInfo
 from .installed import Installed
@@ -42,6 +44,11 @@ class Embedder(SentenceTransformerAPI):
         truncate: bool = True,
         truncate_dim: int | None = None,
     ) -> None:
+        if plan.manifest.task != Task.EMBED:
+            raise ModelLoadError(
+                f"{plan.folder} is a {plan.manifest.task.value} folder (a cross-encoder): "
+                "load it with Reranker.load, not Embedder.load"
+            )
         if runner is None:
             plan, runner = start(plan)
         self.plan = plan

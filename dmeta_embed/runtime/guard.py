@@ -45,4 +45,4 @@ def routed(tok: Tokenized, unk_id: int | None = None) -> np.ndarray:
 
 def take(tok: Tokenized, rows: np.ndarray) -> Tokenized:
     """The rows ``rows`` of ``tok``, in that order."""
-    return Tokenized(ids=[tok.ids[i] for i in rows], lengths=tok.lengths[rows], truncated=[])
+    return tok.take(rows)

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..manifest import INPUT_NAMES, OUTPUT_NAME, Provider
+from ..manifest import Provider
 from .cpu import available_cpus
-from .runner import feed_names
+from .runner import Feed, feed, feed_names
 
 #: environment variable naming OpenVINO's compiled-model cache folder ("" turns the cache off)
 CACHE_ENV = "DMETA_EMBED_OPENVINO_CACHE"
@@ -93,8 +93,8 @@ class OpenVINORunner:
         threads: int | None = None,
         properties: dict[str, str] | None = None,
         *,
-        inputs: tuple[str, ...] = INPUT_NAMES,
-        output: str = OUTPUT_NAME,
+        inputs: tuple[str, ...] | None = None,
+        output: str | None = None,
         cache_dir: str | Path | None = None,
         throughput: bool = False,
         bulk: bool = False,
@@ -110,7 +110,8 @@ class OpenVINORunner:
         #: streams asked for (None: OpenVINO's choice for the mode): :meth:`lanes` runs that many
         self.streams = streams
         self.compiled = ov.Core().compile_model(str(model), "CPU", self.config)
-        self._ids, self._mask = feed_names([next(iter(i.get_names())) for i in self.compiled.inputs], inputs)
+        self._names = feed_names([next(iter(i.get_names())) for i in self.compiled.inputs], inputs)
+        output = output or next(iter(self.compiled.output(0).get_names()))
         self._output = self.compiled.output(output)
         self._output_name = output
         self._request = self.compiled.create_infer_request()
@@ -133,16 +134,16 @@ class OpenVINORunner:
         with ``streams=n``), sharing its weights."""
         return [OpenVINOLane(self) for _ in range(n)]
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
         with self._lock:
-            self._request.infer({self._ids: input_ids, self._mask: attention_mask})
+            self._request.infer(feed(self._names, (input_ids, attention_mask, token_type_ids)))
             # the request reuses its output buffer: copy before the next call
             return np.array(self._request.get_tensor(self._output).data, dtype=np.float32)
 
-    def run_many(
-        self, batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int | None = None
-    ) -> list[np.ndarray]:
-        """Each ``(input_ids, attention_mask)`` batch's output, in order. In throughput mode up to
+    def run_many(self, batches: Iterable[Feed], count: int | None = None) -> list[np.ndarray]:
+        """Each ``(input_ids, attention_mask[, token_type_ids])`` batch's output, in order. In throughput mode up to
         :attr:`in_flight` batches run at once (``batches`` is read as requests free up, so a
         generator is never padded ahead); the same kernels as :meth:`run`, so the same vectors.
         ``count``: how many batches ``batches`` holds; with ``bulk``, enough of them go to the
@@ -151,7 +152,7 @@ class OpenVINORunner:
         if twin is not None:
             return twin.run_many(batches)
         if self._queue is None:
-            return [self.run(ids, mask) for ids, mask in batches]
+            return [self.run(*batch) for batch in batches]
         results: dict[int, np.ndarray] = {}
         output = self._output_name
 
@@ -166,8 +167,8 @@ class OpenVINORunner:
         with self._lock:
             self._queue.set_callback(done)
             n = 0
-            for ids, mask in batches:
-                self._queue.start_async({self._ids: ids, self._mask: mask}, n)
+            for batch in batches:
+                self._queue.start_async(feed(self._names, batch), n)
                 n += 1
             self._queue.wait_all()
         return [results[i] for i in range(n)]
@@ -211,17 +212,17 @@ class OpenVINOLane:
     def __init__(self, owner: OpenVINORunner) -> None:
         #: the compiled model: ``owner.lanes`` gives more requests on it
         self.owner = owner
-        self._ids, self._mask, self._output = owner._ids, owner._mask, owner._output
+        self._names, self._output = owner._names, owner._output
         self._request = owner.compiled.create_infer_request()
         self._lock = threading.Lock()  # one worker thread uses a lane; the lock keeps others safe
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
         with self._lock:
-            self._request.infer({self._ids: input_ids, self._mask: attention_mask})
+            self._request.infer(feed(self._names, (input_ids, attention_mask, token_type_ids)))
             return np.array(self._request.get_tensor(self._output).data, dtype=np.float32)
 
-    def run_many(
-        self, batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int | None = None
-    ) -> list[np.ndarray]:
+    def run_many(self, batches: Iterable[Feed], count: int | None = None) -> list[np.ndarray]:
         """One batch after another on this lane's request (the other lanes run other workers')."""
-        return [self.run(ids, mask) for ids, mask in batches]
+        return [self.run(*batch) for batch in batches]

@@ -85,9 +85,9 @@ def embed_tokenized(
     out = np.empty((len(tok.ids), dim), dtype=np.float32)
     plan = plan_batches(tok.lengths, max_batch_tokens, batch_size)
     if len(plan) == 1:
-        out[plan[0]] = runner.run(*pad(tok.ids, plan[0], pad_id))
+        out[plan[0]] = runner.run(*pad(tok.ids, plan[0], pad_id, tok.type_ids))
         return out
-    outputs = runner.run_many((pad(tok.ids, index, pad_id) for index in plan), len(plan))
+    outputs = runner.run_many((pad(tok.ids, index, pad_id, tok.type_ids) for index in plan), len(plan))
     for index, vectors in zip(plan, outputs, strict=True):
         out[index] = vectors
     return out
@@ -122,12 +122,13 @@ class Pipeline:
     :func:`finish` with :meth:`output_spec`. ``Embedder`` chains them; the server calls them
     itself. Thread-safe: the runner serialises its calls, the counters take a lock."""
 
-    def __init__(self, plan: LoadPlan, runner: Runner) -> None:
+    def __init__(self, plan: LoadPlan, runner: Runner, tokenizer: TextTokenizer | None = None) -> None:
         self.plan = plan
         self.manifest = plan.manifest
         self.runner = runner
-        #: replaced (not mutated) when ``max_seq_length`` is lowered
-        self.tokenizer = TextTokenizer(plan.tokenizer_file, plan.manifest.max_length)
+        #: replaced (not mutated) when ``max_seq_length`` is lowered; a reranker's pipeline is
+        #: given its pair tokenizer (``runtime.reranker``)
+        self.tokenizer = tokenizer or TextTokenizer(plan.tokenizer_file, plan.manifest.max_length)
         #: texts cut at max_length so far (the first cut is logged, once)
         self.truncated_count = 0
         self._lock = threading.Lock()
@@ -163,10 +164,10 @@ class Pipeline:
                     "(truncate=False)",
                     index=first,
                 )
-            self._count_truncated(len(tok.truncated), first)
+            self.count_truncated(len(tok.truncated), first)
         return Prepared(tok, prompt)
 
-    def _count_truncated(self, n: int, first: int) -> None:
+    def count_truncated(self, n: int, first: int) -> None:
         # once per loaded model, not per call: a loop of encode calls on long texts says it once
         with self._lock:
             self.truncated_count += n

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from ..manifest import INVARIANCE_BAR, Precision, Provider
+from ..rerank_records import SCORE_INVARIANCE_BAR
 from .cpu import CpuClass
 
 
@@ -114,6 +115,13 @@ class Objection:
     bar_mean_cos: float | None = None
     #: not-batch-invariant: the lowest cosine of a text alone vs inside a batch at export
     batch_min_cos: float | None = None
+    #: a reranker's missed bar: the export's largest score difference and lowest Spearman, with
+    #: their bars; not batch-invariant: the largest score difference of a pair alone vs batched
+    max_score_diff: float | None = None
+    bar_max_score_diff: float | None = None
+    min_spearman: float | None = None
+    bar_min_spearman: float | None = None
+    batch_max_diff: float | None = None
     #: slower-than-fp32: the export's bulk throughput as a multiple of fp32's
     vs_fp32: float | None = None
     #: slower-one-text: the variant's and fp32's one-text latency at export, in ms
@@ -123,6 +131,12 @@ class Objection:
     def __str__(self) -> str:
         v, cls = self.variant.value, self.cpu_class.value if self.cpu_class else "this CPU's class"
         w = self.why
+        if w == Why.MISSED_BAR and self.max_score_diff is not None:
+            return (
+                f"{v} missed its score fidelity bar at export (max |Δscore| {_f(self.max_score_diff, '.2e')}, "
+                f"bar {_f(self.bar_max_score_diff, '')}; min Spearman {_f(self.min_spearman, '.4f')}, "
+                f"bar {_f(self.bar_min_spearman, '')})"
+            )
         if w == Why.MISSED_BAR:
             return (
                 f"{v} missed its fidelity bar at export (min cos {_f(self.min_cos, '.6f')}, "
@@ -148,6 +162,11 @@ class Objection:
             return (
                 f"{v} is not known to be batch-invariant: this folder's export did not measure a text "
                 "alone vs inside a batch, and bf16 rounding depends on the batch shape"
+            )
+        if w == Why.NOT_BATCH_INVARIANT and self.batch_max_diff is not None:
+            return (
+                f"{v} is not batch-invariant: a pair alone vs inside a batch moved its score by "
+                f"{_f(self.batch_max_diff, '.2e')} at export (bar {SCORE_INVARIANCE_BAR})"
             )
         if w == Why.NOT_BATCH_INVARIANT:
             return (
@@ -189,6 +208,11 @@ _FIGURES = (
     "mean_cos",
     "bar_mean_cos",
     "batch_min_cos",
+    "max_score_diff",
+    "bar_max_score_diff",
+    "min_spearman",
+    "bar_min_spearman",
+    "batch_max_diff",
     "vs_fp32",
     "query_ms",
     "fp32_query_ms",

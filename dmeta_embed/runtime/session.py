@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ProviderError
-from ..manifest import INPUT_NAMES, OUTPUT_NAME, Provider
+from ..manifest import Provider
 from .cpu import available_cpus
 from .installed import CPU, CUDA, cuda_available, ort
 from .int8 import shift_int8_weights
-from .runner import feed_names
+from .runner import Feed, feed, feed_names
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -48,7 +48,7 @@ class OnnxRuntimeRunner:
     (a :class:`~dmeta_embed.runtime.runner.Runner`; int8-ov runs on OpenVINO instead:
     ``runtime.openvino.OpenVINORunner``).
 
-    ``inputs``/``output``: the graph's tensor names (the manifest's). ``int8_weights="u8"``
+    ``inputs``/``output``: the graph's tensor names (the manifest's; None: the graph's own). ``int8_weights="u8"``
     shifts the file's s8 weights to u8 before onnxruntime sees it (``runtime.int8``), for CPUs
     whose u8×s8 kernels saturate; ``expect_int8_tensors`` (the manifest's count) guards that rewrite.
     """
@@ -60,8 +60,8 @@ class OnnxRuntimeRunner:
         threads: int | None = None,
         spin: bool = True,
         *,
-        inputs: tuple[str, ...] = INPUT_NAMES,
-        output: str = OUTPUT_NAME,
+        inputs: tuple[str, ...] | None = None,
+        output: str | None = None,
         int8_weights: str | None = None,
         expect_int8_tensors: int | None = None,
     ) -> None:
@@ -103,24 +103,26 @@ class OnnxRuntimeRunner:
                 + "; see onnxruntime's log above, or use provider='cpu'"
             )
         self.provider: Provider = provider
-        self._ids, self._mask = feed_names([i.name for i in self.session.get_inputs()], inputs)
-        self._output = output
+        self._names = feed_names([i.name for i in self.session.get_inputs()], inputs)
+        #: None: the graph's one output (the export's candidates: ``sentence_embedding`` or ``logits``)
+        self._output: str = output or self.session.get_outputs()[0].name
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
+        feeds = feed(self._names, (input_ids, attention_mask, token_type_ids))
         if self.provider == Provider.CUDA:
             # IO binding: inputs copied to the device once, only [B, dim] copied back
             io = self.session.io_binding()
-            io.bind_cpu_input(self._ids, input_ids)
-            io.bind_cpu_input(self._mask, attention_mask)
+            for name, array in feeds.items():
+                io.bind_cpu_input(name, array)
             io.bind_output(self._output, "cuda")
             self.session.run_with_iobinding(io)
             return io.copy_outputs_to_cpu()[0]  # type: ignore[no-any-return]
-        out = self.session.run([self._output], {self._ids: input_ids, self._mask: attention_mask})
+        out = self.session.run([self._output], feeds)
         return out[0]  # type: ignore[no-any-return]
 
-    def run_many(
-        self, batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int | None = None
-    ) -> list[np.ndarray]:
+    def run_many(self, batches: Iterable[Feed], count: int | None = None) -> list[np.ndarray]:
         """Each batch's output in order, one at a time: a session already uses every thread it
         was given on one batch."""
-        return [self.run(ids, mask) for ids, mask in batches]
+        return [self.run(*batch) for batch in batches]

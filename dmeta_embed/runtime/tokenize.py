@@ -20,6 +20,16 @@ class Tokenized:
     ids: list[list[int]]
     lengths: np.ndarray  # int64 [n]
     truncated: list[int]  # indices into the input
+    #: each pair's token type ids (0: the query's segment, 1: the document's), for a rerank graph
+    #: that takes them; None: the graph takes none (every embed graph, RoBERTa-style rerankers)
+    type_ids: list[list[int]] | None = None
+
+    def take(self, rows: np.ndarray) -> Tokenized:
+        """The rows ``rows``, in that order (their truncation not carried)."""
+        types = None if self.type_ids is None else [self.type_ids[i] for i in rows]
+        return Tokenized(
+            ids=[self.ids[i] for i in rows], lengths=self.lengths[rows], truncated=[], type_ids=types
+        )
 
 
 @dataclass(frozen=True)
@@ -119,3 +129,54 @@ class TextTokenizer:
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text becomes (after truncation, special tokens included)."""
         return self.encode(texts).lengths.tolist()  # type: ignore[no-any-return]
+
+
+def check_pairs(pairs: object, field: str = "texts") -> list[tuple[str, str]]:
+    """Return ``pairs`` as a list of ``(query, document)`` str pairs, or raise InputError naming
+    the first bad item (``field``: the caller's name for the argument)."""
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
+        raise InputError(
+            f"{field} is {type(pairs).__name__}; expected a list of (query, document) pairs", field=field
+        )
+    out = []
+    for i, p in enumerate(pairs):
+        if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) != 2:
+            raise InputError(
+                f"{field}[{i}] is not a (query, document) pair", index=i, field=field, reason="is not a pair"
+            )
+        for t in p:
+            if not isinstance(t, str):
+                what = f"holds {type(t).__name__}, expected str"
+                raise InputError(f"{field}[{i}] {what}", index=i, field=field, reason=what)
+        out.append((p[0], p[1]))
+    if not out:
+        raise InputError(f"{field} is empty: no pairs to score", field=field, reason="is empty")
+    return out
+
+
+class PairTokenizer(TextTokenizer):
+    """(query, document) pairs → token ids as transformers tokenises a pair (``tokenizer(queries,
+    documents, truncation=True, max_length=...)``, what CrossEncoder does): both with their special
+    tokens, cut by ``truncation`` (transformers' pair strategy) to ``max_length`` in all.
+    ``token_types``: return each pair's token type ids (the graph takes them)."""
+
+    def __init__(self, path: str | Path, max_length: int, truncation: str, token_types: bool) -> None:
+        super().__init__(path, max_length)
+        self._tok.enable_truncation(max_length, strategy=truncation)
+        self.token_types = token_types
+
+    def encode_pairs(self, pairs: list[tuple[str, str]]) -> Tokenized:
+        """Tokenise checked pairs (see :func:`check_pairs`)."""
+        try:
+            encs = self._tok.encode_batch(pairs, add_special_tokens=True)
+        except (TypeError, ValueError, UnicodeError) as e:
+            bad = _find_unencodable([t for p in pairs for t in p])
+            if bad is not None and bad.index is not None:
+                bad.index //= 2  # the pair that holds the text
+                raise bad from e
+            raise InputError(f"tokenizer rejected the input: {e}", field="texts") from e
+        ids = [e.ids for e in encs]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        truncated = [i for i, e in enumerate(encs) if e.overflowing]
+        types = [e.type_ids for e in encs] if self.token_types else None
+        return Tokenized(ids=ids, lengths=lengths, truncated=truncated, type_ids=types)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ...manifest import Fidelity, Precision, Provider, Variant
+from ...rerank_records import ScoreFidelity
 from ...variant_records import EngineProperties, Int8Recipe, Speed
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ class Candidate:
     #: the graph's operators (the manifest's ``ops``), counted before it was dropped
     ops: dict[str, int]
     #: measured on the probe texts against the PyTorch reference, at the variant's bar
-    fidelity: Fidelity
+    fidelity: Fidelity | ScoreFidelity
     #: what was left in float, each with the measured reason
     kept_float: dict[str, str] = field(default_factory=dict)
     #: the engine the fidelity was measured on

@@ -72,10 +72,10 @@ class BF16(BaseBuilder):
             runner = compile_runner(ctx.work, ctx.fp32_path, PROPERTIES)
             _check_bf16(runner)
             vectors = embed_as_runtime(
-                runner, ctx.probe_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.hidden
+                runner, ctx.probe_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.out_dim
             )
             # a server batches concurrent requests: bf16 is close to batch-invariant, not exactly
-            fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
+            fid = ctx.fidelity(vectors, self.precision, batch=ctx.batch_figure(runner, vectors))
         return Candidate(
             ctx.fp32_path,
             ctx.fp32_ops,

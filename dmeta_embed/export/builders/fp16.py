@@ -35,13 +35,13 @@ class FP16(BaseBuilder):
         return Candidate(
             path,
             ops,
-            ctx.fidelity(vectors, self.precision, batch_min_cos=invariance),
+            ctx.fidelity(vectors, self.precision, batch=invariance),
             validated_on=provider.ort_name,
             on_gpu=provider == Provider.CUDA,
         )
 
     def _validate(self, ctx: Context, model: Path) -> tuple[Provider, np.ndarray, float]:
-        """The probe texts' vectors and their batch invariance (:meth:`Context.batch_min_cos`),
+        """The probe texts' vectors and their batch invariance (:meth:`Context.batch_figure`),
         and where they were computed: on CUDA, where it will run, when CUDA starts here; else on
         the CPU."""
         n = len(ctx.reference)
@@ -50,7 +50,7 @@ class FP16(BaseBuilder):
                 with stage(f"fp16: validation on {n} probe texts (CUDA)"):
                     runner = ctx.runner(model, Provider.CUDA)
                     vectors = ctx.embed_runner(runner)
-                    return Provider.CUDA, vectors, ctx.batch_min_cos(runner, vectors)
+                    return Provider.CUDA, vectors, ctx.batch_figure(runner, vectors)
             except ProviderError as e:
                 # onnxruntime-gpu lists CUDA wherever it is installed, also where CUDA cannot start
                 # (no driver, missing libraries); the runtime then runs on the CPU, and so do we
@@ -58,4 +58,4 @@ class FP16(BaseBuilder):
         with stage(f"fp16: validation on {n} probe texts (CPU)"):
             runner = ctx.runner(model, Provider.CPU)
             vectors = ctx.embed_runner(runner)
-            return Provider.CPU, vectors, ctx.batch_min_cos(runner, vectors)
+            return Provider.CPU, vectors, ctx.batch_figure(runner, vectors)

@@ -20,6 +20,6 @@ class FP32(BaseBuilder):
         with stage(f"fp32: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
             runner = ctx.fp32_runner()
             vectors = ctx.embed_runner(runner)
-            invariance = ctx.batch_min_cos(runner, vectors)
-        fid = ctx.fidelity(vectors, self.precision, batch_min_cos=invariance)
+            invariance = ctx.batch_figure(runner, vectors)
+        fid = ctx.fidelity(vectors, self.precision, batch=invariance)
         return Candidate(ctx.fp32_path, ctx.fp32_ops, fid)

@@ -52,7 +52,7 @@ class INT8(BaseBuilder):
         with stage(f"int8: validation on {len(ctx.reference)} probe texts, alone and in one batch"):
             runner = ctx.runner(path, Provider.CPU)
             vectors = ctx.embed_runner(runner)
-            fid = ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
+            fid = ctx.fidelity(vectors, self.precision, batch=ctx.batch_figure(runner, vectors))
         return Candidate(
             path,
             ops,

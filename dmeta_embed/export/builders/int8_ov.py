@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ...manifest import Fidelity, Precision, Provider, Variant
+from ...rerank_records import ScoreFidelity
 from ...runtime.pipeline import embed_as_runtime
 from ...variant_records import EngineProperties, Int8Recipe, Speed
 from .. import graph, int8_ov_search, openvino, openvino_runner
@@ -82,13 +83,13 @@ class INT8OV(BaseBuilder):
                 cand.extra["bf16"] = self._validate(ctx, path, openvino.BF16)
         return cand
 
-    def _validate(self, ctx: Context, path: Path, properties: EngineProperties) -> Fidelity:
+    def _validate(self, ctx: Context, path: Path, properties: EngineProperties) -> Fidelity | ScoreFidelity:
         """Fidelity on the probe texts through OpenVINO with ``properties``, and how far a text
         alone differs from the same text in a batch (static scales make it batch-invariant up to
         float summation order; a server reads it: runtime.choice.batch_invariance_problem)."""
         runner = openvino_runner.compile_runner(ctx.work, path, properties)
-        vectors = embed_as_runtime(runner, ctx.probe_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.hidden)
-        return ctx.fidelity(vectors, self.precision, batch_min_cos=ctx.batch_min_cos(runner, vectors))
+        vectors = embed_as_runtime(runner, ctx.probe_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.out_dim)
+        return ctx.fidelity(vectors, self.precision, batch=ctx.batch_figure(runner, vectors))
 
     def speed_runs(self, ctx: Context, cand: Candidate) -> dict[SpeedRun, Start]:
         def run(properties: EngineProperties) -> Start:
