@@ -63,3 +63,21 @@ def minilm_export(minilm_src: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("minilm-export") / "model"
     export_model(str(minilm_src), out, variants=("fp32", "fp16", "int8"))
     return out
+
+
+@pytest.fixture(scope="session")
+def ce_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny BERT cross-encoder: one label, the document in token type 1."""
+    from tests.random_models import build_bert_cross_encoder
+
+    return build_bert_cross_encoder(tmp_path_factory.mktemp("ce-src") / "bert1", seed=1)
+
+
+@pytest.fixture(scope="session")
+def ce_export(ce_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ce_src`` exported (fp32): what the server's and the adapters' rerank tests serve."""
+    from dmeta_embed.export import export_model
+
+    out = tmp_path_factory.mktemp("ce-export") / "reranker"
+    export_model(str(ce_src), out, variants=("fp32",))
+    return out

@@ -1,5 +1,6 @@
 """The rerank adapters: LangChain's DmetaRerank (a document compressor) and LlamaIndex's (a node
-postprocessor), each on a local reranker and on a server's /v1/rerank, in the reference's order."""
+postprocessor), each on a local Reranker and on a server's /v1/rerank, on a tiny random-weight
+cross-encoder: CrossEncoder's order and scores."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import numpy as np
 import pytest
 
 from dmeta_embed.errors import RemoteError
-from dmeta_embed.runtime import Embedder
-from tests.fake_reranker import FakeReranker
+from dmeta_embed.runtime import Reranker
 from tests.helpers import running
 
 QUERY = "维生素C可以预防感冒吗"
@@ -28,13 +28,19 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def reranker(tiny_export: Path) -> Any:
-    return FakeReranker(Embedder.load(tiny_export, variant="fp32"))
+def reranker(ce_export: Path) -> Reranker:
+    return Reranker.load(ce_export, variant="fp32")
 
 
-def reference(reranker: Any, query: str, docs: list[str]) -> np.ndarray:
-    """Each document's activated score, in input order, computed outside the adapters."""
-    return np.asarray(reranker.predict([(query, d) for d in docs]), dtype=np.float64)
+@pytest.fixture(scope="module")
+def cross_encoder(ce_src: Path) -> Any:
+    st = pytest.importorskip("sentence_transformers")
+    return st.CrossEncoder(str(ce_src), device="cpu")
+
+
+def reference(ce: Any, query: str, docs: list[str]) -> np.ndarray:
+    """Each document's activated score, in input order, by sentence-transformers' CrossEncoder."""
+    return np.asarray(ce.predict([(query, d) for d in docs]), dtype=np.float64)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +59,7 @@ def source(request: pytest.FixtureRequest, reranker: Any) -> dict[str, Any]:
     return {"base_url": request.getfixturevalue("server"), "api_key": "k"}
 
 
-def test_langchain_compressor_keeps_the_best_in_order(source: dict[str, Any], reranker: Any) -> None:
+def test_langchain_compressor_keeps_the_best_in_order(source: dict[str, Any], cross_encoder: Any) -> None:
     pytest.importorskip("langchain_core")
     from langchain_core.documents import Document
 
@@ -61,14 +67,16 @@ def test_langchain_compressor_keeps_the_best_in_order(source: dict[str, Any], re
 
     docs = [Document(page_content=d, metadata={"n": i}, id=f"d{i}") for i, d in enumerate(DOCS)]
     out = DmetaRerank(top_n=3, **source).compress_documents(docs, QUERY)
-    want = reference(reranker, QUERY, DOCS)
+    want = reference(cross_encoder, QUERY, DOCS)
     order = sorted(range(len(DOCS)), key=lambda i: -want[i])[:3]
     assert [d.metadata["n"] for d in out] == order and [d.id for d in out] == [f"d{i}" for i in order]
     np.testing.assert_allclose([d.metadata["relevance_score"] for d in out], want[order], atol=ATOL, rtol=0)
     assert DmetaRerank(top_n=None, **source).compress_documents([], QUERY) == []
 
 
-def test_llama_index_postprocessor_keeps_the_best_in_order(source: dict[str, Any], reranker: Any) -> None:
+def test_llama_index_postprocessor_keeps_the_best_in_order(
+    source: dict[str, Any], cross_encoder: Any
+) -> None:
     pytest.importorskip("llama_index.core")
     from llama_index.core.schema import NodeWithScore, TextNode
 
@@ -76,7 +84,7 @@ def test_llama_index_postprocessor_keeps_the_best_in_order(source: dict[str, Any
 
     nodes = [NodeWithScore(node=TextNode(text=d, id_=f"n{i}"), score=0.0) for i, d in enumerate(DOCS)]
     out = DmetaRerank(top_n=4, **source).postprocess_nodes(nodes, query_str=QUERY)
-    want = reference(reranker, QUERY, DOCS)
+    want = reference(cross_encoder, QUERY, DOCS)
     order = sorted(range(len(DOCS)), key=lambda i: -want[i])[:4]
     assert [n.node.node_id for n in out] == [f"n{i}" for i in order]
     np.testing.assert_allclose([n.score for n in out], want[order], atol=ATOL, rtol=0)

@@ -1,10 +1,13 @@
-"""The rerank routes over real HTTP: TEI's /rerank and Cohere's and Jina's /v1/rerank, scores and
-order against the reference, raw scores, top_n, returned texts, every refusal, the API key, a
-server of one reranker and a server of both models."""
+"""The rerank routes over real HTTP on a tiny random-weight BERT cross-encoder: TEI's /rerank and
+Cohere's and Jina's /v1/rerank, scores and order against sentence-transformers' CrossEncoder,
+raw scores, top_n, returned texts, every refusal, the API key, a server of one reranker, a server
+of both models, and both through the real ``dmeta-embed serve --rerank-model``."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +19,9 @@ import pytest
 pytest.importorskip("starlette")
 httpx = pytest.importorskip("httpx")
 
-from dmeta_embed.runtime import Embedder  # noqa: E402
-from dmeta_embed.serve import ServerConfig, create_app  # noqa: E402
-from tests.fake_reranker import FakeReranker  # noqa: E402
-from tests.helpers import running  # noqa: E402
+from dmeta_embed.runtime import Embedder, Reranker  # noqa: E402
+from dmeta_embed.serve import ServerConfig, create_app, load_reranker  # noqa: E402
+from tests.helpers import free_port, running, serve_command  # noqa: E402
 
 QUERY = "维生素C可以预防感冒吗"
 DOCS = [
@@ -42,14 +44,28 @@ def embedder(tiny_export: Path) -> Embedder:
 
 
 @pytest.fixture(scope="module")
-def reranker(embedder: Embedder) -> Any:
-    return FakeReranker(embedder)
+def reranker(ce_export: Path) -> Reranker:
+    return load_reranker(ce_export, LIMITS, variant="fp32")
 
 
-def reference(reranker: Any, query: str, docs: list[str], raw: bool = False) -> np.ndarray:
-    """Each document's score in input order, computed outside the server."""
-    logits = reranker.pipeline.run(reranker.pipeline.prepare([(query, d) for d in docs]))
-    return np.asarray(reranker.activate(logits, "identity" if raw else None), dtype=np.float64)
+@pytest.fixture(scope="module")
+def cross_encoder(ce_src: Path) -> Any:
+    st = pytest.importorskip("sentence_transformers")
+    return st.CrossEncoder(str(ce_src), device="cpu")
+
+
+def reference(ce: Any, query: str, docs: list[str], raw: bool = False) -> np.ndarray:
+    """Each document's score in input order, by sentence-transformers' CrossEncoder (torch)."""
+    import torch
+
+    fn = torch.nn.Identity() if raw else None
+    return np.asarray(ce.predict([(query, d) for d in docs], activation_fn=fn), dtype=np.float64)
+
+
+def pair_tokens(ce: Any, query: str, docs: list[str]) -> int:
+    """Tokens fed for the pairs, counted by the model's own transformers tokenizer."""
+    ids = ce.tokenizer([query] * len(docs), docs, truncation=True, max_length=ce.max_length)["input_ids"]
+    return sum(map(len, ids))
 
 
 def best_first(scores: np.ndarray) -> list[int]:
@@ -79,10 +95,10 @@ def client(embedder: Embedder, reranker: Any) -> Iterator[httpx.Client]:
 
 
 @pytest.mark.parametrize("raw", [False, True])
-def test_tei_rerank_scores_and_order(client: httpx.Client, reranker: Any, raw: bool) -> None:
-    r = client.post("/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": raw})
+def test_tei_rerank_scores_and_order(client: httpx.Client, cross_encoder: Any, raw: bool) -> None:
+    r = client.post("/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": raw, "truncate": True})
     assert r.status_code == 200, r.text
-    want = reference(reranker, QUERY, DOCS, raw)
+    want = reference(cross_encoder, QUERY, DOCS, raw)
     body = r.json()
     assert [x["index"] for x in body] == best_first(want)
     assert all(set(x) == {"index", "score"} for x in body)  # no text unless asked
@@ -93,13 +109,15 @@ def test_tei_rerank_scores_and_order(client: httpx.Client, reranker: Any, raw: b
 
 
 def test_tei_rerank_return_text(client: httpx.Client) -> None:
-    body = client.post("/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True}).json()
+    body = client.post(
+        "/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True, "truncate": True}
+    ).json()
     assert {x["index"]: x["text"] for x in body} == dict(enumerate(DOCS))
 
 
 @pytest.mark.parametrize("as_objects", [False, True])
 def test_cohere_rerank_shape_top_n_documents_usage(
-    client: httpx.Client, reranker: Any, as_objects: bool
+    client: httpx.Client, cross_encoder: Any, as_objects: bool
 ) -> None:
     docs: list[Any] = [{"text": d} for d in DOCS] if as_objects else DOCS
     r = client.post(
@@ -108,35 +126,35 @@ def test_cohere_rerank_shape_top_n_documents_usage(
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    want = reference(reranker, QUERY, DOCS)
+    want = reference(cross_encoder, QUERY, DOCS)
     assert [x["index"] for x in body["results"]] == best_first(want)[:3]
     for x in body["results"]:
         assert set(x) == {"index", "relevance_score", "document"}
         assert x["document"] == {"text": DOCS[x["index"]]}
         assert abs(x["relevance_score"] - want[x["index"]]) <= ATOL
-    tokens = int(reranker.pipeline.prepare([(QUERY, d) for d in DOCS]).lengths.sum())
+    tokens = pair_tokens(cross_encoder, QUERY, DOCS)
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
-    assert body["model"] == "model" and isinstance(body["id"], str)  # the folder's name, never a path
+    assert body["model"] == "reranker" and isinstance(body["id"], str)  # the folder's name, never a path
 
 
-def test_cohere_rerank_defaults(client: httpx.Client, reranker: Any) -> None:
+def test_cohere_rerank_defaults(client: httpx.Client, cross_encoder: Any) -> None:
     """No top_n: every document; no return_documents: no document field."""
     body = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()
-    assert [x["index"] for x in body["results"]] == best_first(reference(reranker, QUERY, DOCS))
+    assert [x["index"] for x in body["results"]] == best_first(reference(cross_encoder, QUERY, DOCS))
     assert all(set(x) == {"index", "relevance_score"} for x in body["results"])
     top = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 100}).json()
     assert len(top["results"]) == len(DOCS)
 
 
-def test_concurrent_rerank_requests_get_their_own_scores(client: httpx.Client, reranker: Any) -> None:
+def test_concurrent_rerank_requests_get_their_own_scores(client: httpx.Client, cross_encoder: Any) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     jobs = [(DOCS[i % len(DOCS)], DOCS[: 1 + i % len(DOCS)]) for i in range(24)]
 
     def one(job: tuple[str, list[str]]) -> tuple[list[int], list[int]]:
         q, docs = job
-        got = client.post("/rerank", json={"query": q, "texts": docs}).json()
-        return [x["index"] for x in got], best_first(reference(reranker, q, docs))
+        got = client.post("/rerank", json={"query": q, "texts": docs, "truncate": True}).json()
+        return [x["index"] for x in got], best_first(reference(cross_encoder, q, docs))
 
     with ThreadPoolExecutor(8) as pool:
         for got, want in pool.map(one, jobs):
@@ -145,7 +163,7 @@ def test_concurrent_rerank_requests_get_their_own_scores(client: httpx.Client, r
 
 # -- refusals ------------------------------------------------------------------------------------------
 
-LONG = "维" * 3000  # past the tiny model's max_length (1,024 tokens: one a character)
+LONG = "维" * 300  # past the tiny cross-encoder's max_length (128 tokens: one a character)
 #: (path, body, status, OpenAI-shaped error.param, error.code); TEI's body: error + error_type only
 BAD = [
     ("/v1/rerank", {"query": QUERY, "documents": []}, 400, "documents", None),
@@ -189,10 +207,10 @@ def test_bad_rerank_requests(
             assert f"'{param}'" in err["error"]["message"]  # the message names the index too
 
 
-def test_long_documents_are_truncated_by_default_on_v1(client: httpx.Client, reranker: Any) -> None:
+def test_long_documents_are_truncated_by_default_on_v1(client: httpx.Client, cross_encoder: Any) -> None:
     r = client.post("/v1/rerank", json={"query": QUERY, "documents": ["a", LONG]})
     assert r.status_code == 200, r.text
-    want = reference(reranker, QUERY, ["a", LONG])
+    want = reference(cross_encoder, QUERY, ["a", LONG])
     assert [x["index"] for x in r.json()["results"]] == best_first(want)
 
 
@@ -226,7 +244,7 @@ def test_reranker_alone_refuses_embedding_routes(reranker: Any) -> None:
         assert c.post("/tokenize", json={"inputs": "x"}).status_code == 424
         assert c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
         models = c.get("/v1/models").json()["data"]
-        assert [(m["id"], m["task"]) for m in models] == [("model", "rerank")]
+        assert [(m["id"], m["task"]) for m in models] == [("reranker", "rerank")]
         info = c.get("/info").json()
         assert "dim" not in info and info["reranker"]["num_labels"] == 1
 
@@ -271,3 +289,69 @@ def test_mixed_server_answers_both_with_its_own_metrics(
         and info["reranker"]["plan"]["variant"] == reranker.plan.variant.value
     )
     assert "folder" not in info["plan"]  # no local path
+
+
+def _start(cmd: list[str], base: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    end = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < end, "server did not become ready"
+        try:
+            if httpx.get(f"{base}/ready").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    return proc.stdout.read() if proc.stdout else ""
+
+
+def test_cli_serves_embedder_and_reranker(
+    tiny_export: Path, ce_export: Path, embedder: Embedder, cross_encoder: Any
+) -> None:
+    """``dmeta-embed serve --model EMB --rerank-model RR``: both shapes against CrossEncoder, the
+    embeddings against encode; then ``--model RR`` alone serves only the rerank routes."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = serve_command(
+        tiny_export,
+        port,
+        "fp32",
+        "--rerank-model",
+        str(ce_export),
+        "--rerank-model-name",
+        "my-rr",
+        "--no-spin",
+    )
+    proc = _start(cmd, base)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            want = reference(cross_encoder, QUERY, DOCS)
+            body = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 5}).json()
+            assert body["model"] == "my-rr"
+            assert [x["index"] for x in body["results"]] == best_first(want)[:5]
+            got = np.array([x["relevance_score"] for x in body["results"]])
+            np.testing.assert_allclose(got, want[best_first(want)[:5]], atol=ATOL, rtol=0)
+            ranks = c.post("/rerank", json={"query": QUERY, "texts": DOCS, "truncate": True}).json()
+            assert [x["index"] for x in ranks] == best_first(want)
+            r = c.post("/v1/embeddings", json={"input": DOCS[:2]})
+            vectors = np.array([d["embedding"] for d in r.json()["data"]])
+            np.testing.assert_allclose(vectors, embedder.encode(DOCS[:2]), atol=1e-5)
+            assert sorted(m["id"] for m in c.get("/v1/models").json()["data"]) == ["model", "my-rr"]
+    finally:
+        out = _stop(proc) if proc.poll() is None else ""
+    assert "serving rerank 'my-rr'" in out and "Traceback" not in out, out
+
+    proc = _start(serve_command(ce_export, port, "fp32", "--no-spin"), base)
+    try:
+        assert httpx.post(f"{base}/v1/embeddings", json={"input": "x"}).status_code == 404
+        r = httpx.post(f"{base}/rerank", json={"query": QUERY, "texts": DOCS[:3]}, timeout=60)
+        assert [x["index"] for x in r.json()] == best_first(reference(cross_encoder, QUERY, DOCS[:3]))
+    finally:
+        if proc.poll() is None:
+            _stop(proc)

@@ -86,5 +86,6 @@ def ranker_from(
     if reranker is None:
         from ..runtime.reranker import Reranker
 
+        assert model_path is not None
         reranker = Reranker.load(model_path, **load_options)
     return local_rank(reranker)

@@ -129,10 +129,9 @@ def load_reranker(
 
 def task_of(folder: Path) -> str:
     """What an exported folder's manifest says the model does (``embed`` or ``rerank``)."""
-    import json
+    from ..manifest import Manifest
 
-    # PRE-MERGE: the manifest's own Task once rerank-core lands
-    return str(json.loads((folder / "manifest.json").read_text()).get("task", "embed"))
+    return str(Manifest.load(folder).task.value)
 
 
 def serve(

@@ -107,7 +107,7 @@ REQUEST_FIELDS: Fields = {
 }
 #: the same for the rerank routes (``/v1/rerank``: Cohere's and Jina's names; ``/rerank``: TEI's):
 #: the runtime names a pair by its index, the request names the document
-RERANK_FIELDS: Fields = {"texts": ("documents", "texts"), "pairs": ("documents", "texts")}
+RERANK_FIELDS: Fields = {"texts": ("documents", "texts"), "documents": ("documents", "texts")}
 
 #: OpenAI's ``error.type`` for each status we send
 _TYPES = {

@@ -5,10 +5,10 @@ the routes reach a model through :class:`Hosted`, which refuses a route whose mo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ..rerank_records import Task
 from ..runtime import Embedder
 from ..runtime.runner import Runner
 from .batcher import Batcher, Engine
@@ -20,13 +20,6 @@ if TYPE_CHECKING:
     from ..runtime.reranker import Reranker
 
 M = TypeVar("M")
-
-
-class Task(str, Enum):
-    """What a hosted model does: the routes it answers."""
-
-    EMBED = "embed"
-    RERANK = "rerank"
 
 
 #: a few (query, document) pairs of each shape a reranker is warmed up with
@@ -89,10 +82,10 @@ def embed_engine(embedder: Embedder) -> Engine:
 
 
 def rerank_engine(reranker: Reranker) -> Engine:
-    # the reranker's pipeline batches as its plan says: serve.load_reranker made that plan with
-    # the server's batch_size and max_batch_tokens, so they are the batcher's own
+    # the token budget is the plan's: serve.load_reranker made that plan with the server's
+    # max_batch_tokens, so it is the batcher's own
     def run(tok: Any, runner: Runner, batch_size: int, max_batch_tokens: int) -> Any:
-        return reranker.pipeline.run(tok, runner=runner)
+        return reranker.pipeline.run(tok, runner, batch_size=batch_size)
 
     return Engine(reranker.plan, reranker.pipeline.runner, run, lambda r: warm_up_reranker(reranker, r))
 
@@ -130,7 +123,7 @@ def host(task: Task, model: M, cfg: ServerConfig, metrics: Metrics, name: str | 
     if task is Task.EMBED:
         series, engine = metrics.embedder(), embed_engine(model)  # type: ignore[arg-type]
     else:
-        series, engine = metrics.reranker(), rerank_engine(model)
+        series, engine = metrics.reranker(), rerank_engine(model)  # type: ignore[arg-type]
     return Served(task, model, served_name(model, name), Batcher(engine, cfg, series), series)
 
 
