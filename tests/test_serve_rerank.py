@@ -355,3 +355,20 @@ def test_cli_serves_embedder_and_reranker(
     finally:
         if proc.poll() is None:
             _stop(proc)
+
+
+def test_only_one_label_rerankers_and_tasks_in_their_place(tiny_export: Path, ce_export: Path) -> None:
+    """A many-label model is refused at start (ranking needs one score); --rerank-model must be a
+    reranker and --model beside it an embedder, checked before anything loads."""
+    from types import SimpleNamespace
+
+    from dmeta_embed.errors import ModelLoadError
+    from dmeta_embed.serve import _load_models
+    from dmeta_embed.serve.rerank import check_reranker
+
+    with pytest.raises(ModelLoadError, match="3 labels"):
+        check_reranker(SimpleNamespace(num_labels=3, plan=SimpleNamespace(folder=ce_export)))  # type: ignore[arg-type]
+    with pytest.raises(ModelLoadError, match="--rerank-model is an embedding model"):
+        _load_models(tiny_export, tiny_export, LIMITS, "fp32", "auto", None)
+    with pytest.raises(ModelLoadError, match="--model is a reranker"):
+        _load_models(ce_export, ce_export, LIMITS, "fp32", "auto", None)

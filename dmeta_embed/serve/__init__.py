@@ -254,15 +254,19 @@ def _load_models(
     ``provider`` and ``threads`` apply to both."""
     from .models import Loaded
 
-    def load(f: Path) -> Any:
-        loader = load_reranker if task_of(f) == "rerank" else load_embedder
+    def load(f: Path, rerank: bool) -> Any:
+        loader = load_reranker if rerank else load_embedder
         return loader(f, cfg, variant=variant, provider=provider, threads=threads)
 
-    main = load(folder)
+    # every folder's task checked before any model is loaded (loading takes seconds)
+    main_reranks = task_of(folder) == "rerank"
     if rerank_folder is None:
-        return Loaded(reranker=main) if task_of(folder) == "rerank" else Loaded(embedder=main)
-    if task_of(folder) == "rerank":
-        raise ModelLoadError(f"{folder}: --model is a reranker; pass an embedding model with --rerank-model")
+        main = load(folder, main_reranks)
+        return Loaded(reranker=main) if main_reranks else Loaded(embedder=main)
+    if main_reranks:
+        raise ModelLoadError(
+            f"{folder}: --model is a reranker; beside --rerank-model, pass an embedding model"
+        )
     if task_of(rerank_folder) != "rerank":
         raise ModelLoadError(f"{rerank_folder}: --rerank-model is an embedding model, not a reranker")
-    return Loaded(embedder=main, reranker=load(rerank_folder))
+    return Loaded(embedder=load(folder, False), reranker=load(rerank_folder, True))

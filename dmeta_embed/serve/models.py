@@ -64,9 +64,12 @@ def warm_up_runner(embedder: Embedder, runner: Runner) -> None:
 
 
 def warm_up_reranker(reranker: Reranker, runner: Runner | None = None) -> None:
-    """One pair, then 32, through ``runner`` (default: the reranker's own engine)."""
+    """One pair, then 32, through ``runner`` (default: the reranker's own engine, and then the
+    fp32 graph its guard routes to, started now rather than by a request)."""
     for n, pair in ((1, _WARM_PAIRS[0]), (32, _WARM_PAIRS[1])):
         reranker.pipeline.run(reranker.pipeline.prepare([pair] * n), runner=runner)
+    if runner is None and reranker.plan.guard:
+        reranker.pipeline.fp32_runner()
 
 
 # -- engines ----------------------------------------------------------------------------------------
