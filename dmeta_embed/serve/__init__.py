@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._optional import require_feature
 from ..cache import TYPICAL, Kind, ensure, locate, require_export
@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from ..runtime import Embedder
+    from ..runtime.plan import LoadPlan
 
-__all__ = ["ServerConfig", "create_app", "load_embedder", "serve"]
+__all__ = ["ServerConfig", "create_app", "embedder_for", "load_embedder", "serve", "server_plan"]
 
 
 def create_app(
@@ -30,14 +31,16 @@ def create_app(
     config: ServerConfig | None = None,
     *,
     warmup: Callable[[Embedder], None] | None = None,
+    extra_info: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> Starlette:
     """The ASGI app serving ``embedder`` (run it with any ASGI server; :func:`serve` uses uvicorn).
 
-    ``warmup`` runs on the inference thread before the first job (None: a few shapes through the model)."""
+    ``warmup`` runs on the inference thread before the first job (None: a few shapes through the
+    model); ``extra_info`` adds fields to ``/info`` (``serve.ray``: the deployment's replicas)."""
     require_feature("server")
     from .app import create_app as _create
 
-    return _create(embedder, config, warmup=warmup)
+    return _create(embedder, config, warmup=warmup, extra_info=extra_info)
 
 
 def load_embedder(
@@ -57,22 +60,43 @@ def load_embedder(
     compiled model with a stream per worker). ``model``: what ``Embedder.load`` takes (an exported
     folder, a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
     from ..cache import resolve_model
-    from ..runtime import Embedder
-    from ..runtime.engines import start_runner
-    from ..runtime.plan import make_plan
-    from ..runtime.workers import split_for
 
     cfg = config or ServerConfig()
-    plan = make_plan(
-        resolve_model(model, revision, cache_dir),
+    return embedder_for(
+        server_plan(resolve_model(model, revision, cache_dir), cfg, variant, provider, threads), cfg
+    )
+
+
+def server_plan(
+    folder: Path,
+    config: ServerConfig,
+    variant: str = "auto",
+    provider: str = "auto",
+    threads: int | None = None,
+) -> LoadPlan:
+    """The ``server`` profile of the load plan for an exported ``folder``, with ``config``'s batching."""
+    from ..runtime.plan import make_plan
+
+    return make_plan(
+        folder,
         variant,
         provider,
         "server",
         threads=threads,
-        max_batch_tokens=cfg.max_batch_tokens,
-        batch_size=cfg.batch_size,
-        spin=cfg.spin,  # see ServerConfig.spin
+        max_batch_tokens=config.max_batch_tokens,
+        batch_size=config.batch_size,
+        spin=config.spin,  # see ServerConfig.spin
     )
+
+
+def embedder_for(plan: LoadPlan, config: ServerConfig) -> Embedder:
+    """The server's first worker's engine for ``plan`` (see :func:`load_embedder`): a Ray Serve
+    replica starts the plan its driver made (``LoadPlan.from_dict``) through here too."""
+    from ..runtime import Embedder
+    from ..runtime.engines import start_runner
+    from ..runtime.workers import split_for
+
+    cfg = config
     split = split_for(plan, cfg.workers)
     if split.workers > 1 and plan.engine == "openvino":
         # the first worker's request on the compiled model the workers share (no second copy)

@@ -54,6 +54,8 @@ INLINE_JSON_FLOATS = 100_000
 INLINE_JSON_BYTES = 1 << 20
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: more fields for ``/info``, from whoever runs the app (Ray Serve: the deployment's replicas)
+InfoHook = Callable[[], Awaitable[dict[str, Any]]]
 #: TEI's routes: their errors have TEI's shape and statuses
 TEI_PATHS = frozenset({"/embed", "/tokenize"})
 
@@ -76,8 +78,11 @@ def served_name(embedder: Embedder, cfg: ServerConfig) -> str:
 class Service:
     """The model, its batcher and the settings: what every route needs."""
 
-    def __init__(self, embedder: Embedder, cfg: ServerConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, embedder: Embedder, cfg: ServerConfig, metrics: Metrics, extra_info: InfoHook | None = None
+    ) -> None:
         self.embedder = embedder
+        self.extra_info = extra_info
         self.cfg = cfg
         self.metrics = metrics
         self.batcher = Batcher(embedder, cfg, metrics)
@@ -238,6 +243,7 @@ class Service:
 
     async def info(self, request: Request) -> Response:
         e, c = self.embedder, self.cfg
+        extra = await self.extra_info() if self.extra_info is not None else {}
         return json_response(
             {
                 "model": self.name,
@@ -273,6 +279,7 @@ class Service:
                     "request_timeout_s": c.request_timeout_s,
                 },
                 "auth": self._key is not None,
+                **extra,
             }
         )
 
@@ -329,10 +336,15 @@ def create_app(
     config: ServerConfig | None = None,
     *,
     warmup: Callable[[Embedder], None] | None = None,
+    extra_info: InfoHook | None = None,
+    warm_before_serving: bool = False,
 ) -> Starlette:
-    """The ASGI app serving ``embedder``. The batcher starts (and warms up) with the app's lifespan."""
+    """The ASGI app serving ``embedder``. The batcher starts (and warms up) with the app's lifespan;
+    ``extra_info`` adds fields to ``/info``. ``warm_before_serving``: the lifespan's startup
+    returns only once warm-up has run, and fails if it failed (for a host that routes to the app
+    as soon as it has started and reads no ``/ready``: Ray Serve)."""
     cfg = config or ServerConfig()
-    svc = Service(embedder, cfg, Metrics())
+    svc = Service(embedder, cfg, Metrics(), extra_info)
     problem = batch_invariance_problem(embedder.manifest, embedder.variant)
     if problem and cfg.batch_size > 1:
         # concurrent requests share batches here: an answer would depend on its neighbours
@@ -341,6 +353,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         svc.batcher.start(warmup or warm_up)
+        if warm_before_serving:
+            await svc.batcher.warmed()
         yield
         await svc.batcher.close(cfg.request_timeout_s)
 

@@ -35,6 +35,8 @@ class Kind(str, Enum):
     CLIENT_CLOSED = "client_closed"
     #: the model is still being exported or loaded
     LOADING = "loading"
+    #: Ray Serve: the replica holding the request stopped before answering (another one will)
+    REPLICA_LOST = "replica_lost"
     INTERNAL = "internal"
 
 
@@ -77,6 +79,7 @@ STATUS: dict[Kind, Http] = {
     Kind.UNAUTHORIZED: Http(401, 401),
     Kind.OVERLOADED: Http(503, 503, "overloaded", retry_after=1),
     Kind.TIMEOUT: Http(503, 503, "timeout", retry_after=1),
+    Kind.REPLICA_LOST: Http(503, 503, "replica_lost", retry_after=1),
     Kind.CLIENT_CLOSED: Http(499, 499, "client_closed"),
     Kind.LOADING: Http(503, 503, "loading", retry_after=5),
     Kind.INTERNAL: Http(500, 500),
