@@ -28,7 +28,7 @@ import numpy as np
 from .._optional import require, require_feature
 from ..errors import DmetaEmbedError, ModelLoadError
 from ..runtime.plan import LoadPlan
-from .replicas import APP_NAME, DEPLOYMENT_NAME, RaySpec, deployment_options
+from .replicas import APP_NAME, DEPLOYMENT_NAME, LOGGING, RaySpec, deployment_options
 
 require_feature("server")
 ray = require("ray", "ray.serve")
@@ -218,7 +218,7 @@ def run(
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": host, "port": port}, logging_config=LOGGING)
         cpus = ray.cluster_resources().get("CPU", 1)
         try:
             serve.run(build(spec, cpus, key), name=APP_NAME, route_prefix="/", blocking=False)

@@ -22,6 +22,8 @@ APP_NAME = "dmeta-embed"
 DEPLOYMENT_NAME = "Embeddings"
 #: how often Ray asks each replica whether its engine still answers (``check_health``)
 HEALTH_CHECK_PERIOD_S = 10.0
+#: Ray Serve's logging for the proxies and replicas: warnings and errors, no access log
+LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 #: ServerConfig fields an ``args`` block may set (the API key comes from ``api_key_env``, never as a value)
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig) if f.name != "api_key"}
 
@@ -197,6 +199,9 @@ def deployment_options(spec: RaySpec, cluster_cpus: float | None = None) -> dict
         # a replica being stopped gets no new requests and finishes those it has (then its queue)
         "graceful_shutdown_wait_loop_s": 1.0,
         "graceful_shutdown_timeout_s": cfg.request_timeout_s + 5,
+        # no line per request, as plain ``serve`` (uvicorn's access log off): Ray's own costs
+        # CPU on every request (docs/performance.md, "Serving on Ray")
+        "logging_config": LOGGING,
     }
     if spec.autoscale is not None:
         lo, hi = spec.autoscale
