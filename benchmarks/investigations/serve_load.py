@@ -141,9 +141,15 @@ async def run_level(
         json_body({"input": short_query(rng), "model": "m", "encoding_format": "base64"}) for _ in range(1000)
     ]
     conns = [Connection(HOST, servers[i % len(servers)].port) for i in range(concurrency)]
-    for c in conns:  # connect and warm each connection outside the measurement
+
+    async def warm(conn: Connection) -> None:
         for _ in range(2):
-            await c.request("POST", "/v1/embeddings", bodies[0])
+            await conn.request("POST", "/v1/embeddings", bodies[0])
+
+    # connect and warm each connection outside the measurement, all at once: one after the other,
+    # the first would sit idle past the server's keep-alive timeout (uvicorn: 5 s) while a slow
+    # model warms the 64th, and be closed under the measurement
+    await asyncio.gather(*(warm(c) for c in conns))
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
