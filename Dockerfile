@@ -2,6 +2,7 @@
 #   docker build --target cpu        -t dmeta-embed:cpu .         onnxruntime + OpenVINO and the server, no torch
 #   docker build --target cpu-export -t dmeta-embed:cpu-export .  + the exporter (CPU torch)
 #   docker build --target gpu        -t dmeta-embed:gpu .         onnxruntime-gpu, CUDA and cuDNN from their wheels
+#   docker build --target cpu-ray    -t dmeta-embed:cpu-ray .     + Ray Serve and Ray Data (KubeRay)
 # Each serves an exported folder (cpu-export also a hub id, exported on start into the /cache volume):
 #   docker run -v ./out/m:/model:ro -p 8080:8080 -e DMETA_EMBED_API_KEY dmeta-embed:cpu --model /model
 # The cpu chain comes first: older builders (podman 4.3) build every stage before the target.
@@ -100,6 +101,14 @@ USER 10001:10001
 # what the NVIDIA container toolkit reads (CUDA's own base images set the same)
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# ---- cpu-ray: the cpu image + Ray (data and serve): the pods of a KubeRay RayService
+# (deploy/kuberay/rayservice.yaml); KubeRay runs `ray start` in it in place of the entrypoint
+FROM build AS build-ray
+RUN pip install '.[cpu,ray]' && pip uninstall -y -q setuptools
+
+FROM runtime AS cpu-ray
+COPY --from=build-ray /opt/venv /opt/venv
 
 # ---- no --target: the cpu image
 FROM cpu AS default

@@ -69,11 +69,14 @@ WORDS = [
 class Server:
     """``dmeta-embed serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: Path, variant: str, extra: list[str], log: Path) -> None:
+    def __init__(
+        self, model: Path, variant: str, extra: list[str], log: Path, prefix: tuple[str, ...] = ()
+    ) -> None:
         from tests.helpers import free_port, serve_command
 
         self.port = free_port(HOST)
-        cmd = serve_command(model, self.port, variant, *extra, host=HOST)
+        # prefix: e.g. ("taskset", "-c", "0") to pin the server to one core (serve_ray.py)
+        cmd = [*prefix, *serve_command(model, self.port, variant, *extra, host=HOST)]
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -122,21 +125,36 @@ def short_query(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
 
 
-async def run_level(server: Server, concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
-    """Closed loop: ``concurrency`` clients, each sends its next query when the last one returns."""
+async def run_level(
+    server: Server | list[Server],
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    cpu_of: Any = cpu_seconds,
+) -> dict[str, Any]:
+    """Closed loop: ``concurrency`` clients, each sends its next query when the last one returns.
+    Several servers: the clients are dealt out among them in turn (serve_ray.py: two processes
+    measured as one service); ``cpu_of(pid)``: a server's CPU seconds so far."""
+    servers = server if isinstance(server, list) else [server]
     rng = random.Random(concurrency)
     bodies = [
         json_body({"input": short_query(rng), "model": "m", "encoding_format": "base64"}) for _ in range(1000)
     ]
-    conns = [Connection(HOST, server.port) for _ in range(concurrency)]
-    for c in conns:  # connect and warm each connection outside the measurement
+    conns = [Connection(HOST, servers[i % len(servers)].port) for i in range(concurrency)]
+
+    async def warm(conn: Connection) -> None:
         for _ in range(2):
-            await c.request("POST", "/v1/embeddings", bodies[0])
+            await conn.request("POST", "/v1/embeddings", bodies[0])
+
+    # connect and warm each connection outside the measurement, all at once: one after the other,
+    # the first would sit idle past the server's keep-alive timeout (uvicorn: 5 s) while a slow
+    # model warms the 64th, and be closed under the measurement
+    await asyncio.gather(*(warm(c) for c in conns))
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
     end = start + seconds
-    cpu0 = cpu_seconds(server.proc.pid)
+    cpu0 = sum(cpu_of(s.proc.pid) for s in servers)
 
     async def client(i: int, conn: Connection) -> None:
         nonlocal errors
@@ -151,7 +169,7 @@ async def run_level(server: Server, concurrency: int, seconds: float, max_reques
 
     await asyncio.gather(*(client(i, c) for i, c in enumerate(conns)))
     elapsed = time.perf_counter() - start
-    cpu = cpu_seconds(server.proc.pid) - cpu0
+    cpu = sum(cpu_of(s.proc.pid) for s in servers) - cpu0
     for c in conns:
         await c.close()
     lat = percentiles(latencies) if latencies else {"p50": float("nan"), "p99": float("nan")}

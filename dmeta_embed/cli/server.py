@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -28,6 +29,25 @@ class WorkersType(click.ParamType):
         if text.isdigit() and int(text) >= 1:
             return int(text)
         self.fail(f"{value!r} is neither 'auto' nor a whole number of at least 1", param, ctx)
+
+
+class AutoscaleType(click.ParamType):
+    """``MIN:MAX`` replicas for Ray Serve's autoscaler (``serve.replicas.parse_autoscale``)."""
+
+    name = "MIN:MAX"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, int] | None:
+        if value is None or isinstance(value, tuple):
+            return value
+        from ..errors import InputError
+        from ..serve.replicas import parse_autoscale
+
+        try:
+            return parse_autoscale(str(value))
+        except InputError as e:
+            self.fail(str(e), param, ctx)
 
 
 def server_option(flag: str, field: str, text: str, kind: click.ParamType | None = None) -> Callable[[F], F]:
@@ -104,6 +124,36 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
     help="Name the --rerank-model is reported by (default: its export's source model).",
 )
 @click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Serve as Ray Serve replicas behind Ray's HTTP proxy on --host/--port: alone for ray.init() "
+    "(RAY_ADDRESS, else a local Ray), or an address (auto, ray://head:10001). The model must be a "
+    "path every node reads. Put it last or write --ray=ADDRESS (docs/serving.md, 'Ray Serve').",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ray: this many replicas (default: as many of --replica-cpus as the cluster's CPUs hold).",
+)
+@click.option(
+    "--autoscale",
+    type=AutoscaleType(),
+    default=None,
+    help="Ray: between MIN and MAX replicas, scaled on the requests each holds (e.g. 1:4).",
+)
+@click.option(
+    "--replica-cpus",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Ray: CPUs each replica reserves; they are its onnxruntime threads.",
+)
+@click.option(
     "--spin/--no-spin",
     default=True,
     show_default=True,
@@ -132,6 +182,10 @@ def serve(
     model_name: str | None,
     rerank_model: str | None,
     rerank_model_name: str | None,
+    ray_address: str | None,
+    replicas: int | None,
+    autoscale: tuple[int, int] | None,
+    replica_cpus: int,
     spin: bool,
 ) -> None:
     """Serve the model over HTTP: OpenAI /v1/embeddings, TEI /embed, /health, /ready, /info, /metrics;
@@ -169,6 +223,33 @@ def serve(
             f"warning: serving on {host} without an API key (set {API_KEY_ENV}, or see --api-key-env)",
             err=True,
         )
+    if ray_address is None:
+        if replicas is not None or autoscale is not None:
+            raise click.UsageError("--replicas and --autoscale need --ray")
+    else:
+        if threads is not None:
+            raise click.UsageError("--threads: with --ray each replica's threads are its --replica-cpus")
+        if replicas is not None and autoscale is not None:
+            raise click.UsageError("give --replicas or --autoscale, not both")
+        if rerank_model is not None:
+            raise click.UsageError("--rerank-model: Ray Serve replicas host one embedding model")
+        from ..cache import resolve_model
+        from ..serve.replicas import RaySpec
+
+        spec = RaySpec(
+            model=str(resolve_model(model, revision, cache_dir)),  # exported here once, for every replica
+            variant=variant,
+            provider=provider,
+            replica_cpus=replica_cpus,
+            replicas=replicas,
+            autoscale=autoscale,
+            config=replace(config, api_key=None),  # the key travels by its variable's name
+            api_key_env=api_key_env if api_key is not None else None,
+        )
+        from ..serve.ray import run as run_on_ray
+
+        run_on_ray(spec, address=ray_address or True, host=host, port=port, key=api_key)
+        return
     run_server(
         model,
         config,

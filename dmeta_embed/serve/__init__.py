@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from ..runtime.reranker import Reranker
     from .models import Loaded
 
-__all__ = ["ServerConfig", "create_app", "load_embedder", "load_reranker", "serve"]
+__all__ = [
+    "ServerConfig",
+    "create_app",
+    "embedder_for",
+    "load_embedder",
+    "load_reranker",
+    "serve",
+    "server_plan",
+]
 
 
 def create_app(
@@ -35,45 +43,49 @@ def create_app(
     *,
     reranker: Reranker | None = None,
     warmup: Callable[[Any], None] | None = None,
+    extra_info: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> Starlette:
     """The ASGI app serving ``embedder``, ``reranker`` or both (run it with any ASGI server;
     :func:`serve` uses uvicorn). Each model has its own batcher and workers.
 
     ``warmup(model)`` runs on each model's inference thread before its first job (None: a few
-    shapes through the model)."""
+    shapes through the model); ``extra_info`` adds fields to ``/info`` (``serve.ray``: the
+    deployment's replicas)."""
     require_feature("server")
     from .app import create_app as _create
 
-    return _create(embedder, config, reranker=reranker, warmup=warmup)
+    return _create(embedder, config, reranker=reranker, warmup=warmup, extra_info=extra_info)
 
 
-def _server_plan(
-    model: str | Path,
-    cfg: ServerConfig,
-    variant: str,
-    provider: str,
-    threads: int | None,
-    revision: str | None,
-    cache_dir: str | Path | None,
-) -> tuple[LoadPlan, Any]:
-    """The ``server`` profile's plan for ``model`` and, where workers share one compiled model
-    (OpenVINO), the first worker's runner (None: the model starts its own engine)."""
-    from ..cache import resolve_model
-    from ..runtime.engines import start_runner
+def server_plan(
+    folder: Path,
+    config: ServerConfig,
+    variant: str = "auto",
+    provider: str = "auto",
+    threads: int | None = None,
+) -> LoadPlan:
+    """The ``server`` profile of the load plan for an exported ``folder``, with ``config``'s batching."""
     from ..runtime.plan import make_plan
-    from ..runtime.workers import split_for
 
-    plan = make_plan(
-        resolve_model(model, revision, cache_dir),
+    return make_plan(
+        folder,
         variant,
         provider,
         "server",
         threads=threads,
-        max_batch_tokens=cfg.max_batch_tokens,
-        batch_size=cfg.batch_size,
-        spin=cfg.spin,  # see ServerConfig.spin
+        max_batch_tokens=config.max_batch_tokens,
+        batch_size=config.batch_size,
+        spin=config.spin,  # see ServerConfig.spin
     )
-    split = split_for(plan, cfg.workers)
+
+
+def _first_worker(plan: LoadPlan, config: ServerConfig) -> tuple[LoadPlan, Any]:
+    """The plan of the server's first worker and, where workers share one compiled model
+    (OpenVINO), its runner (None: the model starts its own engine)."""
+    from ..runtime.engines import start_runner
+    from ..runtime.workers import split_for
+
+    split = split_for(plan, config.workers)
     if split.workers > 1 and plan.engine == "openvino":
         # the first worker's request on the compiled model the workers share (no second copy)
         return plan, start_runner(plan, streams=split.workers)
@@ -82,6 +94,14 @@ def _server_plan(
         # (create_app's pool starts the others)
         plan = replace(plan, threads=split.threads)
     return plan, None
+
+
+def embedder_for(plan: LoadPlan, config: ServerConfig) -> Embedder:
+    """The server's first worker's engine for ``plan`` (see :func:`load_embedder`): a Ray Serve
+    replica starts the plan its driver made (``LoadPlan.from_dict``) through here too."""
+    from ..runtime import Embedder
+
+    return Embedder(*_first_worker(plan, config))
 
 
 def load_embedder(
@@ -100,12 +120,12 @@ def load_embedder(
     worker's engine (onnxruntime: on its share of the threads; OpenVINO: a request on the
     compiled model with a stream per worker). ``model``: what ``Embedder.load`` takes (an exported
     folder, a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
-    from ..runtime import Embedder
+    from ..cache import resolve_model
 
-    plan, runner = _server_plan(
-        model, config or ServerConfig(), variant, provider, threads, revision, cache_dir
+    cfg = config or ServerConfig()
+    return embedder_for(
+        server_plan(resolve_model(model, revision, cache_dir), cfg, variant, provider, threads), cfg
     )
-    return Embedder(plan, runner)
 
 
 def load_reranker(
@@ -119,12 +139,12 @@ def load_reranker(
     cache_dir: str | Path | None = None,
 ) -> Reranker:
     """A reranker as :func:`serve` loads it: the same plan and workers as :func:`load_embedder`."""
+    from ..cache import resolve_model
     from ..runtime.reranker import Reranker
 
-    plan, runner = _server_plan(
-        model, config or ServerConfig(), variant, provider, threads, revision, cache_dir
-    )
-    return Reranker(plan, runner)
+    cfg = config or ServerConfig()
+    plan = server_plan(resolve_model(model, revision, cache_dir), cfg, variant, provider, threads)
+    return Reranker(*_first_worker(plan, cfg))
 
 
 def task_of(folder: Path) -> str:

@@ -67,6 +67,8 @@ INLINE_JSON_FLOATS = 100_000
 INLINE_JSON_BYTES = 1 << 20
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: more fields for ``/info``, from whoever runs the app (Ray Serve: the deployment's replicas)
+InfoHook = Callable[[], Awaitable[dict[str, Any]]]
 #: TEI's routes: their errors have TEI's shape and statuses
 TEI_PATHS = frozenset({"/embed", "/tokenize", "/rerank"})
 
@@ -79,8 +81,11 @@ def json_response(body: object, status: int = 200, headers: Mapping[str, str] | 
 class Service:
     """The hosted models (each with its batcher) and the settings: what every route needs."""
 
-    def __init__(self, models: Hosted, cfg: ServerConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, models: Hosted, cfg: ServerConfig, metrics: Metrics, extra_info: InfoHook | None = None
+    ) -> None:
         self.models = models
+        self.extra_info = extra_info
         self.cfg = cfg
         self.metrics = metrics
         self._key = cfg.api_key.encode() if cfg.api_key else None
@@ -257,7 +262,10 @@ class Service:
         return json_response({"status": "warming up"}, 503, {"Retry-After": "1"})
 
     async def info(self, request: Request) -> Response:
-        return json_response(info_body(self))
+        body = info_body(self)
+        if self.extra_info is not None:
+            body.update(await self.extra_info())
+        return json_response(body)
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
@@ -327,10 +335,15 @@ def create_app(
     *,
     reranker: Reranker | None = None,
     warmup: Warmup | None = None,
+    extra_info: InfoHook | None = None,
+    warm_before_serving: bool = False,
 ) -> Starlette:
     """The ASGI app serving ``embedder``, ``reranker`` or both, each on its own batcher and
     workers; the batchers start (and warm up) with the app's lifespan. ``warmup(model)`` runs on
-    each model's first worker before its first job (None: a few shapes through the model)."""
+    each model's first worker before its first job (None: a few shapes through the model);
+    ``extra_info`` adds fields to ``/info``. ``warm_before_serving``: the lifespan's startup
+    returns only once warm-up has run, and fails if it failed (for a host that routes to the app
+    as soon as it has started and reads no ``/ready``: Ray Serve)."""
     cfg = config or ServerConfig()
     metrics = Metrics()
     embedding = rerank = None
@@ -340,7 +353,7 @@ def create_app(
         check_reranker(reranker)
         name = cfg.model_name if embedder is None else cfg.rerank_model_name
         rerank = host(Task.RERANK, reranker, cfg, metrics, name)
-    svc = Service(Hosted(embedding, rerank), cfg, metrics)
+    svc = Service(Hosted(embedding, rerank), cfg, metrics, extra_info)
     for served in svc.models.all():
         problem = batch_invariance_problem(served.model.manifest, served.model.plan.variant)
         if problem and cfg.batch_size > 1:
@@ -356,6 +369,9 @@ def create_app(
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         for served in svc.models.all():
             served.batcher.start(first_warmup(served))
+        if warm_before_serving:
+            for served in svc.models.all():
+                await served.batcher.warmed()
         yield
         await asyncio.gather(*(s.batcher.close(cfg.request_timeout_s) for s in svc.models.all()))
 

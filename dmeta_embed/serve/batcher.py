@@ -106,12 +106,23 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.ready = False
+        #: why warm-up failed, once it has (the model cannot run here: a Ray replica is replaced)
+        self.warm_up_error: Exception | None = None
+        self._warmed: asyncio.Event | None = None
 
     def start(self, warmup: Callable[[], None]) -> None:
         """Warm up on the worker threads (``warmup`` on the first, which runs the model's own
         engine), then take jobs; jobs submitted meanwhile wait in the queue."""
         self._wake = asyncio.Event()
+        self._warmed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._work(warmup), name="dmeta-embed-batcher")
+
+    async def warmed(self) -> None:
+        """Return once warm-up has run; raise its error if it failed."""
+        assert self._warmed is not None, "Batcher.start() was not called"
+        await self._warmed.wait()
+        if self.warm_up_error is not None:
+            raise self.warm_up_error
 
     def submit(self, tok: Tokenized) -> asyncio.Future[np.ndarray]:
         """Queue one request's tokens; the future gets its rows in input order (``(n, dim)``
@@ -175,8 +186,11 @@ class Batcher:
             await self._warm_up(warmup)
             self.ready = True
             self._metrics.ready.set(1)
-        except Exception:  # a model that fails warm-up stays "not ready"; requests still get an answer
+        except Exception as e:  # a model that fails warm-up stays "not ready"; requests still get an answer
             log.exception("warm-up failed; /ready will keep answering 503")
+            self.warm_up_error = e
+        assert self._warmed is not None
+        self._warmed.set()
         while True:
             worker = await self.pool.acquire()
             try:

@@ -40,6 +40,8 @@ class Kind(str, Enum):
     #: a server of one reranker, a rerank route on one of one embedder)
     NO_MODEL = "no_model"
     MAX_DOCUMENTS = "max_documents"
+    #: Ray Serve: the replica holding the request stopped before answering (another one will)
+    REPLICA_LOST = "replica_lost"
     INTERNAL = "internal"
 
 
@@ -82,6 +84,7 @@ STATUS: dict[Kind, Http] = {
     Kind.UNAUTHORIZED: Http(401, 401),
     Kind.OVERLOADED: Http(503, 503, "overloaded", retry_after=1),
     Kind.TIMEOUT: Http(503, 503, "timeout", retry_after=1),
+    Kind.REPLICA_LOST: Http(503, 503, "replica_lost", retry_after=1),
     Kind.CLIENT_CLOSED: Http(499, 499, "client_closed"),
     Kind.LOADING: Http(503, 503, "loading", retry_after=5),
     # TEI answers 424 on a route its model's kind does not serve; OpenAI 404 for a model it lacks

@@ -1,0 +1,123 @@
+"""deploy/kuberay/rayservice.yaml: a CRD no offline validator knows, so what can be checked here is:
+the YAML parses, its ``serveConfigV2`` names a real application builder of ours that builds the
+deployment from its ``args``, the resources agree with the workers rule, and it keeps the plain
+Deployment's image user, probes, key and model volume."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmeta_embed.runtime.workers import workers_for
+from dmeta_embed.serve.config import ServerConfig
+from dmeta_embed.serve.replicas import RaySpec
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[1]
+RAYSERVICE = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
+
+
+@pytest.fixture(scope="module")
+def service() -> dict[str, Any]:
+    (doc,) = [d for d in yaml.safe_load_all(RAYSERVICE.read_text()) if d]
+    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayService")
+    return doc
+
+
+def app_config(service: dict[str, Any]) -> dict[str, Any]:
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    return dict(app)
+
+
+def pods(service: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = service["spec"]["rayClusterConfig"]
+    return [cluster["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in cluster["workerGroupSpecs"]
+    ]
+
+
+def cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_import_path_builds_our_deployment_from_args(service: dict[str, Any], tiny_export: Path) -> None:
+    pytest.importorskip("ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'")
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    app = app_config(service)
+    module, _, name = app["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), name)
+    from dmeta_embed.serve import ray as ours
+
+    assert builder is ours.app
+    args = {**app["args"], "model": str(tiny_export)}  # the volume's path, here a real export
+    built = call_user_app_builder_with_args_if_necessary(builder, args)
+    deployment = built._bound_deployment
+    spec = RaySpec.from_args(app["args"])
+    assert deployment.ray_actor_options["num_cpus"] == spec.replica_cpus
+    auto = deployment._deployment_config.autoscaling_config
+    assert spec.autoscale is not None and (auto.min_replicas, auto.max_replicas) == spec.autoscale
+    # what each replica is handed: the args as given, and the plan made for its CPUs
+    spec_args, plan = deployment.init_args
+    assert RaySpec.from_args(spec_args) == RaySpec.from_args(args)
+    assert plan["threads"] == spec.replica_cpus and plan["profile"] == "server"
+
+
+def test_resources_match_the_workers_rule(service: dict[str, Any]) -> None:
+    spec = RaySpec.from_args(app_config(service)["args"])
+    # one worker per replica, on all its CPUs: the replica's threads are its CPUs
+    assert workers_for(spec.replica_cpus) == (1, spec.replica_cpus)
+    (group,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (c,) = group["template"]["spec"]["containers"]
+    requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+    assert requests == limits  # Guaranteed QoS; Ray counts the limit as the pod's CPUs
+    pod_cpus = cpus(limits["cpu"])
+    assert pod_cpus % spec.replica_cpus == 0  # no CPU left that no replica can use
+    per_pod = int(pod_cpus) // spec.replica_cpus
+    assert spec.autoscale is not None
+    low, high = spec.autoscale
+    assert low <= group["minReplicas"] * per_pod  # the minimum fits the pods always there
+    assert high <= group["maxReplicas"] * per_pod  # the maximum fits the most pods
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # no replica on the head
+    # a replica being stopped finishes what it holds before the pod goes
+    drain = ServerConfig().request_timeout_s + 5
+    assert group["template"]["spec"]["terminationGracePeriodSeconds"] >= drain
+
+
+def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, Any]) -> None:
+    app = app_config(service)
+    assert "AS cpu-ray" in (ROOT / "Dockerfile").read_text()
+    from dmeta_embed.serve.ray_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+    pvc = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "model-pvc.yaml").read_text())
+    assert "ReadOnlyMany" in pvc["spec"]["accessModes"]  # every pod reads it
+    for pod in pods(service):
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+        (c,) = pod["containers"]
+        assert c["image"] == "dmeta-embed:cpu-ray"
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert (
+            ports[c["readinessProbe"]["httpGet"]["port"]]
+            == yaml.safe_load(service["spec"]["serveConfigV2"])["http_options"]["port"]
+        )
+        env = {e["name"]: e for e in c["env"]}
+        assert env[PROXY_CALLBACK_ENV]["value"] == PROXY_CALLBACK
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert mounts[app["args"]["model"]]["readOnly"] is True
+        claim = volumes[mounts[app["args"]["model"]]["name"]]["persistentVolumeClaim"]["claimName"]
+        assert claim == pvc["metadata"]["name"]
+    (worker,) = pods(service)[1]["containers"]
+    env = {e["name"]: e for e in worker["env"]}
+    assert "secretKeyRef" in env[app["args"]["api_key_env"]]["valueFrom"]
+    module, _, name = PROXY_CALLBACK.partition(":")
+    assert callable(getattr(importlib.import_module(module), name))

@@ -1,0 +1,304 @@
+"""``serve --ray``: the server's app as Ray Serve replicas on a local 2-CPU Ray.
+
+Two replicas of 1 CPU answer what ``encode`` answers, refuse what the plain server refuses (API key
+included), ``/info`` lists both with their plans, and a replica killed under load costs clients
+only 503s that succeed when sent again (never a wrong vector) while Ray starts another. The
+option parsing and the deployment's options need no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dmeta_embed.cli import cli
+from dmeta_embed.cli import run as run_cli
+from dmeta_embed.errors import InputError
+from dmeta_embed.runtime import Embedder
+from dmeta_embed.serve.config import ServerConfig
+from dmeta_embed.serve.replicas import RaySpec, deployment_options, parse_autoscale, replica_count
+from tests.helpers import free_port
+
+KEY_ENV = "DMETA_RAY_TEST_KEY"
+KEY = "ray-test-key"
+AUTH = {"authorization": f"Bearer {KEY}"}
+WORDS = ["维生素", "感冒", "天气", "银行卡", "embedding", "模型", "香港", "手表", "query"]
+
+
+# -- options: no Ray needed -----------------------------------------------------------------------------
+
+
+def test_autoscale_parses_into_ray_autoscaling_config() -> None:
+    assert parse_autoscale("1:4") == (1, 4) and parse_autoscale(" 0 : 2 ") == (0, 2)
+    spec = RaySpec(model="m", autoscale=(1, 4), replica_cpus=2, config=ServerConfig(batch_size=16))
+    opts = deployment_options(spec)
+    assert opts["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "initial_replicas": 1,
+        "target_ongoing_requests": 8,  # half a batch of 16
+    }
+    assert "num_replicas" not in opts
+    assert opts["ray_actor_options"] == {"num_cpus": 2}
+    assert opts["max_ongoing_requests"] == 32 and opts["max_queued_requests"] == ServerConfig().max_queue
+    assert opts["graceful_shutdown_timeout_s"] == ServerConfig().request_timeout_s + 5
+
+
+@pytest.mark.parametrize("bad", ["4", "1:", "a:b", "2:1", "0:0", "-1:3", "1:4:5", ""])
+def test_bad_autoscale_is_refused_with_its_field(bad: str) -> None:
+    with pytest.raises(InputError) as e:
+        parse_autoscale(bad)
+    assert e.value.field == "autoscale"
+
+
+def test_replica_count_fills_the_cluster_or_takes_the_count() -> None:
+    assert replica_count(RaySpec(model="m"), 16) == 16
+    assert replica_count(RaySpec(model="m", replica_cpus=4), 18) == 4
+    assert replica_count(RaySpec(model="m", replica_cpus=4), 2) == 1  # at least one
+    assert replica_count(RaySpec(model="m", replicas=3), 64) == 3
+    assert deployment_options(RaySpec(model="m", replicas=2))["num_replicas"] == 2
+
+
+def test_args_round_trip_and_refusals() -> None:
+    spec = RaySpec(
+        model="/models/x",
+        replica_cpus=2,
+        autoscale=(1, 3),
+        config=ServerConfig(max_wait_ms=1.0, spin=False, workers=1),
+        api_key_env="K",
+    )
+    assert RaySpec.from_args(spec.to_args()) == spec
+    # the strings `serve run ... key=value` passes
+    assert RaySpec.from_args(
+        {"model": "/m", "replicas": "2", "spin": "false", "max_wait_ms": "0.5"}
+    ) == RaySpec(model="/m", replicas=2, config=ServerConfig(spin=False, max_wait_ms=0.5))
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"model": "/m", "replica": 2}, "replica"),
+        ({"replicas": 2}, "model"),
+        ({"model": "/m", "replicas": 2, "autoscale": "1:2"}, "autoscale"),
+        ({"model": "/m", "replicas": 0}, "replicas"),
+        ({"model": "/m", "replica_cpus": "two"}, "replica_cpus"),
+        ({"model": "/m", "api_key": "s3cret"}, "api_key"),
+        ({"model": "/m", "autoscale": "3:1"}, "autoscale"),
+    ]
+    for args, field in cases:
+        with pytest.raises(InputError) as e:
+            RaySpec.from_args(args)
+        assert e.value.field == field, args
+
+
+def test_cli_ray_options_are_checked(tiny_export: Path) -> None:
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["serve", "-m", str(tiny_export), *args])
+
+    res = invoke("--replicas", "2")
+    assert res.exit_code == 2 and "need --ray" in res.output
+    res = invoke("--ray", "--autoscale", "2:1")
+    assert res.exit_code == 2 and "--autoscale" in res.output and "MIN at most MAX" in res.output
+    res = invoke("--replicas", "2", "--autoscale", "1:2", "--ray")
+    assert res.exit_code == 2 and "not both" in res.output
+    res = invoke("--threads", "2", "--ray")
+    assert res.exit_code == 2 and "--replica-cpus" in res.output
+
+
+def test_missing_ray_is_one_line_with_the_pip_command(
+    tiny_export: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [
+        m for m in sys.modules if m == "ray" or m.startswith("ray.") or m == "dmeta_embed.serve.ray"
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
+    with pytest.raises(SystemExit) as e:
+        run_cli(cli, args=["serve", "-m", str(tiny_export), "--ray"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["Error: ray is not installed; run: pip install 'dmeta-embed[ray]'"]
+
+
+def test_health_probe_fails_once_the_engine_does(tiny_export: Path) -> None:
+    """Ray replaces a replica whose ``check_health`` raises: here it raises once inference fails."""
+    pytest.importorskip("ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'")
+    from dmeta_embed.serve.app import create_app
+    from dmeta_embed.serve.ray import EngineBroken, RayReplica
+
+    embedder = Embedder.load(tiny_export, variant="fp32", threads=1)
+    replica = RayReplica.__new__(RayReplica)  # no Ray: only what check_health reads
+    replica.embedder = embedder
+    replica.asgi = create_app(embedder, ServerConfig(), warm_before_serving=True)
+
+    async def probe() -> None:
+        async with replica.asgi.router.lifespan_context(replica.asgi):
+            await replica.check_health()  # a working engine passes
+
+            def broken(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("session is gone")
+
+            embedder.pipeline.run = broken  # type: ignore[method-assign]
+            with pytest.raises(EngineBroken, match="session is gone"):
+                await replica.check_health()
+
+    asyncio.run(probe())
+
+
+# -- on a local Ray -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_url(tiny_export: Path) -> Any:
+    """Two replicas of the tiny model (fp32, 1 CPU each) on a local 2-CPU Ray, API key on."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'")
+    serve = pytest.importorskip(
+        "ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'"
+    )
+    from dmeta_embed.serve.ray import build
+    from dmeta_embed.serve.ray_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+    os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK  # the proxy Ray starts reads it (as serve --ray sets it)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    finally:
+        del os.environ[PROXY_CALLBACK_ENV]
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        spec = RaySpec(
+            model=str(tiny_export),
+            variant="fp32",
+            replicas=2,
+            replica_cpus=1,
+            config=ServerConfig(max_inputs=32),
+            api_key_env=KEY_ENV,
+        )
+        serve.run(build(spec, key=KEY), name="dmeta-embed", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_export: Path) -> Embedder:
+    return Embedder.load(tiny_export, variant="fp32")
+
+
+def texts_for(i: int) -> list[str]:
+    rng = np.random.default_rng(i)
+    return ["".join(rng.choice(WORDS, int(rng.integers(1, 20)))) for _ in range(int(rng.integers(1, 4)))]
+
+
+def assert_same(got: Any, texts: list[str], reference: Embedder) -> None:
+    got = np.asarray([d["embedding"] for d in got["data"]], dtype=np.float32)
+    want = reference.encode(texts)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
+def test_two_replicas_answer_what_encode_answers(ray_url: str, reference: Embedder) -> None:
+    requests = [texts_for(i) for i in range(40)]
+
+    async def main() -> list[Any]:
+        async with httpx.AsyncClient(base_url=ray_url, headers=AUTH, timeout=60) as c:
+            replies = await asyncio.gather(*(c.post("/v1/embeddings", json={"input": t}) for t in requests))
+            return [r.json() if r.status_code == 200 else r.text for r in replies]
+
+    for texts, body in zip(requests, asyncio.run(main()), strict=True):
+        assert isinstance(body, dict), body
+        assert_same(body, texts, reference)
+    tei = httpx.post(f"{ray_url}/embed", json={"inputs": requests[0]}, headers=AUTH, timeout=60)
+    np.testing.assert_allclose(np.asarray(tei.json(), np.float32), reference.encode(requests[0]), atol=2e-6)
+
+
+def test_info_lists_two_replicas_with_their_plans(ray_url: str, reference: Embedder) -> None:
+    info = httpx.get(f"{ray_url}/info", headers=AUTH, timeout=30).json()
+    reps = info["replicas"]
+    assert reps["count"] == 2 and reps["asked"] == {"replicas": 2} and reps["cpus_each"] == 1
+    assert len(reps["each"]) == 2 and sum(r["this"] for r in reps["each"]) == 1
+    assert len({r["pid"] for r in reps["each"]}) == 2
+    for r in reps["each"]:
+        # threads from the replica's CPUs, not the host's
+        assert (r["variant"], r["engine"], r["threads"], r["workers"]) == ("fp32", "onnxruntime", 1, 1)
+    assert info["workers"] == {"asked": "auto", "count": 1, "threads": 1}
+    assert info["dim"] == reference.dim and info["auth"] is True
+
+
+def test_refusals_are_the_plain_servers(ray_url: str, tiny_export: Path) -> None:
+    """Same statuses and bodies as the app without Ray, API key included (``/health`` open)."""
+    from starlette.testclient import TestClient
+
+    from dmeta_embed.serve.app import create_app
+
+    plain = create_app(
+        Embedder.load(tiny_export, variant="fp32", threads=1), ServerConfig(max_inputs=32, api_key=KEY)
+    )
+    cases: list[tuple[str, str, dict[str, str], bytes | None]] = [
+        ("POST", "/v1/embeddings", {}, b'{"input": "a"}'),  # no key
+        ("POST", "/v1/embeddings", {"authorization": "Bearer wrong"}, b'{"input": "a"}'),
+        ("POST", "/v1/embeddings", AUTH, b'{"input": ['),
+        ("POST", "/v1/embeddings", AUTH, json.dumps({"input": ["a"] * 33}).encode()),
+        ("POST", "/embed", AUTH, b'{"text": "wrong field"}'),
+        ("GET", "/health", {}, None),
+    ]
+    with TestClient(plain) as local:
+        for method, path, headers, body in cases:
+            want = local.request(method, path, headers=headers, content=body)
+            got = httpx.request(method, f"{ray_url}{path}", headers=headers, content=body, timeout=30)
+            assert (got.status_code, got.json()) == (want.status_code, want.json()), path
+
+
+def test_killed_replica_costs_only_retried_503s_and_is_replaced(ray_url: str, reference: Embedder) -> None:
+    before = httpx.get(f"{ray_url}/info", headers=AUTH, timeout=30).json()["replicas"]["each"]
+    victim = before[0]["pid"]
+    requests = [texts_for(100 + i) for i in range(400)]
+    answers: dict[int, Any] = {}
+    refused: list[tuple[int, str]] = []
+
+    async def main() -> None:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(requests)):
+            queue.put_nowait(i)
+        async with httpx.AsyncClient(base_url=ray_url, headers=AUTH, timeout=60) as c:
+
+            async def client() -> None:
+                while not queue.empty():
+                    i = queue.get_nowait()
+                    for _ in range(20):  # a 503 is sent again, as its Retry-After asks
+                        r = await c.post("/v1/embeddings", json={"input": requests[i]})
+                        if r.status_code != 503:
+                            break
+                        refused.append((i, r.json()["error"]["code"]))
+                        await asyncio.sleep(0.2)
+                    answers[i] = r.json() if r.status_code == 200 else (r.status_code, r.text)
+
+            async def kill() -> None:
+                while len(answers) < 40:  # under load: requests in flight on both replicas
+                    await asyncio.sleep(0.01)
+                os.kill(victim, signal.SIGKILL)
+
+            await asyncio.gather(kill(), *(client() for _ in range(8)))
+
+    asyncio.run(main())
+    assert {code for _, code in refused} <= {"replica_lost", "overloaded"}, refused
+    for i, texts in enumerate(requests):
+        assert isinstance(answers[i], dict), answers[i]
+        assert_same(answers[i], texts, reference)
+    deadline = time.monotonic() + 90
+    while True:
+        reps = httpx.get(f"{ray_url}/info", headers=AUTH, timeout=30).json()["replicas"]
+        pids = {r.get("pid") for r in reps["each"]}
+        if reps["count"] == 2 and victim not in pids and None not in pids:
+            break
+        assert time.monotonic() < deadline, reps
+        time.sleep(1)
