@@ -26,6 +26,7 @@ from .memory import Peaks, release
 from .progress import stage
 from .reference import cosines, fidelity, torch_embeddings
 from .relative_attention import fuse_relative_attention
+from .relative_buckets import tabulate
 from .rerank_head import ClassifierHead, append_classifier, load_classifier, read_head, torch_logits
 from .score_fidelity import batch_max_diff, score_fidelity
 from .source import Source
@@ -367,8 +368,10 @@ def _fuse(
     written to its file as soon as it exists: one graph in memory, changed in place."""
     import onnx
 
-    model, fusion = graph.fuse(raw, heads, hidden, work)
     passes = []
+    if _tabulate_buckets(raw, int(src.config.get("max_position_embeddings", 0))):
+        passes.append("relative_position_buckets_table")
+    model, fusion = graph.fuse(raw, heads, hidden, work)
     if src.pooling == Pooling.CLS and graph.cls_only_last_layer(model):
         passes.append("cls_only_last_layer")
     if not fusion.get("Attention"):
@@ -394,3 +397,17 @@ def _fuse(
     fp32 = out / VARIANT_FILES[Precision.FP32]
     onnx.save(model, str(fp32))
     return _Fused(backbone, cpu_backbone, fp32, graph.op_counts(model), fusion, passes)
+
+
+def _tabulate_buckets(raw: Path, positions: int) -> bool:
+    """MPNet's relative-position buckets as an integer table in the raw export (every variant
+    derives from it): see :mod:`.relative_buckets`. False (the file untouched) for models without."""
+    import onnx
+
+    if positions <= 0:
+        return False
+    model = onnx.load(str(raw))
+    if not tabulate(model, positions):
+        return False
+    onnx.save(model, str(raw))
+    return True
