@@ -20,7 +20,7 @@ from ..runtime.pipeline import embed_as_runtime
 from ..runtime.runner import Runner
 from ..runtime.session import OnnxRuntimeRunner
 from ..runtime.tokenize import PairTokenizer, TextTokenizer
-from ..texts import calibration_pairs, calibration_texts, probe_pairs, probe_texts
+from ..texts import calibration_pairs, probe_pairs, probe_texts, search_texts
 from . import graph
 from .memory import Peaks, release
 from .progress import stage
@@ -319,7 +319,7 @@ def _probes(src: Source, out: Path) -> tuple[Tokenized, Tokenized, np.ndarray]:
             src.max_length,
             trust_remote_code=src.trust_remote_code,
         )
-    return tokenizer.encode(probes), tokenizer.encode(calibration_texts()), reference
+    return tokenizer.encode(probes), tokenizer.encode(search_texts(src.max_length)), reference
 
 
 def _rerank_probes(
