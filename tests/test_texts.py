@@ -51,3 +51,17 @@ def test_the_export_validates_and_calibrates_on_unguarded_members_it_does_not_sh
     # the members the export sees are not the ones the suite checks held out
     held_out = {t for _, t in degenerate_texts(3, HELD_OUT_SEED, 128)}
     assert len(held_out & set(probed + [t for _, t in searched])) <= 6
+
+
+def test_activation_statistics_batches_hold_a_token_budget():
+    import numpy as np
+
+    from dmeta_embed.export.context import token_batches
+
+    lengths = np.array([5, 300, 12, 300, 7, 40, 300, 300, 2, 600])
+    batches = token_batches(lengths, batch_size=4, max_tokens=700)
+    assert sorted(int(i) for b in batches for i in b) == list(range(len(lengths)))  # each text once
+    for b in batches:
+        assert len(b) <= 4
+        assert len(b) * lengths[b].max() <= 700 or len(b) == 1  # a 600-token text fits only alone
+    assert [list(lengths[b]) for b in batches] == [[2, 5, 7, 12], [40, 300], [300, 300], [300], [600]]

@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: padded tokens per batch of the int8 activation statistics (:meth:`Context.feeds`): a batch's
+#: taps are held at once (a BERT-base: ~0.2 MB per token), so this bounds that stage's peak; 16
+#: texts at max length (6,144 tokens) took the export of real MPNet over 3 GB
+FEED_TOKENS = 2048
+
 
 @dataclass
 class Context:
@@ -166,14 +171,17 @@ class Context:
         tok = self.probe_tok if tok is None else tok
         return embed_as_runtime(runner, tok, pad_id=self.tok_info.pad_token_id, dim=self.out_dim)
 
-    def feeds(self, tok: Tokenized | None = None, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
-        """``tok`` (default: the calibration texts) as length-sorted padded batches, the backbone's
-        input dicts (what activation statistics are gathered on)."""
+    def feeds(
+        self, tok: Tokenized | None = None, batch_size: int = 16, max_tokens: int = FEED_TOKENS
+    ) -> list[dict[str, np.ndarray]]:
+        """``tok`` (default: the calibration texts) as length-sorted padded batches of at most
+        ``batch_size`` texts and ``max_tokens`` padded tokens (one text may exceed it alone), the
+        backbone's input dicts (what activation statistics are gathered on: every tapped
+        activation of a batch is held at once, so the token budget bounds the export's peak)."""
         tok = self.calib_tok if tok is None else tok
-        order = np.argsort(tok.lengths, kind="stable")
         out = []
-        for s in range(0, len(order), batch_size):
-            arrays = pad(tok.ids, order[s : s + batch_size], self.tok_info.pad_token_id, tok.type_ids)
+        for rows in token_batches(tok.lengths, batch_size, max_tokens):
+            arrays = pad(tok.ids, np.array(rows), self.tok_info.pad_token_id, tok.type_ids)
             out.append(dict(zip(self.inputs, arrays, strict=True)))
         return out
 
@@ -240,6 +248,18 @@ def write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
     if tok.padding_side != "right":
         log.warning("tokenizer pads on the %s; the runtime pads right", tok.padding_side)
     return TokenizerInfo(file="tokenizer.json", pad_token_id=int(tok.pad_token_id or 0))
+
+
+def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Indices of ``lengths`` in length-sorted batches of at most ``batch_size`` texts and
+    ``max_tokens`` padded tokens (a text longer than that alone makes a batch of one)."""
+    batches: list[list[int]] = []
+    for i in np.argsort(lengths, kind="stable"):
+        # ascending lengths: the text joining a batch is its longest
+        if not batches or len(batches[-1]) == batch_size or (len(batches[-1]) + 1) * lengths[i] > max_tokens:
+            batches.append([])
+        batches[-1].append(int(i))
+    return [np.array(b) for b in batches]
 
 
 def prepare(

@@ -57,9 +57,7 @@ def _relative_positions(producer: dict[str, onnx.NodeProto], name: str) -> str |
     return None
 
 
-def _between(
-    producer: dict[str, onnx.NodeProto], start: str, end: str
-) -> list[onnx.NodeProto] | None:
+def _between(producer: dict[str, onnx.NodeProto], start: str, end: str) -> list[onnx.NodeProto] | None:
     """The nodes computing ``end`` from ``start`` (and constants), in graph order; None when
     ``end`` needs any other input or an op outside :data:`ELEMENTWISE`."""
     nodes: dict[int, onnx.NodeProto] = {}
