@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-
 #: what the runtime is told under ``--emulate`` (qemu-user passes the host's /proc/cpuinfo through)
 EMULATED = {
     "Haswell": {
