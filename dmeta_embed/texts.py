@@ -61,9 +61,10 @@ def probe_texts(max_length: int) -> list[str]:
     texts.append(over)
     # degenerate inputs users send, held out of the calibration set: empty, whitespace only,
     # emoji only, and one word repeated past max length (int8's activation scales meet their
-    # extremes on such texts); the families below are checked held out (tests, benchmarks/tails)
+    # extremes on such texts), then members of every family the runtime does not route to fp32
+    # (PROBE_SEED's; the suite and benchmarks/tails.py check others, HELD_OUT_SEED's)
     texts += ["", " \t\n ", "😀🎉🚀👍🔥", "好 " * (max_length + 8)]
-    return texts
+    return texts + [t for _, t in degenerate_texts(PROBE_PER_FAMILY, PROBE_SEED, max_length, guarded=False)]
 
 
 def calibration_texts(n: int = 48, seed: int = 7) -> list[str]:
@@ -76,6 +77,15 @@ def calibration_texts(n: int = 48, seed: int = 7) -> list[str]:
     # degenerate texts of the same kinds as the probe set's, but not the same texts
     out += ["  ", "✨🌟💡", "test " * 300]
     return out
+
+
+def search_texts(max_length: int = 512) -> list[str]:
+    """What the export's int8 searches calibrate on: :func:`calibration_texts` and a member of
+    every family the runtime does not route to fp32 (CALIBRATION_SEED's, none of the probe set's)
+    but prose at max length, which the calibration texts already reach (``"test " * 300``) and
+    whose activation statistics would cost the export memory it does not have to spend."""
+    members = degenerate_texts(SEARCH_PER_FAMILY, CALIBRATION_SEED, max_length, guarded=False)
+    return calibration_texts() + [t for f, t in members if f not in SEARCH_SKIPS]
 
 
 # -- (query, document) pairs for cross-encoders ----------------------------------------------------
@@ -262,8 +272,17 @@ FAMILIES = {
     "url": _url,
     "max_length": _at_max_length,
 }
-#: the seed of the held-out members the suite and benchmarks/tails.py check
+#: the seeds of the members the export sees: the int8 searches calibrate on one, validation probes
+#: the other; the suite and benchmarks/tails.py check members of a third (held out)
+CALIBRATION_SEED = 11
+PROBE_SEED = 23
 HELD_OUT_SEED = 97
+#: members of each family the probe set validates on, and the searches calibrate on (few: the long
+#: families' members run at max length, and every search trial embeds them all)
+PROBE_PER_FAMILY = 2
+SEARCH_PER_FAMILY = 1
+#: families the searches do not calibrate on (see :func:`search_texts`)
+SEARCH_SKIPS = frozenset({"max_length"})
 
 
 #: families made of one token over and over: the runtime routes them to the fp32 graph

@@ -29,9 +29,9 @@ def mpnet_export(mpnet_src: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from dmeta_embed.export import export_model
 
     out = tmp_path_factory.mktemp("tiny-mpnet-export") / "model"
-    # no trust_remote_code. fp16 is left out: on these random weights it scores min cos ~0.9998,
-    # below its 0.9999 bar, with onnxruntime's own fusion as with ours (a property of the weights)
-    export_model(str(mpnet_src), out, variants=("fp32", "int8"))
+    # no trust_remote_code. fp16 once scored min cos ~0.9998 here, below its 0.9999 bar: its
+    # relative-position buckets were computed in fp16 (now an integer table, relative_buckets.py)
+    export_model(str(mpnet_src), out, variants=("fp32", "fp16", "int8"))
     return out
 
 
@@ -41,8 +41,35 @@ def test_manifest_says_mpnet_mean_pooling_and_offset_positions(mpnet_export: Pat
     assert m.pooling == Pooling.MEAN and m.normalize is True
     assert m.max_length == 384  # sentence_bert_config, within the 514 - 2 positions
     assert m.tokenizer.pad_token_id == 1
-    assert set(m.variants) == {"fp32", "int8"} and all(v.fidelity.passed for v in m.variants.values())
-    assert "relative_position_attention" in m.export["graph_passes"]
+    assert set(m.variants) == {"fp32", "fp16", "int8"}
+    assert all(v.fidelity.passed for v in m.variants.values())
+    assert {"relative_position_attention", "relative_position_buckets_table"} <= set(m.export["graph_passes"])
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.fp16.onnx", "model.int8.onnx"])
+def test_relative_buckets_are_an_integer_table_equal_to_transformers(
+    mpnet_src: Path, mpnet_export: Path, name: str
+) -> None:
+    """No variant computes a bucket in floats (fp16 and bf16 moved tokens to the next bucket: a
+    whole row of the bias); the table is MPNet's own ``relative_position_bucket`` for every
+    relative position the model's positions allow."""
+    import json
+
+    import torch
+    from onnx import numpy_helper
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+    from dmeta_embed.export.relative_buckets import OFFSET, TABLE
+
+    g = onnx.load(str(mpnet_export / name)).graph
+    assert not [n for n in g.node if n.op_type == "Log"]
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    table, offset = inits[TABLE], int(inits[OFFSET])
+    positions = json.loads((mpnet_src / "config.json").read_text())["max_position_embeddings"]
+    assert offset == positions - 1 and table.shape == (2 * positions - 1,)
+    rel = torch.arange(-(positions - 1), positions)
+    expected = MPNetEncoder.relative_position_bucket(rel, num_buckets=32).numpy()
+    np.testing.assert_array_equal(table, expected)
 
 
 def test_attention_is_fused_with_the_bias_computed_once(mpnet_export: Path) -> None:

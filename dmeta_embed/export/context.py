@@ -20,12 +20,13 @@ from ..runtime.pipeline import embed_as_runtime
 from ..runtime.runner import Runner
 from ..runtime.session import OnnxRuntimeRunner
 from ..runtime.tokenize import PairTokenizer, TextTokenizer
-from ..texts import calibration_pairs, calibration_texts, probe_pairs, probe_texts
+from ..texts import calibration_pairs, probe_pairs, probe_texts, search_texts
 from . import graph
 from .memory import Peaks, release
 from .progress import stage
 from .reference import cosines, fidelity, torch_embeddings
 from .relative_attention import fuse_relative_attention
+from .relative_buckets import tabulate
 from .rerank_head import ClassifierHead, append_classifier, load_classifier, read_head, torch_logits
 from .score_fidelity import batch_max_diff, score_fidelity
 from .source import Source
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
     from .speed import Pass
 
 log = logging.getLogger(__name__)
+
+#: padded tokens per batch of the int8 activation statistics (:meth:`Context.feeds`): a batch's
+#: taps are held at once (a BERT-base: ~0.2 MB per token), so this bounds that stage's peak; 16
+#: texts at max length (6,144 tokens) took the export of real MPNet over 3 GB
+FEED_TOKENS = 2048
 
 
 @dataclass
@@ -165,14 +171,17 @@ class Context:
         tok = self.probe_tok if tok is None else tok
         return embed_as_runtime(runner, tok, pad_id=self.tok_info.pad_token_id, dim=self.out_dim)
 
-    def feeds(self, tok: Tokenized | None = None, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
-        """``tok`` (default: the calibration texts) as length-sorted padded batches, the backbone's
-        input dicts (what activation statistics are gathered on)."""
+    def feeds(
+        self, tok: Tokenized | None = None, batch_size: int = 16, max_tokens: int = FEED_TOKENS
+    ) -> list[dict[str, np.ndarray]]:
+        """``tok`` (default: the calibration texts) as length-sorted padded batches of at most
+        ``batch_size`` texts and ``max_tokens`` padded tokens (one text may exceed it alone), the
+        backbone's input dicts (what activation statistics are gathered on: every tapped
+        activation of a batch is held at once, so the token budget bounds the export's peak)."""
         tok = self.calib_tok if tok is None else tok
-        order = np.argsort(tok.lengths, kind="stable")
         out = []
-        for s in range(0, len(order), batch_size):
-            arrays = pad(tok.ids, order[s : s + batch_size], self.tok_info.pad_token_id, tok.type_ids)
+        for rows in token_batches(tok.lengths, batch_size, max_tokens):
+            arrays = pad(tok.ids, np.array(rows), self.tok_info.pad_token_id, tok.type_ids)
             out.append(dict(zip(self.inputs, arrays, strict=True)))
         return out
 
@@ -239,6 +248,18 @@ def write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
     if tok.padding_side != "right":
         log.warning("tokenizer pads on the %s; the runtime pads right", tok.padding_side)
     return TokenizerInfo(file="tokenizer.json", pad_token_id=int(tok.pad_token_id or 0))
+
+
+def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Indices of ``lengths`` in length-sorted batches of at most ``batch_size`` texts and
+    ``max_tokens`` padded tokens (a text longer than that alone makes a batch of one)."""
+    batches: list[list[int]] = []
+    for i in np.argsort(lengths, kind="stable"):
+        # ascending lengths: the text joining a batch is its longest
+        if not batches or len(batches[-1]) == batch_size or (len(batches[-1]) + 1) * lengths[i] > max_tokens:
+            batches.append([])
+        batches[-1].append(int(i))
+    return [np.array(b) for b in batches]
 
 
 def prepare(
@@ -318,7 +339,7 @@ def _probes(src: Source, out: Path) -> tuple[Tokenized, Tokenized, np.ndarray]:
             src.max_length,
             trust_remote_code=src.trust_remote_code,
         )
-    return tokenizer.encode(probes), tokenizer.encode(calibration_texts()), reference
+    return tokenizer.encode(probes), tokenizer.encode(search_texts(src.max_length)), reference
 
 
 def _rerank_probes(
@@ -367,8 +388,10 @@ def _fuse(
     written to its file as soon as it exists: one graph in memory, changed in place."""
     import onnx
 
-    model, fusion = graph.fuse(raw, heads, hidden, work)
     passes = []
+    if _tabulate_buckets(raw, int(src.config.get("max_position_embeddings", 0))):
+        passes.append("relative_position_buckets_table")
+    model, fusion = graph.fuse(raw, heads, hidden, work)
     if src.pooling == Pooling.CLS and graph.cls_only_last_layer(model):
         passes.append("cls_only_last_layer")
     if not fusion.get("Attention"):
@@ -394,3 +417,17 @@ def _fuse(
     fp32 = out / VARIANT_FILES[Precision.FP32]
     onnx.save(model, str(fp32))
     return _Fused(backbone, cpu_backbone, fp32, graph.op_counts(model), fusion, passes)
+
+
+def _tabulate_buckets(raw: Path, positions: int) -> bool:
+    """MPNet's relative-position buckets as an integer table in the raw export (every variant
+    derives from it): see :mod:`.relative_buckets`. False (the file untouched) for models without."""
+    import onnx
+
+    if positions <= 0:
+        return False
+    model = onnx.load(str(raw))
+    if not tabulate(model, positions):
+        return False
+    onnx.save(model, str(raw))
+    return True
