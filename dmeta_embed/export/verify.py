@@ -131,8 +131,10 @@ def verify(
 ) -> list[VariantCheck]:
     """Each of ``variants`` (default: every variant in the folder) on ``texts`` against the source
     model (``ref``: its vectors, when already computed). A variant that cannot run here (its
-    engine is missing, say) is reported as skipped, with why."""
-    require_feature("export")
+    engine is missing, say) is reported as skipped, with why. Only the reference needs the
+    export extra (torch): with ``ref`` given, the runtime alone runs."""
+    if ref is None:
+        require_feature("export")
     from ..runtime.embedder import Embedder
 
     manifest = Manifest.load(folder)
