@@ -192,10 +192,7 @@ def quantize_static(
     split = outlier_split.split(m, channels, copy=not loaded)
     del m
     keep = [n.name for n in split.graph.node if n.op_type == "MatMul" and role_of(n.name) in float_weights]
-    items = [
-        {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-        for ids in calib.ids
-    ]
+    items = [calib.row_feed(i) for i in range(len(calib.ids))]
     folder = None
     if workdir is not None:
         folder = workdir / "nncf"

