@@ -1,13 +1,18 @@
 """Cross-encoders on REAL bodies with a SEEDED head: real all-MiniLM-L6-v2 and all-mpnet-base-v2
-transformers under a one-label classification head drawn from a fixed seed, scaled so the probe
-pairs' logits spread (standard deviation about 2: sigmoid scores between about 0.1 and 0.9).
+transformers under a one-label classification head, labelled "real body, seeded head".
 
 No trained cross-encoder is available offline here. A real body gives real activation statistics
-(what int8's and bf16's fidelity depends on); the seeded head makes the scores a fixed random
-projection of the real first-token state, not relevance: every figure from these folders is
-labelled "real body, seeded head", and says nothing about ranking quality.
+(what int8's and bf16's fidelity depends on). The head: its first dense layer (BERT's pooler,
+MPNet's ``classifier.dense``) drawn from a fixed seed; its last layer FITTED (ridge regression) to
+the body's own bi-encoder relevance, the cosine of the mean-pooled query and document embeddings,
+on seeded training pairs disjoint from the probe pairs; then scaled so the probe pairs' logits have
+a standard deviation of 2 around 0 (about -4 to +6: sigmoid scores spread over (0, 1), as a trained
+reranker's do). A purely random last layer read the first token's state along a random direction,
+where int8's noise is as large as the spread between pairs: every variant then looked damaging
+(docs/export.md, "Reranker bars"). The scores track the bi-encoder's relevance, not a trained
+cross-encoder's: every figure from these folders says "real body, seeded head".
 
-    python -m benchmarks.cross_encoders build [--out benchmarks/models/cross-encoders]
+    python -m benchmarks.cross_encoders build [--models benchmarks/models/cross-encoders]
     python -m benchmarks.cross_encoders export NAME [--variants ...]   # under flock, records results
 """
 
@@ -20,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent
 #: the label every figure from these folders carries
 LABEL = "real body, seeded head"
@@ -31,6 +38,10 @@ BODIES: dict[str, tuple[Path, int]] = {
 SEED = 20240601
 #: the probe logits' standard deviation the head is scaled to
 SPREAD = 2.0
+#: ridge strength, as a share of the features' mean variance: enough to keep the fitted direction
+#: among those the first-token state varies along (a trained head's), not a noise direction that
+#: happens to fit a few training pairs
+RIDGE = 0.1
 MARKER = "seeded_head.json"
 
 
@@ -71,21 +82,24 @@ def build(name: str, out: Path) -> Path:
                 p.normal_(0.0, 0.05 if p.ndim > 1 else 0.02)
                 head[pname] = list(p.shape)
         tok = AutoTokenizer.from_pretrained(src)
-        pairs, _ = probe_pairs(max_length)
-        enc = tok(
-            [p[0] for p in pairs],
-            [p[1] for p in pairs],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        logits = model(**enc).logits[:, 0]
         last = model.classifier if hasattr(model.classifier, "weight") else model.classifier.out_proj
-        # x·w + b scaled to s·(x·w) + b', with b' centring the probe logits on 0
-        scale = SPREAD / float(logits.std())
-        last.weight.mul_(scale)
-        last.bias.copy_(-scale * (logits.mean() - last.bias))
+        x, y = (
+            _features(model, last, tok, training_pairs(), max_length),
+            _bi_encoder(body, tok, training_pairs(), max_length),
+        )
+        # ridge regression of the bi-encoder's cosine on the last layer's input features
+        mu, ym = x.mean(0), y.mean()
+        xc = x - mu
+        cov = xc.T @ xc / len(x)
+        w = np.linalg.solve(
+            cov + RIDGE * float(np.trace(cov)) / len(cov) * np.eye(len(cov)), xc.T @ (y - ym) / len(x)
+        )
+        probe, _ = probe_pairs(max_length)
+        z = _features(model, last, tok, probe, max_length) @ w
+        scale = SPREAD / float(z.std())
+        last.weight.copy_(torch.from_numpy(scale * w).float()[None, :])
+        last.bias.fill_(-scale * float(z.mean()))
+        fit = float(np.corrcoef(x @ w, y)[0, 1])
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     for f in ("tokenizer.json", "vocab.txt", "special_tokens_map.json", "tokenizer_config.json"):
@@ -95,9 +109,72 @@ def build(name: str, out: Path) -> Path:
         "model_max_length": max_length
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), "utf-8")
-    marker = {"label": LABEL, "body": str(src.name), "seed": SEED, "spread": SPREAD, "head": head}
+    marker = {
+        "label": LABEL,
+        "body": name,
+        "seed": SEED,
+        "spread": SPREAD,
+        "last_layer": "ridge fit to the body's bi-encoder cosine",
+        "ridge": RIDGE,
+        "training_pairs": len(y),
+        "fit_correlation": round(fit, 3),
+        "head": head,
+    }
     (out / MARKER).write_text(json.dumps(marker, indent=2), "utf-8")
     return out
+
+
+def training_pairs() -> list[tuple[str, str]]:
+    """The pairs the head's last layer is fitted on: every built-in sentence against every other
+    (related, translated and unrelated pairs) and seeded prose, none of them a probe pair."""
+    from dmeta_embed.texts import EN, MIXED, ZH, calibration_texts
+
+    texts = ZH + EN + MIXED
+    prose = calibration_texts(24, seed=31)
+    return [(q, d) for q in texts for d in texts if q != d] + [(q, d) for q in texts[::3] for d in prose]
+
+
+def _features(model: Any, last: Any, tok: Any, pairs: list[tuple[str, str]], max_length: int) -> np.ndarray:
+    """The input of the head's last layer for ``pairs`` (batches of 32)."""
+    import torch
+
+    seen: list[np.ndarray] = []
+    hook = last.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].detach().double().numpy()))
+    try:
+        with torch.no_grad():
+            for s in range(0, len(pairs), 32):
+                chunk = pairs[s : s + 32]
+                enc = tok(
+                    [p[0] for p in chunk],
+                    [p[1] for p in chunk],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
+                model(**enc)
+    finally:
+        hook.remove()
+    return np.concatenate(seen)
+
+
+def _bi_encoder(body: Any, tok: Any, pairs: list[tuple[str, str]], max_length: int) -> np.ndarray:
+    """The body's own relevance for ``pairs``: the cosine of the mean-pooled embeddings (how
+    sentence-transformers pools both bodies)."""
+    import torch
+
+    texts = sorted({t for p in pairs for t in p})
+    vecs: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for s in range(0, len(texts), 32):
+            chunk = texts[s : s + 32]
+            enc = tok(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            h = body(**enc).last_hidden_state
+            m = enc["attention_mask"][..., None].to(h.dtype)
+            v = ((h * m).sum(1) / m.sum(1).clamp(min=1)).double().numpy()
+            for t, row in zip(chunk, v / np.linalg.norm(v, axis=1, keepdims=True), strict=True):
+                vecs[t] = row
+    return np.array([float(vecs[q] @ vecs[d]) for q, d in pairs])
 
 
 def export(name: str, models: Path, variants: list[str] | None) -> dict[str, Any]:

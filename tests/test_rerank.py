@@ -291,3 +291,34 @@ def test_inspect_and_cli_rerank(
         ["rerank", str(ce_exports["bert1"]), "-q", "香港买手表", "-d", str(docs), "--raw-scores", "--json"],
     )
     assert raw.exit_code == 0 and any(r["score"] < 0 or r["score"] > 1 for r in json.loads(raw.output))
+
+
+def test_quantizers_leave_the_head_fp32(ce_sources: dict[str, Path], tmp_path: Path) -> None:
+    """int8 and int8-ov quantize the body and leave the classification head's MatMuls fp32 (float
+    weights, no int8 op, no DequantizeLinear on their inputs): the same head in every variant."""
+    pytest.importorskip("nncf")
+    import onnx
+    from onnx import numpy_helper
+
+    from dmeta_embed.export import export_model
+    from dmeta_embed.export.rerank_head import is_head
+
+    out = tmp_path / "q"
+    export_model(str(ce_sources["bert1"]), out, variants=("int8", "int8-ov"), allow_low_fidelity=True)
+    for file in ("model.int8.onnx", "model.int8-ov.onnx"):
+        g = onnx.load(str(out / file)).graph
+        made_by = {o: n for n in g.node for o in n.output}
+        inits = {i.name: i for i in g.initializer}
+        head = [n for n in g.node if is_head(n.name) and n.op_type.startswith("MatMul")]
+        assert len(head) == 2 and {n.op_type for n in head} == {"MatMul"}, file
+        for n in head:
+            assert numpy_helper.to_array(inits[n.input[1]]).dtype == np.float32, (file, n.name)
+            assert made_by[n.input[0]].op_type != "DequantizeLinear", (file, n.name)
+        # the body is quantized: the test would see a graph that quantized nothing
+        quantized = [
+            n
+            for n in g.node
+            if not is_head(n.name)
+            and n.op_type in ("DequantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul")
+        ]
+        assert quantized or any(i.data_type == onnx.TensorProto.INT8 for i in g.initializer), file

@@ -176,6 +176,7 @@ def quantize_static(
     import onnx
 
     from . import outlier_split
+    from .rerank_head import is_head
 
     loaded = isinstance(model, Path)
     m = onnx.load(str(model)) if isinstance(model, Path) else model
@@ -183,7 +184,9 @@ def quantize_static(
         amax = outlier_split.activation_absmax(m, calib, workdir)
     channels = outlier_split.outlier_channels(m, amax)
     # a MatMul that stays float whole needs no side path
-    channels = {name: c for name, c in channels.items() if role_of(name) not in float_weights}
+    channels = {
+        name: c for name, c in channels.items() if role_of(name) not in float_weights and not is_head(name)
+    }
     log.info(
         "int8-ov: %d outlier channels of %d MatMuls kept on a float side path",
         sum(len(c) for c in channels.values()),
@@ -191,7 +194,12 @@ def quantize_static(
     )
     split = outlier_split.split(m, channels, copy=not loaded)
     del m
-    keep = [n.name for n in split.graph.node if n.op_type == "MatMul" and role_of(n.name) in float_weights]
+    # a cross-encoder's head stays fp32, as int8 keeps it (it reads one token: no speed to gain)
+    keep = [
+        n.name
+        for n in split.graph.node
+        if n.op_type == "MatMul" and (role_of(n.name) in float_weights or is_head(n.name))
+    ]
     items = [calib.row_feed(i) for i in range(len(calib.ids))]
     folder = None
     if workdir is not None:
