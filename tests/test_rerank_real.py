@@ -1,6 +1,7 @@
 """A cross-encoder on the REAL all-MiniLM-L6-v2 body with a seeded one-label head
 (``benchmarks.cross_encoders``: real body, seeded head) exports every variant, and the variant
-``auto`` loads meets its score bar against torch computed here, on pairs the export never saw."""
+``auto`` loads meets its score and ranking bars against torch computed here, on pairs the export
+never saw."""
 
 from __future__ import annotations
 
@@ -53,4 +54,11 @@ def test_auto_variant_meets_its_bar_on_a_real_body(tmp_path: Path) -> None:
     with torch.no_grad():
         want = torch.sigmoid(model(**enc).logits[:, 0]).numpy()
     got = rr.predict(pairs)
-    assert float(np.abs(got - want).max()) <= SCORE_BARS[rr.variant].max_abs_diff
+    bar = SCORE_BARS[rr.variant]
+    assert float(np.abs(got - want).max()) <= bar.max_abs_diff
+    # the ranking of each query's documents: Spearman as the correlation of the rank orders
+    per_query = len(docs)
+    for q in range(3):
+        g, w = got[q * per_query : (q + 1) * per_query], want[q * per_query : (q + 1) * per_query]
+        rho = float(np.corrcoef(g.argsort().argsort(), w.argsort().argsort())[0, 1])
+        assert rho >= bar.min_spearman, (q, rho)
