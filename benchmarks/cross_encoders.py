@@ -202,7 +202,17 @@ def export(name: str, models: Path, variants: list[str] | None) -> dict[str, Any
         "cpu_class": cpu.cpu_class.value,
         "cpu": cpu.describe(),
         "export_seconds": round(time.perf_counter() - t, 1),
-        "variants": {k: v.fidelity.to_dict() | {"speed": v.speed.to_dict()} for k, v in m.variants.items()},
+        "variants": {
+            k: v.fidelity.to_dict()
+            | {
+                "speed": v.speed.to_dict(),
+                # what the int8 searches left float: MatMuls (int8), activation quantizers and
+                # whole MatMuls' weights (int8-ov)
+                "kept_float": len(v.kept_float),
+                "float_weights": len(v.int8.float_weights),
+            }
+            for k, v in m.variants.items()
+        },
         "left_out": left_out,
         "auto": {p: make_plan(out, profile=p).variant.value for p in ("library", "server")},
     }
@@ -212,15 +222,50 @@ def export(name: str, models: Path, variants: list[str] | None) -> dict[str, Any
     return result
 
 
+def table(names: list[str]) -> list[str]:
+    """The docs/export.md table of the recorded results (this CPU class's)."""
+    from dmeta_embed.runtime.cpu import detect
+
+    folder = ROOT / "results" / "cross-encoders" / detect().cpu_class.value
+    lines = [
+        "| body | variant | max \\|Δscore\\| | bar | min Spearman | top-3 | met | left float | speed vs fp32 |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for name in names:
+        r = json.loads((folder / f"{name}.json").read_text("utf-8"))
+        for variant, v in r["variants"].items():
+            vs = v["speed"].get("vs_fp32")
+            lines.append(
+                f"| {name} | {variant} | {v['max_abs_diff']:.2e} | {v['bar_max_abs_diff']:g} | "
+                f"{v['min_spearman']:.4f} | {v['min_topk']:g} | {'yes' if v['passed'] else '**no**'} | "
+                f"{_left_float(variant, v)} | {f'{vs:.2f}x' if vs is not None else '–'} |"
+            )
+        lines.append(
+            f"| {name} | **auto** | library: {r['auto']['library']}, server: {r['auto']['server']} |||||||"
+        )
+    return lines
+
+
+def _left_float(variant: str, v: dict[str, Any]) -> str:
+    if variant == "int8":
+        return f"{v.get('kept_float', '?')} MatMuls"
+    if variant == "int8-ov":
+        return f"{v.get('kept_float', '?')} act. quantizers, {v.get('float_weights', '?')} MatMuls' weights"
+    return "–"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["build", "export"])
+    ap.add_argument("command", choices=["build", "export", "table"])
     ap.add_argument("names", nargs="*", default=list(BODIES))
     ap.add_argument("--models", type=Path, default=ROOT / "models" / "cross-encoders")
     ap.add_argument(
         "--variants", default=None, help="comma-separated (default: every variant auto can choose)"
     )
     args = ap.parse_args()
+    if args.command == "table":
+        print("\n".join(table(args.names)))
+        return
     for name in args.names:
         if args.command == "build":
             print(build(name, args.models / name))
