@@ -15,9 +15,11 @@ import numpy as np
 
 from ..manifest import Bar
 from .openvino import (
+    EMBEDDINGS,
     ROLE_ORDER,
     WEIGHT_ROLE_ORDER,
     activation_quantizers,
+    embedding_lookups,
     quantize_static,
     role_of,
     unquantize,
@@ -73,6 +75,7 @@ def search(
     # one fp32 pass finds the outlier channels of every trial (each quantizes the same model)
     amax = outlier_split.activation_absmax(fp32, calib, workdir)
     matmuls = [n.name for n in fp32.graph.node if n.op_type == "MatMul"]
+    lookups = embedding_lookups(fp32)
     del fp32
     static = quantize_static(model, calib, amax=amax, workdir=workdir)
     quantizers = activation_quantizers(static)
@@ -121,6 +124,7 @@ def search(
         return _float_weights(
             model,
             matmuls,
+            lookups,
             calib,
             embed,
             target,
@@ -146,6 +150,7 @@ def search(
 def _float_weights(
     model: onnx.ModelProto | Path,
     matmuls: list[str],
+    lookups: list[str],
     calib: Tokenized,
     embed: Callable[[onnx.ModelProto | Path, Tokenized], np.ndarray],
     target: Bar,
@@ -159,12 +164,12 @@ def _float_weights(
 ) -> OpenVinoInt8:
     """Weights-only int8 that missed ``target`` (calibration cosines ``scores``; ``removed``: its
     activation quantizers, every one float): the roles of :data:`WEIGHT_ROLE_ORDER` present in
-    ``model`` keep float weights, one more per trial, until ``target`` is met; the last candidate
-    tried when none meets it."""
+    ``model`` keep float weights, one more per trial, then the embedding tables (``lookups``),
+    until ``target`` is met; the last candidate tried when none meets it."""
     from .progress import Progress
 
     present = {role_of(n) for n in matmuls}
-    roles = [r for r in WEIGHT_ROLE_ORDER if r in present]
+    roles = [r for r in WEIGHT_ROLE_ORDER if r in present] + ([EMBEDDINGS] if lookups else [])
     progress = Progress("int8-ov float-weight trials", len(roles), bound=True)
     candidate = None
     kept: dict[str, str] = {}
@@ -180,6 +185,8 @@ def _float_weights(
         trials += 1
         c = agreement(embed(candidate, calib), reference)
         kept = {n: why for n in matmuls if role_of(n) in roles[:k]}
+        if EMBEDDINGS in roles[:k]:
+            kept |= dict.fromkeys(lookups, why)
         passed = bool(c.min() >= target.min_cos and c.mean() >= target.mean_cos)
         log.info(
             "int8-ov: int8 weights with %s float (%d MatMuls): calibration min cos %.5f, mean %.5f",

@@ -68,6 +68,16 @@ _ROLES = (
 #: one role's float weights lift the worst held-out text about as much, and the attention output
 #: costs the least speed (docs/performance.md, "AVX-512 VNNI", its levers table)
 WEIGHT_ROLE_ORDER = ("attention_output", "ffn_intermediate", "ffn_output", "qkv", "other")
+#: the last float-weight step, after every MatMul role: the embedding tables NNCF stores in int8
+#: (word, position, token-type and relative-attention-bias lookups), which a graph with every
+#: MatMul's weights float otherwise still reads through a DequantizeLinear
+EMBEDDINGS = "embeddings"
+
+
+def embedding_lookups(model: onnx.ModelProto) -> list[str]:
+    """The Gather nodes that read a constant table (the embeddings NNCF quantizes)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits]
 
 
 def require() -> None:
@@ -200,6 +210,8 @@ def quantize_static(
         for n in split.graph.node
         if n.op_type == "MatMul" and (role_of(n.name) in float_weights or is_head(n.name))
     ]
+    if EMBEDDINGS in float_weights:
+        keep += embedding_lookups(split)
     items = [calib.row_feed(i) for i in range(len(calib.ids))]
     folder = None
     if workdir is not None:
