@@ -28,7 +28,7 @@ from .reference import cosines, fidelity, torch_embeddings
 from .relative_attention import fuse_relative_attention
 from .relative_buckets import tabulate
 from .rerank_head import ClassifierHead, append_classifier, load_classifier, read_head, torch_logits
-from .score_fidelity import batch_max_diff, score_fidelity
+from .score_fidelity import batch_max_diff, score_fidelity, score_rows
 from .source import Source
 
 if TYPE_CHECKING:
@@ -201,6 +201,25 @@ class Context:
             act = self.src.rerank.activation
             return max(batch_max_diff(alone, batched[some], act), batch_max_diff(alone, together, act))
         return float(min(cosines(alone, batched[some]).min(), cosines(alone, together).min()))
+
+    def agreement(self, candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """Per row, how close ``candidate`` is to ``reference``: the number the int8 searches hold
+        to :meth:`search_goal`. Embed: cosines; rerank: 1 − the largest |difference| of a pair's
+        activated scores (``score_fidelity.score_rows``)."""
+        if self.src.rerank is not None:
+            return score_rows(candidate, reference, self.src.rerank.activation)
+        return cosines(candidate, reference)
+
+    def search_goal(self, precision: Precision, margin: float) -> Bar:
+        """The calibration target of ``precision``'s search, stricter than its bar by ``margin``
+        (the share of the bar's allowance the calibration texts may use): on cosines, or on
+        :meth:`agreement`'s 1 − |Δscore| for a reranker (its ``max_abs_diff`` bar, times margin)."""
+        if self.src.rerank is not None:
+            floor = 1 - SCORE_BARS[precision].max_abs_diff * margin
+            return Bar(min_cos=floor, mean_cos=floor)
+        from .variants import target
+
+        return target(self.bars[precision], margin)
 
     def calibration_reference(self) -> np.ndarray:
         """fp32 (ONNX) embeddings of the calibration texts, computed once: the searches' target."""

@@ -15,9 +15,11 @@ import numpy as np
 
 from ..manifest import Bar
 from .openvino import (
+    EMBEDDINGS,
     ROLE_ORDER,
     WEIGHT_ROLE_ORDER,
     activation_quantizers,
+    embedding_lookups,
     quantize_static,
     role_of,
     unquantize,
@@ -47,6 +49,7 @@ def search(
     embed: Callable[[onnx.ModelProto | Path, Tokenized], np.ndarray],
     target: Bar,
     workdir: Path | None = None,
+    agreement: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> OpenVinoInt8:
     """Static int8 of ``model`` (fp32 with the pooling head; a graph, or its file, loaded only
     while a trial quantizes it), with the activation quantizers of the first roles of
@@ -57,18 +60,22 @@ def search(
     misses, the roles of :data:`WEIGHT_ROLE_ORDER` keep float weights, one more per trial, until
     the target is met or every role is float (the caller's validation then decides). Otherwise the
     number of roles removed is bisected (a role removed never lowers fidelity much), about
-    log2(roles) more trials."""
+    log2(roles) more trials. ``agreement(candidate, reference)``: the per-row number held to
+    ``target`` (default: cosines; a reranker's: 1 − its largest score difference)."""
     import onnx
 
     from . import outlier_split
     from .progress import Progress
     from .reference import cosines
 
+    agreement = agreement or cosines
+
     reference = embed(model, calib)
     fp32 = onnx.load(str(model)) if isinstance(model, Path) else model
     # one fp32 pass finds the outlier channels of every trial (each quantizes the same model)
     amax = outlier_split.activation_absmax(fp32, calib, workdir)
     matmuls = [n.name for n in fp32.graph.node if n.op_type == "MatMul"]
+    lookups = embedding_lookups(fp32)
     del fp32
     static = quantize_static(model, calib, amax=amax, workdir=workdir)
     quantizers = activation_quantizers(static)
@@ -93,7 +100,7 @@ def search(
         nonlocal trials
         trials += 1
         candidate = static if k == 0 else unquantize(static, set(removed_for(k)))
-        c = cosines(embed(candidate, calib), reference)
+        c = agreement(embed(candidate, calib), reference)
         scores[k] = c
         static_left = sum(1 for q in quantizers if q.role not in roles[:k])
         passed = bool(c.min() >= target.min_cos and c.mean() >= target.mean_cos)
@@ -117,6 +124,7 @@ def search(
         return _float_weights(
             model,
             matmuls,
+            lookups,
             calib,
             embed,
             target,
@@ -126,6 +134,7 @@ def search(
             removed,
             amax,
             workdir,
+            agreement,
         )
     lo, hi = 0, len(roles)
     while hi - lo > 1:
@@ -141,6 +150,7 @@ def search(
 def _float_weights(
     model: onnx.ModelProto | Path,
     matmuls: list[str],
+    lookups: list[str],
     calib: Tokenized,
     embed: Callable[[onnx.ModelProto | Path, Tokenized], np.ndarray],
     target: Bar,
@@ -150,16 +160,16 @@ def _float_weights(
     removed: dict[str, str],
     amax: dict[str, np.ndarray],
     workdir: Path | None,
+    agreement: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> OpenVinoInt8:
     """Weights-only int8 that missed ``target`` (calibration cosines ``scores``; ``removed``: its
     activation quantizers, every one float): the roles of :data:`WEIGHT_ROLE_ORDER` present in
-    ``model`` keep float weights, one more per trial, until ``target`` is met; the last candidate
-    tried when none meets it."""
+    ``model`` keep float weights, one more per trial, then the embedding tables (``lookups``),
+    until ``target`` is met; the last candidate tried when none meets it."""
     from .progress import Progress
-    from .reference import cosines
 
     present = {role_of(n) for n in matmuls}
-    roles = [r for r in WEIGHT_ROLE_ORDER if r in present]
+    roles = [r for r in WEIGHT_ROLE_ORDER if r in present] + ([EMBEDDINGS] if lookups else [])
     progress = Progress("int8-ov float-weight trials", len(roles), bound=True)
     candidate = None
     kept: dict[str, str] = {}
@@ -173,8 +183,10 @@ def _float_weights(
         candidate = _final(static, {q.name: "" for q in activation_quantizers(static)})
         del static
         trials += 1
-        c = cosines(embed(candidate, calib), reference)
+        c = agreement(embed(candidate, calib), reference)
         kept = {n: why for n in matmuls if role_of(n) in roles[:k]}
+        if EMBEDDINGS in roles[:k]:
+            kept |= dict.fromkeys(lookups, why)
         passed = bool(c.min() >= target.min_cos and c.mean() >= target.mean_cos)
         log.info(
             "int8-ov: int8 weights with %s float (%d MatMuls): calibration min cos %.5f, mean %.5f",

@@ -68,6 +68,16 @@ _ROLES = (
 #: one role's float weights lift the worst held-out text about as much, and the attention output
 #: costs the least speed (docs/performance.md, "AVX-512 VNNI", its levers table)
 WEIGHT_ROLE_ORDER = ("attention_output", "ffn_intermediate", "ffn_output", "qkv", "other")
+#: the last float-weight step, after every MatMul role: the embedding tables NNCF stores in int8
+#: (word, position, token-type and relative-attention-bias lookups), which a graph with every
+#: MatMul's weights float otherwise still reads through a DequantizeLinear
+EMBEDDINGS = "embeddings"
+
+
+def embedding_lookups(model: onnx.ModelProto) -> list[str]:
+    """The Gather nodes that read a constant table (the embeddings NNCF quantizes)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits]
 
 
 def require() -> None:
@@ -176,6 +186,7 @@ def quantize_static(
     import onnx
 
     from . import outlier_split
+    from .rerank_head import is_head
 
     loaded = isinstance(model, Path)
     m = onnx.load(str(model)) if isinstance(model, Path) else model
@@ -183,7 +194,9 @@ def quantize_static(
         amax = outlier_split.activation_absmax(m, calib, workdir)
     channels = outlier_split.outlier_channels(m, amax)
     # a MatMul that stays float whole needs no side path
-    channels = {name: c for name, c in channels.items() if role_of(name) not in float_weights}
+    channels = {
+        name: c for name, c in channels.items() if role_of(name) not in float_weights and not is_head(name)
+    }
     log.info(
         "int8-ov: %d outlier channels of %d MatMuls kept on a float side path",
         sum(len(c) for c in channels.values()),
@@ -191,11 +204,15 @@ def quantize_static(
     )
     split = outlier_split.split(m, channels, copy=not loaded)
     del m
-    keep = [n.name for n in split.graph.node if n.op_type == "MatMul" and role_of(n.name) in float_weights]
-    items = [
-        {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-        for ids in calib.ids
+    # a cross-encoder's head stays fp32, as int8 keeps it (it reads one token: no speed to gain)
+    keep = [
+        n.name
+        for n in split.graph.node
+        if n.op_type == "MatMul" and (role_of(n.name) in float_weights or is_head(n.name))
     ]
+    if EMBEDDINGS in float_weights:
+        keep += embedding_lookups(split)
+    items = [calib.row_feed(i) for i in range(len(calib.ids))]
     folder = None
     if workdir is not None:
         folder = workdir / "nncf"

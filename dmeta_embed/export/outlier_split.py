@@ -75,9 +75,8 @@ def activation_absmax(
     finally:
         del model.graph.output[outputs:]
     amax: dict[str, np.ndarray] = {}
-    for ids in calib.ids:
-        feed = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-        for name, v in zip(inputs, sess.run(inputs, feed), strict=True):
+    for i in range(len(calib.ids)):
+        for name, v in zip(inputs, sess.run(inputs, calib.row_feed(i)), strict=True):
             c = np.abs(v).reshape(-1, v.shape[-1]).max(0)
             amax[name] = np.maximum(amax[name], c) if name in amax else c
     return amax

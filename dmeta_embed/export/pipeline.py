@@ -77,27 +77,6 @@ def _wanted(variants: Iterable[str] | None) -> list[Precision]:
     return wanted
 
 
-#: the variants a reranker export builds so far: the int8 searches still score by cosine
-RERANK_VARIANTS = (Precision.FP32, Precision.FP16, Precision.BF16)
-
-
-def _rerank_wanted(wanted: list[Precision], explicit: bool) -> list[Precision]:
-    """``wanted`` for a cross-encoder: variants asked for by name that a rerank export cannot build
-    are an ExportError; a plain export leaves them out, saying so."""
-    out = [p for p in wanted if p in RERANK_VARIANTS]
-    rest = [p.value for p in wanted if p not in RERANK_VARIANTS]
-    if rest and explicit:
-        raise ExportError(
-            f"variant(s) {', '.join(rest)} cannot be built for a cross-encoder yet "
-            f"(built: {', '.join(p.value for p in RERANK_VARIANTS)})"
-        )
-    if rest:
-        log.info("cross-encoder: %s skipped (not built for rerankers yet)", ", ".join(rest))
-    if not out:
-        raise ExportError("no variant a cross-encoder export builds was asked for")
-    return out
-
-
 def export_model(
     model: str = DEFAULT_MODEL,
     output: str | Path = "out/dmeta",
@@ -143,8 +122,6 @@ def export_model(
         truncate_dims=tuple(truncate_dims),
         activation=activation,
     )
-    if src.rerank is not None:
-        wanted = _rerank_wanted(wanted, explicit=variants is not None)
     log.info(
         "exporting %s (%s %s, pooling=%s from %s, max_length=%d): %s",
         src.model_id,

@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 
 #: the hidden state the fused backbone outputs (``graph.HIDDEN``)
 HIDDEN = "last_hidden_state"
+#: the prefix of every node the head adds: the quantizers leave them fp32 (int8 appends the head
+#: after quantizing; int8-ov's NNCF is told to ignore them), so every variant's head is fp32
+PREFIX = "classifier/"
+
+
+def is_head(node: str) -> bool:
+    """Whether ``node`` is one of the classification head's (:func:`append_classifier`)."""
+    return node.startswith(PREFIX)
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,7 @@ def append_classifier(model: onnx.ModelProto, head: ClassifierHead, *, copy: boo
         return name
 
     def node(op: str, inputs: list[str], out: str, **attrs: Any) -> str:
-        g.node.append(helper.make_node(op, inputs, [out], name=f"classifier/{out}", **attrs))
+        g.node.append(helper.make_node(op, inputs, [out], name=f"{PREFIX}{out}", **attrs))
         return out
 
     x = node("Gather", [HIDDEN, const("classifier/zero", np.array(0, np.int64))], "classifier/first", axis=1)

@@ -194,13 +194,17 @@ def calibration_pass(
     from ..runtime.pipeline import embed_as_runtime
 
     singles = [np.asarray([ids], np.int64) for ids in query_ids(ctx.calib_tok.ids)]
+    # a reranker's pairs: their token types cut the same way (the last token is the document's)
+    types = ctx.calib_tok.type_ids
+    single_types = None if types is None else [np.asarray([t], np.int64) for t in query_ids(types)]
 
     def query(i: int) -> object:
         ids = singles[i % len(singles)]
-        return runner.run(ids, np.ones_like(ids))
+        tt = None if single_types is None else single_types[i % len(single_types)]
+        return runner.run(ids, np.ones_like(ids), tt)
 
     return Pass(
-        lambda: embed_as_runtime(runner, ctx.calib_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.hidden),
+        lambda: embed_as_runtime(runner, ctx.calib_tok, pad_id=ctx.tok_info.pad_token_id, dim=ctx.out_dim),
         query,
         bulk_done,
     )

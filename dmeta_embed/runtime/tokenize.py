@@ -24,6 +24,14 @@ class Tokenized:
     #: that takes them; None: the graph takes none (every embed graph, RoBERTa-style rerankers)
     type_ids: list[list[int]] | None = None
 
+    def row_feed(self, i: int) -> dict[str, np.ndarray]:
+        """Row ``i`` alone, unpadded, as a graph's input dict (token types where carried)."""
+        ids = np.asarray([self.ids[i]], np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if self.type_ids is not None:
+            feed["token_type_ids"] = np.asarray([self.type_ids[i]], np.int64)
+        return feed
+
     def take(self, rows: np.ndarray) -> Tokenized:
         """The rows ``rows``, in that order (their truncation not carried)."""
         types = None if self.type_ids is None else [self.type_ids[i] for i in rows]

@@ -17,7 +17,6 @@ from ...variant_records import Activations, Int8Recipe
 from .. import attention_split, graph, int8_calibration, int8_rows, int8_search
 from .. import variants as derive
 from ..progress import stage
-from ..reference import cosines
 from ..speed import SpeedRun, Start, calibration_pass
 from .base import BaseBuilder, Candidate
 
@@ -103,13 +102,13 @@ class INT8(BaseBuilder):
         # the ladder starts at s8 only where u8×s8 is exact, and at s7 (never saturates) where it is
         # not: every candidate runs as exported here, as the runtime will run it on this CPU class
         def score(m: onnx.ModelProto) -> np.ndarray:
-            return cosines(ctx.embed(m, ctx.calib_tok), reference)
+            return ctx.agreement(ctx.embed(m, ctx.calib_tok), reference)
 
         with stage(
             f"int8: per-row int8 over {len(nodes)} MatMuls ({' → '.join(rungs)} on {ctx.cpu.cpu_class.value})"
         ):
             found = int8_search.search(
-                nodes, build, score, derive.target(ctx.bars[self.precision], MARGIN), rungs, damage
+                nodes, build, score, ctx.search_goal(self.precision, MARGIN), rungs, damage
             )
         return found, nodes, rungs, symmetric
 

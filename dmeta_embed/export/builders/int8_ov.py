@@ -14,7 +14,6 @@ from ...rerank_records import ScoreFidelity
 from ...runtime.pipeline import embed_as_runtime
 from ...variant_records import EngineProperties, Int8Recipe, Speed
 from .. import graph, int8_ov_search, openvino, openvino_runner
-from .. import variants as derive
 from ..memory import release
 from ..progress import stage
 from ..speed import SpeedRun, Start, calibration_pass
@@ -59,7 +58,12 @@ class INT8OV(BaseBuilder):
             onnx.save(ctx.head(ctx.load(ctx.raw_path), copy=False), str(source))
             release()
             found = int8_ov_search.search(
-                source, ctx.calib_tok, embed, derive.target(ctx.bars[self.precision], MARGIN), ctx.work
+                source,
+                ctx.calib_tok,
+                embed,
+                ctx.search_goal(self.precision, MARGIN),
+                ctx.work,
+                agreement=ctx.agreement,
             )
         path, ops = ctx.save(found.model, self.precision), graph.op_counts(found.model)
         unquantized, float_weights = found.unquantized, found.float_weights
