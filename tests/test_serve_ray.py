@@ -268,6 +268,25 @@ def test_info_lists_two_replicas_with_their_plans(ray_url: str, reference: Embed
     assert info["dim"] == reference.dim and info["auth"] is True
 
 
+def test_the_ingress_is_haproxy_as_serve_ray_sets_it(ray_url: str) -> None:
+    """The Ray started with serve --ray's environment runs Ray's HAProxy (one of its processes),
+    not only its Python proxy: what the figures in docs/performance.md were measured with."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc to list Ray's processes")
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "1") != "1":
+        pytest.skip("RAY_SERVE_ENABLE_HA_PROXY=0: Ray's Python proxy asked for")
+    names, todo = [], [os.getpid()]
+    while todo:  # the processes below this one: Ray's, started by ray.init
+        pid = todo.pop()
+        try:
+            names.append((Path("/proc") / str(pid) / "comm").read_text().strip())
+            for task in (Path("/proc") / str(pid) / "task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    assert "haproxy" in names, sorted(set(names))
+
+
 def test_refusals_are_the_plain_servers(ray_url: str, tiny_export: Path) -> None:
     """Same statuses and bodies as the app without Ray, API key included (``/health`` open)."""
     from starlette.testclient import TestClient
