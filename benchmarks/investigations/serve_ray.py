@@ -6,7 +6,8 @@ queries, closed loop, base64) on one machine.
 Two services of the same CPUs, measured one after the other:
 
 - ``ray x N``: ``serve --ray --replicas N --replica-cpus 1`` (a local Ray started by the server:
-  N replicas of one thread each behind Ray's HTTP proxy);
+  N replicas of one thread each behind Ray's ingress, ``--ingress``: HAProxy, what ``serve --ray``
+  sets up, or ``python``, Ray's Python proxy);
 - ``N x serve``: N plain ``serve --workers 1 --threads 1`` processes, each pinned to its own core
   with ``taskset`` (where it exists), the clients dealt out among them; their req/s is the sum.
 
@@ -164,10 +165,20 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per level")
     p.add_argument("--max-requests", type=int, default=40000)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument(
+        "--ingress",
+        choices=("haproxy", "python"),
+        default="haproxy",
+        help="Ray's ingress: HAProxy (serve --ray's default) or Ray's Python proxy",
+    )
+    p.add_argument("--throughput-optimized", action="store_true", help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
     p.add_argument("--tag", default=None)
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    tag = args.tag or f"ray-{args.model.resolve().name}"
+    tag = args.tag or f"ray-{'haproxy-' if args.ingress == 'haproxy' else ''}{args.model.resolve().name}"
+    # the server's Ray reads them when it starts (serve --ray sets what is not set)
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if args.ingress == "haproxy" else "0"
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if args.throughput_optimized else "0"
     run = asyncio.run
     try:
         import uvloop
@@ -181,6 +192,8 @@ def main() -> None:
         "tag": tag,
         "model": args.model.resolve().name,
         "variant": args.variant,
+        "ingress": args.ingress,
+        "throughput_optimized": args.throughput_optimized,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "environment": {
             "cpus": available_cpus(),
@@ -209,6 +222,8 @@ def main() -> None:
     pinned = load[f"plain {args.replicas} x serve"].get("pinned")
     lines += [
         "",
+        f"Ray's ingress: {'HAProxy' if args.ingress == 'haproxy' else 'the Python proxy'}"
+        f"{', RAY_SERVE_THROUGHPUT_OPTIMIZED=1' if args.throughput_optimized else ''}. "
         f"Plain processes pinned: {', '.join(pinned) if pinned else 'no (taskset missing)'}. Ray replicas are "
         "not pinned (num_cpus reserves, it does not bind). CPU per request: every process of the service "
         "(Ray's included).",

