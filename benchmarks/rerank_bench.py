@@ -220,7 +220,12 @@ def markdown(result: dict[str, Any]) -> list[str]:
     ]
     for name, r in result["systems"].items():
         if "error" in r:
-            lines.append(f"| {name} | – | – | – | – | – | did not run: {r['error'][:80]} |")
+            why = (
+                "left out at export"
+                if "not in this folder" in r["error"]
+                else f"did not run: {r['error'][:80]}"
+            )
+            lines.append(f"| ours {name} | – | – | – | – | – | {why} |")
             continue
         label = name if name != "auto" else f"auto ({r['variant']})"
         if "backend" in r:

@@ -110,7 +110,7 @@ def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, 
             == yaml.safe_load(service["spec"]["serveConfigV2"])["http_options"]["port"]
         )
         env = {e["name"]: e for e in c["env"]}
-        # what serve --ray sets for the Ray it starts: HAProxy, lost requests sent again
+        # what serve --ray sets for the Ray it starts (lost requests: a 503, or sent again)
         assert {k: env[k].get("value") for k in PROXY_ENV} == PROXY_ENV
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}

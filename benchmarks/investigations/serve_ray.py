@@ -6,8 +6,8 @@ queries, closed loop, base64) on one machine.
 Two services of the same CPUs, measured one after the other:
 
 - ``ray x N``: ``serve --ray --replicas N --replica-cpus 1`` (a local Ray started by the server:
-  N replicas of one thread each behind Ray's ingress, ``--ingress``: HAProxy, what ``serve --ray``
-  sets up, or ``python``, Ray's Python proxy);
+  N replicas of one thread each behind Ray's ingress, ``--ingress``: HAProxy, or ``python``,
+  Ray's Python proxy, ``serve --ray``'s default);
 - ``N x serve``: N plain ``serve --workers 1 --threads 1`` processes, each pinned to its own core
   with ``taskset`` (where it exists), the clients dealt out among them; their req/s is the sum.
 
@@ -169,7 +169,7 @@ def main() -> None:
         "--ingress",
         choices=("haproxy", "python"),
         default="haproxy",
-        help="Ray's ingress: HAProxy (serve --ray's default) or Ray's Python proxy",
+        help="Ray's ingress: HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1) or Ray's Python proxy",
     )
     p.add_argument("--throughput-optimized", action="store_true", help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
     p.add_argument("--tag", default=None)

@@ -1,6 +1,6 @@
 """``serve --ray``: the server's app (``serve.app.create_app``: same routes, answers, API key and
-errors) as Ray Serve replicas behind Ray's ingress (HAProxy, ``serve.ray_proxy``), one engine per
-replica on its own CPUs.
+errors) as Ray Serve replicas behind Ray's ingress (its Python proxy, or HAProxy: ``serve.ray_proxy``), one
+engine per replica on its own CPUs.
 
 The driver (``serve --ray``, or Ray Serve's controller running :func:`app` for a KubeRay
 ``RayService``) makes the load plan once, with threads = a replica's CPUs, and ships it as data
@@ -212,8 +212,8 @@ def run(
     ``embed-corpus --ray``. ``key``: the API key, shipped to the replicas as ``spec.api_key_env``."""
     started = not ray.is_initialized()
     if started:
-        # the Ray started here passes its environment to the processes it starts: HAProxy as the
-        # ingress, lost requests sent again (serve.ray_proxy); a variable already set wins
+        # the Ray started here passes its environment to the processes it starts: a lost request
+        # gets a 503 to retry, or with HAProxy is sent again (serve.ray_proxy); a variable set wins
         for name, value in PROXY_ENV.items():
             os.environ.setdefault(name, value)
         ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)

