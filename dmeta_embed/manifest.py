@@ -141,11 +141,11 @@ BARS = {
 #: "Reranker bars"): fp32 reproduces torch to float rounding; every lossy variant keeps the top of
 #: each query's ranking (top-k agreement 1: swaps within the bar's difference are ties), reorders
 #: only near-tied documents below it (Spearman 0.95: one adjacent swap of 13 documents costs 0.0055)
-#: and moves no score by more than 0.03 of its (0, 1) range; the float variants (fp16, bf16) only
-#: round, so they are held tighter, 0.02, where a wrong kernel still shows
+#: and moves no score by more than 0.03 of its (0, 1) range; the float variants only round, so they
+#: are held tighter, where a wrong kernel still shows: bf16 0.02, fp16 (three more bits) 5e-3
 SCORE_BARS = {
     Precision.FP32: ScoreBar(max_abs_diff=1e-4, min_spearman=0.99),
-    Precision.FP16: ScoreBar(max_abs_diff=0.02, min_spearman=0.95),
+    Precision.FP16: ScoreBar(max_abs_diff=5e-3, min_spearman=0.95),
     Precision.INT8: ScoreBar(max_abs_diff=0.03, min_spearman=0.95),
     Precision.INT8_OV: ScoreBar(max_abs_diff=0.03, min_spearman=0.95),
     Precision.BF16: ScoreBar(max_abs_diff=0.02, min_spearman=0.95),

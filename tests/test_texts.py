@@ -56,7 +56,7 @@ def test_the_export_validates_and_calibrates_on_unguarded_members_it_does_not_sh
 def test_activation_statistics_batches_hold_a_token_budget():
     import numpy as np
 
-    from dmeta_embed.export.context import token_batches
+    from dmeta_embed.export.int8_calibration import token_batches
 
     lengths = np.array([5, 300, 12, 300, 7, 40, 300, 300, 2, 600])
     batches = token_batches(lengths, batch_size=4, max_tokens=700)

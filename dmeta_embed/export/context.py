@@ -22,6 +22,7 @@ from ..runtime.session import OnnxRuntimeRunner
 from ..runtime.tokenize import PairTokenizer, TextTokenizer
 from ..texts import calibration_pairs, probe_pairs, probe_texts, search_texts
 from . import graph
+from .int8_calibration import FEED_TOKENS, token_batches
 from .memory import Peaks, release
 from .progress import stage
 from .reference import cosines, fidelity, torch_embeddings
@@ -38,11 +39,6 @@ if TYPE_CHECKING:
     from .speed import Pass
 
 log = logging.getLogger(__name__)
-
-#: padded tokens per batch of the int8 activation statistics (:meth:`Context.feeds`): a batch's
-#: taps are held at once (a BERT-base: ~0.2 MB per token), so this bounds that stage's peak; 16
-#: texts at max length (6,144 tokens) took the export of real MPNet over 3 GB
-FEED_TOKENS = 2048
 
 
 @dataclass
@@ -267,18 +263,6 @@ def write_tokenizer(src: Source, folder: Path) -> TokenizerInfo:
     if tok.padding_side != "right":
         log.warning("tokenizer pads on the %s; the runtime pads right", tok.padding_side)
     return TokenizerInfo(file="tokenizer.json", pad_token_id=int(tok.pad_token_id or 0))
-
-
-def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
-    """Indices of ``lengths`` in length-sorted batches of at most ``batch_size`` texts and
-    ``max_tokens`` padded tokens (a text longer than that alone makes a batch of one)."""
-    batches: list[list[int]] = []
-    for i in np.argsort(lengths, kind="stable"):
-        # ascending lengths: the text joining a batch is its longest
-        if not batches or len(batches[-1]) == batch_size or (len(batches[-1]) + 1) * lengths[i] > max_tokens:
-            batches.append([])
-        batches[-1].append(int(i))
-    return [np.array(b) for b in batches]
 
 
 def prepare(

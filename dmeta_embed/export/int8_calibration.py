@@ -23,6 +23,24 @@ if TYPE_CHECKING:
     import onnx
 
 
+#: padded tokens per batch of the int8 activation statistics (``Context.feeds``): a batch's
+#: taps are held at once (a BERT-base: ~0.2 MB per token), so this bounds that stage's peak; 16
+#: texts at max length (6,144 tokens) took the export of real MPNet over 3 GB
+FEED_TOKENS = 2048
+
+
+def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Indices of ``lengths`` in length-sorted batches of at most ``batch_size`` texts and
+    ``max_tokens`` padded tokens (a text longer than that alone makes a batch of one)."""
+    batches: list[list[int]] = []
+    for i in np.argsort(lengths, kind="stable"):
+        # ascending lengths: the text joining a batch is its longest
+        if not batches or len(batches[-1]) == batch_size or (len(batches[-1]) + 1) * lengths[i] > max_tokens:
+            batches.append([])
+        batches[-1].append(int(i))
+    return [np.array(b) for b in batches]
+
+
 class ActivationStats:
     """What one fp32 pass over calibration batches saw at the input of each row-quantizable
     MatMul: per-channel max |x| (for smoothing) and a seeded sample of rows (to estimate each
