@@ -1,4 +1,5 @@
-"""The GPU check's verdicts and files: issue 21's targets met or missed, ``gpu_check.json`` and
+"""The GPU check's verdicts and files: the CUDA fp16 targets (speed against torch fp16, query
+latency, fp16 parity at 1024 tokens) met or missed, ``gpu_check.json`` and
 ``gpu_check.md`` (what docs/performance.md quotes). Plain data in, text out: tested on CPU."""
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def speed_ratio(report: dict[str, Any], workload: str = "mixed") -> float | None
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 21's targets for an H100/H200-class card, each with its value (None: not measured)."""
+    """The CUDA fp16 targets for an H100/H200-class card, each with its value (None: not measured)."""
     rows = [
         ("fp16 + IO binding vs torch fp16, mixed texts", ">=", 2.0, speed_ratio(report, "mixed"), "×"),
         ("16-token query p50", "<=", 2.0, _get(report, "ours", "latency_ms", "p50"), " ms"),
@@ -142,7 +143,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_fmt(_get(s, 'gpu_memory', 'peak_above_baseline_mib'))} "
             f"| {_fmt(_get(report, 'peer_parity', key, 'min_cos'), 6)} |"
         )
-    lines += ["", "## Targets (issue 21)", "", "| target | bound | value | met |", "|---|---|---|---|"]
+    lines += ["", "## Targets for an H100/H200-class card", "", "| target | bound | value | met |", "|---|---|---|---|"]
     for t in report.get("targets") or targets(report):
         met = {True: "yes", False: "no", None: "not measured"}[t["met"]]
         lines.append(f"| {t['target']} | {t['bound']} | {_fmt(t['value'])} | {met} |")
