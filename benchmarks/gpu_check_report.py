@@ -143,7 +143,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_fmt(_get(s, 'gpu_memory', 'peak_above_baseline_mib'))} "
             f"| {_fmt(_get(report, 'peer_parity', key, 'min_cos'), 6)} |"
         )
-    lines += ["", "## Targets for an H100/H200-class card", "", "| target | bound | value | met |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Targets for an H100/H200-class card",
+        "",
+        "| target | bound | value | met |",
+        "|---|---|---|---|",
+    ]
     for t in report.get("targets") or targets(report):
         met = {True: "yes", False: "no", None: "not measured"}[t["met"]]
         lines.append(f"| {t['target']} | {t['bound']} | {_fmt(t['value'])} | {met} |")

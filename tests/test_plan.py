@@ -94,6 +94,48 @@ def test_embedder_runs_its_plan(tiny_export):
     np.testing.assert_allclose(emb.encode(texts), direct.encode(texts), atol=1e-6)
 
 
+def test_both_loaders_share_one_load(tiny_export, ce_export, caplog):
+    """``Embedder.load`` and ``Reranker.load`` go through ``runtime.loading``: the options typed
+    once are the ones planned with, each class's plan is ``make_plan``'s for the same options, and
+    each logs the plan that runs once."""
+    import inspect
+
+    from dmeta_embed import Reranker
+    from dmeta_embed.runtime.loading import LoadOptions, load_plan
+
+    keyword = inspect.signature(load_plan).parameters
+    assert set(LoadOptions.__annotations__) == {
+        k for k, v in keyword.items() if v.kind == inspect.Parameter.KEYWORD_ONLY
+    }
+    options: dict = {"profile": "bulk", "threads": 2, "max_batch_tokens": 300, "batch_size": 5}
+    options |= {"streams": "latency", "spin": False, "verify": False, "guard": False, "engines": CPU_ONLY}
+    fields = ("profile", "threads", "max_batch_tokens", "batch_size", "streams", "spin", "verify", "guard")
+    with caplog.at_level(logging.INFO, logger="dmeta_embed"):
+        loaded = [Embedder.load(tiny_export, "fp32", "cpu", **options)]
+        loaded.append(Reranker.load(ce_export, variant="fp32", provider="cpu", **options))
+    for obj, folder in zip(loaded, (tiny_export, ce_export), strict=True):
+        want = make_plan(folder, "fp32", "cpu", **options)
+        assert [getattr(obj.plan, f) for f in fields] == [getattr(want, f) for f in fields]
+        assert obj.plan.installed == CPU_ONLY and obj.path == folder
+        said = [r for r in caplog.records if r.levelno == logging.INFO and str(folder) in r.getMessage()]
+        assert len(said) == 1 and want.choice.reason in said[0].getMessage()
+
+
+def test_the_task_is_checked_before_an_engine_starts(tiny_export, ce_export, monkeypatch):
+    from dmeta_embed import Reranker
+    from dmeta_embed.errors import ModelLoadError
+    from dmeta_embed.runtime import loading
+
+    def no_start(plan: LoadPlan) -> None:
+        raise AssertionError(f"{plan.folder} was started")
+
+    monkeypatch.setattr(loading, "start", no_start)
+    with pytest.raises(ModelLoadError, match="load it with Embedder.load, not Reranker.load"):
+        Reranker(make_plan(tiny_export, "fp32", "cpu"))
+    with pytest.raises(ModelLoadError, match="load it with Reranker.load, not Embedder.load"):
+        Embedder(make_plan(ce_export, "fp32", "cpu"))
+
+
 # -- CUDA listed but not starting: every surface runs the CPU plan -----------------------------------
 
 

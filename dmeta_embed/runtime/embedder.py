@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..cache import resolve_model
 from ..errors import ModelLoadError
 from ..manifest import Manifest, Precision, Provider
 from ..rerank_records import Task
 from .choice import Choice
 from .cpu import CpuInfo
-from .installed import Installed
+from .loading import LoadOptions, load_plan, start_logged
 from .options import OutputSpec
 from .pipeline import Encoded, Pipeline, finish
-from .plan import LoadPlan, Profile, Streams, make_plan, start
+from .plan import LoadPlan
 from .runner import Runner
 from .st_compat import SentenceTransformerAPI
 from .tokenize import TextTokenizer, Token, check_texts
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # Python 3.10 has no typing.Unpack; only mypy reads it
 
 #: texts tokenised and embedded per chunk: bounds memory for huge inputs while keeping
 #: length-sorting effective (sorting 4k texts captures nearly all of the gain)
@@ -49,18 +49,12 @@ class Embedder(SentenceTransformerAPI):
                 f"{plan.folder} is a {plan.manifest.task.value} folder (a cross-encoder): "
                 "load it with Reranker.load, not Embedder.load"
             )
-        if runner is None:
-            plan, runner = start(plan)
+        plan, runner = start_logged(plan, runner)
         self.plan = plan
         self.path: Path = plan.folder
         self.manifest: Manifest = plan.manifest
         #: the text → vector pieces (``runtime.pipeline.Pipeline``): what the server runs apart
         self.pipeline = Pipeline(plan, runner)
-        log.info(
-            "%s: %s on %s (%s)", plan.folder, plan.variant.value, plan.provider.value, plan.choice.reason
-        )
-        for warning in plan.warnings:
-            log.warning("%s: %s", plan.folder, warning)
         self.truncate = truncate
         #: Matryoshka dims every encode keeps (st_compat: only the dims the manifest lists)
         self.truncate_dim = truncate_dim
@@ -72,20 +66,9 @@ class Embedder(SentenceTransformerAPI):
         variant: str = "auto",
         provider: str = "auto",
         *,
-        profile: Profile | str = Profile.LIBRARY,
-        threads: int | None = None,
-        max_batch_tokens: int | None = None,
-        batch_size: int | None = None,
         truncate: bool = True,
-        verify: bool = True,
-        guard: bool = True,
-        spin: bool = True,
-        streams: Streams | str | None = None,
         truncate_dim: int | None = None,
-        cpu: CpuInfo | None = None,
-        engines: Installed | None = None,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
+        **options: Unpack[LoadOptions],
     ) -> Embedder:
         """Load ``path``: an exported folder, or a Hugging Face hub id (at ``revision``) or a
         transformers / sentence-transformers folder, exported once into the export cache
@@ -98,22 +81,9 @@ class Embedder(SentenceTransformerAPI):
         ``bulk`` (OpenVINO runs batches side by side in streams only). ``streams`` overrides the
         profile's OpenVINO mode (latency | throughput | latency+throughput). ``verify``: check
         the file's sha256 first. ``guard``: texts made of one token over and over run on the fp32
-        graph (``runtime.guard``). The rest: :func:`~dmeta_embed.runtime.plan.make_plan`."""
-        plan = make_plan(
-            resolve_model(path, revision, cache_dir),
-            variant,
-            provider,
-            profile,
-            threads=threads,
-            max_batch_tokens=max_batch_tokens,
-            batch_size=batch_size,
-            spin=spin,
-            streams=streams,
-            verify=verify,
-            guard=guard,
-            cpu=cpu,
-            engines=engines,
-        )
+        graph (``runtime.guard``). The rest (:class:`~dmeta_embed.runtime.loading.LoadOptions`):
+        :func:`~dmeta_embed.runtime.plan.make_plan`."""
+        plan = load_plan(path, variant, provider, **options)
         return cls(plan, truncate=truncate, truncate_dim=truncate_dim)
 
     # -- what was loaded (the plan's fields, as sentence-transformers-style attributes)

@@ -1,31 +1,29 @@
 """The public reranking API: ``Reranker.load(folder).rank(query, documents)``, a drop-in for
 sentence-transformers' ``CrossEncoder.predict`` and ``rank`` on an exported cross-encoder folder.
 
-It runs on the same machinery as ``Embedder``: the load plan (``runtime.plan``), its engines and
+It runs on the same machinery as ``Embedder``: the same load (``runtime.loading``), its engines and
 the length-sorted, token-budget batches of ``runtime.pipeline``; only the tokenizer (pairs, cut
 as transformers cuts them) and what follows the graph (an activation instead of pooling options)
 differ. Light dependencies only."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cache import resolve_model
 from ..errors import InputError, ModelLoadError, TooLongError
 from ..manifest import Manifest, Precision, Provider
 from ..rerank_records import Activation, RerankSpec, Task
-from .cpu import CpuInfo
-from .installed import Installed
-from .plan import LoadPlan, Profile, Streams, make_plan, start
+from .loading import LoadOptions, load_plan, start_logged
+from .plan import LoadPlan
 from .runner import Runner
 from .scores import ActivationFn, activate, softmax
 from .tokenize import PairTokenizer, Tokenized, check_pairs
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # Python 3.10 has no typing.Unpack; only mypy reads it
 
 
 class RerankPipeline:
@@ -102,8 +100,7 @@ class Reranker:
 
     def __init__(self, plan: LoadPlan, runner: Runner | None = None, *, truncate: bool = True) -> None:
         spec = rerank_spec(plan.manifest, plan.folder)
-        if runner is None:
-            plan, runner = start(plan)
+        plan, runner = start_logged(plan, runner)
         self.plan = plan
         self.path: Path = plan.folder
         self.manifest: Manifest = plan.manifest
@@ -112,11 +109,6 @@ class Reranker:
         self.pipeline = RerankPipeline(plan, runner)
         #: cut pairs over max_length (True, as CrossEncoder does) or refuse them
         self.truncate = truncate
-        log.info(
-            "%s: %s on %s (%s)", plan.folder, plan.variant.value, plan.provider.value, plan.choice.reason
-        )
-        for warning in plan.warnings:
-            log.warning("%s: %s", plan.folder, warning)
 
     @classmethod
     def load(
@@ -125,39 +117,13 @@ class Reranker:
         *,
         variant: str = "auto",
         provider: str = "auto",
-        profile: Profile | str = Profile.LIBRARY,
-        threads: int | None = None,
-        max_batch_tokens: int | None = None,
-        batch_size: int | None = None,
         truncate: bool = True,
-        verify: bool = True,
-        guard: bool = True,
-        spin: bool = True,
-        streams: Streams | str | None = None,
-        cpu: CpuInfo | None = None,
-        engines: Installed | None = None,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
+        **options: Unpack[LoadOptions],
     ) -> Reranker:
         """Load ``path`` (an exported rerank folder, or a cross-encoder's hub id or folder, exported
         once into the export cache) on the load plan ``Embedder.load`` makes: the same arguments,
         the same ``auto`` (among the variants that met their score bars)."""
-        plan = make_plan(
-            resolve_model(path, revision, cache_dir),
-            variant,
-            provider,
-            profile,
-            threads=threads,
-            max_batch_tokens=max_batch_tokens,
-            batch_size=batch_size,
-            spin=spin,
-            streams=streams,
-            verify=verify,
-            guard=guard,
-            cpu=cpu,
-            engines=engines,
-        )
-        return cls(plan, truncate=truncate)
+        return cls(load_plan(path, variant, provider, **options), truncate=truncate)
 
     @property
     def variant(self) -> Precision:
