@@ -101,12 +101,12 @@ def test_both_loaders_share_one_load(tiny_export, ce_export, caplog):
     import inspect
 
     from dmeta_embed import Reranker
-    from dmeta_embed.runtime.loading import LoadOptions, load_plan
+    from dmeta_embed.runtime.loading import LoadOptions, PlanOptions, load_plan
 
-    keyword = inspect.signature(load_plan).parameters
-    assert set(LoadOptions.__annotations__) == {
-        k for k, v in keyword.items() if v.kind == inspect.Parameter.KEYWORD_ONLY
-    }
+    # the typed options are what load_plan takes by name and what make_plan plans with
+    own = {k for k, v in inspect.signature(load_plan).parameters.items() if v.kind == v.KEYWORD_ONLY}
+    assert set(LoadOptions.__annotations__) == own | set(PlanOptions.__annotations__)
+    assert set(PlanOptions.__annotations__) < set(inspect.signature(make_plan).parameters)
     options: dict = {"profile": "bulk", "threads": 2, "max_batch_tokens": 300, "batch_size": 5}
     options |= {"streams": "latency", "spin": False, "verify": False, "guard": False, "engines": CPU_ONLY}
     fields = ("profile", "threads", "max_batch_tokens", "batch_size", "streams", "spin", "verify", "guard")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from ..cache import resolve_model
 from .cpu import CpuInfo
@@ -15,12 +15,15 @@ from .installed import Installed
 from .plan import LoadPlan, Profile, Streams, make_plan, start
 from .runner import Runner
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # Python 3.10 has no typing.Unpack; only mypy reads it
+
 log = logging.getLogger(__name__)
 
 
-class LoadOptions(TypedDict, total=False):
-    """The keyword arguments both ``load``s take beside ``variant``, ``provider`` and ``truncate``
-    (``Embedder.load`` says what each does); typed once so the two cannot drift apart."""
+class PlanOptions(TypedDict, total=False):
+    """:func:`~dmeta_embed.runtime.plan.make_plan`'s keyword arguments that both ``load``s take
+    (``Embedder.load`` says what each does)."""
 
     profile: Profile | str
     threads: int | None
@@ -32,6 +35,13 @@ class LoadOptions(TypedDict, total=False):
     streams: Streams | str | None
     cpu: CpuInfo | None
     engines: Installed | None
+
+
+class LoadOptions(PlanOptions, total=False):
+    """The keyword arguments both ``load``s take beside ``variant``, ``provider`` and ``truncate``:
+    typed once, so the two cannot drift apart (mypy checks each name and type at the call)."""
+
+    #: a hub id's revision, and the export cache (``dmeta_embed.cache.resolve_model``)
     revision: str | None
     cache_dir: str | Path | None
 
@@ -41,36 +51,13 @@ def load_plan(
     variant: str = "auto",
     provider: str = "auto",
     *,
-    profile: Profile | str = Profile.LIBRARY,
-    threads: int | None = None,
-    max_batch_tokens: int | None = None,
-    batch_size: int | None = None,
-    verify: bool = True,
-    guard: bool = True,
-    spin: bool = True,
-    streams: Streams | str | None = None,
-    cpu: CpuInfo | None = None,
-    engines: Installed | None = None,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
+    **options: Unpack[PlanOptions],
 ) -> LoadPlan:
-    """The plan for ``path`` (:class:`LoadOptions`): an exported folder as it is, anything else
-    exported once into the export cache (``revision``, ``cache_dir``) and planned from there."""
-    return make_plan(
-        resolve_model(path, revision, cache_dir),
-        variant,
-        provider,
-        profile,
-        threads=threads,
-        max_batch_tokens=max_batch_tokens,
-        batch_size=batch_size,
-        spin=spin,
-        streams=streams,
-        verify=verify,
-        guard=guard,
-        cpu=cpu,
-        engines=engines,
-    )
+    """The plan for ``path``: an exported folder as it is, anything else exported once into the
+    export cache (``revision``, ``cache_dir``) and planned from there with ``options``."""
+    return make_plan(resolve_model(path, revision, cache_dir), variant, provider, **options)
 
 
 def start_logged(plan: LoadPlan, runner: Runner | None) -> tuple[LoadPlan, Runner]:
