@@ -101,3 +101,24 @@ def test_remote_refusal_is_a_remote_error(server: str) -> None:
     assert e.value.status == 401 and "API key" in str(e.value)
     with pytest.raises(TypeError, match="exactly one"):
         DmetaRerank()
+
+
+@pytest.mark.parametrize(("module", "default_top_n"), [("langchain", 3), ("llama_index", 2)])
+def test_both_adapters_are_made_the_same_way(
+    module: str, default_top_n: int, ce_export: Path, reranker: Reranker, cross_encoder: Any
+) -> None:
+    """One constructor (``_rerank.RerankAdapter``): a folder loaded with the load options, a
+    loaded Reranker, each adapter's own ``top_n`` default, and exactly one source."""
+    pytest.importorskip({"langchain": "langchain_core", "llama_index": "llama_index.core"}[module])
+    import importlib
+
+    adapter = importlib.import_module(f"dmeta_embed.integrations.{module}").DmetaRerank
+    assert adapter(reranker=reranker).top_n == default_top_n
+    from_folder = adapter(ce_export, top_n=None, variant="fp32")
+    assert from_folder.top_n is None
+    want = reference(cross_encoder, QUERY, DOCS)
+    got = from_folder._rank(QUERY, DOCS, None)
+    assert [i for i, _ in got] == sorted(range(len(DOCS)), key=lambda i: -want[i])
+    np.testing.assert_allclose([score for _, score in got], sorted(want, reverse=True), atol=ATOL, rtol=0)
+    with pytest.raises(TypeError, match="exactly one"):
+        adapter(ce_export, reranker=reranker)

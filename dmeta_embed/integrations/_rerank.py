@@ -7,6 +7,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,3 +90,44 @@ def ranker_from(
         assert model_path is not None
         reranker = Reranker.load(model_path, **load_options)
     return local_rank(reranker)
+
+
+class _Default(Enum):
+    """Marks ``top_n`` left to the adapter's own default (where None means "keep all")."""
+
+    TOP_N = "the adapter's top_n field default"
+
+
+class RerankAdapter:
+    """The constructor both ``DmetaRerank`` adapters share, as a mixin before their framework's
+    pydantic base (which declares ``top_n`` with its default and the private ``_rank``)."""
+
+    _rank: Rank
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        reranker: Reranker | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+        top_n: int | None | _Default = _Default.TOP_N,
+        timeout: float = 60.0,
+        **load_options: Any,
+    ) -> None:
+        """The reranker is exactly one of: ``model_path`` (an exported reranker folder, loaded with
+        ``**load_options``), ``reranker`` (a loaded ``Reranker``), or ``base_url`` (a
+        ``dmeta-embed serve`` hosting one; ``api_key`` its key, ``model`` the name sent, ``timeout``
+        seconds). ``top_n``: the documents kept (None: all, reordered; not given: the adapter's
+        default). Scores are the reranker's activated scores (CrossEncoder.rank's)."""
+        super().__init__(**({} if isinstance(top_n, _Default) else {"top_n": top_n}))
+        self._rank = ranker_from(
+            model_path,
+            reranker,
+            base_url,
+            api_key=api_key,
+            model=model,
+            timeout=timeout,
+            load_options=load_options,
+        )

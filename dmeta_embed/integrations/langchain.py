@@ -18,7 +18,7 @@ from typing import Any
 from .._optional import require
 from ..runtime import Embedder
 from ._common import embedder_from
-from ._rerank import Rank, ranker_from
+from ._rerank import Rank, RerankAdapter
 
 Embeddings = require("langchain_core.embeddings").Embeddings
 BaseDocumentCompressor = require("langchain_core.documents.compressor").BaseDocumentCompressor
@@ -57,42 +57,15 @@ class DmetaEmbeddings(Embeddings):  # type: ignore[misc,valid-type]
         return f"DmetaEmbeddings({self.embedder!r})"
 
 
-class DmetaRerank(BaseDocumentCompressor):  # type: ignore[misc,valid-type]
+class DmetaRerank(RerankAdapter, BaseDocumentCompressor):  # type: ignore[misc,valid-type]
     """Documents reordered by a cross-encoder, best first, the ``top_n`` kept, each with its
-    ``relevance_score`` in ``metadata`` (as LangChain's CohereRerank answers).
-
-    The reranker is exactly one of: ``model_path`` (an exported reranker folder, loaded with
-    ``**load_options``), ``reranker`` (a loaded ``Reranker``), or ``base_url`` (a
-    ``dmeta-embed serve`` hosting one; ``api_key`` its key, ``model`` the name sent, ``timeout``
-    seconds). Scores are the reranker's activated scores (CrossEncoder.rank's)."""
+    ``relevance_score`` in ``metadata`` (as LangChain's CohereRerank answers). Made from a folder,
+    a loaded ``Reranker`` or a server's ``base_url``: ``_rerank.RerankAdapter``."""
 
     model_config = _pydantic.ConfigDict(arbitrary_types_allowed=True)
     #: documents kept (None: all, reordered)
     top_n: int | None = 3
     _rank: Rank = _pydantic.PrivateAttr()
-
-    def __init__(
-        self,
-        model_path: str | Path | None = None,
-        *,
-        reranker: Any = None,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        model: str | None = None,
-        top_n: int | None = 3,
-        timeout: float = 60.0,
-        **load_options: Any,
-    ) -> None:
-        super().__init__(top_n=top_n)
-        self._rank = ranker_from(
-            model_path,
-            reranker,
-            base_url,
-            api_key=api_key,
-            model=model,
-            timeout=timeout,
-            load_options=load_options,
-        )
 
     def compress_documents(
         self, documents: Sequence[Any], query: str, callbacks: Any = None

@@ -16,7 +16,7 @@ from typing import Any
 from .._optional import require
 from ..runtime import Embedder
 from ._common import embedder_from
-from ._rerank import Rank, ranker_from
+from ._rerank import Rank, RerankAdapter
 
 _base = require("llama_index.core.base.embeddings.base")
 _bridge = require("llama_index.core.bridge.pydantic")
@@ -84,40 +84,13 @@ class DmetaEmbedding(BaseEmbedding):  # type: ignore[misc,valid-type]
         return await asyncio.get_running_loop().run_in_executor(None, self._get_text_embeddings, texts)
 
 
-class DmetaRerank(BaseNodePostprocessor):  # type: ignore[misc,valid-type]
+class DmetaRerank(RerankAdapter, BaseNodePostprocessor):  # type: ignore[misc,valid-type]
     """Nodes rescored by a cross-encoder, best first, the ``top_n`` kept (as LlamaIndex's
     SentenceTransformerRerank does; the node's text as its embedding sees it, metadata included).
-
-    The reranker is exactly one of: ``model_path`` (an exported reranker folder, loaded with
-    ``**load_options``), ``reranker`` (a loaded ``Reranker``), or ``base_url`` (a
-    ``dmeta-embed serve`` hosting one; ``api_key`` its key, ``model`` the name sent, ``timeout``
-    seconds). Scores are the reranker's activated scores (CrossEncoder.rank's)."""
+    Made from a folder, a loaded ``Reranker`` or a server's ``base_url``: ``_rerank.RerankAdapter``."""
 
     top_n: int | None = _bridge.Field(default=2, description="Nodes kept (None: all, reordered).")
     _rank: Rank = _bridge.PrivateAttr()
-
-    def __init__(
-        self,
-        model_path: str | Path | None = None,
-        *,
-        reranker: Any = None,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        model: str | None = None,
-        top_n: int | None = 2,
-        timeout: float = 60.0,
-        **load_options: Any,
-    ) -> None:
-        super().__init__(top_n=top_n)
-        self._rank = ranker_from(
-            model_path,
-            reranker,
-            base_url,
-            api_key=api_key,
-            model=model,
-            timeout=timeout,
-            load_options=load_options,
-        )
 
     @classmethod
     def class_name(cls) -> str:
