@@ -66,18 +66,32 @@ def minilm_export(minilm_src: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def ce_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight tiny BERT cross-encoder: one label, the document in token type 1."""
-    from tests.random_models import build_bert_cross_encoder
+def ce_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random-weight tiny cross-encoders by name, in transformers' layout and CrossEncoder's own:
+    ``bert1`` (one label, the document in token type 1), ``mpnet1`` (one label, no token types),
+    ``bert3`` (three NLI labels), ``bert1-st`` and ``bert3-st`` (saved by CrossEncoder, the
+    three-label one with a softmax activation). Built once: well under a second past the first."""
+    import torch
 
-    return build_bert_cross_encoder(tmp_path_factory.mktemp("ce-src") / "bert1", seed=1)
+    from tests.random_models import build_bert_cross_encoder, build_mpnet_cross_encoder, save_cross_encoder
+
+    root = tmp_path_factory.mktemp("cross-encoders")
+    bert1 = build_bert_cross_encoder(root / "bert1", seed=1)
+    bert3 = build_bert_cross_encoder(root / "bert3", num_labels=3, seed=3)
+    return {
+        "bert1": bert1,
+        "mpnet1": build_mpnet_cross_encoder(root / "mpnet1", seed=2),
+        "bert1-st": save_cross_encoder(bert1, root / "bert1-st"),
+        "bert3-st": save_cross_encoder(bert3, root / "bert3-st", torch.nn.Softmax(dim=-1)),
+        "bert3": bert3,
+    }
 
 
 @pytest.fixture(scope="session")
-def ce_export(ce_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``ce_src`` exported (fp32): what the server's and the adapters' rerank tests serve."""
+def ce_export(ce_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ce_sources["bert1"]`` exported (fp32): what the rerank, server and adapter tests load."""
     from dmeta_embed.export import export_model
 
     out = tmp_path_factory.mktemp("ce-export") / "reranker"
-    export_model(str(ce_src), out, variants=("fp32",))
+    export_model(str(ce_sources["bert1"]), out, variants=("fp32",))
     return out

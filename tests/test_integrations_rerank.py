@@ -33,9 +33,9 @@ def reranker(ce_export: Path) -> Reranker:
 
 
 @pytest.fixture(scope="module")
-def cross_encoder(ce_src: Path) -> Any:
+def cross_encoder(ce_sources: dict[str, Path]) -> Any:
     st = pytest.importorskip("sentence_transformers")
-    return st.CrossEncoder(str(ce_src), device="cpu")
+    return st.CrossEncoder(str(ce_sources["bert1"]), device="cpu")
 
 
 def reference(ce: Any, query: str, docs: list[str]) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Cross-encoders: exported as rerank folders (the classification head in the graph, never
 dropped), scored through ``Reranker`` as sentence-transformers' ``CrossEncoder`` scores them, with
-pairs cut as transformers cuts them. Tiny random cross-encoders built once per session: a BERT
-with token types (one label), an MPNet (one label, no token types) and a BERT with 3 labels saved
-by CrossEncoder with a softmax activation."""
+pairs cut as transformers cuts them, on conftest's tiny random cross-encoders (``ce_sources``,
+built once per session): a BERT with token types (one label), an MPNet (one label, no token
+types) and a BERT with 3 labels saved by CrossEncoder with a softmax activation."""
 
 from __future__ import annotations
 
@@ -40,31 +40,15 @@ DOCS = [
 
 
 @pytest.fixture(scope="session")
-def ce_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """name → source folder: transformers' layout, and CrossEncoder's own."""
-    import torch
-
-    from tests.random_models import build_bert_cross_encoder, build_mpnet_cross_encoder, save_cross_encoder
-
-    root = tmp_path_factory.mktemp("cross-encoders")
-    bert1 = build_bert_cross_encoder(root / "bert1", seed=1)
-    bert3 = build_bert_cross_encoder(root / "bert3", num_labels=3, seed=3)
-    return {
-        "bert1": bert1,
-        "mpnet1": build_mpnet_cross_encoder(root / "mpnet1", seed=2),
-        "bert1-st": save_cross_encoder(bert1, root / "bert1-st"),
-        "bert3-st": save_cross_encoder(bert3, root / "bert3-st", torch.nn.Softmax(dim=-1)),
-        "bert3": bert3,
-    }
-
-
-@pytest.fixture(scope="session")
-def ce_exports(ce_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def ce_exports(
+    ce_sources: dict[str, Path], ce_export: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """name → ``ce_sources[name]`` exported (fp32); ``bert1`` is conftest's ``ce_export``."""
     from dmeta_embed.export import export_model
 
     root = tmp_path_factory.mktemp("cross-encoder-exports")
-    out = {}
-    for name in ("bert1", "mpnet1", "bert1-st", "bert3-st"):
+    out = {"bert1": ce_export}
+    for name in ("mpnet1", "bert1-st", "bert3-st"):
         out[name] = root / name
         export_model(str(ce_sources[name]), out[name], variants=("fp32",))
     return out
