@@ -234,7 +234,7 @@ def test_openvino_workers_are_requests_on_one_compiled_model(tiny_export: Path, 
     from dataclasses import replace
 
     from dmeta_embed.manifest import Provider
-    from dmeta_embed.runtime.engines import start_runner, start_workers
+    from dmeta_embed.runtime.engines import Streams, start_runner, start_workers
 
     plan = make_plan(tiny_export, "fp32", "cpu", "server", threads=2, cache_dir=None)
     f32 = (("INFERENCE_PRECISION_HINT", "f32"),)  # the fp32 file, not AMX's default bf16
@@ -246,3 +246,7 @@ def test_openvino_workers_are_requests_on_one_compiled_model(tiny_export: Path, 
     tok = embedder.pipeline.prepare(texts).tokens
     for lane in lanes:
         assert cos(embedder.pipeline.run(tok, runner=lane), embedder.encode(texts)).min() >= MIN_COS
+    # the workers' compiled model keeps one request per worker, whatever the plan's streams mode
+    # (no throughput queue, no bulk twin): each worker runs its own batch
+    adaptive = start_runner(replace(plan, streams=Streams.ADAPTIVE), streams=2).owner  # type: ignore[attr-defined]
+    assert (adaptive.streams, adaptive.in_flight, adaptive._bulk) == (2, 1, False)

@@ -15,7 +15,7 @@ from .runner import Runner
 from .workers import Workers
 
 if TYPE_CHECKING:
-    from .openvino import OpenVINOLane
+    from .openvino import OpenVINOLane, OpenVINORunner
     from .plan import LoadPlan
 
 
@@ -46,7 +46,9 @@ def _onnxruntime(plan: LoadPlan) -> Runner:
     )
 
 
-def _openvino(plan: LoadPlan) -> Runner:
+def _openvino(plan: LoadPlan, streams: int | None = None) -> OpenVINORunner:
+    """The plan's compiled model, in the plan's streams mode; or, given ``streams``, compiled
+    with that many streams for a server's workers (``lanes``: one infer request each)."""
     from .openvino import OpenVINORunner
 
     return OpenVINORunner(
@@ -56,8 +58,9 @@ def _openvino(plan: LoadPlan) -> Runner:
         inputs=plan.manifest.inputs,
         output=plan.manifest.output,
         cache_dir=plan.cache_dir,
-        throughput=plan.streams == Streams.THROUGHPUT,
-        bulk=plan.streams == Streams.ADAPTIVE,
+        throughput=streams is None and plan.streams == Streams.THROUGHPUT,
+        bulk=streams is None and plan.streams == Streams.ADAPTIVE,
+        streams=streams,
     )
 
 
@@ -68,18 +71,7 @@ ENGINES: Mapping[str, Callable[[LoadPlan], Runner]] = {"onnxruntime": _onnxrunti
 def _openvino_lane(plan: LoadPlan, streams: int) -> OpenVINOLane:
     """The first of ``streams`` infer requests on one compiled model with that many streams
     (``lane.owner.lanes`` makes the others)."""
-    from .openvino import OpenVINORunner
-
-    compiled = OpenVINORunner(
-        plan.model_file,
-        plan.threads,
-        dict(plan.choice.engine_properties),
-        inputs=plan.manifest.inputs,
-        output=plan.manifest.output,
-        cache_dir=plan.cache_dir,
-        streams=streams,
-    )
-    return compiled.lanes(1)[0]
+    return _openvino(plan, streams).lanes(1)[0]
 
 
 def start_runner(plan: LoadPlan, streams: int | None = None) -> Runner:

@@ -65,7 +65,31 @@ def compile_config(
     return config
 
 
-class OpenVINORunner:
+def _copy_out(request: Any, output: Any) -> np.ndarray:
+    """``request``'s ``output`` (a port or its name) as float32: a copy, as the request reuses its
+    output buffer at the next call."""
+    return np.array(request.get_tensor(output).data, dtype=np.float32)
+
+
+class _Request:
+    """:meth:`run` on one infer request, under a lock: what a compiled model's own request
+    (:class:`OpenVINORunner`) and each of its workers' (:class:`OpenVINOLane`) share."""
+
+    provider = Provider.OPENVINO
+    _request: Any
+    _names: tuple[str, ...]
+    _output: Any
+    _lock: threading.Lock
+
+    def run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
+        with self._lock:
+            self._request.infer(feed(self._names, (input_ids, attention_mask, token_type_ids)))
+            return _copy_out(self._request, self._output)
+
+
+class OpenVINORunner(_Request):
     """A graph compiled by OpenVINO's CPU plugin: (input_ids, attention_mask) → [B, dim], the same
     ``run`` call as :class:`~dmeta_embed.runtime.session.OnnxRuntimeRunner`.
 
@@ -84,8 +108,6 @@ class OpenVINORunner:
     #: per stream: with fewer, one stream idles while the other runs the last batch on half the
     #: threads, slower than latency mode (docs/performance.md, "OpenVINO")
     BULK_ROUNDS = 2
-
-    provider = Provider.OPENVINO
 
     def __init__(
         self,
@@ -134,14 +156,6 @@ class OpenVINORunner:
         with ``streams=n``), sharing its weights."""
         return [OpenVINOLane(self) for _ in range(n)]
 
-    def run(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
-    ) -> np.ndarray:
-        with self._lock:
-            self._request.infer(feed(self._names, (input_ids, attention_mask, token_type_ids)))
-            # the request reuses its output buffer: copy before the next call
-            return np.array(self._request.get_tensor(self._output).data, dtype=np.float32)
-
     def run_many(self, batches: Iterable[Feed], count: int | None = None) -> list[np.ndarray]:
         """Each ``(input_ids, attention_mask[, token_type_ids])`` batch's output, in order. In throughput mode up to
         :attr:`in_flight` batches run at once (``batches`` is read as requests free up, so a
@@ -162,7 +176,7 @@ class OpenVINORunner:
         # and the callback may be freed on an executor thread, where dropping the last hold on the
         # compiled model (an output port keeps it) joins that thread from itself: an abort
         def done(request: Any, i: int) -> None:
-            results[i] = np.array(request.get_tensor(output).data, dtype=np.float32)
+            results[i] = _copy_out(request, output)
 
         with self._lock:
             self._queue.set_callback(done)
@@ -203,11 +217,9 @@ class OpenVINORunner:
         return twin if self.twin_takes(count, twin.in_flight) else None
 
 
-class OpenVINOLane:
+class OpenVINOLane(_Request):
     """One infer request of an :class:`OpenVINORunner`'s compiled model: a server worker's runner
     (:meth:`OpenVINORunner.lanes`). The stream that runs it is OpenVINO's choice."""
-
-    provider = Provider.OPENVINO
 
     def __init__(self, owner: OpenVINORunner) -> None:
         #: the compiled model: ``owner.lanes`` gives more requests on it
@@ -215,13 +227,6 @@ class OpenVINOLane:
         self._names, self._output = owner._names, owner._output
         self._request = owner.compiled.create_infer_request()
         self._lock = threading.Lock()  # one worker thread uses a lane; the lock keeps others safe
-
-    def run(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
-    ) -> np.ndarray:
-        with self._lock:
-            self._request.infer(feed(self._names, (input_ids, attention_mask, token_type_ids)))
-            return np.array(self._request.get_tensor(self._output).data, dtype=np.float32)
 
     def run_many(self, batches: Iterable[Feed], count: int | None = None) -> list[np.ndarray]:
         """One batch after another on this lane's request (the other lanes run other workers')."""
