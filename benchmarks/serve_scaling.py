@@ -145,7 +145,7 @@ def measure(
         cpu0 = cpu_seconds(server.proc.pid)
         time.sleep(max(0.0, end - time.time()))
         cpu = cpu_seconds(server.proc.pid) - cpu0
-        outs = [json.loads(c.communicate(timeout=seconds + 120)[0].strip().splitlines()[-1]) for c in clients]
+        outs = [_report(c.communicate(timeout=seconds + 120)[0], log) for c in clients]
     finally:
         for c in clients:
             if c.poll() is None:
@@ -170,6 +170,15 @@ def measure(
     }
 
 
+def _report(stdout: str, log: Path) -> dict[str, Any]:
+    """A client's last line, its JSON report; a client that died mid-level wrote none."""
+    lines = stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])  # type: ignore[no-any-return]
+    except (IndexError, json.JSONDecodeError) as e:
+        raise RuntimeError(f"a load client stopped without its report (see {log})") from e
+
+
 # -- one point: a server, its levels -------------------------------------------------------------------------
 
 
@@ -185,7 +194,8 @@ def run_point(args: argparse.Namespace, lay: Layout, mode: str, workdir: Path) -
         levels = []
         for c in args.concurrency:
             secs = args.seconds if c > 1 else args.single_seconds
-            level = measure(server, lay, c, client_procs(args.client_procs, lay, c), secs, args.warmup_s, log)
+            procs = client_procs(args.client_procs, lay, c)
+            level = measure(server, lay, c, procs, secs, args.warmup_s, log.with_suffix(".clients.log"))
             levels.append(level)
             print(
                 f"  {lay.cores:>3} cores {mode:4} c={c:<3} {level['throughput_rps']:8.1f} req/s  "
@@ -319,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     result["points"].append(run_point(args, lay, mode, Path(tmp)))
                 except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as e:
-                    log = Path(tmp) / f"server-{n}-{mode}.log"
-                    tail = log.read_text()[-1500:] if log.is_file() else ""
+                    logs = [Path(tmp) / f"server-{n}-{mode}{x}.log" for x in ("", ".clients")]
+                    tail = "\n".join(f.read_text()[-1000:] for f in logs if f.is_file())
                     result["skipped"].append({"cores": n, "mode": mode, "why": f"failed: {e}", "log": tail})
                     print(f"  {n} cores {mode}: FAILED: {e}\n{tail}", flush=True)
                 result["elapsed_s"] = round(time.monotonic() - start, 1)

@@ -97,6 +97,24 @@ def test_serve_scaling_on_the_tiny_model(tiny_export: Path, tmp_path: Path) -> N
     assert sum(line.startswith(f"| {n} | ") for line in md.splitlines() for n in counts) == 2 * len(counts)
 
 
+def test_a_point_that_fails_is_listed_and_the_run_says_so(tiny_export: Path, tmp_path: Path) -> None:
+    args = ["--model", str(tiny_export), "--variant", "bf16", "--cores", "1", "--modes", "auto"]
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serve_scaling", *args, "--results-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OUT=""),
+    )
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads((tmp_path / "serve_scaling.json").read_text())
+    assert result["points"] == []
+    [skipped] = result["skipped"]
+    assert (skipped["cores"], skipped["mode"]) == (1, "auto")
+    assert skipped["why"].startswith("failed: server exited") and "bf16" in skipped["log"]
+
+
 def test_pinned_prefix_sets_the_affinity() -> None:
     first = min(os.sched_getaffinity(0))
     code = "import os; print(sorted(os.sched_getaffinity(0)))"
