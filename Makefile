@@ -96,6 +96,13 @@ bench: bench-real bench-shape
 bench-smoke:
 	$(MAKE) bench-real BENCH_MODELS=minilm BENCH_ARGS="$(SMOKE_ARGS)" BENCH_RESULTS=out/bench-smoke
 
+# the carry bundle of the many-core serving run on the lent GPU host (docs/gpu.md, "Many-core
+# serving"): real MiniLM int8 (exported here if out/minilm is absent) + the server's cp312 wheels,
+# into out/scaling-carry/; fails when it would not fit one device call beside the tree
+scaling-carry: bench-deps
+	test -f out/minilm/manifest.json || $(BIN)/dmeta-embed export "$$($(BIN)/python -m benchmarks.fetch_models minilm)" -o out/minilm --variants fp32,int8
+	$(BIN)/python -m benchmarks.scaling_bundle build --from out/minilm -o out/scaling-carry
+
 # Container images from the Dockerfile (docs/deploy.md): `make image` tags dmeta-embed:cpu,
 # `make image-export` dmeta-embed:cpu-export, `make image-gpu` dmeta-embed:gpu. CONTAINER is podman
 # with this host's settings (scripts/podman.sh: runc, rlimits, host network, the host's pip mirror

@@ -3,6 +3,9 @@ pool that runs N batches at once from the one batcher, its answers, ``/info`` an
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +20,7 @@ from click.testing import CliRunner
 
 from dmeta_embed.runtime import Embedder
 from dmeta_embed.runtime.plan import make_plan
-from dmeta_embed.runtime.workers import Workers, numa_nodes, split_for, workers_for
+from dmeta_embed.runtime.workers import Workers, numa_nodes, parse_cpulist, split_for, workers_for
 
 # -- the rule -----------------------------------------------------------------------------------------
 
@@ -61,6 +64,33 @@ def test_numa_nodes_counts_nodes_with_cpus(tmp_path: Path) -> None:
         (tmp_path / name / "cpulist").write_text(cpus + "\n")
     assert numa_nodes(tmp_path) == 2  # node2 is memory only; "possible" is not a node
     assert numa_nodes(tmp_path / "absent") == 1
+
+
+def test_numa_nodes_counts_only_the_nodes_of_the_affinity(tmp_path: Path) -> None:
+    # two nodes, each with its CPUs' hyperthread siblings 16 higher (a common layout)
+    for name, cpus in (("node0", "0-7,16-23"), ("node1", "8-15,24-31")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cpulist").write_text(cpus + "\n")
+    assert numa_nodes(tmp_path, frozenset(range(8))) == 1  # taskset -c 0-7: one node
+    assert numa_nodes(tmp_path, frozenset({0, 8})) == 2
+    assert numa_nodes(tmp_path, frozenset({16, 17})) == 1  # siblings on node0
+    assert numa_nodes(tmp_path, frozenset({99})) == 1  # none held: still one node
+    assert parse_cpulist("0-2,5,7-8\n") == frozenset({0, 1, 2, 5, 7, 8})
+    assert parse_cpulist("") == frozenset()
+
+
+def test_machine_facts_follow_the_affinity() -> None:
+    """A process pinned to fewer CPUs sizes the rule from those (``taskset -c 0``), as the
+    scaling benchmark's servers rely on; read in a child so this process's affinity is untouched."""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no sched_setaffinity on this platform")
+    first = min(os.sched_getaffinity(0))
+    code = (
+        "import os; from dmeta_embed.runtime.workers import machine_facts, resolve_workers; "
+        f"os.sched_setaffinity(0, {{{first}}}); print(machine_facts()[0], *resolve_workers(None, 'onnxruntime'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1", "1"]
 
 
 def test_split_for_a_plan(tiny_export: Path) -> None:

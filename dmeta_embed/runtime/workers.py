@@ -14,6 +14,7 @@ Standard library only.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -70,25 +71,48 @@ def workers_for(
     return Workers(n, cores // n)
 
 
-def numa_nodes(root: Path = NODES) -> int:
-    """Memory nodes with CPUs (``node0``, ``node1``, ... under ``root``); 1 when unreadable."""
+def numa_nodes(root: Path = NODES, cpus: frozenset[int] | None = None) -> int:
+    """Memory nodes with CPUs (``node0``, ``node1``, ... under ``root``); 1 when unreadable.
+    ``cpus``: count only the nodes holding one of these (the process's affinity): a server pinned
+    with ``taskset`` to one node of a two-node machine spans one node, not two."""
     try:
         nodes = [p for p in root.iterdir() if re.fullmatch(r"node\d+", p.name)]
     except OSError:
         return 1
-    return max(1, sum(1 for p in nodes if _has_cpus(p)))
+    return max(1, sum(1 for p in nodes if _has_cpus(p, cpus)))
 
 
-def _has_cpus(node: Path) -> bool:
+def parse_cpulist(text: str) -> frozenset[int]:
+    """The CPUs of a kernel cpulist such as ``0-7,16-23`` or ``0,2,4`` (empty: none)."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        out.update(range(int(first), int(last or first) + 1))
+    return frozenset(out)
+
+
+def _has_cpus(node: Path, cpus: frozenset[int] | None) -> bool:
     try:
-        return bool((node / "cpulist").read_text().strip())
-    except OSError:
+        held = parse_cpulist((node / "cpulist").read_text())
+    except (OSError, ValueError):
         return True  # no cpulist to read: count the node
+    return bool(held if cpus is None else held & cpus)
+
+
+def affinity() -> frozenset[int] | None:
+    """The CPUs this process may run on (None where the platform does not say)."""
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
 
 
 def machine_facts() -> tuple[int, int, float | None]:
-    """This machine's ``(cpus, numa_nodes, quota)`` for :func:`workers_for`."""
-    return available_cpus(), numa_nodes(), cgroup_quota()
+    """This machine's ``(cpus, numa_nodes, quota)`` for :func:`workers_for`, as this process sees
+    it: its affinity's CPUs and the nodes they lie on."""
+    return available_cpus(), numa_nodes(cpus=affinity()), cgroup_quota()
 
 
 def resolve_workers(asked: int | None, engine: str, threads: int | None = None) -> Workers:
