@@ -5,7 +5,8 @@
 #   docker build --target cpu-ray    -t dmeta-embed:cpu-ray .     + Ray Serve and Ray Data (KubeRay)
 # Each serves an exported folder (cpu-export also a hub id, exported on start into the /cache volume):
 #   docker run -v ./out/m:/model:ro -p 8080:8080 -e DMETA_EMBED_API_KEY dmeta-embed:cpu --model /model
-# The cpu chain comes first: older builders (podman 4.3) build every stage before the target.
+# The cpu chain comes first: a builder that does not skip unused stages (Docker's legacy builder)
+# builds every stage before the target; podman 4.3 skips them (cpu-ray: runtime, build, build-ray).
 
 ARG BASE=debian:bookworm-slim
 

@@ -104,7 +104,8 @@ scaling-carry: bench-deps
 	$(BIN)/python -m benchmarks.scaling_bundle build --from out/minilm -o out/scaling-carry
 
 # Container images from the Dockerfile (docs/deploy.md): `make image` tags dmeta-embed:cpu,
-# `make image-export` dmeta-embed:cpu-export, `make image-gpu` dmeta-embed:gpu. CONTAINER is podman
+# `make image-export` dmeta-embed:cpu-export, `make image-gpu` dmeta-embed:gpu, `make image-ray`
+# dmeta-embed:cpu-ray (KubeRay's pods). CONTAINER is podman
 # with this host's settings (scripts/podman.sh: runc, rlimits, host network, the host's pip mirror
 # and CA bundle); where an image registry is reachable, `make image CONTAINER=docker` (or podman)
 # builds the same Dockerfile as it is. No registry is reachable here, so the base image
@@ -114,7 +115,7 @@ CONTAINER ?= scripts/podman.sh
 IMAGE ?= dmeta-embed
 IMAGE_BASE = $(if $(filter scripts/podman.sh,$(CONTAINER)),image-base)
 
-.PHONY: image-tools image-base image image-export image-gpu test-image test-image-export
+.PHONY: image-tools image-base image image-export image-gpu image-ray test-image test-image-export test-image-ray
 
 # podman, runc and debootstrap from the system's packages (needs root and apt)
 image-tools:
@@ -134,6 +135,10 @@ image-export: $(IMAGE_BASE)
 image-gpu: $(IMAGE_BASE)
 	$(CONTAINER) build --target gpu -t $(IMAGE):gpu .
 
+# the pods of a KubeRay RayService (deploy/kuberay/rayservice.yaml): the cpu image + ray[data,serve]
+image-ray: $(IMAGE_BASE)
+	$(CONTAINER) build --target cpu-ray -t $(IMAGE):cpu-ray .
+
 # the cpu image end to end (scripts/test_image.py): a tiny export served from a read-only mount,
 # vectors equal to the host's, non-root, healthcheck, API key, SIGTERM exits 0; loopback only.
 # ~20 s once the image is built
@@ -145,6 +150,14 @@ test-image: install image
 # volume, served, reused by a second start
 test-image-export: install image-export
 	timeout 600 $(BIN)/python scripts/test_image.py --podman $(CONTAINER) --export-image $(IMAGE):cpu-export
+
+# the cpu-ray image as a KubeRay RayService runs it (scripts/test_image_ray.py): a head and a worker
+# container (their own podman network, an IP each), the RayService's serveConfigV2 sent with
+# `serve deploy`, every replica on the worker, vectors equal to the host's, key, /ready, SIGTERM;
+# then serve --ray inside the head against the same cluster. One host, no Kubernetes. ~45 s once
+# the image is built (1.7 min, 1.17 GB)
+test-image-ray: install image-ray
+	timeout 600 $(BIN)/python scripts/test_image_ray.py --podman $(CONTAINER) --cli $(IMAGE):cpu-ray
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

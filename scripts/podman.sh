@@ -4,7 +4,8 @@
 # stays portable: everything host-specific is here.
 # - runc, not crun: crun refuses these hosts' cgroup layout ("cgroups in hybrid mode").
 # - rlimits the sandbox lets a container have (scripts/containers.conf).
-# - host networking for build and run (no other network was set up here).
+# - host networking for build and run, unless a run names its own network (podman's bridge
+#   networks work here: make test-image-ray makes one, so each Ray node has its own IP as a pod).
 # - build: Docker's image format (the OCI format drops HEALTHCHECK), and the host's pip
 #   configuration passed in (index URLs and the CA bundle, for a TLS proxy, as build args; local
 #   indexes and wheel folders mounted read-only at the same paths, the bundle at /opt/pip-ca.crt),
@@ -57,6 +58,10 @@ case $cmd in
   build)
     mapfile -t pip_args < <(pip_build_args)
     exec podman "${global[@]}" build --network host --format docker "${pip_args[@]}" "$@" ;;
-  run) exec podman "${global[@]}" run --network host "$@" ;;
+  run)
+    # host networking unless the caller names a network (make test-image-ray: one of its own)
+    net=(--network host)
+    for a in "$@"; do case $a in --network | --network=* | --net | --net=*) net=() && break ;; esac; done
+    exec podman "${global[@]}" run "${net[@]}" "$@" ;;
   *) exec podman "${global[@]}" $cmd "$@" ;;
 esac

@@ -122,3 +122,24 @@ def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, 
     assert "secretKeyRef" in env[app["args"]["api_key_env"]]["valueFrom"]
     module, _, name = PROXY_CALLBACK.partition(":")
     assert callable(getattr(importlib.import_module(module), name))
+
+
+def size_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
+
+
+def test_object_store_fits_in_dev_shm(service: dict[str, Any]) -> None:
+    """Ray keeps its object store in /dev/shm only where /dev/shm holds all of it (else in files
+    under /tmp): each pod's store is set, and fits its memory-backed /dev/shm and its memory limit."""
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        (c,) = pod["containers"]
+        (shm,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+        volume = {v["name"]: v for v in pod["volumes"]}[shm["name"]]
+        assert volume["emptyDir"]["medium"] == "Memory"
+        store = int(group["rayStartParams"]["object-store-memory"])
+        assert 75 * 2**20 <= store <= size_bytes(volume["emptyDir"]["sizeLimit"])  # Ray's minimum: 75 MiB
+        # the memory-backed volume counts against the pod's memory: the rest is the replicas'
+        assert store <= size_bytes(c["resources"]["limits"]["memory"]) // 4

@@ -261,6 +261,10 @@ def test_info_lists_two_replicas_with_their_plans(ray_url: str, reference: Embed
     assert reps["count"] == 2 and reps["asked"] == {"replicas": 2} and reps["cpus_each"] == 1
     assert len(reps["each"]) == 2 and sum(r["this"] for r in reps["each"]) == 1
     assert len({r["pid"] for r in reps["each"]}) == 2
+    # each replica's Ray node, by id (nodes on one host share an IP): this test's only node
+    import ray
+
+    assert {r["node_id"] for r in reps["each"]} == {ray.get_runtime_context().get_node_id()}
     for r in reps["each"]:
         # threads from the replica's CPUs, not the host's
         assert (r["variant"], r["engine"], r["threads"], r["workers"]) == ("fp32", "onnxruntime", 1, 1)

@@ -82,7 +82,13 @@ class RayReplica:
         summary = {**_plan_summary(self.plan), "workers": split.workers, "threads": split.threads}
         _kv_put(
             self._key(self.replica_id),
-            {"node": ray.util.get_node_ip_address(), "pid": os.getpid(), **summary},
+            # the node's id as well as its IP: nodes may share an IP (several on one host)
+            {
+                "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(),
+                **summary,
+            },
         )
         return self.asgi
 
