@@ -41,7 +41,7 @@ from ray import serve  # noqa: E402 - only once ray is known to be installed
 from . import embedder_for, server_plan  # noqa: E402
 from .app import create_app  # noqa: E402
 from .batcher import Overloaded  # noqa: E402
-from .ray_proxy import haproxy_found, ray_env  # noqa: E402
+from .ray_proxy import HAPROXY_PORTS, haproxy_found, ray_env  # noqa: E402
 
 log = logging.getLogger(__name__)
 #: Ray's key-value store: one entry per replica, its plan (what ``/info`` lists)
@@ -221,7 +221,9 @@ def run(
         # 503 (serve.ray_proxy); a variable set wins
         # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
         folder = tempfile.mkdtemp(prefix="dmeta-hap-")
-        os.environ.update(ray_env(os.environ, folder, free_ports(), haproxy_found=haproxy_found()))
+        os.environ.update(
+            ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS)), haproxy_found=haproxy_found())
+        )
         try:
             ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)
         except BaseException:
@@ -262,12 +264,16 @@ def run(
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def free_ports() -> tuple[int, int]:
-    """Two ports free now on every interface (the kernel's picks, both held until both are chosen)."""
-    with socket.socket() as a, socket.socket() as b:
-        a.bind(("", 0))
-        b.bind(("", 0))
-        return int(a.getsockname()[1]), int(b.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """``n`` ports free now on every interface (the kernel's picks, all held until all are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 __all__ = ["Embeddings", "EngineBroken", "RayReplica", "app", "build", "free_ports", "run"]

@@ -34,7 +34,7 @@ import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +71,20 @@ HAPROXY_FILES = {
     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
     "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
 }
-#: HAProxy's Prometheus and stats ports (Ray's defaults: 9101, 8404, on every interface)
-HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
+#: HAProxy's Prometheus and stats ports and its fallback (Ray's Python proxy on the head node,
+#: used while no replica is up) (Ray's defaults: 9101, 8404 on every interface; 8500)
+HAPROXY_PORTS = (
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+)
 
 
 def ray_env(
-    environ: Mapping[str, str], folder: str, ports: tuple[int, int], *, haproxy_found: bool
+    environ: Mapping[str, str], folder: str, ports: Sequence[int], *, haproxy_found: bool
 ) -> dict[str, str]:
     """The variables ``serve --ray`` adds to ``environ`` for the Ray it starts: :data:`PROXY_ENV`
-    and, when that Ray runs HAProxy, its files in ``folder`` and ``ports`` (metrics, stats), so
+    and, when that Ray runs HAProxy, its files in ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so
     two such Rays on one host do not collide. A variable set in ``environ`` wins (it is not in
     the result). Without an HAProxy binary (``haproxy_found``) Ray's Python proxy is the default."""
     want = dict(PROXY_ENV)
