@@ -296,11 +296,35 @@ def ray_url(tiny_export: Path) -> Any:
             api_key_env=KEY_ENV,
         )
         serve.run(build(spec, key=KEY), name="dmeta-embed", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        until_the_ingress_reaches(url, 2)
+        yield url
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def until_the_ingress_reaches(url: str, n: int, timeout: float = 60) -> None:
+    """Until ``n`` replicas have answered through the ingress: ``serve.run`` returns once they
+    run, but HAProxy routes to a replica only once Ray has reloaded it with that replica (a second
+    or so later); a test that kills "one of two" replicas before then kills HAProxy's only one."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+
+    async def round_of_info() -> list[Any]:
+        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as c:
+            return list(await asyncio.gather(*(c.get("/info") for _ in range(4))))
+
+    while len(seen) < n:
+        assert time.monotonic() < deadline, f"the ingress reached {sorted(seen)}, not {n} replicas"
+        for r in asyncio.run(round_of_info()):
+            seen |= (
+                {e["id"] for e in r.json()["replicas"]["each"] if e["this"]}
+                if r.status_code == 200
+                else set()
+            )
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
