@@ -182,7 +182,7 @@ def test_python_proxy_callback_turns_a_lost_replica_into_a_503_to_retry() -> Non
     assert (other.status_code, other.text) == (418, "replica's own")
 
 
-def test_ray_env_picks_haproxy_with_its_own_folder_and_ports_and_lets_the_caller_win() -> None:
+def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win() -> None:
     from dmeta_embed.serve.ray_proxy import (
         HAPROXY_ENV,
         HAPROXY_FILES,
@@ -193,31 +193,31 @@ def test_ray_env_picks_haproxy_with_its_own_folder_and_ports_and_lets_the_caller
     )
 
     retry = "RAY_SERVE_HAPROXY_RETRY_ON"
-    env = ray_env({}, "/tmp/run1", (40001, 40002, 40005), haproxy_found=True)
-    assert env[HAPROXY_ENV] == "1" and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
+    ports = (40001, 40002, 40005)
+    # Ray's Python proxy, serve --ray's default: the callback and HAProxy's retries, no folder or ports
+    env = ray_env({}, "/tmp/run1", ports)
+    assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
     assert env[retry].split("\n") == ["conn-failure empty-response", "    option http-buffer-request"]
+    assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS}
+    assert ray_env({HAPROXY_ENV: "0"}, "/tmp/run1", ports) == env
+    # HAProxy, the caller's choice: every HAProxy path in the run's folder, none in
+    # /tmp/haproxy-serve, and ports of its own
+    env = ray_env({HAPROXY_ENV: "1"}, "/tmp/run1", ports)
+    assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
     assert [env[k] for k in HAPROXY_PORTS] == ["40001", "40002", "40005"]
     assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "40005"  # Ray's Python proxy behind HAProxy
     assert env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == "/tmp/run1/haproxy.cfg"
     assert env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] == "/tmp/run1"
-    for k in HAPROXY_FILES:  # every HAProxy path in the run's folder, none in /tmp/haproxy-serve
+    for k in HAPROXY_FILES:
         assert Path(env[k]) == Path("/tmp/run1") or Path(env[k]).parent == Path("/tmp/run1"), k
     # a second run: other paths and ports, nothing shared
-    other = ray_env({}, "/tmp/run2", (40003, 40004, 40006), haproxy_found=True)
+    other = ray_env({HAPROXY_ENV: "1"}, "/tmp/run2", (40003, 40004, 40006))
     own = (*HAPROXY_FILES, *HAPROXY_PORTS)
     assert not {env[k] for k in own} & {other[k] for k in own}
     # what the caller set wins: it is not in the result, the rest is
-    mine = {"RAY_SERVE_HAPROXY_STATS_PORT": "8404", retry: "conn-failure"}
-    env = ray_env(mine, "/tmp/run1", (40001, 40002, 40005), haproxy_found=True)
+    mine = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_STATS_PORT": "8404", retry: "conn-failure"}
+    env = ray_env(mine, "/tmp/run1", ports)
     assert not set(mine) & set(env) and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "40001"
-    # the Python proxy, chosen or for want of an HAProxy binary: no folder, no ports
-    for caller, found in (({HAPROXY_ENV: "0"}, True), ({}, False)):
-        env = ray_env(caller, "/tmp/run1", (40001, 40002, 40005), haproxy_found=found)
-        assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
-        assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS}
-    # HAProxy asked for without a binary found: the caller's word (Ray then says what is missing)
-    env = ray_env({HAPROXY_ENV: "1"}, "/tmp/run1", (40001, 40002, 40005), haproxy_found=False)
-    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "40002"
 
 
 def test_rays_haproxy_config_buffers_requests_to_send_them_again(tmp_path: Path) -> None:
@@ -270,14 +270,13 @@ def ray_url(tiny_export: Path) -> Any:
         "ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'"
     )
     from dmeta_embed.serve.ray import build, free_ports
-    from dmeta_embed.serve.ray_proxy import HAPROXY_PORTS, haproxy_found, ray_env
+    from dmeta_embed.serve.ray_proxy import HAPROXY_PORTS, ray_env
 
-    # the processes Ray starts read it, as serve --ray sets it: the default ingress (HAProxy),
-    # with its own folder and ports; RAY_SERVE_ENABLE_HA_PROXY=0 in the caller's environment runs
-    # these tests on Ray's Python proxy
+    # the processes Ray starts read it, as serve --ray sets it; RAY_SERVE_ENABLE_HA_PROXY=1 in the
+    # caller's environment runs these tests on Ray's HAProxy ingress (its own folder and ports)
     # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
     folder = tempfile.mkdtemp(prefix="dmeta-hap-")
-    added = ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS)), haproxy_found=haproxy_found())
+    added = ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS)))
     os.environ.update(added)
     try:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
@@ -373,9 +372,9 @@ def test_info_lists_two_replicas_with_their_plans(ray_url: str, reference: Embed
 
 
 def test_the_ingress_is_the_one_the_environment_asks_for(ray_url: str) -> None:
-    """Ray's HAProxy runs (one of Ray's processes) unless RAY_SERVE_ENABLE_HA_PROXY=0 (or no
-    HAProxy binary): HAProxy is serve --ray's default, the caller's variable wins."""
-    from dmeta_embed.serve.ray_proxy import HAPROXY_ENV, haproxy_found
+    """Ray's HAProxy runs (one of Ray's processes) exactly when RAY_SERVE_ENABLE_HA_PROXY=1:
+    serve --ray leaves it to the caller, and the Python proxy is the default."""
+    from dmeta_embed.serve.ray_proxy import HAPROXY_ENV
 
     if not Path("/proc/self/task").is_dir():
         pytest.skip("no /proc to list Ray's processes")
@@ -388,8 +387,7 @@ def test_the_ingress_is_the_one_the_environment_asks_for(ray_url: str) -> None:
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-    want = os.environ.get(HAPROXY_ENV, "1" if haproxy_found() else "0") == "1"
-    assert ("haproxy" in names) == want, sorted(set(names))
+    assert ("haproxy" in names) == (os.environ.get(HAPROXY_ENV) == "1"), sorted(set(names))
 
 
 def test_refusals_are_the_plain_servers(ray_url: str, tiny_export: Path) -> None:

@@ -41,7 +41,7 @@ from ray import serve  # noqa: E402 - only once ray is known to be installed
 from . import embedder_for, server_plan  # noqa: E402
 from .app import create_app  # noqa: E402
 from .batcher import Overloaded  # noqa: E402
-from .ray_proxy import HAPROXY_PORTS, haproxy_found, ray_env  # noqa: E402
+from .ray_proxy import HAPROXY_PORTS, ray_env  # noqa: E402
 
 log = logging.getLogger(__name__)
 #: Ray's key-value store: one entry per replica, its plan (what ``/info`` lists)
@@ -216,14 +216,12 @@ def run(
     started = not ray.is_initialized()
     folder = None
     if started:
-        # the Ray started here passes its environment to the processes it starts: its ingress
-        # (HAProxy, with a folder and ports of its own), a lost request sent again or answered
-        # 503 (serve.ray_proxy); a variable set wins
+        # the Ray started here passes its environment to the processes it starts: a lost request
+        # gets a 503 to retry, or with HAProxy (a folder and ports of its own) is sent again
+        # (serve.ray_proxy); a variable set wins
         # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
         folder = tempfile.mkdtemp(prefix="dmeta-hap-")
-        os.environ.update(
-            ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS)), haproxy_found=haproxy_found())
-        )
+        os.environ.update(ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS))))
         try:
             ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)
         except BaseException:

