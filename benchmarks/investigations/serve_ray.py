@@ -6,8 +6,8 @@ queries, closed loop, base64) on one machine.
 Two services of the same CPUs, measured one after the other:
 
 - ``ray x N``: ``serve --ray --replicas N --replica-cpus 1`` (a local Ray started by the server:
-  N replicas of one thread each behind Ray's ingress, ``--ingress``: HAProxy, or ``python``,
-  Ray's Python proxy, ``serve --ray``'s default);
+  N replicas of one thread each behind Ray's ingress, ``--ingress``: HAProxy, ``serve --ray``'s
+  default, or ``python``, Ray's Python proxy);
 - ``N x serve``: N plain ``serve --workers 1 --threads 1`` processes, each pinned to its own core
   with ``taskset`` (where it exists), the clients dealt out among them; their req/s is the sum.
 

