@@ -175,6 +175,18 @@ def available_cpus() -> int:
     return max(1, min(n, math.ceil(quota)) if quota else n)
 
 
+def owns_cpus(threads: int, affinity: int | None) -> bool:
+    """Whether a process running ``threads`` inference threads has the CPUs it may run on
+    (``affinity``: its affinity mask's size; None where the platform does not say) to itself:
+    its threads cover every one of them (a ``taskset``, a container's cpuset, the whole machine).
+    Where it may run on more CPUs than it has threads (a Ray replica of 1 CPU on a larger host, a
+    container held by a CPU quota only), others likely run beside it on the same CPUs, and an
+    engine that pins its threads pins each such process to the same first CPUs of the mask:
+    OpenVINO's CPU plugin does (docs/performance.md, "Serving on Ray"). Unknown affinity: True,
+    the engine's own default."""
+    return affinity is None or threads >= affinity
+
+
 def cgroup_quota() -> float | None:
     """The cgroup's CPU quota in cores (``1.5`` for 150000/100000), None when there is none."""
     try:  # cgroup v2: "max 100000" or "150000 100000"

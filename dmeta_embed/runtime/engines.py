@@ -61,6 +61,7 @@ def _openvino(plan: LoadPlan, streams: int | None = None) -> OpenVINORunner:
         throughput=streams is None and plan.streams == Streams.THROUGHPUT,
         bulk=streams is None and plan.streams == Streams.ADAPTIVE,
         streams=streams,
+        cpu_pinning=plan.cpu_pinning,
     )
 
 

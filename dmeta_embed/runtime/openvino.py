@@ -47,12 +47,15 @@ def compile_config(
     cache_dir: str | Path | None = None,
     throughput: bool = False,
     streams: int | None = None,
+    cpu_pinning: bool = True,
 ) -> dict[str, Any]:
     """The CPU plugin's configuration: the variant's validated ``properties`` (the manifest's
     ``engine_properties``, e.g. the inference precision), latency mode (one stream on all
     ``threads``) or throughput mode (OpenVINO splits ``threads`` into streams that run batches
     side by side; ``streams``: exactly that many, else OpenVINO's choice), and the
-    compiled-model cache folder when one is given."""
+    compiled-model cache folder when one is given. ``cpu_pinning`` False turns the plugin's
+    thread pinning off (``ENABLE_CPU_PINNING``); True leaves it to OpenVINO, which pins on Linux
+    (the plan decides: ``LoadPlan.cpu_pinning``)."""
     config: dict[str, Any] = {
         "PERFORMANCE_HINT": "THROUGHPUT" if throughput or streams else "LATENCY",
         "INFERENCE_NUM_THREADS": threads or available_cpus(),
@@ -60,6 +63,10 @@ def compile_config(
     if streams:
         config["NUM_STREAMS"] = streams
     config.update(properties)
+    if not cpu_pinning:
+        # each process would pin its threads to the first CPUs of its mask, the same ones as
+        # its neighbours': docs/performance.md, "Serving on Ray"
+        config["ENABLE_CPU_PINNING"] = False
     if cache_dir is not None:
         config["CACHE_DIR"] = str(cache_dir)
     return config
@@ -102,6 +109,7 @@ class OpenVINORunner(_Request):
     call of at least :attr:`BULK_ROUNDS` batches per stream to a throughput-mode twin, compiled
     the first time such a call comes (it holds its own copy of the compiled weights). What each
     mode gains and costs: docs/performance.md, "OpenVINO: one environment, bf16, shapes, streams".
+    ``cpu_pinning``: False turns the plugin's thread pinning off (:func:`compile_config`).
     """
 
     #: a :meth:`run_many` call goes to the throughput twin only with at least this many batches
@@ -121,6 +129,7 @@ class OpenVINORunner(_Request):
         throughput: bool = False,
         bulk: bool = False,
         streams: int | None = None,
+        cpu_pinning: bool = True,
     ) -> None:
         ov = require("openvino")
         if cache_dir is not None:
@@ -128,7 +137,7 @@ class OpenVINORunner(_Request):
                 Path(cache_dir).mkdir(parents=True, exist_ok=True)
             except OSError:  # read-only home, say: compile every time rather than fail
                 cache_dir = None
-        self.config = compile_config(properties or {}, threads, cache_dir, throughput, streams)
+        self.config = compile_config(properties or {}, threads, cache_dir, throughput, streams, cpu_pinning)
         #: streams asked for (None: OpenVINO's choice for the mode): :meth:`lanes` runs that many
         self.streams = streams
         self.compiled = ov.Core().compile_model(str(model), "CPU", self.config)
@@ -145,7 +154,7 @@ class OpenVINORunner(_Request):
         # calls from several threads (an executor) take turns
         self._lock = threading.Lock()
         # the throughput-mode twin for large run_many calls (``bulk``): built on first need
-        self._twin_args = (model, threads, properties, inputs, output, cache_dir)
+        self._twin_args = (model, threads, properties, inputs, output, cache_dir, cpu_pinning)
         self._bulk = bulk and not throughput
         self._twin: OpenVINORunner | None = None
         self._twin_lock = threading.Lock()
@@ -199,7 +208,7 @@ class OpenVINORunner(_Request):
             return None
         with self._twin_lock:
             if self._twin is None:
-                model, threads, properties, inputs, output, cache_dir = self._twin_args
+                model, threads, properties, inputs, output, cache_dir, cpu_pinning = self._twin_args
                 twin = OpenVINORunner(
                     model,
                     threads,
@@ -208,6 +217,7 @@ class OpenVINORunner(_Request):
                     output=output,
                     cache_dir=cache_dir,
                     throughput=True,
+                    cpu_pinning=cpu_pinning,
                 )
                 if twin.in_flight < 2:  # one stream (a single core): nothing to overlap
                     self._bulk = False

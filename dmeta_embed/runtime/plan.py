@@ -25,10 +25,11 @@ from ..errors import ModelLoadError, ProviderError
 from ..manifest import Manifest, Precision, Provider
 from .batching import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
 from .choice import Choice, choose
-from .cpu import CpuInfo, available_cpus, detect
+from .cpu import CpuInfo, available_cpus, detect, owns_cpus
 from .engines import Streams, start_runner
 from .installed import Installed, installed
 from .runner import Runner
+from .workers import affinity as own_affinity
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Default(Enum):
     """Marks an argument left to the plan's own default (where None means "off")."""
 
     CACHE = "the user cache"
+    #: this process's affinity mask, read when the plan is made
+    AFFINITY = "this process's affinity"
 
 
 #: how each profile runs OpenVINO
@@ -100,6 +103,13 @@ class LoadPlan:
     #: texts made of one token over and over go to the folder's fp32 graph instead
     #: (``runtime.guard``): on for every variant but fp32, where onnxruntime can run fp32
     guard: bool = False
+    #: how many CPUs this process may run on (its affinity mask; None: the platform does not say)
+    affinity: int | None = field(default=None, repr=False)
+    #: OpenVINO: False turns the CPU plugin's thread pinning off, True leaves it to OpenVINO (which
+    #: pins on Linux). Off where the threads do not cover every CPU of the affinity
+    #: (``runtime.cpu.owns_cpus``): processes sharing CPUs (Ray replicas, containers without a
+    #: cpuset) would each pin to the same first CPUs (docs/performance.md, "Serving on Ray")
+    cpu_pinning: bool = True
 
     @property
     def variant(self) -> Precision:
@@ -148,6 +158,8 @@ class LoadPlan:
             "threads": self.threads,
             "spin": self.spin,
             "streams": self.streams.value if self.provider == Provider.OPENVINO else None,
+            "cpu_pinning": self.cpu_pinning if self.provider == Provider.OPENVINO else None,
+            "affinity": self.affinity,
             "max_batch_tokens": self.max_batch_tokens,
             "batch_size": self.batch_size,
             "cache_dir": str(self.cache_dir) if self.cache_dir and self.engine == "openvino" else None,
@@ -166,8 +178,9 @@ class LoadPlan:
     def from_dict(cls, d: Mapping[str, Any], *, threads: int | None = None) -> LoadPlan:
         """The plan ``d`` (:meth:`to_dict`, perhaps made on another machine) describes, made again
         here by name: its variant and provider, profile, batching and streams, with this
-        machine's CPU deciding how int8 weights are fed and whether bf16 is native, and its cores
-        the threads (``threads``: default every usable CPU). Refused with a ProviderError where
+        machine's CPU deciding how int8 weights are fed and whether bf16 is native, its cores
+        the threads (``threads``: default every usable CPU) and this process's affinity whether
+        OpenVINO pins them. Refused with a ProviderError where
         this machine cannot run that variant there; never replaced by another."""
         return make_plan(
             d["folder"],
@@ -196,6 +209,8 @@ _SHOWN = (
     "threads",
     "spin",
     "streams",
+    "cpu_pinning",
+    "affinity",
     "max_batch_tokens",
     "batch_size",
     "cache_dir",
@@ -267,6 +282,7 @@ def make_plan(
     cache_dir: Path | None | Default = Default.CACHE,
     cpu: CpuInfo | None = None,
     engines: Installed | None = None,
+    affinity: int | None | Default = Default.AFFINITY,
 ) -> LoadPlan:
     """The plan for ``folder`` on this machine. ``variant``/``provider``: ``auto`` or a name
     (explicit requests are honoured or refused, never replaced: ``runtime.choice.choose``).
@@ -275,12 +291,17 @@ def make_plan(
     ``cache_dir``: OpenVINO's compiled-model cache (default ``$DMETA_EMBED_OPENVINO_CACHE``, else
     the user cache; None turns it off). ``guard``: route texts made of one token over and over
     to the fp32 graph (``runtime.guard``; only where the variant is not fp32 and onnxruntime can
-    run fp32). ``cpu``/``engines``: the machine's facts (detected when None), injectable so every
-    machine can be planned for on any other."""
+    run fp32). ``cpu``/``engines``/``affinity`` (how many CPUs this process may run on; None:
+    unknown): the machine's facts (detected by default), injectable so every machine can be
+    planned for on any other."""
     path, manifest = read_folder(folder)
     profile = Profile(profile)
     cpu = cpu or detect()
     engines = engines or installed()
+    if isinstance(affinity, Default):
+        mask = own_affinity()
+        affinity = len(mask) if mask is not None else None
+    threads = threads or available_cpus()
     choice = decide(manifest, variant, provider, profile, cpu=cpu, engines=engines)
     for f in (path / manifest.variants[choice.variant.value].file, path / manifest.tokenizer.file):
         if not f.is_file():
@@ -300,7 +321,7 @@ def make_plan(
         choice=choice,
         cpu=cpu,
         installed=engines,
-        threads=threads or available_cpus(),
+        threads=threads,
         spin=spin,
         streams=request.streams or PROFILE_STREAMS[profile],
         max_batch_tokens=max_batch_tokens or DEFAULT_BATCH_TOKENS[choice.provider],
@@ -311,6 +332,8 @@ def make_plan(
         and choice.variant != Precision.FP32
         and Precision.FP32.value in manifest.variants
         and engines.onnxruntime,
+        affinity=affinity,
+        cpu_pinning=owns_cpus(threads, affinity),
     )
 
 
@@ -331,6 +354,7 @@ def fp32_plan(plan: LoadPlan) -> LoadPlan:
         cache_dir=None,
         cpu=plan.cpu,
         engines=plan.installed,
+        affinity=plan.affinity,
     )
 
 
@@ -352,6 +376,7 @@ def without_cuda(plan: LoadPlan, why: str) -> LoadPlan:
         cache_dir=plan.cache_dir,
         cpu=plan.cpu,
         engines=replace(plan.installed, cuda=False),
+        affinity=plan.affinity,
     )
     return replace(again, fallback=why)
 

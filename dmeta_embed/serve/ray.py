@@ -153,7 +153,18 @@ def _plan_summary(plan: LoadPlan) -> dict[str, Any]:
     d = plan.to_dict()
     return {
         k: d[k]
-        for k in ("variant", "provider", "engine", "int8_weights", "cpu_class", "spin", "max_batch_tokens")
+        for k in (
+            "variant",
+            "provider",
+            "engine",
+            "int8_weights",
+            "cpu_class",
+            "spin",
+            "max_batch_tokens",
+            # the CPUs a replica may run on, against its threads, decide OpenVINO's pinning
+            "affinity",
+            "cpu_pinning",
+        )
     }
 
 
