@@ -9,7 +9,10 @@ Two services of the same CPUs, measured one after the other:
   N replicas of one thread each behind Ray's ingress, ``--ingress``: HAProxy, ``serve --ray``'s
   default, or ``python``, Ray's Python proxy);
 - ``N x serve``: N plain ``serve --workers 1 --threads 1`` processes, each pinned to its own core
-  with ``taskset`` (where it exists), the clients dealt out among them; their req/s is the sum.
+  with ``taskset`` (where it exists; ``--no-plain-pin``: not pinned, sharing every core as Ray's
+  replicas do), the clients dealt out among them; their req/s is the sum.
+
+``--modes ray`` or ``--modes plain`` measures one of the two only.
 
 The clients share the cores with the servers (loopback). CPU per request counts every process
 a server started (Ray's proxy, controller, GCS and raylet included). Writes
@@ -110,7 +113,11 @@ async def ray_mode(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 async def plain_mode(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     extra = ["--max-wait-ms", str(args.max_wait_ms), "--workers", "1", "--threads", "1"]
-    pin = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= args.replicas
+    pin = (
+        args.plain_pin
+        and shutil.which("taskset") is not None
+        and len(os.sched_getaffinity(0)) >= args.replicas
+    )
     cores = sorted(os.sched_getaffinity(0))
     servers = [
         Server(
@@ -172,8 +179,16 @@ def main() -> None:
         help="Ray's ingress: HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1) or Ray's Python proxy",
     )
     p.add_argument("--throughput-optimized", action="store_true", help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
+    p.add_argument(
+        "--plain-pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin each plain process to its own core with taskset",
+    )
+    p.add_argument("--modes", default="ray,plain", help="which services to measure: ray, plain or both")
     p.add_argument("--tag", default=None)
     args = p.parse_args()
+    modes = set(args.modes.split(","))
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     tag = args.tag or f"ray-{'haproxy-' if args.ingress == 'haproxy' else ''}{args.model.resolve().name}"
     # the server's Ray reads them when it starts (serve --ray sets what is not set)
@@ -194,6 +209,7 @@ def main() -> None:
         "variant": args.variant,
         "ingress": args.ingress,
         "throughput_optimized": args.throughput_optimized,
+        "plain_pin": args.plain_pin,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "environment": {
             "cpus": available_cpus(),
@@ -205,11 +221,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-ray-") as tmp:
         workdir = Path(tmp)
         print("load:", flush=True)
-        load = {f"ray x{args.replicas}": run(ray_mode(args, workdir))}
-        load[f"plain {args.replicas} x serve"] = run(plain_mode(args, workdir))
+        load = {}
+        if "ray" in modes:
+            load[f"ray x{args.replicas}"] = run(ray_mode(args, workdir))
+        if "plain" in modes:
+            load[f"plain {args.replicas} x serve"] = run(plain_mode(args, workdir))
     result["load"] = load
-    result["ray_over_plain"] = ratios(load)
     text = markdown(result)
+    plain = load.get(f"plain {args.replicas} x serve")
+    pinned = (plain or {}).get("pinned")
+    unpinned = "no (--no-plain-pin)" if not args.plain_pin else "no (taskset missing)"
+    where = f"Plain processes pinned: {', '.join(pinned) if pinned else unpinned}."
+    if modes != {"ray", "plain"}:
+        write(result, tag, text + ("\n" + where + "\n" if plain else ""))
+        return
+    result["ray_over_plain"] = ratios(load)
     lines = [
         "",
         "## Ray Serve over the plain processes",
@@ -219,16 +245,19 @@ def main() -> None:
     ]
     for c, r in result["ray_over_plain"].items():
         lines.append(f"| {c} | {r['rps_ratio']}× | {r['p50_ratio']}× | {r['p99_ratio']}× |")
-    pinned = load[f"plain {args.replicas} x serve"].get("pinned")
     lines += [
         "",
         f"Ray's ingress: {'HAProxy' if args.ingress == 'haproxy' else 'the Python proxy'}"
         f"{', RAY_SERVE_THROUGHPUT_OPTIMIZED=1' if args.throughput_optimized else ''}. "
-        f"Plain processes pinned: {', '.join(pinned) if pinned else 'no (taskset missing)'}. Ray replicas are "
+        f"{where} Ray replicas are "
         "not pinned (num_cpus reserves, it does not bind). CPU per request: every process of the service "
         "(Ray's included).",
     ]
     text += "\n".join(lines) + "\n"
+    write(result, tag, text)
+
+
+def write(result: dict[str, Any], tag: str, text: str) -> None:
     out = results_dir(result["model"])
     out.mkdir(parents=True, exist_ok=True)
     (out / f"serve_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
