@@ -5,12 +5,17 @@ the head runs ``ray start --head`` with the RayService's ``rayStartParams`` (``n
 replica there), the worker ``ray start --address=HEAD:6379 --num-cpus=2``; both as the image's
 non-root user, read-only root filesystem, every capability dropped, a tmpfs on /tmp and a 1 GiB
 /dev/shm (the manifest's two emptyDirs), the environment the manifest gives each pod (the API key
-only on the worker, as its Secret), and a tiny export made on the host read-only at /model. Then
+only on the worker, as its Secret), Ray's token authentication as the manifest's ``authOptions``
+has KubeRay set it (``RAY_AUTH_MODE=token`` and one ``RAY_AUTH_TOKEN``, made for this run as
+KubeRay makes its Secret, on both), and a tiny export made on the host read-only at /model. Then
 the RayService's ``serveConfigV2``, read from deploy/kuberay/rayservice.yaml with only the replica
 counts a 2-CPU worker holds changed, goes to the head with ``serve deploy`` (what KubeRay does),
-and the check: every replica runs on the worker node, ``/info`` lists each with that node (IP and
-Ray's node id), ``/ready`` answers on both nodes' ingress, the vectors equal the host's
-``Embedder.encode`` (fp32), the API key is enforced, and SIGTERM stops both nodes.
+and the check: Ray refuses a client without the token (the dashboard's serve and jobs APIs: 401;
+a GCS client in a third container on the network, with no token or another one: Ray's
+AuthenticationError) and lets one with it in; every replica runs on the worker node, ``/info``
+lists each with that node (IP and Ray's node id), ``/ready`` answers on both nodes' ingress, the
+vectors equal the host's ``Embedder.encode`` (fp32), the API key is enforced (the ingress needs no
+Ray token), and SIGTERM stops both nodes.
 ``--cli`` then runs ``dmeta-embed serve --ray=auto`` inside the head against the same cluster.
 
 Not proved here: Kubernetes itself (KubeRay's operator, its Services and probes, the autoscaler
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -48,15 +54,32 @@ SWAPPED_ARGS = {"replica_cpus": 1, "autoscale": "2:2"}
 REPLICAS = 2  # autoscale's MIN = MAX
 #: the CLI's own path (--cli): its port on each node's ingress
 CLI_PORT = 8080
+#: a GCS client in a container of its own: exits 3 when Ray refuses it (AuthenticationError), 0
+#: once it lists the cluster's nodes (the count on stdout)
+GCS_PROBE = """import sys
+from ray._raylet import GcsClient
+from ray.exceptions import AuthenticationError
+try:
+    nodes = GcsClient(address=sys.argv[1]).get_all_node_info()
+except AuthenticationError:
+    sys.exit(3)
+print(len(nodes))
+"""
 
 
 class Failed(Exception):
     """A check failed: the message says which; the nodes' logs are printed before exiting."""
 
 
-def http(url: str, body: Any = None, auth: bool = True, method: str | None = None) -> tuple[int, Any]:
+def http(
+    url: str,
+    body: Any = None,
+    auth: bool = True,
+    method: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     req.add_header("Content-Type", "application/json")
     if auth:
         req.add_header("Authorization", f"Bearer {KEY}")
@@ -101,6 +124,9 @@ class Cluster:
         self.head = f"{self.network}-head"
         self.worker = f"{self.network}-worker"
         self.ips: dict[str, str] = {}
+        # authOptions {mode: token}: KubeRay makes a Secret with a random token and sets
+        # RAY_AUTH_MODE and RAY_AUTH_TOKEN on every Ray container; here one token per run
+        self.token = secrets.token_hex(32) if cluster.get("authOptions", {}).get("mode") == "token" else None
         (head,) = self.head_spec["template"]["spec"]["containers"]
         self.ports = {p["name"]: int(p["containerPort"]) for p in head["ports"]}  # gcs, dashboard, serve
 
@@ -132,6 +158,8 @@ class Cluster:
             # the worker's Secret (the API key): this run's key
             value = e["value"] if "value" in e else KEY
             flags += ["-e", f"{e['name']}={value}"]
+        if self.token is not None:
+            flags += ["-e", "RAY_AUTH_MODE=token", "-e", f"RAY_AUTH_TOKEN={self.token}"]
         # Ray's usage statistics off: nothing outside is reachable here
         return [*flags, "-e", "RAY_USAGE_STATS_ENABLED=0"]
 
@@ -176,8 +204,43 @@ class Cluster:
         states = [self.podman("inspect", "--format", "{{.State.Running}}", n, check=False) for n in self.ips]
         return all(s == "true" for s in states)
 
-    def dashboard(self, path: str) -> tuple[int, Any]:
-        return http(f"http://{self.ips[self.head]}:{self.ports['dashboard']}{path}", auth=False)
+    def dashboard(
+        self, path: str, body: Any = None, token: bool = True, method: str | None = None
+    ) -> tuple[int, Any]:
+        """Ray's dashboard API on the head, with the Ray token as KubeRay sends it (``token``)."""
+        headers = {"X-Ray-Authorization": f"Bearer {self.token}"} if token and self.token else {}
+        url = f"http://{self.ips[self.head]}:{self.ports['dashboard']}{path}"
+        return http(url, body, auth=False, method=method, headers=headers)
+
+    def gcs_probe(self, env: dict[str, str]) -> tuple[int, str]:
+        """:data:`GCS_PROBE` in a third container on the network (another pod), with ``env``."""
+        name = f"{self.network}-probe"
+        self.podman.names.append(name)
+        flags = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+        res = subprocess.run(
+            [
+                *self.podman.cmd,
+                "run",
+                "--rm",
+                "--name",
+                name,
+                "--network",
+                self.network,
+                "--entrypoint",
+                "python",
+                "-e",
+                "RAY_USAGE_STATS_ENABLED=0",
+                *flags,
+                self.image,
+                "-c",
+                GCS_PROBE,
+                f"{self.ips[self.head]}:{self.ports['gcs']}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return res.returncode, res.stdout.strip()
 
     def nodes(self) -> dict[str, dict[str, Any]]:
         """Ray's live nodes by IP (each container has its own), from the state API."""
@@ -235,7 +298,8 @@ def serve_config(service: dict[str, Any]) -> dict[str, Any]:
 
 
 def deploy(cluster: Cluster, config: dict[str, Any]) -> str:
-    """``serve deploy`` on the head, as KubeRay submits serveConfigV2; then wait until RUNNING."""
+    """``serve deploy`` on the head, as KubeRay submits serveConfigV2 (with the Ray token: the
+    head's environment has it, as KubeRay's request has it in a header); then wait until RUNNING."""
     # the config reaches the head on its stdin, into its /tmp (the manifest's emptyDir): no mount
     # beyond the manifest's; `serve deploy` takes a file by its .yaml name
     res = subprocess.run(
@@ -271,6 +335,32 @@ def wait_running(cluster: Cluster, name: str) -> None:
         return state.get("status") == "RUNNING"
 
     wait_for(f"application {name} RUNNING", 300, running, cluster.alive)
+
+
+def check_ray_token(cluster: Cluster) -> None:
+    """Ray's token authentication, on: a client without the cluster's token is refused by the
+    dashboard (its serve and jobs APIs: whoever submits a job runs code) and by the GCS; with it,
+    both answer. The serve ingress is not behind it (check_serving: the API key only)."""
+    assert cluster.token is not None, "FAIL: the manifest's rayClusterConfig has no authOptions {mode: token}"
+    for method, path, body in (
+        ("GET", "/api/serve/applications/", None),
+        ("POST", "/api/jobs/", {"entrypoint": "id"}),
+    ):
+        status = cluster.dashboard(path, body, token=False, method=method)[0]
+        assert status == 401, f"FAIL: {method} {path} without the Ray token gave {status}, not 401"
+    assert cluster.dashboard("/api/serve/applications/")[0] == 200, "FAIL: the dashboard refused the token"
+    other = secrets.token_hex(32)
+    codes = {
+        "no token": cluster.gcs_probe({}),
+        "another token": cluster.gcs_probe({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": other}),
+        "the token": cluster.gcs_probe({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": str(cluster.token)}),
+    }
+    want = {"no token": (3, ""), "another token": (3, ""), "the token": (0, "2")}
+    assert codes == want, f"FAIL: GCS clients (exit code, nodes listed): {codes}, not {want}"
+    say(
+        "Ray token: dashboard serve and jobs APIs 401 without it; a GCS client in another container "
+        "refused with no token or another one, lists the 2 nodes with it"
+    )
 
 
 def check_replicas_on_worker(cluster: Cluster, app: str, count: int, port: int) -> None:
@@ -382,6 +472,7 @@ def main() -> None:
             app = deploy(cluster, config)
             port = int(config["http_options"]["port"])
             say(f"serve deploy: the RayService's serveConfigV2 with {SWAPPED_ARGS}: RUNNING")
+            check_ray_token(cluster)
             check_replicas_on_worker(cluster, app, REPLICAS, port)
             check_serving(cluster, port, want)
             if args.cli:

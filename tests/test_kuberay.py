@@ -6,6 +6,7 @@ Deployment's image user, probes, key and model volume."""
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,35 @@ def test_object_store_fits_in_dev_shm(service: dict[str, Any]) -> None:
         assert 75 * 2**20 <= store <= size_bytes(volume["emptyDir"]["sizeLimit"])  # Ray's minimum: 75 MiB
         # the memory-backed volume counts against the pod's memory: the rest is the replicas'
         assert store <= size_bytes(c["resources"]["limits"]["memory"]) // 4
+
+
+#: the first Ray with token authentication (RAY_AUTH_MODE=token), which KubeRay requires of
+#: rayVersion for authOptions
+RAY_TOKEN_AUTH = (2, 52)
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2])
+
+
+def test_ray_token_authentication_is_on(service: dict[str, Any]) -> None:
+    """Ray leaves its GCS and dashboard open by default (anyone who reaches them runs code there):
+    the manifest turns KubeRay's token mode on, for a Ray that has it, and no container turns it off."""
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"]["mode"] == "token"
+    assert "secretName" not in cluster["authOptions"]  # KubeRay makes the Secret, one per cluster
+    assert version(cluster["rayVersion"]) >= RAY_TOKEN_AUTH
+    for pod in pods(service):
+        (c,) = pod["containers"]
+        # KubeRay sets the mode and the token itself; one set here would fight it
+        assert not {e["name"] for e in c["env"]} & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+
+
+def test_the_images_ray_has_token_auth() -> None:
+    """The cpu-ray image installs the ``ray`` extra: its floor has token mode (2.59, the first Ray
+    that also starts a local ``ray.init()`` in it: tests/test_serve_ray.py)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    (ray_req,) = [r for r in extra if r.startswith("ray[")]
+    floor = re.search(r">=([0-9.]+)", ray_req)
+    assert floor is not None and version(floor.group(1)) >= (2, 59), ray_req

@@ -394,6 +394,38 @@ def test_the_ingress_is_the_one_the_environment_asks_for(ray_url: str) -> None:
     assert ("haproxy" in names) == (os.environ.get(HAPROXY_ENV) == "1"), sorted(set(names))
 
 
+def test_the_local_ray_refuses_a_client_without_its_token(ray_url: str) -> None:
+    """The local Ray serve --ray starts (``ray.init()``, no address: as here) listens on every
+    interface, its GCS on the node's IP. Ray 2.59+ (the ``ray`` extra's floor) starts it in token
+    mode unless the caller set RAY_AUTH_MODE: a driver with another token is refused, one with
+    Ray's (the file ~/.ray/auth_token it wrote) gets in; the HTTP ingress needs only the API key."""
+    import subprocess
+
+    import ray
+
+    gcs = ray.get_runtime_context().gcs_address  # this process is the fixture's driver (node IP:port)
+    # a GCS client of its own process (Ray reads the mode once per process): 3 when refused
+    # (Ray's AuthenticationError; ray.init wraps it in a ConnectionError), 0 when it lists the node
+    probe = (
+        "import sys\n"
+        "from ray._raylet import GcsClient\n"
+        "from ray.exceptions import AuthenticationError\n"
+        "try:\n"
+        "    nodes = GcsClient(address=sys.argv[1]).get_all_node_info()\n"
+        "except AuthenticationError:\n"
+        "    sys.exit(3)\n"
+        "sys.exit(0 if len(nodes) == 1 else 4)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    other = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}
+    codes = [
+        subprocess.run([sys.executable, "-c", probe, gcs], env=e, timeout=120).returncode
+        for e in (other, {**env, "RAY_AUTH_MODE": "token"})
+    ]
+    assert codes == [3, 0]
+    assert httpx.get(f"{ray_url}/ready", timeout=30).status_code == 200  # no Ray token there
+
+
 def test_refusals_are_the_plain_servers(ray_url: str, tiny_export: Path) -> None:
     """Same statuses and bodies as the app without Ray, API key included (``/health`` open)."""
     from starlette.testclient import TestClient
