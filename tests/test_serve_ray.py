@@ -195,14 +195,14 @@ def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win(
     retry = "RAY_SERVE_HAPROXY_RETRY_ON"
     ports = (40001, 40002, 40005)
     # Ray's Python proxy, serve --ray's default: the callback and HAProxy's retries, no folder or ports
-    env = ray_env({}, "/tmp/run1", ports)
+    env = ray_env({}, "/tmp/run1", ports, 2)
     assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
     assert env[retry].split("\n") == ["conn-failure empty-response", "    option http-buffer-request"]
     assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS}
-    assert ray_env({HAPROXY_ENV: "0"}, "/tmp/run1", ports) == env
+    assert ray_env({HAPROXY_ENV: "0"}, "/tmp/run1", ports, 2) == env
     # HAProxy, the caller's choice: every HAProxy path in the run's folder, none in
     # /tmp/haproxy-serve, and ports of its own
-    env = ray_env({HAPROXY_ENV: "1"}, "/tmp/run1", ports)
+    env = ray_env({HAPROXY_ENV: "1"}, "/tmp/run1", ports, 2)
     assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
     assert [env[k] for k in HAPROXY_PORTS] == ["40001", "40002", "40005"]
     assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "40005"  # Ray's Python proxy behind HAProxy
@@ -211,13 +211,47 @@ def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win(
     for k in HAPROXY_FILES:
         assert Path(env[k]) == Path("/tmp/run1") or Path(env[k]).parent == Path("/tmp/run1"), k
     # a second run: other paths and ports, nothing shared
-    other = ray_env({HAPROXY_ENV: "1"}, "/tmp/run2", (40003, 40004, 40006))
+    other = ray_env({HAPROXY_ENV: "1"}, "/tmp/run2", (40003, 40004, 40006), 2)
     own = (*HAPROXY_FILES, *HAPROXY_PORTS)
     assert not {env[k] for k in own} & {other[k] for k in own}
     # what the caller set wins: it is not in the result, the rest is
     mine = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_STATS_PORT": "8404", retry: "conn-failure"}
-    env = ray_env(mine, "/tmp/run1", ports)
+    env = ray_env(mine, "/tmp/run1", ports, 2)
     assert not set(mine) & set(env) and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "40001"
+
+
+def test_ray_env_cuts_rays_toll_and_sizes_haproxys_threads_to_the_node() -> None:
+    """What serve --ray sets against Ray's own work a request: on both ingresses Ray's metrics
+    pipeline off, the app on the replica's loop, the controller at 2 Hz; with HAProxy, half the
+    node's CPUs as its threads (1 to Ray's 4). A variable the caller set wins."""
+    from dmeta_embed.serve.ray_proxy import (
+        HAPROXY_ENV,
+        HAPROXY_THREADS_ENV,
+        TOLL_ENV,
+        haproxy_threads,
+        ray_env,
+    )
+
+    ports = (40001, 40002, 40005)
+    assert [haproxy_threads(n) for n in (1, 2, 3, 4, 5, 8, 9, 64)] == [1, 1, 1, 2, 2, 4, 4, 4]
+    want = {
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "RAY_enable_metrics_collection": "0",
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    }
+    assert TOLL_ENV == want
+    for ingress, cpus, threads in (
+        ({}, 2, None),
+        ({HAPROXY_ENV: "1"}, 2, "1"),
+        ({HAPROXY_ENV: "1"}, 16, "4"),
+    ):
+        env = ray_env(ingress, "/tmp/run1", ports, cpus)
+        assert {k: env[k] for k in want} == want
+        assert env.get(HAPROXY_THREADS_ENV) == threads
+    mine = {HAPROXY_ENV: "1", HAPROXY_THREADS_ENV: "8", "RAY_enable_metrics_collection": "1"}
+    env = ray_env(mine, "/tmp/run1", ports, 2)
+    assert not set(mine) & set(env) and env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
 
 
 def test_rays_haproxy_config_buffers_requests_to_send_them_again(tmp_path: Path) -> None:
@@ -276,7 +310,7 @@ def ray_url(tiny_export: Path) -> Any:
     # caller's environment runs these tests on Ray's HAProxy ingress (its own folder and ports)
     # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
     folder = tempfile.mkdtemp(prefix="dmeta-hap-")
-    added = ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS)))
+    added = ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS)), 2)
     os.environ.update(added)
     try:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)

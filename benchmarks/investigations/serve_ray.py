@@ -210,6 +210,8 @@ def main() -> None:
         "ingress": args.ingress,
         "throughput_optimized": args.throughput_optimized,
         "plain_pin": args.plain_pin,
+        # the Ray variables the caller set (they win over what serve --ray sets: ray_proxy.ray_env)
+        "ray_variables": {k: v for k, v in sorted(os.environ.items()) if k.startswith("RAY_")},
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "environment": {
             "cpus": available_cpus(),

