@@ -95,7 +95,13 @@ def test_resources_match_the_workers_rule(service: dict[str, Any]) -> None:
 def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, Any]) -> None:
     app = app_config(service)
     assert "AS cpu-ray" in (ROOT / "Dockerfile").read_text()
-    from dmeta_embed.serve.ray_proxy import HAPROXY_THREADS_ENV, PROXY_CALLBACK, PROXY_ENV, haproxy_threads
+    from dmeta_embed.serve.ray_proxy import (
+        HAPROXY_THREADS_ENV,
+        METRICS_ENV,
+        PROXY_CALLBACK,
+        PROXY_ENV,
+        haproxy_threads,
+    )
 
     pvc = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "model-pvc.yaml").read_text())
     assert "ReadOnlyMany" in pvc["spec"]["accessModes"]  # every pod reads it
@@ -112,7 +118,10 @@ def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, 
         )
         env = {e["name"]: e for e in c["env"]}
         # what serve --ray sets for the Ray it starts (lost requests: a 503, or sent again)
-        assert {k: env[k].get("value") for k in PROXY_ENV} == PROXY_ENV
+        # ... but Ray's metrics, which a cluster's operators read, stay on
+        cluster = {k: v for k, v in PROXY_ENV.items() if k not in METRICS_ENV}
+        assert {k: env[k].get("value") for k in cluster} == cluster
+        assert not set(METRICS_ENV) & set(env)
         # HAProxy's threads: what serve --ray picks for a node of the pod's CPUs
         cpus = int(c["resources"]["limits"]["cpu"])
         assert env[HAPROXY_THREADS_ENV]["value"] == str(haproxy_threads(cpus))

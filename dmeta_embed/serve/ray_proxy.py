@@ -69,6 +69,10 @@ TOLL_ENV = {
     # Serve's controller checks its deployments 2 times a second, not 10
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
+#: the part of :data:`TOLL_ENV` that is Ray's metrics: a cluster's operators read them (Ray's
+#: dashboard, Prometheus), so the KubeRay example leaves them on; a Ray ``serve --ray`` starts
+#: for itself has the server's own ``/metrics``
+METRICS_ENV = ("RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_enable_metrics_collection")
 #: the environment of every Ray process (read when Serve's controller, proxies and replicas start)
 PROXY_ENV = {
     # Ray renders it as the line `retry-on <value>` of HAProxy's `defaults` section: the second
