@@ -104,6 +104,19 @@ def load_snapshot() -> dict[str, Any]:
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "uptime": line, "loadavg": avg}
 
 
+def serve_environment() -> dict[str, Any]:
+    """What a serving benchmark records of the machine it ran on: the CPUs the process may use,
+    the CPU's name, the load average at the start, Python's version."""
+    from dmeta_embed.runtime.cpu import available_cpus
+
+    return {
+        "cpus": available_cpus(),
+        "cpu": cpuinfo().get("model name") or platform.processor() or platform.machine(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+    }
+
+
 def machine_info() -> dict[str, Any]:
     from dmeta_embed.runtime.cpu import available_cpus
 

@@ -20,8 +20,6 @@ import asyncio
 import base64
 import collections
 import json
-import os
-import platform
 import random
 import signal
 import subprocess
@@ -32,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..machine import cpuinfo, results_dir
+from ..machine import results_dir, serve_environment
 from ..metrics import cosines
 from ..timing import cpu_seconds, percentiles, rss_mb
 from .serve_client import Connection, json_body
@@ -565,19 +563,13 @@ def main() -> None:
         workdir = Path(tmp)
         args.model = args.model or default_model(workdir)
         tag = args.tag or args.model.resolve().name
-        from dmeta_embed.runtime.cpu import available_cpus
 
         result: dict[str, Any] = {
             "tag": tag,
             "model": args.model.resolve().name,
             "variant": args.variant,
             "date": time.strftime("%Y-%m-%d %H:%M"),
-            "environment": {
-                "cpus": available_cpus(),
-                "cpu": cpuinfo().get("model name") or platform.processor() or platform.machine(),
-                "loadavg": [round(x, 2) for x in os.getloadavg()],
-                "python": platform.python_version(),
-            },
+            "environment": serve_environment(),
         }
         if not args.skip_load:
             print("load:", flush=True)

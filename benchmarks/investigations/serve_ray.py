@@ -25,14 +25,13 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from ..machine import cpuinfo, results_dir
+from ..machine import results_dir, serve_environment
 from ..timing import cpu_seconds, rss_mb
 from .serve_load import Server, markdown, run_level
 
@@ -201,7 +200,6 @@ def main() -> None:
         run = uvloop.run
     except ImportError:
         pass
-    from dmeta_embed.runtime.cpu import available_cpus
 
     result: dict[str, Any] = {
         "tag": tag,
@@ -213,12 +211,7 @@ def main() -> None:
         # the Ray variables the caller set (they win over what serve --ray sets: ray_proxy.ray_env)
         "ray_variables": {k: v for k, v in sorted(os.environ.items()) if k.startswith("RAY_")},
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "environment": {
-            "cpus": available_cpus(),
-            "cpu": cpuinfo().get("model name") or platform.processor() or platform.machine(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(),
-        },
+        "environment": serve_environment(),
     }
     with tempfile.TemporaryDirectory(prefix="serve-ray-") as tmp:
         workdir = Path(tmp)

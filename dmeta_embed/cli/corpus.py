@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import model_option, number_option, provider_option, variant_option
+from .options import model_option, number_option, provider_option, ray_option, variant_option
 
 
 @click.command("embed-corpus")
@@ -32,16 +32,7 @@ from .options import model_option, number_option, provider_option, variant_optio
 @variant_option
 @provider_option
 @number_option("--threads", "In-process onnxruntime threads.")
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[ADDRESS]",
-    help="Run on Ray Data: alone for ray.init() (RAY_ADDRESS or a local cluster), or an address "
-    "(auto, ray://head:10001). Put it last or write --ray=ADDRESS.",
-)
+@ray_option("Run on Ray Data")
 @number_option("--workers", "Ray: actors (default: as many as fit, one CPU left for reading).")
 @number_option("--worker-cpus", "Ray: CPUs (= onnxruntime threads) per actor.", default=1)
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")

@@ -83,6 +83,21 @@ def number_option(
     )
 
 
+def ray_option(what: str) -> Callable[[F], F]:
+    """``--ray[=ADDRESS]`` (parameter ``ray_address``: None without the flag, "" alone for
+    ``ray.init()``, else the address): ``what`` says what runs on Ray."""
+    return click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="",
+        default=None,
+        metavar="[ADDRESS]",
+        help=f"{what}: alone for ray.init() (RAY_ADDRESS, else a local Ray), or an address (auto, "
+        "ray://head:10001). Put it last or write --ray=ADDRESS.",
+    )
+
+
 def load(model: str, variant: str, provider: str, **kw: Any) -> Embedder:
     """``Embedder.load``, imported only by the commands that embed (``--help`` stays fast);
     ``kw`` carries ``revision`` and ``cache_dir`` from :func:`model_option`."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..serve.config import ServerConfig  # a plain dataclass: imports nothing of the server stack
-from .options import F, model_option, number_option, provider_option, variant_option
+from .options import F, model_option, number_option, provider_option, ray_option, variant_option
 
 #: the API key's default variable (a container sets it with -e; the name can be changed with --api-key-env)
 API_KEY_ENV = "DMETA_EMBED_API_KEY"
@@ -123,16 +123,9 @@ def server_option(flag: str, field: str, text: str, kind: click.ParamType | None
     default=None,
     help="Name the --rerank-model is reported by (default: its export's source model).",
 )
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[ADDRESS]",
-    help="Serve as Ray Serve replicas behind Ray's HTTP proxy on --host/--port: alone for ray.init() "
-    "(RAY_ADDRESS, else a local Ray), or an address (auto, ray://head:10001). The model must be a "
-    "path every node reads. Put it last or write --ray=ADDRESS (docs/serving.md, 'Ray Serve').",
+@ray_option(
+    "Serve as Ray Serve replicas behind Ray's HTTP proxy on --host/--port (docs/serving.md, "
+    "'Ray Serve'; the model must be a path every node reads)"
 )
 @click.option(
     "--replicas",

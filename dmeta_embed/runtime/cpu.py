@@ -165,12 +165,18 @@ def detect() -> CpuInfo:
     return cpu_info(read_cpuinfo(), platform.machine())
 
 
+def affinity() -> frozenset[int] | None:
+    """The CPUs this process may run on (None where the platform does not say)."""
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 def available_cpus() -> int:
     """CPUs this process may really use: affinity mask and cgroup quota, not ``os.cpu_count()``."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
+    mask = affinity()
+    n = len(mask) if mask is not None else os.cpu_count() or 1
     quota = cgroup_quota()
     return max(1, min(n, math.ceil(quota)) if quota else n)
 

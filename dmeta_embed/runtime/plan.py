@@ -26,10 +26,10 @@ from ..manifest import Manifest, Precision, Provider
 from .batching import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS
 from .choice import Choice, choose
 from .cpu import CpuInfo, available_cpus, detect, owns_cpus
+from .cpu import affinity as own_affinity
 from .engines import Streams, start_runner
 from .installed import Installed, installed
 from .runner import Runner
-from .workers import affinity as own_affinity
 
 log = logging.getLogger(__name__)
 

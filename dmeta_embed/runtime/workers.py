@@ -14,12 +14,11 @@ Standard library only.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from .cpu import available_cpus, cgroup_quota
+from .cpu import affinity, available_cpus, cgroup_quota
 
 if TYPE_CHECKING:
     from .plan import LoadPlan
@@ -99,14 +98,6 @@ def _has_cpus(node: Path, cpus: frozenset[int] | None) -> bool:
     except (OSError, ValueError):
         return True  # no cpulist to read: count the node
     return bool(held if cpus is None else held & cpus)
-
-
-def affinity() -> frozenset[int] | None:
-    """The CPUs this process may run on (None where the platform does not say)."""
-    try:
-        return frozenset(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
 
 
 def machine_facts() -> tuple[int, int, float | None]:

@@ -11,7 +11,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._optional import require_feature
 from ..cache import TYPICAL, Kind, ensure, locate, require_export
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from ..runtime.plan import LoadPlan
     from ..runtime.reranker import Reranker
     from .models import Loaded
+
+#: what the server loads: an Embedder or a Reranker (both take a plan and an optional runner)
+_E = TypeVar("_E")
 
 __all__ = [
     "ServerConfig",
@@ -120,12 +123,9 @@ def load_embedder(
     worker's engine (onnxruntime: on its share of the threads; OpenVINO: a request on the
     compiled model with a stream per worker). ``model``: what ``Embedder.load`` takes (an exported
     folder, a hub id at ``revision`` or a model folder, exported once into ``cache_dir``)."""
-    from ..cache import resolve_model
+    from ..runtime import Embedder
 
-    cfg = config or ServerConfig()
-    return embedder_for(
-        server_plan(resolve_model(model, revision, cache_dir), cfg, variant, provider, threads), cfg
-    )
+    return _first_engine(Embedder, model, config, variant, provider, threads, revision, cache_dir)
 
 
 def load_reranker(
@@ -139,12 +139,27 @@ def load_reranker(
     cache_dir: str | Path | None = None,
 ) -> Reranker:
     """A reranker as :func:`serve` loads it: the same plan and workers as :func:`load_embedder`."""
-    from ..cache import resolve_model
     from ..runtime.reranker import Reranker
+
+    return _first_engine(Reranker, model, config, variant, provider, threads, revision, cache_dir)
+
+
+def _first_engine(
+    cls: Callable[..., _E],
+    model: str | Path,
+    config: ServerConfig | None,
+    variant: str,
+    provider: str,
+    threads: int | None,
+    revision: str | None,
+    cache_dir: str | Path | None,
+) -> _E:
+    """``cls`` (Embedder or Reranker) on the server's first worker's engine for ``model``."""
+    from ..cache import resolve_model
 
     cfg = config or ServerConfig()
     plan = server_plan(resolve_model(model, revision, cache_dir), cfg, variant, provider, threads)
-    return Reranker(*_first_worker(plan, cfg))
+    return cls(*_first_worker(plan, cfg))
 
 
 def task_of(folder: Path) -> str:

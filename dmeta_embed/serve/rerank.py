@@ -23,7 +23,7 @@ from ..errors import ModelLoadError
 from ..runtime.tokenize import Tokenized
 from .config import ServerConfig
 from .errors import Kind, RequestError
-from .schemas import _bool, _int, _object, _str, json_type
+from .schemas import _bool, _int, _object, _right_only, _str, json_type
 
 if TYPE_CHECKING:
     from ..runtime.reranker import Reranker
@@ -107,12 +107,7 @@ def parse_tei_rerank(body: object, cfg: ServerConfig) -> RerankRequest:
     """``POST /rerank`` as text-embeddings-inference takes it: query, texts, raw_scores,
     return_text, truncate (default false, as TEI's), truncation_direction (right only)."""
     body = _object(body)
-    direction = body.get("truncation_direction")
-    if direction is not None and direction not in ("right", "Right"):
-        raise RequestError(
-            f"'truncation_direction'={direction!r} is not supported; only 'right'",
-            field="truncation_direction",
-        )
+    _right_only(body)
     return RerankRequest(
         query=_query(body, cfg),
         documents=_documents(body.get("texts"), "texts", cfg, objects=False),

@@ -108,6 +108,16 @@ def _object(body: object) -> dict[str, Any]:
     return body
 
 
+def _right_only(body: dict[str, Any]) -> None:
+    """TEI's ``truncation_direction``: only ``right`` (the runtime truncates at the end)."""
+    direction = body.get("truncation_direction")
+    if direction is not None and direction not in ("right", "Right"):
+        raise RequestError(
+            f"'truncation_direction'={direction!r} is not supported; only 'right'",
+            field="truncation_direction",
+        )
+
+
 def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
     value = body.get(key)
     if value is None:
@@ -163,12 +173,7 @@ def parse_tei(body: object, cfg: ServerConfig) -> EmbedRequest:
     truncation_direction (right only), prompt_name, dimensions; plus ``precision``."""
     body = _object(body)
     texts = _texts(body.get("inputs"), "inputs", cfg)
-    direction = body.get("truncation_direction")
-    if direction is not None and direction not in ("right", "Right"):
-        raise RequestError(
-            f"'truncation_direction'={direction!r} is not supported; only 'right'",
-            field="truncation_direction",
-        )
+    _right_only(body)
     return EmbedRequest(
         texts=texts,
         normalize=_bool(body, "normalize", True),
