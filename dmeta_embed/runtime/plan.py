@@ -105,11 +105,14 @@ class LoadPlan:
     guard: bool = False
     #: how many CPUs this process may run on (its affinity mask; None: the platform does not say)
     affinity: int | None = field(default=None, repr=False)
-    #: OpenVINO: False turns the CPU plugin's thread pinning off, True leaves it to OpenVINO (which
-    #: pins on Linux). Off where the threads do not cover every CPU of the affinity
-    #: (``runtime.cpu.owns_cpus``): processes sharing CPUs (Ray replicas, containers without a
-    #: cpuset) would each pin to the same first CPUs (docs/performance.md, "Serving on Ray")
-    cpu_pinning: bool = True
+
+    @property
+    def cpu_pinning(self) -> bool:
+        """OpenVINO: False turns the CPU plugin's thread pinning off, True leaves it to OpenVINO
+        (which pins on Linux). Off where the threads do not cover every CPU of the affinity
+        (``runtime.cpu.owns_cpus``): processes sharing CPUs (Ray replicas, containers without a
+        cpuset) would each pin to the same first CPUs (docs/performance.md, "Serving on Ray")."""
+        return owns_cpus(self.threads, self.affinity)
 
     @property
     def variant(self) -> Precision:
@@ -333,7 +336,6 @@ def make_plan(
         and Precision.FP32.value in manifest.variants
         and engines.onnxruntime,
         affinity=affinity,
-        cpu_pinning=owns_cpus(threads, affinity),
     )
 
 
