@@ -51,7 +51,8 @@ PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "dmeta_embed.serve.ray_proxy:middlewares"
 #: the variable that picks Ray's HAProxy ingress ("1"); serve --ray leaves it to the caller
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
-#: Ray's default retries only connections that failed to open (nothing sent yet)
+#: what HAProxy sends again (Ray's default: conn-failure, only what was never sent); an
+#: embedding or a rerank changes nothing, so a request its replica lost is safe to send twice
 RETRY_ON = "conn-failure empty-response"
 #: HAProxy waits for a request's whole body before it picks a replica, so it can send it again
 BUFFER_REQUEST = "option http-buffer-request"
