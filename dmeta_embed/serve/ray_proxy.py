@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,36 @@ HAPROXY_PORTS = (
 )
 
 
+#: HAProxy's answer when it gives up on a request (502: no replica could take it; 503: none left
+#: to send it to), in place of Ray's bare 500: the server's 503 ``replica_lost`` with Retry-After
+#: (OpenAI's shape: a static file has one). Ray has no variable for HAProxy's error files; the
+#: variable of the ``balance`` line, the last of HAProxy's ``defaults`` and after Ray's own
+#: ``errorfile`` lines, is rendered verbatim, so the lines here follow Ray's default balance
+ERROR_FILE = "replica-lost.http"
+BALANCE_ENV = "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"
+BALANCE = "leastconn"
+
+
+def lost_response() -> bytes:
+    """The whole HTTP response of :data:`ERROR_FILE` (an HAProxy error file is one)."""
+    err = RequestError(
+        "no replica could answer this request (the one serving it stopped); send it again",
+        Kind.REPLICA_LOST,
+    )
+    out = refusal(err, tei=False)
+    response = json_response(out.body, out.status, out.headers)
+    head = [f"HTTP/1.1 {response.status_code} {HTTPStatus(response.status_code).phrase}"]
+    head += [f"{k.decode()}: {v.decode()}" for k, v in response.raw_headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + bytes(response.body)
+
+
+def write_error_file(folder: str | Path) -> Path:
+    """:func:`lost_response` as ``folder``/:data:`ERROR_FILE`, where :func:`ray_env` points HAProxy."""
+    path = Path(folder) / ERROR_FILE
+    path.write_bytes(lost_response())
+    return path
+
+
 def haproxy_threads(cpus: int) -> int:
     """HAProxy's threads on a node of ``cpus`` CPUs: half of them, at least 1, at most Ray's 4.
     The replicas use the node's CPUs; HAProxy's own threads compete with them (on 2 CPUs, 4
@@ -138,6 +169,8 @@ def ray_env(
         want[HAPROXY_ENV] = "1"
     if environ.get(HAPROXY_ENV, want.get(HAPROXY_ENV)) == "1":
         want[HAPROXY_THREADS_ENV] = str(haproxy_threads(cpus))
+        lost = Path(folder) / ERROR_FILE  # serve --ray writes it (write_error_file)
+        want[BALANCE_ENV] = f"{BALANCE}\n    errorfile 502 {lost}\n    errorfile 503 {lost}"
         want.update({k: str(Path(folder) / name) for k, name in HAPROXY_FILES.items()})
         want.update({k: str(p) for k, p in zip(HAPROXY_PORTS, ports, strict=True)})
     return {k: v for k, v in want.items() if k not in environ}
