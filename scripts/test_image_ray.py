@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -52,6 +53,8 @@ RAYSERVICE = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
 WORKER_CPUS = 2
 SWAPPED_ARGS = {"replica_cpus": 1, "autoscale": "2:2"}
 REPLICAS = 2  # autoscale's MIN = MAX
+#: HAProxy's answer when no replica is left (Dockerfile, build-ray; the manifest points there)
+IMAGE_ERROR_FILE = "/opt/venv/share/dmeta-embed/replica-lost.http"
 #: the CLI's own path (--cli): its port on each node's ingress
 CLI_PORT = 8080
 #: a GCS client in a container of its own: exits 3 when Ray refuses it (AuthenticationError), 0
@@ -137,6 +140,12 @@ class Cluster:
         sec = c["securityContext"]
         user = f"{sec['runAsUser']}:{pod['securityContext']['runAsGroup']}"
         flags = ["--network", self.network, "--user", user, "--entrypoint", "ray"]
+        # open files as Docker 25+ and containerd 2 give a container (soft 1024, hard 524288;
+        # here at most the host's hard limit): HAProxy raises its soft limit to what Ray's
+        # maxconn asks (~10,300); scripts/containers.conf's 1024:1024 would stop it
+        host = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hard = 524288 if host == resource.RLIM_INFINITY else min(host, 524288)
+        flags += ["--ulimit", f"nofile=1024:{hard}", "--ulimit", "nproc=1024:1024"]
         if sec.get("readOnlyRootFilesystem"):
             # only what the manifest mounts is writable: no tmpfs podman would add by itself
             flags += ["--read-only", "--read-only-tmpfs=false"]
@@ -393,6 +402,25 @@ def check_replicas_on_worker(cluster: Cluster, app: str, count: int, port: int) 
     say(f"/info: {count} replicas, each on the worker ({worker['node_ip']}, its node id), fp32 on {engines}")
 
 
+def check_ingress(cluster: Cluster) -> None:
+    """The manifest's ingress on both nodes: Ray's HAProxy runs, and its configuration answers
+    its own 502 and 503 with the image's error file (the last errorfile line for each: it wins)."""
+    env = {e["name"]: e.get("value") for e in cluster.head_spec["template"]["spec"]["containers"][0]["env"]}
+    if env.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        say("ingress: Ray's Python proxy (the manifest does not pick HAProxy)")
+        return
+    for name in (cluster.head, cluster.worker):
+        comms = cluster.podman("exec", name, "sh", "-c", "cat /proc/[0-9]*/comm 2>/dev/null").split()
+        assert "haproxy" in comms, f"FAIL: no HAProxy process on {name}: {sorted(set(comms))}"
+        cfg = cluster.podman("exec", name, "cat", "/tmp/haproxy-serve/haproxy.cfg")
+        for status in ("502", "503"):
+            files = [ln.split()[2] for ln in cfg.splitlines() if ln.split()[:2] == ["errorfile", status]]
+            assert files and files[-1] == IMAGE_ERROR_FILE, f"FAIL: {name}: errorfile {status}: {files}"
+        head = cluster.podman("exec", name, "head", "-c", "40", IMAGE_ERROR_FILE)
+        assert head.startswith("HTTP/1.1 503"), f"FAIL: {name}: {IMAGE_ERROR_FILE}: {head!r}"
+    say(f"ingress: HAProxy on both nodes, its own 502 and 503 answered from {IMAGE_ERROR_FILE}")
+
+
 def check_serving(cluster: Cluster, port: int, want: np.ndarray) -> None:
     """What a client and KubeRay's readiness probes see, on both nodes' ingress."""
     for name in (cluster.head, cluster.worker):
@@ -475,6 +503,7 @@ def main() -> None:
             check_ray_token(cluster)
             check_replicas_on_worker(cluster, app, REPLICAS, port)
             check_serving(cluster, port, want)
+            check_ingress(cluster)
             if args.cli:
                 run_cli(cluster, want)
             # KubeRay deletes the pods: SIGTERM, then SIGKILL after the grace period (Kubernetes'

@@ -232,6 +232,30 @@ def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win(
     assert not set(mine) & set(env) and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "40001"
 
 
+def test_haproxys_connections_fit_the_open_files_limit() -> None:
+    """HAProxy refuses to start when the hard limit of open files is below what its ``maxconn``
+    asks (Ray's 4096: 10267 with Ray's template, measured in a container of 1024): serve --ray
+    lowers ``maxconn`` to fit, and leaves Ray's where it fits; a variable the caller set wins."""
+    from dmeta_embed.serve.ray_proxy import MAXCONN_ENV, haproxy_fds, haproxy_maxconn, ray_env
+
+    assert haproxy_fds(4096) >= 10267  # what HAProxy 2.8 asked with Ray's 4096
+    assert [haproxy_maxconn(n) for n in (None, 1_048_576, 10304, 10303, 1024, 100)] == [
+        None,
+        None,
+        None,
+        4095,
+        384,
+        16,
+    ]
+    for n in (1024, 4000, 10303):
+        assert haproxy_fds(haproxy_maxconn(n) or 0) <= n
+    ports = (40001, 40002, 40005)
+    assert ray_env({}, "/tmp/run1", ports, 2, haproxy=True, nofile=1024)[MAXCONN_ENV] == "384"
+    assert MAXCONN_ENV not in ray_env({}, "/tmp/run1", ports, 2, haproxy=True, nofile=1_048_576)
+    assert MAXCONN_ENV not in ray_env({}, "/tmp/run1", ports, 2, haproxy=False, nofile=1024)
+    assert MAXCONN_ENV not in ray_env({MAXCONN_ENV: "100"}, "/tmp/run1", ports, 2, haproxy=True, nofile=1024)
+
+
 def test_ray_env_cuts_rays_toll_and_sizes_haproxys_threads_to_the_node() -> None:
     """What serve --ray sets against Ray's own work a request: on both ingresses Ray's metrics
     pipeline off, the app on the replica's loop, the controller at 2 Hz; with HAProxy, half the

@@ -42,7 +42,7 @@ from ray import serve  # noqa: E402 - only once ray is known to be installed
 from . import embedder_for, server_plan  # noqa: E402
 from .app import create_app  # noqa: E402
 from .batcher import Overloaded  # noqa: E402
-from .ray_proxy import HAPROXY_PORTS, haproxy_found, ray_env, write_error_file  # noqa: E402
+from .ray_proxy import HAPROXY_PORTS, haproxy_found, hard_nofile, ray_env, write_error_file  # noqa: E402
 
 log = logging.getLogger(__name__)
 #: Ray's key-value store: one entry per replica, its plan (what ``/info`` lists)
@@ -241,7 +241,10 @@ def run(
         folder = tempfile.mkdtemp(prefix="dmeta-hap-")
         write_error_file(folder)
         ports = free_ports(len(HAPROXY_PORTS))
-        os.environ.update(ray_env(os.environ, folder, ports, available_cpus(), haproxy=haproxy_found()))
+        env = ray_env(
+            os.environ, folder, ports, available_cpus(), haproxy=haproxy_found(), nofile=hard_nofile()
+        )
+        os.environ.update(env)
         try:
             ray.init(address=None if address is True else str(address), logging_level=logging.WARNING)
         except BaseException:

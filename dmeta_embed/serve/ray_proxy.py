@@ -134,6 +134,39 @@ def write_error_file(folder: str | Path) -> Path:
     return path
 
 
+#: HAProxy's most connections at once (Ray's default: 4096)
+MAXCONN_ENV = "RAY_SERVE_HAPROXY_MAXCONN"
+RAY_MAXCONN = 4096
+
+
+def haproxy_fds(maxconn: int) -> int:
+    """The file descriptors HAProxy asks for with ``maxconn``: two a connection (client and
+    replica), two a splice pipe (Ray's template splices; HAProxy keeps ``maxconn / 4`` pipes), and
+    its listeners and pollers (27 with Ray's template; 64 here). It raises its own soft limit to
+    that and refuses to start if the hard limit is lower ("Cannot raise FD limit")."""
+    return maxconn * 5 // 2 + 64
+
+
+def hard_nofile() -> int | None:
+    """This process's hard limit of open files (what the processes it starts inherit); None
+    where there is none or no way to read it."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return None if hard == resource.RLIM_INFINITY else int(hard)
+
+
+def haproxy_maxconn(nofile: int | None) -> int | None:
+    """HAProxy's ``maxconn`` under a hard ``RLIMIT_NOFILE`` of ``nofile``: None (Ray's 4096) where
+    that fits or there is no limit, else the most that fits (1024, as a container may have:
+    384)."""
+    if nofile is None or haproxy_fds(RAY_MAXCONN) <= nofile:
+        return None
+    return max(16, (nofile - 64) * 2 // 5)
+
+
 def haproxy_threads(cpus: int) -> int:
     """HAProxy's threads on a node of ``cpus`` CPUs: half of them, at least 1, at most Ray's 4.
     The replicas use the node's CPUs; HAProxy's own threads compete with them (on 2 CPUs, 4
@@ -156,19 +189,29 @@ def haproxy_found() -> bool:
 
 
 def ray_env(
-    environ: Mapping[str, str], folder: str, ports: Sequence[int], cpus: int, *, haproxy: bool
+    environ: Mapping[str, str],
+    folder: str,
+    ports: Sequence[int],
+    cpus: int,
+    *,
+    haproxy: bool,
+    nofile: int | None = None,
 ) -> dict[str, str]:
     """The variables ``serve --ray`` adds to ``environ`` for the Ray it starts on a node of
-    ``cpus`` CPUs: :data:`PROXY_ENV`; HAProxy as the ingress where its binary is ``haproxy``
-    (:func:`haproxy_found`) and ``environ`` does not pick one (``RAY_SERVE_ENABLE_HA_PROXY=0``:
-    Ray's Python proxy); and with HAProxy its threads (:func:`haproxy_threads`), its files in
-    ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so two such Rays on one host do not collide.
-    A variable set in ``environ`` wins (it is not in the result)."""
+    ``cpus`` CPUs whose hard limit of open files is ``nofile`` (None: none): :data:`PROXY_ENV`;
+    HAProxy as the ingress where its binary is ``haproxy`` (:func:`haproxy_found`) and
+    ``environ`` does not pick one (``RAY_SERVE_ENABLE_HA_PROXY=0``: Ray's Python proxy); and with
+    HAProxy its threads (:func:`haproxy_threads`), connections (:func:`haproxy_maxconn`), error
+    file (:data:`ERROR_FILE`), its files in ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so
+    two such Rays on one host do not collide. A variable set in ``environ`` wins (it is not in
+    the result)."""
     want = dict(PROXY_ENV)
     if haproxy:
         want[HAPROXY_ENV] = "1"
     if environ.get(HAPROXY_ENV, want.get(HAPROXY_ENV)) == "1":
         want[HAPROXY_THREADS_ENV] = str(haproxy_threads(cpus))
+        if (maxconn := haproxy_maxconn(nofile)) is not None:
+            want[MAXCONN_ENV] = str(maxconn)
         lost = Path(folder) / ERROR_FILE  # serve --ray writes it (write_error_file)
         want[BALANCE_ENV] = f"{BALANCE}\n    errorfile 502 {lost}\n    errorfile 503 {lost}"
         want.update({k: str(Path(folder) / name) for k, name in HAPROXY_FILES.items()})
