@@ -412,7 +412,8 @@ def check_ingress(cluster: Cluster) -> None:
     for name in (cluster.head, cluster.worker):
         comms = cluster.podman("exec", name, "sh", "-c", "cat /proc/[0-9]*/comm 2>/dev/null").split()
         assert "haproxy" in comms, f"FAIL: no HAProxy process on {name}: {sorted(set(comms))}"
-        cfg = cluster.podman("exec", name, "cat", "/tmp/haproxy-serve/haproxy.cfg")
+        # Ray writes it in a folder per node: /tmp/haproxy-serve/<node id>/haproxy.cfg
+        cfg = cluster.podman("exec", name, "sh", "-c", "cat /tmp/haproxy-serve/*/haproxy.cfg")
         for status in ("502", "503"):
             files = [ln.split()[2] for ln in cfg.splitlines() if ln.split()[:2] == ["errorfile", status]]
             assert files and files[-1] == IMAGE_ERROR_FILE, f"FAIL: {name}: errorfile {status}: {files}"
