@@ -6,8 +6,12 @@ exported folder is exported once, with the default variants, into the user cache
 later start reuses that export. An entry is keyed by what it was made from (the hub id and
 revision, or a local folder's resolved path and a fingerprint of its files), the package version
 and the CPU class (the export measures each variant's speed on its CPU class, and ``auto`` ranks
-by those figures); a json beside it says what. Exports are built in a temporary folder of the
-cache and moved into place whole, under a lock file: two processes starting at once export once.
+by those figures); a json beside it says what, and which default variants the export built and
+which it skipped for an engine not installed then. An entry that skipped a variant whose engine
+is installed now, where the export can run, is exported again (:func:`newly_buildable`): the
+installed engines are not in the key, so that an image without the exporter still finds an
+entry another image exported. Exports are built in a temporary folder of the cache and moved
+into place whole, under a lock file: two processes starting at once export once.
 
 Standard library only: the exporter (torch, transformers) is imported only when an export runs.
 """
@@ -178,14 +182,52 @@ def resolve_model(
     return ensure(locate(model, revision, cache_dir), progress=progress)
 
 
+def variants_here() -> tuple[list[str], dict[str, str]] | None:
+    """What an export would build here (:func:`~dmeta_embed.export.builders.default_variants`):
+    the default variants whose engine is installed, and why each other one is skipped; None where
+    the export extra is not installed (nothing is imported: the builders find their modules)."""
+    try:
+        check_feature("export")
+    except MissingDependencyError:
+        return None
+    from .export.builders import default_variants  # no engine or torch imported
+
+    chosen, skipped = default_variants()
+    return [p.value for p in chosen], {p.value: why for p, why in skipped.items()}
+
+
+def newly_buildable(source: ModelSource) -> list[str]:
+    """The variants ``source``'s cache entry skipped for an engine not installed then that an
+    export here would build (:func:`variants_here`): its reason to be exported again. Empty for
+    an exported folder, an entry not made yet or made before entries recorded what they skipped,
+    and where the export extra is not installed (the entry is used as it is)."""
+    if source.kind is Kind.EXPORTED or source.needs_export:
+        return []
+    try:
+        made = json.loads((source.folder.parent / f"{source.key}.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return []
+    skipped = made.get("skipped") if isinstance(made, dict) else None
+    if not isinstance(skipped, dict) or not skipped:
+        return []
+    here = variants_here()
+    return [] if here is None else [v for v in here[0] if v in skipped]
+
+
+def must_export(source: ModelSource) -> bool:
+    """Whether :func:`ensure` will export: no entry yet, or one :func:`newly_buildable` names."""
+    return source.needs_export or bool(newly_buildable(source))
+
+
 def ensure(source: ModelSource, *, progress: Progress | None = to_stderr) -> Path:
     """``source``'s exported folder, exported into the cache first where it is not there yet.
 
     Under a lock file beside the entry: a second process waits for the first's export, then
     reuses it. The export is built in a temporary folder of the cache and moved into place whole,
     so an entry with a manifest is complete, and a failed export leaves no entry (the next call
-    tries again)."""
-    if not source.needs_export:
+    tries again). An entry :func:`newly_buildable` names is exported again the same way and
+    replaced whole once the new one is made."""
+    if not must_export(source):
         if source.kind is not Kind.EXPORTED:
             log.info("%s: using the cached export %s", source.name, source.folder)
         return source.folder
@@ -195,26 +237,40 @@ def ensure(source: ModelSource, *, progress: Progress | None = to_stderr) -> Pat
     root.mkdir(parents=True, exist_ok=True)
     waiting = f"waiting for another process exporting {source.name} into {source.folder}"
     with _locked(root / f"{source.key}.lock", lambda: say(waiting)):
-        if not source.needs_export:
+        newly = newly_buildable(source)
+        if not source.needs_export and not newly:
             say(f"using the export another process made: {source.folder}")
             return source.folder
         # holding the lock, nobody else builds this entry: what is there is left from a crash
         for stale in root.glob(f".{source.key}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        if source.folder.exists():
-            shutil.rmtree(source.folder)
         staging = Path(tempfile.mkdtemp(prefix=f".{source.key}.partial-", dir=root))
         try:
             t0 = time.perf_counter()
-            say(
-                f"{source.name} is not an exported folder: exporting it once into {source.folder} "
-                f"({TYPICAL}; later loads reuse it)"
-            )
+            if newly:
+                say(
+                    f"{source.name}: the cached export {source.folder} has no {', '.join(newly)} "
+                    f"(not installed when it was made); exporting it again ({TYPICAL})"
+                )
+            else:
+                say(
+                    f"{source.name} is not an exported folder: exporting it once into {source.folder} "
+                    f"({TYPICAL}; later loads reuse it)"
+                )
+            here = variants_here() or ([], {})
             with _stages_shown(progress is not None):
                 run_export(source.model, staging / "model", source.revision)
             seconds = round(time.perf_counter() - t0, 1)
-            made = {**source.made_from, "kind": source.kind.value, "export_seconds": seconds}
+            made = {
+                **source.made_from,
+                "kind": source.kind.value,
+                "export_seconds": seconds,
+                "variants": here[0],
+                "skipped": here[1],
+            }
             (staging / "made_from.json").write_text(json.dumps(made, indent=2) + "\n", "utf-8")
+            if source.folder.exists():  # the entry replaced, or one left without its manifest
+                os.replace(source.folder, staging / "old")
             os.replace(staging / "model", source.folder)
             os.replace(staging / "made_from.json", root / f"{source.key}.json")
         finally:

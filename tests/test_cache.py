@@ -184,6 +184,83 @@ def test_stage_lines_reach_stderr_where_logging_is_not_set_up(
     assert not stages.handlers
 
 
+# -- an entry made without an engine --------------------------------------------------------------------------
+
+
+def engines(monkeypatch: pytest.MonkeyPatch, **why: str | None) -> None:
+    """What the export's builders say is installed here: ``int8_ov="needs nncf"`` or None."""
+    from dmeta_embed.export.builders import BUILDERS
+    from dmeta_embed.manifest import Precision
+
+    for name, reason in why.items():
+        monkeypatch.setattr(BUILDERS[Precision(name.replace("_", "-"))], "unavailable", lambda r=reason: r)
+
+
+def test_an_entry_made_without_an_engine_is_exported_again_once_it_is_installed(
+    tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The installed engines are not in the key: the entry says what it skipped, and an export
+    that can build one of those now replaces it whole (the old entry in place meanwhile)."""
+    root = tmp_path / "cache"
+    fake = FakeExport(tiny_export)
+    monkeypatch.setattr(cache, "run_export", fake)
+    engines(monkeypatch, int8_ov="needs nncf", bf16=None)
+    folder = resolve_model("org/name", cache_dir=root, progress=None)
+    made = json.loads((root / f"{folder.name}.json").read_text())
+    assert made["variants"] == ["fp32", "fp16", "int8", "bf16"] and made["skipped"] == {
+        "int8-ov": "needs nncf"
+    }
+    source = locate("org/name", cache_dir=root)
+    assert cache.newly_buildable(source) == [] and not cache.must_export(source)
+    monkeypatch.setattr(cache, "run_export", no_export)
+    assert resolve_model("org/name", cache_dir=root, progress=None) == folder  # still no nncf
+    # nncf installed: exported again, the old entry served until the new one is moved in
+    engines(monkeypatch, int8_ov=None)
+    assert locate("org/name", cache_dir=root).folder == folder  # the same key
+    assert cache.newly_buildable(source) == ["int8-ov"] and cache.must_export(source)
+    seen: list[bool] = []
+
+    def again(model: str, output: Path, revision: str | None) -> None:
+        seen.append((folder / "manifest.json").is_file())
+        fake(model, output, revision)
+
+    monkeypatch.setattr(cache, "run_export", again)
+    lines: list[str] = []
+    assert resolve_model("org/name", cache_dir=root, progress=lines.append) == folder
+    assert seen == [True] and len(fake.calls) == 2
+    assert f"the cached export {folder} has no int8-ov" in lines[0]
+    made = json.loads((root / f"{folder.name}.json").read_text())
+    assert made["variants"] == ["fp32", "fp16", "int8", "int8-ov", "bf16"] and made["skipped"] == {}
+    assert entries(root) == sorted([folder.name, f"{folder.name}.json", f"{folder.name}.lock"])
+    assert (folder / "manifest.json").is_file()
+    monkeypatch.setattr(cache, "run_export", no_export)
+    assert resolve_model("org/name", cache_dir=root, progress=None) == folder  # once
+
+
+def test_where_the_export_cannot_run_an_entry_is_used_as_it_is(
+    tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime-only install (an image without the exporter) serves an entry another one made,
+    whatever it skipped; so is an entry that does not say what it skipped."""
+    root = tmp_path / "cache"
+    monkeypatch.setattr(cache, "run_export", FakeExport(tiny_export))
+    engines(monkeypatch, int8_ov=None, bf16="this CPU has no native bf16")
+    folder = resolve_model("org/name", cache_dir=root, progress=None)
+    engines(monkeypatch, bf16=None)
+    source = locate("org/name", cache_dir=root)
+    assert cache.newly_buildable(source) == ["bf16"]
+    monkeypatch.setitem(sys.modules, "torch", None)  # no export extra here
+    monkeypatch.setattr(cache, "run_export", no_export)
+    assert cache.variants_here() is None and cache.newly_buildable(source) == []
+    assert resolve_model("org/name", cache_dir=root, progress=None) == folder
+    # an entry made before entries said what they skipped: used as it is
+    made = json.loads((root / f"{folder.name}.json").read_text())
+    del made["skipped"]
+    (root / f"{folder.name}.json").write_text(json.dumps(made))
+    monkeypatch.delitem(sys.modules, "torch")
+    assert cache.variants_here() is not None and cache.newly_buildable(source) == []
+
+
 # -- concurrency and failure ---------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._optional import require_feature
-from ..cache import TYPICAL, Kind, ensure, locate, require_export
+from ..cache import TYPICAL, Kind, ensure, locate, must_export, require_export
 from ..errors import ModelLoadError
 from .config import ServerConfig
 
@@ -213,7 +213,7 @@ def serve(
         )
 
     app: Starlette | LoadingApp
-    exporting = [s for s in sources if s.needs_export]
+    exporting = [s for s in sources if must_export(s)]
     if exporting:
         for s in exporting:
             require_export(s, quick=True)  # a base install is told before any port is bound
