@@ -403,8 +403,9 @@ def check_replicas_on_worker(cluster: Cluster, app: str, count: int, port: int) 
 
 
 def check_ingress(cluster: Cluster) -> None:
-    """The manifest's ingress on both nodes: Ray's HAProxy runs, and its configuration answers
-    its own 502 and 503 with the image's error file (the last errorfile line for each: it wins)."""
+    """The manifest's ingress on both nodes: Ray's HAProxy runs, tries a request the manifest's
+    number of times, and answers its own 502 and 503 with the image's error file (the last
+    errorfile line for each: it wins)."""
     env = {e["name"]: e.get("value") for e in cluster.head_spec["template"]["spec"]["containers"][0]["env"]}
     if env.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
         say("ingress: Ray's Python proxy (the manifest does not pick HAProxy)")
@@ -417,9 +418,15 @@ def check_ingress(cluster: Cluster) -> None:
         for status in ("502", "503"):
             files = [ln.split()[2] for ln in cfg.splitlines() if ln.split()[:2] == ["errorfile", status]]
             assert files and files[-1] == IMAGE_ERROR_FILE, f"FAIL: {name}: errorfile {status}: {files}"
+        retries = [ln.split()[1] for ln in cfg.splitlines() if ln.split()[:1] == ["retries"]]
+        want = env.get("RAY_SERVE_HAPROXY_RETRIES")
+        assert retries[:1] == [want] if want else not retries, f"FAIL: {name}: retries {retries}"
         head = cluster.podman("exec", name, "head", "-c", "40", IMAGE_ERROR_FILE)
         assert head.startswith("HTTP/1.1 503"), f"FAIL: {name}: {IMAGE_ERROR_FILE}: {head!r}"
-    say(f"ingress: HAProxy on both nodes, its own 502 and 503 answered from {IMAGE_ERROR_FILE}")
+    say(
+        f"ingress: HAProxy on both nodes, {env.get('RAY_SERVE_HAPROXY_RETRIES')} tries a request, "
+        f"its own 502 and 503 answered from {IMAGE_ERROR_FILE}"
+    )
 
 
 def check_serving(cluster: Cluster, port: int, want: np.ndarray) -> None:
@@ -442,11 +449,31 @@ def check_serving(cluster: Cluster, port: int, want: np.ndarray) -> None:
     say("/ready 200 on both nodes' ingress; API key: 401 without it, 200 with it")
 
 
+#: exits 0 once Ray Serve's controller actor is gone (1 after a minute)
+CONTROLLER_GONE = """
+import sys, time
+import ray
+ray.init(address="auto", logging_level="ERROR")
+for _ in range(120):
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        sys.exit(0)
+    time.sleep(0.5)
+sys.exit("Serve's controller is still there a minute after serve shutdown")
+"""
+
+
 def run_cli(cluster: Cluster, want: np.ndarray) -> None:
     """``dmeta-embed serve --ray=auto`` inside the head, against the cluster (the RayService's
     application deleted first: its replicas hold the worker's CPUs)."""
     subprocess.run(
         [*cluster.podman.cmd, "exec", cluster.head, "serve", "shutdown", "-y"], timeout=120, check=True
+    )
+    # `serve shutdown` returns before Serve's controller is gone, and a controller shutting down
+    # ignores a new deployment (the CLI then waits for a /ready that never comes)
+    subprocess.run(
+        [*cluster.podman.cmd, "exec", cluster.head, "python", "-c", CONTROLLER_GONE], timeout=120, check=True
     )
     cmd = (
         f"dmeta-embed serve --ray=auto --replicas 2 --replica-cpus 1 --model /model --variant fp32 "

@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,7 @@ def test_python_proxy_callback_turns_a_lost_replica_into_a_503_to_retry() -> Non
 def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win() -> None:
     from dmeta_embed.serve.ray_proxy import (
         BALANCE_ENV,
+        DRAIN_ENV,
         HAPROXY_ENV,
         HAPROXY_FILES,
         HAPROXY_PORTS,
@@ -201,12 +203,13 @@ def test_ray_env_gives_haproxy_its_own_folder_and_ports_and_lets_the_caller_win(
     assert HAPROXY_ENV not in env and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
     assert env[retry].split("\n") == ["conn-failure empty-response", "    option http-buffer-request"]
     assert env["RAY_SERVE_HAPROXY_RETRIES"] == "8"  # HAProxy's 3 ran out when every replica died
-    assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS, BALANCE_ENV}
+    assert not set(env) & {*HAPROXY_FILES, *HAPROXY_PORTS, BALANCE_ENV, DRAIN_ENV}
     assert ray_env({HAPROXY_ENV: "0"}, "/tmp/run1", ports, 2, haproxy=True) == env
     # HAProxy, the default where its binary is: every HAProxy path in the run's folder, none in
     # /tmp/haproxy-serve, and ports of its own
     env = ray_env({}, "/tmp/run1", ports, 2, haproxy=True)
     assert env[HAPROXY_ENV] == "1" and env[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
+    assert env[DRAIN_ENV] == "5"  # a stopped replica: 5 s reachable, not Ray's 30
     assert [env[k] for k in HAPROXY_PORTS] == ["40001", "40002", "40005"]
     assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "40005"  # Ray's Python proxy behind HAProxy
     assert env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == "/tmp/run1/haproxy.cfg"
@@ -359,7 +362,7 @@ def ray_url(request: pytest.FixtureRequest, tiny_export: Path) -> Any:
     serve = pytest.importorskip(
         "ray.serve", reason="the ray extra is not installed: pip install 'dmeta-embed[ray]'"
     )
-    from dmeta_embed.serve.ray import build, free_ports
+    from dmeta_embed.serve.ray import free_ports
     from dmeta_embed.serve.ray_proxy import (
         HAPROXY_ENV,
         HAPROXY_PORTS,
@@ -394,15 +397,7 @@ def ray_url(request: pytest.FixtureRequest, tiny_export: Path) -> Any:
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        spec = RaySpec(
-            model=str(tiny_export),
-            variant="fp32",
-            replicas=2,
-            replica_cpus=1,
-            config=ServerConfig(max_inputs=32),
-            api_key_env=KEY_ENV,
-        )
-        serve.run(build(spec, key=KEY), name="dmeta-embed", route_prefix="/")
+        deploy(tiny_export)
         url = f"http://127.0.0.1:{port}"
         until_the_ingress_reaches(url, 2)
         yield url
@@ -410,6 +405,24 @@ def ray_url(request: pytest.FixtureRequest, tiny_export: Path) -> Any:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def deploy(model: Path) -> None:
+    """The app of the tests below, two replicas of the tiny model, deployed (again: Ray replaces
+    every replica, a new version)."""
+    from ray import serve
+
+    from dmeta_embed.serve.ray import build
+
+    spec = RaySpec(
+        model=str(model),
+        variant="fp32",
+        replicas=2,
+        replica_cpus=1,
+        config=ServerConfig(max_inputs=32),
+        api_key_env=KEY_ENV,
+    )
+    serve.run(build(spec, key=KEY), name="dmeta-embed", route_prefix="/")
 
 
 def until_the_ingress_reaches(url: str, n: int, timeout: float = 60) -> None:
@@ -559,30 +572,29 @@ def test_refusals_are_the_plain_servers(ray_url: str, tiny_export: Path) -> None
             assert (got.status_code, got.json()) == (want.status_code, want.json()), path
 
 
-def under_load_kill(
-    url: str, victims: list[int], requests: list[list[str]]
+def under_load(
+    url: str, texts: Callable[[int], list[str]], action: Callable[[], Awaitable[None]], least: int
 ) -> tuple[dict[int, Any], list[Any], list[str]]:
-    """``requests`` sent by 8 clients, each 503 sent again (up to 60 s) as its Retry-After asks,
-    and each connection closed with no response at all sent again too (as the ``openai`` client
-    does); ``victims`` SIGKILLed once 40 have answered (requests in flight on every replica).
-    The answers (a body, or the status and text of a last refusal), each 503's error code, and
-    each close's message."""
+    """Requests ``texts(0)``, ``texts(1)``, ... sent by 8 clients, each 503 sent again (up to 60 s)
+    as its Retry-After asks, and each connection closed with no response at all sent again too
+    (as the ``openai`` client does); ``action`` runs once 40 have answered (requests in flight on
+    every replica), and the clients go on until it is done and ``least`` were sent. The answers
+    (a body, or the status and text of a last refusal), each 503's error code, and each close's
+    message."""
     answers: dict[int, Any] = {}
     refused: list[Any] = []
     closed: list[str] = []
 
     async def main() -> None:
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(requests)):
-            queue.put_nowait(i)
+        done = asyncio.Event()
+        sent = iter(range(10**6))
         async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as c:
 
             async def client() -> None:
-                while not queue.empty():
-                    i = queue.get_nowait()
+                while (i := next(sent)) < least or not done.is_set():
                     for _ in range(300):
                         try:
-                            r = await c.post("/v1/embeddings", json={"input": requests[i]})
+                            r = await c.post("/v1/embeddings", json={"input": texts(i)})
                         except httpx.RemoteProtocolError as e:  # a response cut short is one too
                             closed.append(str(e))
                             continue
@@ -592,15 +604,29 @@ def under_load_kill(
                         await asyncio.sleep(0.2)
                     answers[i] = r.json() if r.status_code == 200 else (r.status_code, r.text)
 
-            async def kill() -> None:
+            async def act() -> None:
                 while len(answers) < 40:
                     await asyncio.sleep(0.01)
-                for pid in victims:
-                    os.kill(pid, signal.SIGKILL)
+                await action()
+                done.set()
 
-            await asyncio.gather(kill(), *(client() for _ in range(8)))
+            await asyncio.gather(act(), *(client() for _ in range(8)))
 
     asyncio.run(main())
+    return answers, refused, closed
+
+
+def under_load_kill(
+    url: str, victims: list[int], requests: list[list[str]]
+) -> tuple[dict[int, Any], list[Any], list[str]]:
+    """:func:`under_load` of ``requests``, ``victims`` SIGKILLed."""
+
+    async def kill() -> None:
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+
+    answers, refused, closed = under_load(url, requests.__getitem__, kill, len(requests))
+    assert sorted(answers) == list(range(len(requests)))
     return answers, refused, closed
 
 
@@ -627,6 +653,29 @@ def test_killed_replica_costs_only_retried_503s_and_is_replaced(ray_url: str, re
         assert isinstance(answers[i], dict), answers[i]
         assert_same(answers[i], texts, reference)
     until_replaced(ray_url, [victim])
+    until_the_ingress_reaches(ray_url, 2)
+
+
+def test_a_redeploy_under_load_costs_clients_nothing(
+    ray_url: str, reference: Embedder, tiny_export: Path
+) -> None:
+    """``serve.run`` again under load: Ray replaces both replicas, stopping each gracefully (no
+    new requests, those it holds finished; behind HAProxy it stays reachable for Ray's draining
+    period while HAProxy drops it, then refuses connections, which HAProxy sends elsewhere). No
+    client sees a refusal or a close, and every answer is right."""
+    before = [
+        r["pid"] for r in httpx.get(f"{ray_url}/info", headers=AUTH, timeout=30).json()["replicas"]["each"]
+    ]
+
+    async def redeploy() -> None:
+        await asyncio.to_thread(deploy, tiny_export)
+
+    answers, refused, closed = under_load(ray_url, lambda i: texts_for(5000 + i), redeploy, 200)
+    assert refused == [] and closed == []
+    for i, got in answers.items():
+        assert isinstance(got, dict), got
+        assert_same(got, texts_for(5000 + i), reference)
+    until_replaced(ray_url, before)
     until_the_ingress_reaches(ray_url, 2)
 
 

@@ -90,6 +90,15 @@ PROXY_ENV = {
     PROXY_CALLBACK_ENV: PROXY_CALLBACK,
     **TOLL_ENV,
 }
+#: how long a replica being stopped (a redeploy, a scale-down, ``serve --ray`` stopping) stays
+#: reachable behind HAProxy before it refuses new connections (HAProxy then sends them to
+#: another replica) and finishes what it holds. Ray's default, 30 s, is for an external load
+#: balancer that routes to replicas; here only Ray's own HAProxies do, and they drop a replica at
+#: the controller's next update (0.5 s, :data:`TOLL_ENV`). A redeploy of two replicas under load
+#: took 68 s with 30 and 16-18 s with 5, no client refused either way; Ray's shutdown waited 30 s
+#: for it and gave up ("Controller failed to shut down within 30.0s")
+DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+DRAIN_S = 5
 #: HAProxy's threads (Ray's default: 4, whatever the node's CPUs): see :func:`haproxy_threads`
 HAPROXY_THREADS_ENV = "RAY_SERVE_HAPROXY_NBTHREAD"
 #: HAProxy's files (Ray's default: /tmp/haproxy-serve/, shared by every Ray on the host), by
@@ -208,7 +217,7 @@ def ray_env(
     HAProxy as the ingress where its binary is ``haproxy`` (:func:`haproxy_found`) and
     ``environ`` does not pick one (``RAY_SERVE_ENABLE_HA_PROXY=0``: Ray's Python proxy); and with
     HAProxy its threads (:func:`haproxy_threads`), connections (:func:`haproxy_maxconn`), error
-    file (:data:`ERROR_FILE`), its files in ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so
+    file (:data:`ERROR_FILE`), a stopped replica's draining period (:data:`DRAIN_S`), its files in ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so
     two such Rays on one host do not collide. A variable set in ``environ`` wins (it is not in
     the result)."""
     want = dict(PROXY_ENV)
@@ -216,6 +225,7 @@ def ray_env(
         want[HAPROXY_ENV] = "1"
     if environ.get(HAPROXY_ENV, want.get(HAPROXY_ENV)) == "1":
         want[HAPROXY_THREADS_ENV] = str(haproxy_threads(cpus))
+        want[DRAIN_ENV] = str(DRAIN_S)
         if (maxconn := haproxy_maxconn(nofile)) is not None:
             want[MAXCONN_ENV] = str(maxconn)
         lost = Path(folder) / ERROR_FILE  # serve --ray writes it (write_error_file)
