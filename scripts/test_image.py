@@ -181,11 +181,14 @@ def test_export(podman: Podman, image: str, src: Path, cache: Path, want: np.nda
         wait_ready(podman, name, port, 300)
         same_vectors(embeddings(port), want, 1e-5, f"{attempt} start's vectors")
         logs = podman.logs(name)
+        manifests = list(cache.glob("dmeta-embed/exports/*/manifest.json"))
         if attempt == "first":
-            assert "exporting /src into /cache/dmeta-embed/exports/" in logs, "FAIL: no export logged"
-            assert list(cache.glob("dmeta-embed/exports/*/manifest.json")), "FAIL: no export in the cache"
+            assert "exporting it once into /cache/dmeta-embed/exports/" in logs, "FAIL: no export logged"
+            assert len(manifests) == 1, f"FAIL: exports in the cache: {manifests}"
+            made = manifests[0].stat().st_mtime_ns
         else:
-            assert "from its export in /cache" in logs and "exporting" not in logs, "FAIL: exported again"
+            assert "exporting" not in logs, "FAIL: exported again"
+            assert [m.stat().st_mtime_ns for m in manifests] == [made], "FAIL: the cache's export changed"
         code = podman.stop_exit_code(name)
         assert code == "0", f"FAIL: exit code {code} after SIGTERM"
     say("exported once into the cache, reused on the second start; SIGTERM exits 0")
