@@ -6,7 +6,7 @@ exported folder is exported once, with the default variants, into the user cache
 later start reuses that export. An entry is keyed by what it was made from (the hub id and
 revision, or a local folder's resolved path and a fingerprint of its files), the package version
 and the CPU class (the export measures each variant's speed on its CPU class, and ``auto`` ranks
-by those figures); a json beside it says what, and which default variants the export built and
+by those figures); a json beside it says what, and which default variants the export tried and
 which it skipped for an engine not installed then. An entry that skipped a variant whose engine
 is installed now, where the export can run, is exported again (:func:`newly_buildable`): the
 installed engines are not in the key, so that an image without the exporter still finds an

@@ -420,7 +420,7 @@ def check_ingress(cluster: Cluster) -> None:
             assert files and files[-1] == IMAGE_ERROR_FILE, f"FAIL: {name}: errorfile {status}: {files}"
         retries = [ln.split()[1] for ln in cfg.splitlines() if ln.split()[:1] == ["retries"]]
         want = env.get("RAY_SERVE_HAPROXY_RETRIES")
-        assert retries[:1] == [want] if want else not retries, f"FAIL: {name}: retries {retries}"
+        assert retries[:1] == ([want] if want else []), f"FAIL: {name}: retries {retries}"
         head = cluster.podman("exec", name, "head", "-c", "40", IMAGE_ERROR_FILE)
         assert head.startswith("HTTP/1.1 503"), f"FAIL: {name}: {IMAGE_ERROR_FILE}: {head!r}"
     say(

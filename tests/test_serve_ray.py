@@ -9,6 +9,7 @@ option parsing and the deployment's options need no Ray.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -587,7 +588,7 @@ def under_load(
 
     async def main() -> None:
         done = asyncio.Event()
-        sent = iter(range(10**6))
+        sent = itertools.count()
         async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as c:
 
             async def client() -> None:

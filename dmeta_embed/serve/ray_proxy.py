@@ -94,9 +94,10 @@ PROXY_ENV = {
 #: reachable behind HAProxy before it refuses new connections (HAProxy then sends them to
 #: another replica) and finishes what it holds. Ray's default, 30 s, is for an external load
 #: balancer that routes to replicas; here only Ray's own HAProxies do, and they drop a replica at
-#: the controller's next update (0.5 s, :data:`TOLL_ENV`). A redeploy of two replicas under load
-#: took 68 s with 30 and 16-18 s with 5, no client refused either way; Ray's shutdown waited 30 s
-#: for it and gave up ("Controller failed to shut down within 30.0s")
+#: the controller's next update (0.5 s, :data:`TOLL_ENV`). A redeploy of two replicas of the
+#: test's tiny model under load took 68 s with 30 and 16-18 s with 5, no client refused either
+#: way; Ray's shutdown waited 30 s for it and gave up ("Controller failed to shut down within
+#: 30.0s")
 DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 DRAIN_S = 5
 #: HAProxy's threads (Ray's default: 4, whatever the node's CPUs): see :func:`haproxy_threads`
@@ -217,8 +218,9 @@ def ray_env(
     HAProxy as the ingress where its binary is ``haproxy`` (:func:`haproxy_found`) and
     ``environ`` does not pick one (``RAY_SERVE_ENABLE_HA_PROXY=0``: Ray's Python proxy); and with
     HAProxy its threads (:func:`haproxy_threads`), connections (:func:`haproxy_maxconn`), error
-    file (:data:`ERROR_FILE`), a stopped replica's draining period (:data:`DRAIN_S`), its files in ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so
-    two such Rays on one host do not collide. A variable set in ``environ`` wins (it is not in
+    file (:data:`ERROR_FILE`), a stopped replica's draining period (:data:`DRAIN_S`), its files
+    in ``folder`` and ``ports`` (:data:`HAPROXY_PORTS`), so two such Rays on one host do not
+    collide. A variable set in ``environ`` wins (it is not in
     the result)."""
     want = dict(PROXY_ENV)
     if haproxy:
